@@ -1,0 +1,1 @@
+"""The `byol-search` command and the page for searching and labelling."""
