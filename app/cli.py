@@ -13,6 +13,409 @@ Pipeline: pretrain -> export -> index -> serve (or `run` to do all four, `demo` 
 """
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint's encoder on a labelled folder (kNN, linear probe, few-shot)",
+        description=(
+            "Freeze the checkpoint's encoder, embed LABELLED_FOLDER with its evaluation transform and report\n"
+            "weighted kNN top-1, linear-probe top-1 and few-shot linear-probe top-1 (mean and spread over\n"
+            "random draws). LABELLED_FOLDER holds train/<class>/* and test/<class>/* (val/ is accepted for\n"
+            "test/). Class names come from the folders; files that cannot be read are skipped and listed."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `byol-search pretrain`")
+    p.add_argument("folder", metavar="LABELLED_FOLDER", help="folder with train/<class>/ and test/<class>/")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE (written atomically)")
+    p.add_argument("--k", type=int, default=200,
+                   help="neighbours for the weighted kNN (default 200, the field's protocol; lower it for tiny folders)")
+    p.add_argument("--t", type=float, default=0.1, help="kNN temperature: votes weigh exp(cos/t) (default 0.1)")
+    p.add_argument("--shots", default="1,5,10",
+                   help="labelled images per class for the few-shot probe, comma-separated (default 1,5,10; '' for none)")
+    p.add_argument("--draws", type=int, default=5, help="random draws averaged per few-shot setting (default 5)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="linear probe L2 penalty (default: the best of 1e-5, 1e-4, 1e-3 on 20%% of train held out; "
+                        "few-shot probes use 1e-4)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per forward pass (default 256; lower it if memory is short)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="encoder arithmetic (default auto: bfloat16 on CUDA and on CPUs with native bfloat16, "
+                        "2-3x faster with the same scores; fp32 for exact reference numbers)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    import json
+
+    try:
+        shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
+    except ValueError:
+        print(f"error: --shots {args.shots!r}: expected comma-separated whole numbers, e.g. 1,5,10", file=sys.stderr)
+        return 2
+    if any(n < 1 for n in shots) or args.draws < 1 or args.k < 1 or args.t <= 0 or args.batch_size < 1:
+        print("error: --shots, --draws, --k and --batch-size must be positive, --t above 0", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from byol.checkpoint import atomic_write
+    from byol.evaluate import evaluate, format_table
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        result = evaluate(args.checkpoint, args.folder, knn_k=args.k, knn_t=args.t, shots=shots,
+                          draws=args.draws, batch_size=args.batch_size, device=device, workers=args.workers,
+                          weight_decay=args.weight_decay, precision=args.precision)
+    except ValueError as e:  # a missing/invalid checkpoint (CheckpointError) or a bad folder layout
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(text.encode() + b"\n"))
+    print(text if args.json else format_table(result))
+    return 0
+
+
+PRETRAIN_EPILOG = """\
+examples:
+  byol-search pretrain ~/Pictures --out runs/photos --budget 20m
+  byol-search pretrain ~/Pictures --out runs/photos --preview        # look at the augmentations first
+  byol-search pretrain --out runs/photos --resume                    # continue after Ctrl-C or a crash
+  byol-search pretrain data/cifar10/train --out runs/c10 --budget 15m --eval-folder data/cifar10
+
+RUN_DIR receives checkpoint.pt, log.jsonl, bad_files.jsonl, curves.png and cache/ (decoded images).
+Several GPUs or machines: torchrun --nproc_per_node N -m app.cli pretrain ... (DistributedDataParallel).
+"""
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="learn an image encoder from a photo folder with BYOL (writes RUN_DIR/checkpoint.pt)",
+        description=(
+            "Self-supervised BYOL pretraining (Grill et al. 2020) on the photos of FOLDER (read recursively;\n"
+            "unreadable files are skipped and listed in RUN_DIR/bad_files.jsonl). Photos are decoded once into\n"
+            "a cache; each step draws the paper's two augmented views. Give a wall-clock --budget (the number\n"
+            "of steps is planned so the learning-rate and target schedules finish in time) or a number of --steps."
+        ),
+        epilog=PRETRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("folder", metavar="FOLDER", nargs="?", help="photo folder (not needed with --hf or --resume)")
+    p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder for the checkpoint, log and plots")
+    p.add_argument("--budget", metavar="TIME",
+                   help="wall-clock time for the whole run, e.g. 90s, 20m, 1.5h (default 20m when --steps is not given)")
+    p.add_argument("--steps", type=int, help="train exactly this many steps instead of planning from --budget")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly, with its saved settings")
+    p.add_argument("--preview", action="store_true",
+                   help="write RUN_DIR/preview.png (images and their two augmented views) and exit without training")
+    p.add_argument("--eval-folder", metavar="DIR",
+                   help="labelled folder (train/<class>/, test/<class>/) for a kNN top-1 monitor during training")
+    p.add_argument("--eval-every", type=int, metavar="N", help="steps between kNN evaluations (default: 5 per run)")
+    p.add_argument("--hf", metavar="NAME_OR_PATH", help="learn from an HF datasets image dataset instead of FOLDER")
+    p.add_argument("--hf-split", help="split of the --hf dataset (default train)")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", choices=("resnet-tiny", "resnet-small", "resnet18", "resnet34", "resnet50"),
+                   help="encoder (default resnet-tiny: learns most per CPU minute; resnet18/50 want a GPU)")
+    g.add_argument("--image-size", type=int,
+                   help="training resolution in px (default 32; 64-128 for photos when time allows, 224 on a GPU)")
+    g.add_argument("--proj-hidden", type=int, help="projector/predictor hidden width (default 4096, the paper's)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, help="images per step, all processes together (default 256)")
+    g.add_argument("--optimizer", choices=("lars", "adamw"), help="lars (default, the paper's) or adamw")
+    g.add_argument("--base-lr", type=float,
+                   help="lr = base x batch/256 (default 1.0 for LARS; use about 2e-3 with adamw)")
+    g.add_argument("--warmup", type=float, help="linear warm-up as a fraction of the steps (default 0.05)")
+    g.add_argument("--weight-decay", type=float, help="default 1.5e-6 (the paper's, LARS); about 1e-4 with adamw")
+    g.add_argument("--base-tau", type=float,
+                   help="target EMA rate at the start, rising to 1 (default 0.99; the paper's 0.996 suits long runs)")
+    g = p.add_argument_group("machine")
+    g.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:1")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast where the hardware has it (CUDA, AVX-512 BF16/AMX CPUs), else fp32")
+    g.add_argument("--no-channels-last", action="store_true", help="keep the NCHW layout (default: channels-last)")
+    g.add_argument("--workers", type=int, help="processes decoding photos into the cache (default: one per core)")
+    g.add_argument("--cache-dir", help="decoded-image cache (default RUN_DIR/cache; share it between runs)")
+    g.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation (default 0)")
+    g.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500, and at the end)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from pathlib import Path
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "checkpoint.pt").is_file():
+            return fail(f"--resume: no checkpoint in {out} (expected {out / 'checkpoint.pt'}); start a run without --resume")
+    elif args.hf is None:
+        if args.folder is None:
+            return fail("give a photo FOLDER (or --hf NAME_OR_PATH)")
+        if not Path(args.folder).is_dir():
+            return fail(f"{args.folder}: no such folder")
+    if args.steps is not None and args.steps < 1:
+        return fail("--steps must be at least 1")
+    for name in ("batch_size", "image_size", "eval_every", "log_every", "checkpoint_every", "proj_hidden"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            return fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.eval_folder and not Path(args.eval_folder).is_dir():
+        return fail(f"--eval-folder {args.eval_folder}: no such folder")
+
+    from byol.train import TrainConfig, parse_duration
+
+    budget = 0.0
+    if args.steps is None:
+        try:
+            budget = parse_duration(args.budget or "20m")
+        except ValueError as e:
+            return fail(str(e))
+    elif args.budget:
+        return fail("give --budget or --steps, not both")
+    cfg = TrainConfig(folder=args.folder, hf=args.hf, out=str(out), steps=args.steps or 0, budget=budget,
+                      resume=args.resume, eval_folder=args.eval_folder, progress=not args.no_progress,
+                      channels_last=not args.no_channels_last)
+    for name in ("backbone", "image_size", "proj_hidden"):
+        if getattr(args, name) is not None:
+            setattr(cfg.model, name, getattr(args, name))
+    for name in ("hf_split", "eval_every", "batch_size", "optimizer", "base_lr", "warmup", "weight_decay", "base_tau",
+                 "device", "precision", "workers", "cache_dir", "seed", "log_every", "checkpoint_every"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+
+    from byol.train import TrainingDiverged, TrainingInterrupted, preview, train
+
+    try:
+        if args.preview:
+            print(f"wrote {preview(cfg)}")
+            return 0
+        path = train(cfg)
+    except TrainingInterrupted as e:
+        print(f"\n{e} (byol-search pretrain --out {out} --resume)", file=sys.stderr)
+        return 130
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # bad input: folder, dataset, checkpoint, budget
+        return fail(str(e))
+    print(f"wrote {path}; log {out / 'log.jsonl'}, curves {out / 'curves.png'}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="turn a checkpoint's encoder into a portable ONNX model (optionally int8)",
+        description=(
+            "Export the checkpoint's online encoder to ONNX: L2-normalised embeddings, a dynamic batch axis,\n"
+            "and the preprocessing (size, resize rule, mean/std), embedding size, checkpoint hash and training\n"
+            "config in the model's metadata. The export checks itself against torch on images (batches 1, 7\n"
+            "and 64: max abs difference <= 1e-4, cosine >= 0.9999) and writes nothing when they disagree."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `byol-search pretrain`")
+    p.add_argument("-o", "--out", default="encoder.onnx", help="where to write the model (default encoder.onnx)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="also write an int8 model (<out>.int8.onnx): ~3x faster on CPUs with VNNI, and its cost in "
+                        "retrieval quality (top-10 neighbour overlap with fp32) is measured and printed")
+    p.add_argument("--check-folder", metavar="DIR", default=None,
+                   help="photos for the parity check and the int8 calibration/overlap (default: generated images; "
+                        "give your folder for figures that mean something)")
+    p.add_argument("--labelled-folder", metavar="DIR", default=None,
+                   help="with --quantize: a train/<class>/ test/<class>/ folder to report the kNN accuracy change")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; onnxruntime >= 1.14 runs it)")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    import json
+    from pathlib import Path
+
+    from byol.export import ExportError, export_onnx
+
+    for name, d in (("--check-folder", args.check_folder), ("--labelled-folder", args.labelled_folder)):
+        if d is not None and not Path(d).is_dir():
+            print(f"error: {name} {d}: no such folder", file=sys.stderr)
+            return 2
+    log = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
+    try:
+        report = export_onnx(args.checkpoint, args.out, opset=args.opset, quantize=args.quantize,
+                             check_folder=args.check_folder, labelled_folder=args.labelled_folder, log=log)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # a missing/invalid checkpoint (CheckpointError), a bad folder
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"wrote {report['path']}" + (f" and {report['int8']['path']}" if "int8" in report else ""))
+    return 0
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser(
+        "index",
+        help="embed a photo folder into a searchable index (builds it, or updates it incrementally)",
+        description=(
+            "Embed every photo of FOLDER with the exported encoder and store the vectors (FAISS), the file\n"
+            "details (SQLite) and thumbnails in INDEX_DIR. Run it again after the folder changes: new photos\n"
+            "are added, changed ones re-embedded, deleted ones removed, moved ones followed, and unchanged\n"
+            "ones never read. Unreadable files are listed in INDEX_DIR/bad_files.jsonl and skipped.\n"
+            "Progress is saved every --save-every photos: an interrupted run resumes where it stopped."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("folder", metavar="FOLDER", help="the photo folder (searched recursively)")
+    p.add_argument("--model", required=True, metavar="ENCODER.onnx", help="model written by `byol-search export`")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder (created when missing)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="re-embed every photo (needed after exporting a new encoder; ids and labels are kept)")
+    p.add_argument("--batch-size", type=int, default=64, help="photos per inference call (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
+    p.add_argument("--save-every", type=int, default=5000,
+                   help="save progress after this many embedded photos (default 5000)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_run_index)
+
+
+def _run_index(args) -> int:
+    import json
+    from pathlib import Path
+
+    from index.build import build_index
+    from index.store import StoreError
+
+    if args.batch_size < 1 or args.save_every < 1 or (args.workers is not None and args.workers < 0):
+        print("error: --batch-size and --save-every must be positive, --workers 0 or more", file=sys.stderr)
+        return 2
+    log = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
+    try:
+        s = build_index(args.folder, args.model, args.out, batch_size=args.batch_size, workers=args.workers,
+                        rebuild=args.rebuild, save_every=args.save_every, log=log)
+    except (StoreError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"{args.out}: {s['count']} photos ({s['index_type']} search) | {s['added']} added, {s['updated']} "
+          f"re-embedded, {s['moved']} moved, {s['touched']} touched, {s['removed']} removed, {s['unchanged']} "
+          f"unchanged, {s['bad']} unreadable | {s['embed_rate']:.0f} photos/s on {s['provider']}")
+    for b in s["bad_files"][:10]:
+        print(f"  unreadable: {b['path']}: {b['reason']}")
+    if s["bad"] > 10:
+        print(f"  ... and {s['bad'] - 10} more, listed in {Path(args.out) / 'bad_files.jsonl'}")
+    return 0
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help="find the photos most like IMAGE in an index",
+        description="Embed IMAGE with the index's encoder and print the k most similar photos (rank, cosine, path).",
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="index folder written by `byol-search index`")
+    p.add_argument("image", metavar="IMAGE", help="the query photo (any file; it need not be in the index)")
+    p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--model", default=None, metavar="ENCODER.onnx",
+                   help="the encoder, when it has moved since indexing (default: the one in the index's manifest)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> int:
+    import json
+    from pathlib import Path
+
+    from byol.images import BadImage
+    from index.embed import Embedder
+    from index.store import Store, StoreError
+
+    if args.k < 1:
+        print("error: -k must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        store = Store.open(args.index_dir)
+        model = args.model or store.model_path
+        if not Path(model).is_file():
+            raise ValueError(f"the index's encoder {model} is missing; point to it with --model ENCODER.onnx")
+        embedder = Embedder(model)
+        store.close()
+        store = Store.open(args.index_dir, model_sha256=embedder.sha256)
+        query = embedder.embed_file(args.image)
+    except BadImage as e:
+        print(f"error: {e.path}: {e.reason}", file=sys.stderr)
+        return 2
+    except (StoreError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    scores, ids = store.search(query, args.k)
+    rows = {r["id"]: r for r in store.rows(ids[0])}
+    results = [{"rank": n + 1, "cosine": round(float(s), 6), "id": int(i), "path": rows[i]["path"]}
+               for n, (s, i) in enumerate((s, i) for s, i in zip(scores[0], ids[0]) if i in rows)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['rank']:>4}  {r['cosine']:.4f}  {r['path']}")
+    return 0
+
+
+def _add_duplicates(sub) -> None:
+    p = sub.add_parser(
+        "duplicates",
+        help="list groups of near-duplicate photos in an index",
+        description=(
+            "Group photos whose embeddings have cosine >= THRESHOLD (joined transitively). 0.98 or more finds\n"
+            "copies and re-encodes; 0.9-0.95 also finds bursts and small edits, depending on the encoder."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="index folder written by `byol-search index`")
+    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity threshold (default 0.95)")
+    p.add_argument("--json", action="store_true", help="print groups of {id, path} as JSON")
+    p.set_defaults(func=_run_duplicates)
+
+
+def _run_duplicates(args) -> int:
+    import json
+
+    from index.store import Store, StoreError
+
+    if not -1.0 <= args.threshold <= 1.0:
+        print("error: --threshold is a cosine similarity between -1 and 1", file=sys.stderr)
+        return 2
+    try:
+        store = Store.open(args.index_dir)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    groups = store.duplicates(args.threshold)
+    out = [[{"id": r["id"], "path": r["path"]} for r in store.rows(g)] for g in groups]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for n, g in enumerate(out, 1):
+        print(f"group {n} ({len(g)} photos)")
+        for r in g:
+            print(f"  {r['path']}")
+    print(f"{len(out)} groups, {sum(len(g) for g in out)} photos at cosine >= {args.threshold}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byol-search", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -20,12 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # subcommands register below, one function each
-    # <<pretrain>>
-    # <<evaluate>>
-    # <<export>>
-    # <<index>>
-    # <<search>>
-    # <<duplicates>>
+    _add_pretrain(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    _add_index(sub)
+    _add_search(sub)
+    _add_duplicates(sub)
     # <<serve>>
     # <<run>>
     # <<demo>>

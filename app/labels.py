@@ -1,0 +1,438 @@
+"""Labels in SQLite next to the index, the linear probe that labels the rest, and the exports.
+
+INDEX_DIR/labels.sqlite holds
+  label_names(name, at)                                   the label vocabulary
+  labels(image_id, label, source, at)                     one label per photo; source 'human' or 'accepted'
+  predictions(image_id, label, confidence, margin, probe_version)   the probe's guess for every photo
+  probes(version, at, classes, counts, accuracy, dim, weight, bias) every probe trained, newest last
+
+Image ids are the index's stable SQLite/FAISS ids, so labels survive restarts and incremental index
+updates; a label whose photo has left the index is kept but ignored until the photo returns.
+The probe is byol.probe.fit_linear (multinomial logistic regression on the frozen, L2-normalised
+embeddings), trained from as few as one labelled photo per class.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LABELS_FILE = "labels.sqlite"
+SOURCES = ("human", "accepted")  # 'accepted': a prediction a person accepted in bulk
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS label_names (name TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+  image_id INTEGER PRIMARY KEY,
+  label TEXT NOT NULL REFERENCES label_names(name) ON UPDATE CASCADE ON DELETE CASCADE,
+  source TEXT NOT NULL DEFAULT 'human',
+  at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+  image_id INTEGER PRIMARY KEY,
+  label TEXT NOT NULL REFERENCES label_names(name) ON UPDATE CASCADE ON DELETE CASCADE,
+  confidence REAL NOT NULL,
+  margin REAL NOT NULL,
+  probe_version INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS predictions_margin ON predictions(margin);
+CREATE INDEX IF NOT EXISTS predictions_label ON predictions(label, confidence);
+CREATE TABLE IF NOT EXISTS probes (
+  version INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, classes TEXT NOT NULL, counts TEXT NOT NULL,
+  accuracy REAL, dim INTEGER NOT NULL, weight BLOB NOT NULL, bias BLOB NOT NULL);
+"""
+
+Progress = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, desc: str) -> None:
+    pass
+
+
+def check_label_name(name: str) -> str:
+    """A label becomes a folder name in the ImageFolder export, so it must be a safe one."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("a label needs a name")
+    if len(name) > 64:
+        raise ValueError(f"label {name[:20]!r}...: at most 64 characters")
+    if name in (".", "..") or name.startswith(".") or any(c in name for c in '/\\:*?"<>|\0'):
+        raise ValueError(f"label {name!r}: no leading dot and none of / \\ : * ? \" < > |")
+    return name
+
+
+@dataclass
+class Prediction:
+    id: int
+    label: str
+    confidence: float  # the probe's top probability
+    margin: float  # top probability minus the runner-up's: small means the probe hesitates
+
+
+@dataclass
+class ProbeReport:
+    version: int  # probes.version of the probe that made the predictions
+    classes: list[str]  # label names, in the probe's class order
+    counts: dict[str, int]  # labelled photos per class used for training
+    accuracy: float | None  # cross-validated accuracy estimate; None with too few labels to estimate
+    predicted: int  # photos given a prediction
+    seconds: float  # wall time of fit + estimate + predict + save
+
+
+class Labels:
+    """The label database of one index. Thread-safe: the page calls it from several worker threads."""
+
+    def __init__(self, index_dir: str | Path):
+        self.path = Path(index_dir) / LABELS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def _write(self, fn: Callable[[sqlite3.Connection], object]):
+        """Run fn inside one transaction: all of it lands or none of it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return out
+
+    # ---------------------------------------------------------------- vocabulary
+    def names(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT name FROM label_names ORDER BY name")]
+
+    def create(self, name: str) -> str:
+        name = check_label_name(name)
+        self._write(lambda db: db.execute("INSERT OR IGNORE INTO label_names VALUES (?, ?)", (name, time.time())))
+        return name
+
+    def rename(self, old: str, new: str) -> str:
+        new = check_label_name(new)
+        if old not in self.names():
+            raise ValueError(f"no label named {old!r}")
+        if new in self.names() and new != old:
+            raise ValueError(f"a label named {new!r} already exists")
+
+        def go(db):
+            db.execute("UPDATE label_names SET name = ? WHERE name = ?", (new, old))  # cascades to both tables
+            for version, classes in db.execute("SELECT version, classes FROM probes").fetchall():
+                names = [new if c == old else c for c in json.loads(classes)]
+                db.execute("UPDATE probes SET classes = ? WHERE version = ?", (json.dumps(names), version))
+
+        self._write(go)
+        return new
+
+    def delete(self, name: str) -> None:
+        """Remove a label, its assignments and the predictions of it."""
+        self._write(lambda db: db.execute("DELETE FROM label_names WHERE name = ?", (name,)))
+
+    # ---------------------------------------------------------------- assignments
+    def assign(self, ids: Iterable[int], label: str, source: str = "human") -> int:
+        """Label photos (replacing any label they had); creates the label if it is new."""
+        ids = [int(i) for i in ids]
+        label = self.create(label)
+        now = time.time()
+        self._write(lambda db: db.executemany(
+            "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", [(i, label, source, now) for i in ids]))
+        return len(ids)
+
+    def unassign(self, ids: Iterable[int]) -> int:
+        ids = [(int(i),) for i in ids]
+        self._write(lambda db: db.executemany("DELETE FROM labels WHERE image_id = ?", ids))
+        return len(ids)
+
+    def labelled(self, source: str | None = None) -> dict[int, str]:
+        """{image id: label}, all sources or one."""
+        if source is None:
+            rows = self._query("SELECT image_id, label FROM labels")
+        else:
+            rows = self._query("SELECT image_id, label FROM labels WHERE source = ?", (source,))
+        return dict(rows)
+
+    def labels_of(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        """{id: (label, source)} for those of ids that have a label."""
+        ids = [int(i) for i in ids]
+        out: dict[int, tuple[str, str]] = {}
+        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[i : i + 900]
+            q = f"SELECT image_id, label, source FROM labels WHERE image_id IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: (r[1], r[2]) for r in self._query(q, chunk)})
+        return out
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{label: {'human': n, 'accepted': n, 'predicted': n}} for every label, zeros included."""
+        out = {n: {"human": 0, "accepted": 0, "predicted": 0} for n in self.names()}
+        for label, source, n in self._query("SELECT label, source, COUNT(*) FROM labels GROUP BY label, source"):
+            out[label][source] = n
+        for label, n in self._query("SELECT label, COUNT(*) FROM predictions GROUP BY label"):
+            out[label]["predicted"] = n
+        return out
+
+    # ---------------------------------------------------------------- the probe
+    def train(self, store, weight_decay: float = 1e-4, progress: Progress = _no_progress) -> ProbeReport:
+        """Fit the linear probe on every labelled photo still in the index, estimate its accuracy, predict all."""
+        from byol.probe import cross_val_accuracy, fit_linear
+
+        t0 = time.perf_counter()
+        progress(0.0, "reading labels")
+        labelled = self.labelled()
+        ids = np.fromiter(labelled, np.int64, len(labelled))
+        ids = ids[np.isin(ids, np.asarray(store.all_ids(), np.int64))]
+        names = sorted({labelled[int(i)] for i in ids})
+        if len(names) < 2:
+            raise ValueError("label photos of at least two different labels before training "
+                             f"(now: {len(ids)} labelled photo(s), {len(names)} label(s))")
+        y = np.array([names.index(labelled[int(i)]) for i in ids])
+        x = np.asarray(store.get_vectors(ids), np.float32)
+        progress(0.1, f"fitting the probe on {len(ids)} photos")
+        probe = fit_linear(x, y, len(names), weight_decay)
+        progress(0.3, "estimating accuracy (cross-validation)")
+        counts = {n: int((y == c).sum()) for c, n in enumerate(names)}
+        # a photo whose label has no other example is always missed when held out: with one photo per
+        # label there is nothing to estimate from
+        accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay)
+                    if max(counts.values()) >= 2 else None)
+
+        def save(db):
+            cur = db.execute(
+                "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias) VALUES (?,?,?,?,?,?,?)",
+                (time.time(), json.dumps(names), json.dumps(counts), accuracy, int(x.shape[1]),
+                 probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes()))
+            return cur.lastrowid
+
+        version = self._write(save)
+        predicted = self.predict(store, progress=lambda f, d: progress(0.4 + 0.6 * f, d))
+        return ProbeReport(version, names, counts, accuracy, predicted, time.perf_counter() - t0)
+
+    def last_probe(self):
+        """(version, classes, LinearProbe, accuracy) of the newest probe, or None."""
+        from byol.probe import LinearProbe
+
+        rows = self._query("SELECT version, classes, accuracy, dim, weight, bias FROM probes "
+                           "ORDER BY version DESC LIMIT 1")
+        if not rows:
+            return None
+        version, classes, accuracy, dim, w, b = rows[0]
+        classes = json.loads(classes)
+        probe = LinearProbe(np.frombuffer(w, np.float32).reshape(len(classes), dim).copy(),
+                            np.frombuffer(b, np.float32).copy())
+        return version, classes, probe, accuracy
+
+    def predict(self, store, chunk: int = 65536, progress: Progress = _no_progress) -> int:
+        """Predict every photo in the index with the newest probe; replaces all earlier predictions."""
+        last = self.last_probe()
+        if last is None:
+            raise ValueError("no probe yet: label photos of two labels and train first")
+        version, classes, probe, _ = last
+        if probe.weight.shape[1] != int(store.dim):
+            raise ValueError(f"the probe was trained on {probe.weight.shape[1]}-d embeddings but the index holds "
+                             f"{store.dim}-d ones (a different encoder): train again")
+        all_ids = np.asarray(store.all_ids(), np.int64)
+        rows: list[tuple] = []
+        for start in range(0, len(all_ids), chunk):
+            ids = all_ids[start : start + chunk]
+            p = probe.predict_proba(store.get_vectors(ids))  # n, C
+            top2 = -np.partition(-p, 1, axis=1)[:, :2] if p.shape[1] > 1 else np.c_[p, np.zeros(len(p))]
+            best = p.argmax(1)
+            rows.extend(zip(ids.tolist(), [classes[c] for c in best], top2[:, 0].tolist(),
+                            (top2[:, 0] - top2[:, 1]).tolist(), [version] * len(ids)))
+            progress(min(1.0, (start + len(ids)) / max(1, len(all_ids))) * 0.8, f"predicted {start + len(ids)} photos")
+        progress(0.9, "saving predictions")
+
+        def save(db):
+            db.execute("DELETE FROM predictions")
+            db.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?)", rows)
+
+        self._write(save)
+        return len(rows)
+
+    def predictions(self, ids: Iterable[int]) -> dict[int, Prediction]:
+        ids = [int(i) for i in ids]
+        out: dict[int, Prediction] = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            q = ("SELECT image_id, label, confidence, margin FROM predictions "
+                 f"WHERE image_id IN ({','.join('?' * len(chunk))})")
+            out.update({r[0]: Prediction(*r) for r in self._query(q, chunk)})
+        return out
+
+    def all_predictions(self) -> dict[int, str]:
+        return dict(self._query("SELECT image_id, label FROM predictions"))
+
+    def browse(self, label: str, predicted: bool = True, most_confident: bool = True,
+               limit: int = 48, offset: int = 0) -> list[Prediction]:
+        """Photos predicted as `label` (not yet labelled), or labelled `label`, ordered by confidence."""
+        order = "DESC" if most_confident else "ASC"
+        if predicted:
+            q = ("SELECT p.image_id, p.label, p.confidence, p.margin FROM predictions p "
+                 "LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL AND p.label = ? "
+                 f"ORDER BY p.confidence {order} LIMIT ? OFFSET ?")
+        else:
+            q = ("SELECT l.image_id, l.label, COALESCE(p.confidence, 1.0), COALESCE(p.margin, 1.0) FROM labels l "
+                 "LEFT JOIN predictions p ON p.image_id = l.image_id WHERE l.label = ? "
+                 f"ORDER BY COALESCE(p.confidence, 1.0) {order}, l.at DESC LIMIT ? OFFSET ?")
+        return [Prediction(*r) for r in self._query(q, (label, int(limit), int(offset)))]
+
+    def label_next(self, n: int = 24) -> list[Prediction]:
+        """Unlabelled photos the probe is least sure about (smallest margin between its top two labels).
+
+        Margin sampling (Scheffer et al. 2001): labelling these moves the decision boundary most.
+        """
+        q = ("SELECT p.image_id, p.label, p.confidence, p.margin FROM predictions p "
+             "LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL ORDER BY p.margin ASC LIMIT ?")
+        return [Prediction(*r) for r in self._query(q, (int(n),))]
+
+    def accept(self, min_confidence: float | None = None, ids: Iterable[int] | None = None) -> int:
+        """Turn predictions into labels (source 'accepted'): all at or above a confidence, or those of `ids`.
+
+        Photos a person already labelled keep their label.
+        """
+        if (min_confidence is None) == (ids is None):
+            raise ValueError("accept needs either a minimum confidence or a list of ids")
+        now = time.time()
+        base = ("INSERT INTO labels (image_id, label, source, at) SELECT p.image_id, p.label, 'accepted', ? "
+                "FROM predictions p LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL AND ")
+
+        def go(db):
+            if ids is None:
+                return db.execute(base + "p.confidence >= ?", (now, float(min_confidence))).rowcount
+            n = 0
+            for i in ids:
+                n += db.execute(base + "p.image_id = ?", (now, int(i))).rowcount
+            return n
+
+        return int(self._write(go))
+
+    # ---------------------------------------------------------------- exports
+    def table(self, store, include_predictions: bool = True, min_confidence: float = 0.0) -> list[dict]:
+        """One dict per photo in the index: id, path, label, source, predicted, confidence.
+
+        `label` is the photo's label, or (include_predictions) its prediction at or above min_confidence
+        with source 'predicted'; empty when it has neither.
+        """
+        ids = [int(i) for i in store.all_ids()]
+        labelled = {r[0]: (r[1], r[2]) for r in self._query("SELECT image_id, label, source FROM labels")}
+        preds = {r[0]: (r[1], r[2]) for r in self._query("SELECT image_id, label, confidence FROM predictions")}
+        out = []
+        for start in range(0, len(ids), 10000):
+            for row in store.rows(ids[start : start + 10000]):
+                i = int(row["id"])
+                label, source = labelled.get(i, ("", ""))
+                pred, conf = preds.get(i, ("", None))
+                if not label and include_predictions and pred and conf >= min_confidence:
+                    label, source = pred, "predicted"
+                out.append({"id": i, "path": str(row["path"]), "label": label, "source": source,
+                            "predicted": pred, "confidence": "" if conf is None else round(conf, 4)})
+        return out
+
+    def export_csv(self, store, path: str | Path) -> int:
+        """Every photo with its label and prediction as CSV; returns the number of rows."""
+        from byol.checkpoint import atomic_write
+
+        rows = self.table(store, include_predictions=False)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["id", "path", "label", "source", "predicted", "confidence"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+        return len(rows)
+
+    def export_imagefolder(self, store, out_dir: str | Path, copy: bool = False, include_predictions: bool = False,
+                           min_confidence: float = 0.0, progress: Progress = _no_progress) -> dict[str, int]:
+        """out_dir/<label>/<id>_<file name>: symbolic links to the photos (or copies). Returns counts per label.
+
+        Built in a temporary folder and renamed into place, so a failure leaves no half-written tree;
+        an existing non-empty out_dir is refused rather than mixed into.
+        """
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ValueError(f"{out_dir} already exists and is not empty: choose another folder")
+        rows = [r for r in self.table(store, include_predictions, min_confidence) if r["label"]]
+        if not rows:
+            raise ValueError("nothing to export: no photo has a label yet")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        counts: dict[str, int] = {}
+        try:
+            for n, r in enumerate(rows):
+                src = Path(r["path"]).resolve()
+                if not src.is_file():
+                    continue  # moved or deleted since indexing; the next index update drops it
+                dst = tmp / r["label"] / f"{r['id']}_{src.name}"
+                dst.parent.mkdir(exist_ok=True)
+                if copy:
+                    shutil.copy2(src, dst)
+                else:
+                    os.symlink(src, dst)
+                counts[r["label"]] = counts.get(r["label"], 0) + 1
+                if n % 500 == 0:
+                    progress(n / len(rows), f"{n} of {len(rows)} photos")
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return counts
+
+    def export_hf(self, store, out_dir: str | Path, include_predictions: bool = False,
+                  min_confidence: float = 0.0) -> int:
+        """A `datasets.Dataset` (image, label as ClassLabel, id, path, source, confidence) saved to disk.
+
+        save_to_disk embeds the image bytes, so the saved dataset does not depend on the photo folder.
+        """
+        import datasets
+
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ValueError(f"{out_dir} already exists and is not empty: choose another folder")
+        rows = [r for r in self.table(store, include_predictions, min_confidence)
+                if r["label"] and Path(r["path"]).is_file()]
+        if not rows:
+            raise ValueError("nothing to export: no photo has a label yet")
+        names = sorted({r["label"] for r in rows})
+        features = datasets.Features({
+            "image": datasets.Image(), "label": datasets.ClassLabel(names=names), "id": datasets.Value("int64"),
+            "path": datasets.Value("string"), "source": datasets.Value("string"),
+            "confidence": datasets.Value("float32")})
+        ds = datasets.Dataset.from_dict({
+            "image": [str(Path(r["path"]).resolve()) for r in rows],
+            "label": [names.index(r["label"]) for r in rows],
+            "id": [r["id"] for r in rows],
+            "path": [r["path"] for r in rows],
+            "source": [r["source"] for r in rows],
+            "confidence": [float(r["confidence"]) if r["confidence"] != "" else float("nan") for r in rows],
+        }, features=features)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            ds.save_to_disk(str(tmp / "ds"))
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(tmp / "ds", out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return len(rows)

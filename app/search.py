@@ -1,0 +1,183 @@
+"""What the page shows, as plain data: search by photo or by id, paging, random browse, near-duplicates,
+and the 2-D map of the embeddings. No gradio here; app/ui.py turns these into components.
+
+A result is a `Hit`: the photo's stable id (what clicks carry), its cosine to the query, its file name
+and the path of its thumbnail (the only picture of it the page ever shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+UNLABELLED = "(none)"
+# Tableau 10: distinct at a glance, and readable for the common colour-vision deficiencies
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#17becf")
+GREY = "#c8c8c8"
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int  # the photo's id in the index (FAISS id = SQLite primary key)
+    score: float | None  # cosine similarity to the query; None where there is no query (random browse)
+    name: str  # file name, for the caption
+    thumb: str  # path of the cached thumbnail
+
+    @property
+    def caption(self) -> str:
+        return self.name if self.score is None else f"{self.score:.3f} · {self.name}"
+
+
+def hits(store, ids: Iterable[int], scores: Iterable[float] | None = None) -> list[Hit]:
+    """Hits for ids in the given order; ids that have left the index (or are -1 padding) are dropped."""
+    ids = [int(i) for i in ids]
+    scores = [None] * len(ids) if scores is None else [float(s) for s in scores]
+    keep = [(i, s) for i, s in zip(ids, scores) if i >= 0]
+    rows = {int(r["id"]): r for r in store.rows([i for i, _ in keep])} if keep else {}
+    return [Hit(i, s, Path(str(rows[i]["path"])).name, str(store.thumbnail_path(i))) for i, s in keep if i in rows]
+
+
+def unit(v) -> np.ndarray:
+    """(d,) or (n, d) -> (n, d) float32 rows of unit length (what the store searches with)."""
+    v = np.atleast_2d(np.ascontiguousarray(v, dtype=np.float32))
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def search_vector(store, query, k: int, offset: int = 0) -> list[Hit]:
+    """Results offset .. offset+k of a search by one embedding; the next page is offset += k."""
+    scores, ids = store.search(unit(query), offset + k)
+    return hits(store, ids[0][offset:], scores[0][offset:])
+
+
+def search_id(store, image_id: int, k: int, offset: int = 0) -> list[Hit]:
+    """Search from a photo already in the index; the photo itself comes first (cosine 1)."""
+    return search_vector(store, store.get_vectors(np.array([int(image_id)], np.int64)), k, offset)
+
+
+def embed_photo(embedder, image) -> np.ndarray:
+    """One decoded RGB PIL image -> (1, d) unit embedding, through the index's own encoder."""
+    return unit(embedder.embed_images([image]))
+
+
+def random_browse(store, n: int, rng: np.random.Generator | None = None) -> list[Hit]:
+    ids = np.asarray(store.all_ids(), np.int64)
+    rng = rng if rng is not None else np.random.default_rng()
+    return hits(store, rng.choice(ids, size=min(n, len(ids)), replace=False)) if len(ids) else []
+
+
+def duplicate_groups(store, threshold: float, max_groups: int = 60) -> list[list[Hit]]:
+    """Groups of photos whose embeddings are at least `threshold` cosine-similar, largest groups first."""
+    groups = sorted(store.duplicates(float(threshold)), key=len, reverse=True)[:max_groups]
+    out = []
+    for g in groups:
+        v = np.asarray(store.get_vectors(np.asarray(g, np.int64)), np.float32)
+        out.append(hits(store, g, unit(v) @ unit(v[0])[0]))  # cosine to the group's first photo
+    return [g for g in out if len(g) > 1]
+
+
+# ---------------------------------------------------------------- the map
+@dataclass
+class EmbeddingMap:
+    """A 2-D layout of (a sample of) the index, in data units and in the pixels of its rendering."""
+
+    ids: np.ndarray  # n int64
+    xy: np.ndarray  # n, 2 float32: the projection
+    method: str  # "pca" or "umap"
+    size: tuple[int, int] = (880, 620)  # width, height of the rendered picture in pixels
+    margin: int = 16  # pixels kept free around the points
+    px: np.ndarray = field(init=False)  # n, 2 int: pixel position of each point (x right, y down)
+
+    def __post_init__(self):
+        lo, hi = self.xy.min(0), self.xy.max(0)
+        span = np.maximum(hi - lo, 1e-9)
+        w, h = self.size[0] - 2 * self.margin, self.size[1] - 2 * self.margin
+        t = (self.xy - lo) / span
+        self.px = np.stack([self.margin + t[:, 0] * w, self.margin + (1 - t[:, 1]) * h], 1).round().astype(int)
+
+    def point_at(self, x: float, y: float, radius: float = 24.0) -> int | None:
+        """The id of the point nearest pixel (x, y) of the picture, or None when none lies within radius."""
+        if not len(self.ids):
+            return None
+        d2 = ((self.px - np.array([x, y])) ** 2).sum(1)
+        j = int(d2.argmin())
+        return int(self.ids[j]) if d2[j] <= radius * radius else None
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """Project rows onto their top two principal components (eigenvectors of the d x d covariance)."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(0)
+    _, vecs = np.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    return (x @ vecs[:, ::-1][:, :2]).astype(np.float32)
+
+
+def umap_available() -> bool:
+    try:
+        import umap  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def compute_map(store, method: str = "pca", max_points: int = 20000, include: Sequence[int] = (),
+                seed: int = 0) -> EmbeddingMap:
+    """Lay out up to max_points photos (always including `include`, e.g. the labelled ones) in 2-D.
+
+    PCA is exact and takes a fraction of a second at 100k photos; UMAP (McInnes et al. 2018, with
+    umap-learn installed) separates clusters better but takes tens of seconds on a CPU.
+    """
+    ids = np.asarray(store.all_ids(), np.int64)
+    if len(ids) > max_points:
+        keep = np.intersect1d(ids, np.asarray(list(include), np.int64))[:max_points]
+        rest = np.setdiff1d(ids, keep)
+        rng = np.random.default_rng(seed)
+        ids = np.concatenate([keep, rng.choice(rest, max_points - len(keep), replace=False)])
+    if len(ids) < 2:
+        raise ValueError("the map needs at least two indexed photos")
+    x = np.asarray(store.get_vectors(ids), np.float32)
+    if method == "umap":
+        import umap
+
+        xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x).astype(np.float32)
+    else:
+        xy, method = pca_2d(x), "pca"
+    return EmbeddingMap(ids, xy, method)
+
+
+def colour_keys(ids: np.ndarray, by: dict[int, str]) -> list[str]:
+    return [by.get(int(i), UNLABELLED) for i in ids]
+
+
+def legend(keys: Sequence[str]) -> list[tuple[str, str, int]]:
+    """(name, hex colour, count) per key: labels in name order with palette colours, '(none)' grey last."""
+    names = sorted(set(keys) - {UNLABELLED})
+    counts = {k: 0 for k in [*names, UNLABELLED]}
+    for k in keys:
+        counts[k] += 1
+    out = [(n, PALETTE[j % len(PALETTE)], counts[n]) for j, n in enumerate(names)]
+    return out + ([(UNLABELLED, GREY, counts[UNLABELLED])] if counts[UNLABELLED] else [])
+
+
+def render_map(m: EmbeddingMap, keys: Sequence[str], dot: int = 2):
+    """A PIL picture of the map, one dot per photo coloured by its key; unlabelled photos drawn underneath."""
+    from PIL import Image
+
+    w, h = m.size
+    canvas = np.full((h, w, 3), 255, np.uint8)
+    colours = {name: tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for name, c, _ in legend(keys)}
+    keys = np.asarray(keys, dtype=object)
+    for name in [UNLABELLED, *[n for n in colours if n != UNLABELLED]]:
+        sel = m.px[keys == name]
+        if not len(sel):
+            continue
+        r = dot if name == UNLABELLED else dot + 1
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                ys = np.clip(sel[:, 1] + dy, 0, h - 1)
+                xs = np.clip(sel[:, 0] + dx, 0, w - 1)
+                canvas[ys, xs] = colours[name]
+    return Image.fromarray(canvas)

@@ -1,0 +1,558 @@
+"""BYOL pretraining (Grill et al. 2020): the run's config and one training function that reads top to bottom.
+
+Public API
+    train(cfg: TrainConfig) -> Path          runs (or resumes) a pretraining run; returns RUN_DIR/checkpoint.pt
+    TrainConfig                              every setting, one comment per field (below); stored in the
+                                             checkpoint as asdict(cfg) under "config"
+    parse_duration("20m") -> 1200.0          "90s", "20m", "1.5h", "1h30m" -> seconds (ValueError otherwise)
+    TrainingDiverged, TrainingInterrupted    raised on repeated non-finite losses / on Ctrl-C (after saving)
+
+RUN_DIR (cfg.out) after a run
+    checkpoint.pt     the latest checkpoint (byol.checkpoint format; load_encoder() rebuilds the encoder)
+    log.jsonl         one JSON object per line, each with "kind":
+                        "plan"  {step, total_steps, batch_size, step_seconds, budget, images, world_size, device, precision}
+                        "train" {step, epoch, loss, lr, tau, collapse_std, img_per_s, elapsed}
+                                  step = optimiser steps taken so far; loss = the symmetric loss in [0, 8]
+                                  (L + L~ of eq. 2) averaged over the last log_every steps; collapse_std =
+                                  std over the batch of the L2-normalised online projections, healthy near
+                                  1/sqrt(proj_dim); img_per_s = images (not views) per second; elapsed = s
+                        "eval"  {step, knn_top1, seconds, elapsed}   (with eval_folder; k=200, t=0.1)
+                        "skip"  {step, loss, restored}              a non-finite loss: the step was skipped
+                        "warning" {step, message}                   e.g. collapse
+                        "end"   {step, elapsed, images_seen}
+    bad_files.jsonl   {path, reason} per file that could not be decoded (skipped)
+    curves.png        loss, lr, tau, collapse_std (and kNN top-1) against step
+    cache/            the decoded-image cache (byol.data.ImageCache), reused by later runs
+
+Time budget (steps=0, budget>0): the budget covers the whole call (cache, planning, steps, evaluations,
+periodic checkpoints), all but the final checkpoint and plot. The planner times PLAN_STEPS full training
+steps on throwaway batches (the first PLAN_WARMUP untimed: allocator and kernel set-up), then restores the
+model and optimiser to their initial state: those steps are not counted and leave no trace, so a budget run
+is the same as a `steps` run of the planned length. It then sets total steps = (time left x 0.97) /
+(step time + evaluation time / eval_every). The plan is stored in the checkpoint; --resume keeps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from byol.augment import AugmentConfig, two_views, write_preview
+from byol.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from byol.loss import byol_loss, collapse_std
+from byol.model import BYOL, ModelConfig
+from byol.optim import OPTIMIZERS, build_optimizer, cosine_lr, cosine_tau, scaled_lr
+from byol.preprocess import Preprocess
+
+PLAN_STEPS, PLAN_WARMUP = 5, 2  # budget planner: steps run, of which the first are not timed
+
+
+@dataclass
+class TrainConfig:
+    folder: str | None = None  # photo folder to learn from (read recursively); or give `hf`
+    hf: str | None = None  # HF `datasets` image dataset: a save_to_disk folder or a hub name
+    hf_split: str = "train"  # split of the HF dataset
+    hf_image_column: str | None = None  # image column of the HF dataset; None = the first Image feature
+    out: str = "runs/byol"  # RUN_DIR: checkpoint.pt, log.jsonl, bad_files.jsonl, curves.png
+    cache_dir: str | None = None  # decoded-image cache; None = RUN_DIR/cache
+    # cached square side; 0 = image_size up to 64 px (small sources gain nothing from upsampling),
+    # else 1.25 x image_size so random resized crops of large photos keep real pixels
+    cache_side: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)  # backbone, image_size, head sizes
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the two views (image_size follows model)
+    batch_size: int = 256  # global batch (all processes); shrunk with a message when the folder is smaller
+    steps: int = 0  # optimiser steps; 0 = plan them from `budget`
+    budget: float = 0.0  # wall-clock seconds for the whole run when steps == 0 (see module docstring)
+    optimizer: str = "lars"  # lars (the paper's) or adamw
+    # lr = base_lr x batch/256. LARS: the paper's 0.2 is for 1000 ImageNet epochs; short CPU budgets learn
+    # faster at 1.0 (solo-learn's CIFAR recipe). AdamW: about 2e-3
+    base_lr: float = 1.0
+    warmup: float = 0.05  # linear lr warm-up, as a fraction of the steps (paper: 10 of 1000 epochs)
+    weight_decay: float = 1.5e-6  # paper: 1.5e-6 (LARS); try 1e-4 for AdamW. Biases and BatchNorm: none
+    # target decay rate tau at step 0, rising to 1 (paper: 0.996 over ~300k steps); runs of a few thousand
+    # steps need the target to follow faster: 0.99 as solo-learn's CIFAR recipe
+    base_tau: float = 0.99
+    workers: int | None = None  # processes decoding the cache; None = one per core
+    seed: int = 0  # model init, data order and augmentation
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1
+    # auto: bf16 autocast on CUDA when supported and on CPUs with native bf16 (AVX-512 BF16 / AMX: ~2x
+    # faster), else fp32. fp32 | bf16 force it
+    precision: str = "auto"
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on oneDNN and cuDNN)
+    eval_folder: str | None = None  # labelled folder (train/<class>/, test/<class>/) for a kNN monitor
+    eval_every: int = 0  # steps between kNN evaluations; 0 = five per run (plus one before training)
+    log_every: int = 10  # steps between log lines (averages over the window)
+    checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
+    resume: bool = False  # continue RUN_DIR/checkpoint.pt exactly (the saved settings win)
+    stop_at: int = 0  # end this call after this step, schedules still planned for all steps (staged runs)
+    max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
+    progress: bool = True  # tqdm bar
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        m, a = ModelConfig(**d.pop("model", {})), d.pop("augment", {})
+        a = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()})
+        return cls(model=m, augment=a, **d)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite for max_bad_steps steps in a row."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: a checkpoint was saved; `resume` continues."""
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '20m', '1.5h', '1h30m' -> seconds; ValueError with the accepted forms otherwise."""
+    s = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", s)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smh])", "", s).strip():
+        raise ValueError(f"budget {text!r}: give a number with a unit, e.g. 90s, 20m, 1.5h or 1h30m")
+    seconds = sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"budget {text!r}: must be more than 0")
+    return seconds
+
+
+def default_cache_side(image_size: int) -> int:
+    return image_size if image_size <= 64 else int(round(image_size * 1.25 / 8)) * 8
+
+
+class _Online(nn.Module):
+    """The online network as one module (what DistributedDataParallel wraps): x -> (p, z)."""
+
+    def __init__(self, byol: BYOL):
+        super().__init__()
+        self.encoder, self.projector, self.predictor = byol.online_encoder, byol.online_projector, byol.predictor
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(self.encoder(x))
+        return self.predictor(z), z
+
+
+def _open_images(cfg: TrainConfig, run_dir: Path, side: int, build: bool = True):
+    """The decoded cache (byol.data.ImageCache) of the folder or HF dataset; unreadable files are listed in
+    RUN_DIR/bad_files.jsonl. build=False opens the cache another process has just built."""
+    from byol.data import ImageCache
+
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
+    if not build:
+        return ImageCache.open(cache_dir, side)
+    report = run_dir / "bad_files.jsonl"
+    if cfg.hf:
+        return ImageCache.from_hf(cfg.hf, cache_dir, side, split=cfg.hf_split, image_column=cfg.hf_image_column,
+                                  workers=cfg.workers, report=report)
+    return ImageCache.build(cfg.folder, cache_dir, side, workers=cfg.workers, report=report)
+
+
+def _choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.precision != "auto":
+        raise ValueError(f"precision {cfg.precision!r}: choose auto, fp32 or bf16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def _rng_state(aug_gen: torch.Generator) -> dict:
+    st = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state(), "python": random.getstate(),
+           "numpy": [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: dict, aug_gen: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    aug_gen.set_state(rng["augment"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+    n = rng["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, local_batch: int) -> torch.Tensor:
+    """Image indices of one epoch for this process: batches x local_batch (drop_last).
+
+    The permutation depends only on (seed, epoch), so the data order needs no saved state: step s reads
+    batch s % batches_per_epoch of epoch s // batches_per_epoch. Each process takes a distinct shard.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    shard = perm[rank::world]
+    per_epoch = len(shard) // local_batch
+    return shard[: per_epoch * local_batch].view(per_epoch, local_batch)
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def plot_curves(log_path: str | Path, png_path: str | Path) -> None:
+    """curves.png from log.jsonl: loss, lr, tau, collapse std and (if any) kNN top-1 against step."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = _read_log(Path(log_path))
+    tr = [r for r in recs if r.get("kind") == "train"]
+    ev = [r for r in recs if r.get("kind") == "eval"]
+    panels = [("loss", tr), ("lr", tr), ("tau", tr), ("collapse_std", tr)] + ([("knn_top1", ev)] if ev else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0))
+    for ax, (key, rs) in zip(axes, panels):
+        ax.plot([r["step"] for r in rs], [r[key] for r in rs], marker="o" if key == "knn_top1" else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write(png_path, lambda f: f.write(buf.getvalue()))
+
+
+def _knn_monitor(encoder: nn.Module, folder: str, preprocess: Preprocess, device: torch.device, amp) -> float:
+    """Weighted kNN top-1 (k=200, t=0.1) of the online encoder on a labelled folder, eval mode."""
+    from byol import probe
+    from byol.evaluate import embed_folder, load_labelled
+
+    train_paths, train_y, test_paths, test_y, _ = load_labelled(folder)
+    with amp():
+        tr = embed_folder(encoder, preprocess, train_paths, device=device, progress=False)
+        te = embed_folder(encoder, preprocess, test_paths, device=device, progress=False)
+    return probe.knn_top1(tr.features, train_y[tr.kept], te.features, test_y[te.kept])
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run BYOL pretraining as configured; returns the path of the final checkpoint (RUN_DIR/checkpoint.pt)."""
+    t0 = time.perf_counter()
+    cfg = copy.deepcopy(cfg)  # the caller's config is not changed
+    run_dir = Path(cfg.out)
+    ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "log.jsonl"
+    # ------------------------------------------------------------------ resume: the saved settings win
+    ckpt = None
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint in {run_dir})")
+        ckpt = load_checkpoint(ckpt_path)
+        runtime = {k: getattr(cfg, k) for k in ("out", "resume", "stop_at", "progress", "workers", "device")}
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        for k, v in runtime.items():
+            setattr(cfg, k, v)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if not cfg.folder and not cfg.hf:
+        raise ValueError("give a photo folder or an HF dataset (hf) to learn from")
+    if cfg.steps <= 0 and cfg.budget <= 0 and ckpt is None:
+        raise ValueError("give a number of steps or a time budget")
+    cfg.augment.image_size = cfg.model.image_size
+
+    # ------------------------------------------------------------------ processes and device, chosen once
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
+    rank, world = 0, 1
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if ddp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:  # processes on one CPU share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    main = rank == 0
+    amp_dtype = _choose_precision(cfg, device)
+    precision = "bf16" if amp_dtype is not None else "fp32"
+
+    def amp():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        # -------------------------------------------------------------- data: the decoded cache
+        side = cfg.cache_side or default_cache_side(cfg.model.image_size)
+        if main:
+            cache = _open_images(cfg, run_dir, side)
+        if ddp:
+            dist.barrier()  # rank 0 built the cache; the others open it
+        if not main:
+            cache = _open_images(cfg, run_dir, side, build=False)
+        images = cache.tensor()  # N, side, side, 3 uint8 (memory-mapped)
+        n = images.shape[0]
+        if n // world < 2:
+            raise ValueError(f"{cfg.folder or cfg.hf}: {n} readable image(s); BYOL needs at least {2 * world} "
+                             f"(BatchNorm needs 2 per batch per process)")
+        if device.type == "cuda" and images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]:
+            images = images.to(device)  # the whole cache on the GPU: batches are gathered there
+        local_batch = min(cfg.batch_size // world, n // world)
+        batch = local_batch * world
+        if batch < cfg.batch_size and main:
+            print(f"note: {n} images for batch size {cfg.batch_size}: training with batch {batch} "
+                  f"(lr scaled to it)", file=sys.stderr)
+        per_epoch = (n // world) // local_batch
+
+        # -------------------------------------------------------------- model, optimiser, augmentation RNG
+        torch.manual_seed(cfg.seed)
+        model = BYOL(cfg.model)
+        if ddp and device.type == "cuda":  # SyncBatchNorm runs on GPUs only; CPU processes normalise locally
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device, memory_format=fmt)
+        online = _Online(model)
+        if ddp:
+            online = nn.parallel.DistributedDataParallel(online, device_ids=[device] if device.type == "cuda" else None)
+        lr_peak = scaled_lr(cfg.base_lr, batch)
+        optimizer = build_optimizer(cfg.optimizer, _Online(model), lr_peak, cfg.weight_decay)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+        preprocess = Preprocess.for_size(cfg.model.image_size)
+
+        def get_batch(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = _epoch_batches(n, step // per_epoch, cfg.seed, rank, world, local_batch)[step % per_epoch]
+            x = images[idx.to(images.device)].to(device, non_blocking=True)  # B, side, side, 3 uint8
+            v1, v2 = two_views(x, cfg.augment, gen)  # B,3,S,S each
+            return torch.cat([v1, v2]).contiguous(memory_format=fmt), idx  # 2B,3,S,S
+
+        def train_step(x: torch.Tensor, lr: float, tau: float, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+            """One step on both views at once (BatchNorm statistics span both); returns (loss, z)."""
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with amp():
+                p, z = online(x)  # 2B, proj_dim each
+                zt = model.target(x)  # 2B, proj_dim, no gradient
+            p1, p2 = p.float().chunk(2)
+            zt1, zt2 = zt.float().chunk(2)
+            loss = byol_loss(p1, p2, zt1, zt2)
+            stat = loss.detach().reshape(1)
+            if ddp:  # every process takes the same decision on a non-finite loss
+                stat = stat.clone()
+                dist.all_reduce(stat)
+                stat /= world
+            if check_finite and not torch.isfinite(stat).all():
+                return stat[0], z
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.update_target(tau)
+            return stat[0], z
+
+        # -------------------------------------------------------------- state: fresh, or exactly as saved
+        start, elapsed_before, plan = 0, 0.0, {}
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start, plan = int(ckpt["step"]), dict(ckpt["extra"]["plan"])
+            elapsed_before = float(ckpt["extra"].get("elapsed", 0.0))
+            _set_rng_state(ckpt["rng"], aug_gen)
+            if main:  # drop log lines written after the checkpoint by an interrupted run
+                keep = [r for r in _read_log(log_path) if r.get("step", 0) <= start and r.get("kind") != "end"]
+                atomic_write(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
+        elif main:
+            log_path.unlink(missing_ok=True)
+
+        def log(rec: dict) -> None:
+            if main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+
+        def elapsed() -> float:
+            return elapsed_before + time.perf_counter() - t0
+
+        # -------------------------------------------------------------- kNN monitor before training
+        eval_seconds = 0.0
+        if cfg.eval_folder and main and start == 0:
+            te = time.perf_counter()
+            acc = _knn_monitor(model.online_encoder, cfg.eval_folder, preprocess, device, amp)
+            eval_seconds = time.perf_counter() - te
+            log({"kind": "eval", "step": 0, "knn_top1": acc, "seconds": eval_seconds, "elapsed": elapsed()})
+            print(f"kNN top-1 before training: {acc:.2%} ({eval_seconds:.1f} s)", file=sys.stderr)
+
+        # -------------------------------------------------------------- plan: steps from the time budget
+        if ckpt is None:
+            total, step_seconds = cfg.steps, None
+            if total <= 0:
+                snapshot = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+                plan_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+                times = []
+                for i in range(PLAN_STEPS):
+                    ts = time.perf_counter()
+                    train_step(get_batch(i, plan_gen)[0], lr_peak / 100, cfg.base_tau, check_finite=False)[0].item()
+                    times.append(time.perf_counter() - ts)
+                model.load_state_dict(snapshot[0])
+                optimizer.load_state_dict(snapshot[1])
+                step_seconds = float(np.median(times[PLAN_WARMUP:]))
+                left = (cfg.budget - elapsed()) * 0.97
+                if cfg.eval_folder and cfg.eval_every:
+                    total = int(left / (step_seconds + eval_seconds / cfg.eval_every))
+                else:  # the default: five evaluations whatever the length
+                    total = int((left - (5 * eval_seconds if cfg.eval_folder else 0)) / step_seconds)
+                if ddp:  # agree on the slowest process's plan
+                    t = torch.tensor([total], device=device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                    total = int(t.item())
+                if total < 1:
+                    raise ValueError(f"budget {cfg.budget:.0f} s is too short: one step takes {step_seconds:.2f} s "
+                                     f"and {elapsed():.0f} s are already spent (cache, evaluation, planning)")
+            plan = {"total_steps": total, "batch_size": batch, "step_seconds": step_seconds, "budget": cfg.budget,
+                    "images": n, "world_size": world, "device": str(device), "precision": precision}
+            log({"kind": "plan", "step": 0, **plan})
+        total = int(plan["total_steps"])
+        end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
+        warmup = max(1, round(cfg.warmup * total))
+        lrs = [cosine_lr(s, total, lr_peak, warmup) for s in range(total)]  # per-step schedules
+        taus = [cosine_tau(s, total, cfg.base_tau) for s in range(total)]
+        eval_every = cfg.eval_every or max(1, math.ceil(total / 5))
+
+        def save(step: int) -> None:
+            if main:
+                save_checkpoint(ckpt_path, {
+                    "config": asdict(cfg), "model_config": asdict(cfg.model),
+                    "preprocess": preprocess.to_dict(), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "step": step, "rng": _rng_state(aug_gen),
+                    "extra": {"plan": plan, "elapsed": elapsed(),
+                              "sampler": {"seed": cfg.seed, "epoch": step // per_epoch, "per_epoch": per_epoch}},
+                })
+
+        # -------------------------------------------------------------- Ctrl-C: finish the step, save, stop
+        stop = threading.Event()
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            def on_sigint(signum, frame):
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                stop.set()
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
+
+        # -------------------------------------------------------------- the loop
+        if main:
+            print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px on {n} images: steps {start}-{end} "
+                  f"of {total}, batch {batch}, {precision} on {device}" + (f" x {world}" if ddp else ""), file=sys.stderr)
+        bar = tqdm(total=total, initial=start, unit="step", disable=not (cfg.progress and main), file=sys.stderr,
+                   dynamic_ncols=True)
+        good = copy.deepcopy((model.state_dict(), optimizer.state_dict()))  # the last state known finite
+        bad_in_row, losses, warned = 0, [], False
+        t_win, n_win = time.perf_counter(), 0
+        try:
+            for step in range(start, end):
+                x, _ = get_batch(step, aug_gen)
+                loss, z = train_step(x, lrs[step], taus[step])
+                if not torch.isfinite(loss):
+                    # the step was skipped: weights and optimiser are untouched unless an earlier update left
+                    # non-finite weights behind, in which case the last good state comes back
+                    bad_in_row += 1
+                    restored = not all(torch.isfinite(p).all() for p in model.parameters())
+                    if restored:
+                        model.load_state_dict(good[0])
+                        optimizer.load_state_dict(good[1])
+                    log({"kind": "skip", "step": step + 1, "loss": str(loss.item()), "restored": restored})
+                    tqdm.write(f"warning: non-finite loss at step {step + 1}: step skipped", file=sys.stderr)
+                    if bad_in_row >= cfg.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"the loss was not finite for {bad_in_row} steps in a row (step {step + 1}, lr "
+                            f"{lrs[step]:.3g}); {ckpt_path} keeps the last saved state. Try a lower base_lr "
+                            f"or precision fp32.")
+                else:
+                    bad_in_row = 0
+                    losses.append(loss.item())
+                n_win += 1
+                done = step + 1
+                bar.update(1)
+                if done % cfg.log_every == 0 or done == end:
+                    dt = time.perf_counter() - t_win
+                    ips = n_win * batch / max(dt, 1e-9)
+                    rec = {"kind": "train", "step": done, "epoch": step // per_epoch,
+                           "loss": float(np.mean(losses)) if losses else float("nan"), "lr": lrs[step],
+                           "tau": taus[step], "collapse_std": collapse_std(z.detach()), "img_per_s": ips,
+                           "elapsed": elapsed()}
+                    log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                    healthy = 1 / math.sqrt(cfg.model.proj_dim)
+                    if rec["collapse_std"] < 0.2 * healthy and not warned and main:
+                        warned = True
+                        msg = (f"collapse: std of normalised projections {rec['collapse_std']:.4f} "
+                               f"(healthy ~{healthy:.3f}); outputs are becoming constant")
+                        log({"kind": "warning", "step": done, "message": msg})
+                        tqdm.write(f"warning: {msg}", file=sys.stderr)
+                    losses, t_win, n_win = [], time.perf_counter(), 0
+                    if bad_in_row == 0:
+                        good = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+                if cfg.eval_folder and main and (done % eval_every == 0 or done == total):
+                    te = time.perf_counter()
+                    acc = _knn_monitor(model.online_encoder, cfg.eval_folder, preprocess, device, amp)
+                    log({"kind": "eval", "step": done, "knn_top1": acc, "seconds": time.perf_counter() - te,
+                         "elapsed": elapsed()})
+                    bar.set_postfix(loss=f"{np.mean(losses) if losses else float('nan'):.3f}", knn=f"{acc:.1%}")
+                    t_win = time.perf_counter()  # evaluation time is not training throughput
+                if done % cfg.checkpoint_every == 0 and done < end:
+                    save(done)
+                stop_now = torch.tensor([float(stop.is_set())])
+                if ddp:
+                    dist.all_reduce(stop_now)
+                if stop_now.item() > 0:
+                    save(done)
+                    raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to "
+                                              f"{ckpt_path}; continue with resume")
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+
+        # -------------------------------------------------------------- the end: checkpoint, plot
+        save(end)
+        if main:
+            log({"kind": "end", "step": end, "elapsed": elapsed(), "images_seen": (end - start) * batch})
+            plot_curves(log_path, run_dir / "curves.png")
+        return ckpt_path
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def preview(cfg: TrainConfig, pairs: int = 8) -> Path:
+    """RUN_DIR/preview.png: `pairs` cached images with their two augmented views (no training)."""
+    cfg.augment.image_size = cfg.model.image_size
+    side = cfg.cache_side or default_cache_side(cfg.model.image_size)
+    cache = _open_images(cfg, Path(cfg.out), side)
+    images = cache.tensor()
+    if images.shape[0] == 0:
+        raise ValueError(f"{cfg.folder or cfg.hf}: no readable images")
+    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:pairs]
+    return write_preview(images[idx], cfg.augment, Path(cfg.out) / "preview.png", seed=cfg.seed)

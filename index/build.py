@@ -1,0 +1,233 @@
+"""Building, or updating, the index of a photo folder.
+
+What counts as changed: a file whose path, size and mtime_ns match its row is unchanged and never read. A
+file whose size or mtime changed is hashed (SHA-256 of its bytes): same content (a copy that kept its bytes,
+a `touch`) only updates the row; new content is re-embedded in place, KEEPING its id (and so its labels;
+the photo is still "that photo", edited). A new file whose content hash equals that of a file gone from the
+folder is a move or rename: the row follows it, keeping id, vector and thumbnail. Other new files are
+embedded and get new ids; rows of files gone from the folder are removed. Only files under FOLDER are
+compared, so one index may hold several folders, each updated by its own run.
+
+Unreadable files are reported by path and reason in INDEX_DIR/bad_files.jsonl (with their size and mtime,
+so an unchanged bad file is not decoded again on the next run) and skipped; a file that turns bad leaves
+the index. Progress is saved (atomically) every `save_every` embedded photos, so an interrupted run resumes
+where it stopped; Ctrl-C saves what is done before exiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from index.embed import Embedder
+from index.store import EncoderMismatch, Store, atomic_write_bytes, rebuild_hint, thumbnail_jpeg
+
+SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewrites the vector file: ~1 s per 250k)
+
+
+def build_index(
+    folder: str | Path,
+    model_path: str | Path,
+    index_dir: str | Path,
+    batch_size: int = 64,
+    workers: int | None = None,
+    rebuild: bool = False,
+    save_every: int = SAVE_EVERY,
+    embedder: Embedder | None = None,
+    log=print,
+) -> dict:
+    """Build or update the index of `folder` in `index_dir` with the ONNX encoder `model_path`.
+
+    Refuses (EncoderMismatch) an index made with another encoder unless `rebuild`, which re-embeds every
+    photo with the new encoder in place, keeping each path's id. Returns a summary: added, updated (new
+    content, re-embedded), moved, touched (metadata only), removed, unchanged, bad (counts), bad_files
+    (path, reason), count, generation, index_type, provider, seconds, embed_rate (photos/s).
+    """
+    from byol.data import BadFile, decode_many, scan_folder
+
+    t0 = time.perf_counter()
+    folder, index_dir = Path(folder).absolute(), Path(index_dir).absolute()
+    paths = [p.absolute() for p in scan_folder(folder)]  # ValueError for a missing folder
+    embedder = embedder or Embedder(model_path)
+    log(f"encoder {embedder.model_path.name}: {embedder.dim}-d, {embedder.preprocess.size} px, "
+        f"on {embedder.provider}")
+    store = _open_store(index_dir, embedder, rebuild, log)
+    try:
+        summary = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)
+        bad: dict[str, BadFile] = {}
+        prev_bad = _read_bad(index_dir)
+
+        # -- compare the folder with the index
+        known = {p: r for p, r in store.files().items() if _under(p, folder)}
+        stats: dict[str, tuple[int, int]] = {}
+        for p in paths:
+            try:
+                st = p.stat()
+                stats[str(p)] = (st.st_size, st.st_mtime_ns)
+            except OSError as e:
+                bad[str(p)] = BadFile(str(p), f"cannot read ({e.strerror})")
+        new, changed = [], []
+        for p, (size, mtime) in stats.items():
+            row = known.get(p)
+            if row is None:
+                old = prev_bad.get(p)
+                if old and (old.get("size"), old.get("mtime_ns")) == (size, mtime):
+                    bad[p] = BadFile(p, old["reason"])  # unchanged and still bad: not decoded again
+                else:
+                    new.append(p)
+            elif (row["size"], row["mtime_ns"]) == (size, mtime):
+                summary["unchanged"] += 1
+            else:
+                changed.append(p)
+        gone = [p for p in known if p not in stats]
+
+        # -- changed size/mtime: same bytes only need the row updated
+        if changed:
+            hashes = _hash_files(changed, workers, decode_many, "hashing changed")
+            same = [p for p in changed if hashes.get(p) == known[p]["sha256"]]
+            if same:
+                store.update([known[p]["id"] for p in same], [_stat_row(p, stats) for p in same])
+                summary["touched"] = len(same)
+            changed = [p for p in changed if p not in set(same)]
+
+        # -- moves and renames: a new path with the bytes of a vanished one
+        if gone and new:
+            by_hash = {}
+            for p in gone:
+                by_hash.setdefault(known[p]["sha256"], []).append(p)
+            hashes = _hash_files(new, workers, decode_many, "hashing new")
+            moved = []
+            for p in new:
+                olds = by_hash.get(hashes.get(p))
+                if olds:
+                    old = olds.pop()
+                    moved.append(p)
+                    store.update([known[old]["id"]], [{"path": p, **_stat_row(p, stats)}])
+                    gone.remove(old)
+            summary["moved"] = len(moved)
+            new = [p for p in new if p not in set(moved)]
+
+        if gone:
+            summary["removed"] = store.remove([known[p]["id"] for p in gone])
+        store.release_reservations(keep_paths=stats)
+
+        # -- embed new and changed photos, pipelined, saving every `save_every`
+        todo = changed + new
+        n_changed = len(changed)
+        since_save, t_embed = 0, time.perf_counter()
+        try:
+            for batch in embedder.embed_paths(todo, batch_size=batch_size, workers=workers,
+                                              min_side=max(embedder.preprocess.resize, 256), also=_hash_and_thumb,
+                                              desc="embedding"):
+                for i, b in batch.bad:
+                    bad[b.path] = b
+                    if i < n_changed:  # an indexed photo that turned unreadable: its old vector is stale
+                        summary["removed"] += store.remove([known[todo[i]]["id"]])
+                rows = [{**_stat_row(todo[i], stats), "path": todo[i], "sha256": ex[0], "width": w, "height": h}
+                        for i, (w, h), ex in zip(batch.indices, batch.sizes, batch.extras)]
+                upd = [j for j, i in enumerate(batch.indices) if i < n_changed]
+                add = [j for j, i in enumerate(batch.indices) if i >= n_changed]
+                if upd:
+                    ids = [known[todo[batch.indices[j]]]["id"] for j in upd]
+                    store.update(ids, [rows[j] for j in upd], batch.vectors[upd])
+                    summary["updated"] += len(upd)
+                else:
+                    ids = []
+                if add:
+                    ids = list(ids) + store.add([rows[j] for j in add], batch.vectors[add]).tolist()
+                    summary["added"] += len(add)
+                for image_id, j in zip(ids, upd + add):
+                    store.put_thumbnail(image_id, batch.extras[j][1])
+                since_save += len(batch.indices)
+                if since_save >= save_every:
+                    store.save()
+                    since_save = 0
+        except KeyboardInterrupt:
+            store.save()
+            log(f"interrupted: {summary['added'] + summary['updated']} photos embedded so far are saved; "
+                "run the same command again to finish")
+            raise
+        embed_seconds = time.perf_counter() - t_embed
+
+        # -- save and report
+        store.save()
+        summary.update(
+            bad=len(bad), bad_files=[{"path": b.path, "reason": b.reason} for b in bad.values()],
+            count=store.count, generation=store.generation, index_type=store.index_type,
+            provider=embedder.provider, seconds=time.perf_counter() - t0,
+            embed_rate=(summary["added"] + summary["updated"]) / embed_seconds if embed_seconds > 0 else 0.0,
+        )
+        _write_bad(index_dir, bad.values(), stats)
+        return summary
+    finally:
+        store.close()
+
+
+def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, log) -> Store:
+    meta = (embedder.dim, embedder.sha256, embedder.model_path, embedder.preprocess.to_dict())
+    if not Store.exists(index_dir):
+        return Store.create(index_dir, *meta)
+    store = Store.open(index_dir, writable=True)
+    if rebuild:
+        log(f"rebuilding {index_dir} with {embedder.model_path.name}: every photo is embedded again "
+            "(ids, and so labels, are kept)")
+        store.reset(*meta)
+    elif store.model_sha256 != embedder.sha256:
+        msg = (f"{index_dir} was built with encoder {store.model_sha256[:12]} ({store.model_path}), not "
+               f"{embedder.sha256[:12]} ({embedder.model_path}).\n" + rebuild_hint(index_dir))
+        store.close()
+        raise EncoderMismatch(msg)
+    return store
+
+
+def _under(path: str, folder: Path) -> bool:
+    return path.startswith(str(folder).rstrip("/") + "/")
+
+
+def _stat_row(path: str, stats: dict) -> dict:
+    size, mtime = stats[path]
+    return {"size": size, "mtime_ns": mtime}
+
+
+def _hash_and_thumb(path: Path, data: bytes, image) -> tuple[str, bytes]:
+    """Run in the decode threads: the content hash and the thumbnail's JPEG bytes."""
+    return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image)
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_files(paths: list[str], workers, decode_many, desc: str) -> dict[str, str]:
+    """path -> sha256 on a thread pool (unreadable files are left out: they are dealt with when embedding)."""
+    out = {}
+    for i, h in decode_many(paths, _file_sha256, workers, desc=desc):
+        if isinstance(h, str):
+            out[paths[i]] = h
+    return out
+
+
+def _read_bad(index_dir: Path) -> dict[str, dict]:
+    out = {}
+    try:
+        for line in (index_dir / "bad_files.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            out[d["path"]] = d
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
+def _write_bad(index_dir: Path, bad, stats: dict) -> None:
+    lines = []
+    for b in sorted(bad, key=lambda b: b.path):
+        size, mtime = stats.get(b.path, (None, None))
+        lines.append(json.dumps({"path": b.path, "reason": b.reason, "size": size, "mtime_ns": mtime}))
+    atomic_write_bytes(index_dir / "bad_files.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+

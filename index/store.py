@@ -1,0 +1,792 @@
+"""The store: one INDEX_DIR holding FAISS vectors, SQLite metadata, thumbnails and a manifest.
+
+Layout (artifacts are the contract: FAISS id == SQLite `images.id` == thumbnail name):
+
+    INDEX_DIR/
+      meta.sqlite          images(id, path, size, mtime_ns, sha256, width, height, added_at), meta(key, value)
+      vectors.<gen>.faiss  the vectors of generation <gen> (unit vectors, inner product = cosine)
+      manifest.json        a readable mirror of `meta`: encoder sha256, preprocessing, dim, index type, count, ...
+      thumbs/<id // 1000>/<id>.jpg   thumbnails, 256 px on the longest side
+      .writer.lock         held (flock) by the one process allowed to change the index
+
+Atomic saves. SQLite is the commit point. `save()` writes `vectors.<gen+1>.faiss` (temporary file, fsync,
+rename), then commits the row changes together with `meta.generation = gen+1` in one SQLite transaction, then
+rewrites the manifest, then deletes vector files older than the previous generation (kept for readers that
+opened it a moment ago). A process killed before the commit leaves generation <gen> untouched (SQLite rolls
+the open transaction back; the stray new file is ignored and overwritten later); killed after it, generation
+<gen+1> is complete and the next open rewrites the lagging manifest.
+
+Ids are stable: SQLite AUTOINCREMENT never reuses an id, an image that changes keeps its id (`update`), and
+`reset` (re-embedding everything with a new encoder) reserves each path's id so the path gets it back. The
+page keys labels by these ids (INDEX_DIR/labels.sqlite), so labels survive updates and re-encoding.
+
+Index type follows the collection's size: exact search (IndexIDMap2 over IndexFlatIP) below `exact_limit`
+vectors, and an inverted file (IndexIVFFlat, inner product, spherical k-means) at or above it, with `nprobe`
+raised until recall@10 against exact search, measured on the stored vectors, reaches `target_recall`.
+IVF rather than HNSW because the store must delete and replace vectors (HNSW cannot remove), and because it
+trains and adds a million vectors in seconds on a small CPU (see scripts/bench_index.py for both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import math
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from PIL import Image
+
+from byol import __version__
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "byol-search/index/1"
+THUMB_SIDE = 256  # thumbnails: longest side in pixels (the page never serves full-size photos)
+EXACT_LIMIT = 50_000  # below this many vectors, exact search is fast enough (~5 ms per query on 2 cores at d=256)
+TARGET_RECALL = 0.97  # nprobe is tuned to this on the stored vectors, leaving a margin above the required 0.95
+_ROW_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "added_at")
+_SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
+_umask = os.umask(0)
+os.umask(_umask)
+_FILE_MODE = 0o666 & ~_umask  # what open() would give: mkstemp's 0600 would hide thumbnails from a web server
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT UNIQUE NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    sha256 TEXT,
+    width INTEGER,
+    height INTEGER,
+    added_at REAL
+);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reserved (path TEXT PRIMARY KEY, id INTEGER NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """An index that cannot be used as asked; the message says what to do."""
+
+
+class EncoderMismatch(StoreError):
+    """The index was built with another encoder than the one given."""
+
+
+class StoreInconsistent(StoreError):
+    """The index files disagree with each other (not produced by an interrupted save)."""
+
+
+class StoreLocked(StoreError):
+    """Another process is updating the index."""
+
+
+def _save_step(stage: str) -> None:
+    """Called at each stage of `save()`; tests replace it to kill the process at that exact point."""
+
+
+def rebuild_hint(index_dir: Path) -> str:
+    return (
+        "To index with the new encoder, build a new index:\n"
+        "  byol-search index FOLDER --model NEW.onnx --out NEW_DIR\n"
+        "or re-embed this one in place (image ids, and so labels, are kept):\n"
+        f"  byol-search index FOLDER --model NEW.onnx --out {index_dir} --rebuild"
+    )
+
+
+class Store:
+    """FAISS + SQLite + thumbnails in one folder. Open with `Store.create` or `Store.open`.
+
+    A store opened with `writable=True` (or created) holds the folder's writer lock; changes (`add`,
+    `update`, `remove`, `reset`) are visible to this object at once and to other processes after `save()`.
+    Read-only stores (the page) call `refresh()` to pick up a newer saved generation.
+    Methods are thread-safe (one lock; FAISS searches are fast enough to serialise).
+    """
+
+    # ---------------------------------------------------------------- opening
+    def __init__(self, index_dir: Path, conn: sqlite3.Connection, writable: bool, lock_fd: int | None):
+        self.index_dir = index_dir
+        self._conn = conn
+        self._writable = writable
+        self._lock_fd = lock_fd
+        self._lock = threading.RLock()
+        self._meta: dict[str, str] = {}
+        self._index: faiss.Index | None = None
+        self._gpu_index = None
+        self._dirty = False
+        self._thumbs_to_delete: set[int] = set()
+
+    @classmethod
+    def create(
+        cls,
+        index_dir: str | Path,
+        dim: int,
+        model_sha256: str,
+        model_path: str | Path,
+        preprocess: dict,
+        exact_limit: int = EXACT_LIMIT,
+        target_recall: float = TARGET_RECALL,
+    ) -> Store:
+        """Create an empty index in `index_dir` (made if missing) and return it open for writing."""
+        index_dir = Path(index_dir).absolute()
+        if (index_dir / "meta.sqlite").exists():
+            raise StoreError(f"{index_dir} already holds an index: open it, or rebuild it with --rebuild")
+        index_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _take_writer_lock(index_dir)
+        try:
+            conn = _connect(index_dir / "meta.sqlite")
+            conn.execute("PRAGMA journal_mode=WAL")  # readers (the page) never block the writer
+            conn.executescript(_SCHEMA)
+            now = time.time()
+            meta = {
+                "format": STORE_FORMAT, "generation": "0", "vectors_file": "vectors.0.faiss", "dim": str(int(dim)),
+                "model_sha256": model_sha256, "model_path": str(Path(model_path).absolute()),
+                "preprocess": json.dumps(preprocess), "index_type": "exact", "nprobe": "0", "trained_on": "0",
+                "exact_limit": str(int(exact_limit)), "target_recall": repr(float(target_recall)),
+                "created_at": repr(now), "updated_at": repr(now), "version": __version__,
+            }
+            # the vectors file exists before the database says it does: a crash here leaves no half index
+            _write_faiss(_new_exact(int(dim)), index_dir / "vectors.0.faiss")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
+            conn.execute("COMMIT")
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        store = cls(index_dir, conn, True, lock_fd)
+        store._load()
+        store._write_manifest()
+        return store
+
+    @classmethod
+    def open(cls, index_dir: str | Path, model_sha256: str | None = None, writable: bool = False) -> Store:
+        """Open an existing index; refuse it (EncoderMismatch) when `model_sha256` is given and differs.
+
+        Checks consistency: the FAISS vector count equals the SQLite row count, and the manifest's
+        generation equals SQLite's (a manifest one save behind, left by a save killed after its commit,
+        is rewritten).
+        """
+        index_dir = Path(index_dir).absolute()
+        db = index_dir / "meta.sqlite"
+        if not db.is_file():
+            raise StoreError(f"{index_dir}: not an index (no meta.sqlite); build one with "
+                             f"`byol-search index FOLDER --model encoder.onnx --out {index_dir}`")
+        lock_fd = _take_writer_lock(index_dir) if writable else None
+        try:
+            conn = _connect(db)
+            store = cls(index_dir, conn, writable, lock_fd)
+            store._load()
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        if model_sha256 is not None and model_sha256 != store.model_sha256:
+            store.close()
+            raise EncoderMismatch(
+                f"{index_dir} was built with encoder {store.model_sha256[:12]} ({store.model_path}), "
+                f"not {model_sha256[:12]}.\n" + rebuild_hint(index_dir)
+            )
+        store._check_manifest()
+        return store
+
+    @staticmethod
+    def exists(index_dir: str | Path) -> bool:
+        return (Path(index_dir) / "meta.sqlite").is_file()
+
+    def _load(self) -> None:
+        """Read the committed generation's metadata and vectors (a snapshot: both in one read transaction)."""
+        for attempt in range(3):
+            with self._read_txn():
+                meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+                rows = self._conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            if meta.get("format") != STORE_FORMAT:
+                raise StoreError(f"{self.index_dir}: not a byol-search index (format {meta.get('format')!r}, "
+                                 f"expected {STORE_FORMAT}); rebuild it with --rebuild")
+            path = self.index_dir / meta["vectors_file"]
+            try:
+                index = faiss.read_index(str(path))
+                break
+            except RuntimeError:
+                if path.exists() or attempt == 2:  # present but unreadable, or truly missing
+                    raise StoreInconsistent(
+                        f"{self.index_dir}: vectors file {path.name} of generation {meta['generation']} is "
+                        "missing or unreadable; rebuild the index with --rebuild") from None
+                time.sleep(0.05)  # a writer removed it between our two reads: read the newer generation
+        if index.ntotal != rows:
+            raise StoreInconsistent(
+                f"{self.index_dir}: {path.name} holds {index.ntotal} vectors but meta.sqlite {rows} images; "
+                "the files come from different saves. Rebuild the index with --rebuild")
+        if index.d != int(meta["dim"]):
+            raise StoreInconsistent(f"{self.index_dir}: vectors have dimension {index.d}, metadata says {meta['dim']}")
+        self._meta, self._index, self._gpu_index = meta, index, None
+        if meta["index_type"] == "ivf":
+            index.nprobe = int(meta["nprobe"])
+
+    def _check_manifest(self) -> None:
+        manifest = self.index_dir / "manifest.json"
+        try:
+            gen = int(json.loads(manifest.read_text())["generation"])
+        except (OSError, ValueError, KeyError, TypeError):
+            gen = -1
+        if gen > self.generation:
+            raise StoreInconsistent(
+                f"{self.index_dir}: manifest.json is at generation {gen} but meta.sqlite at {self.generation}: "
+                "the files come from different saves (a partial copy or restore?). Rebuild with --rebuild")
+        if gen < self.generation:  # a save killed after its commit: the database is the truth
+            if self._writable:
+                self._write_manifest()
+            else:
+                log.warning("%s: manifest.json lags the database (interrupted save); using the database",
+                            self.index_dir)
+
+    def refresh(self) -> bool:
+        """Reload when another process saved a newer generation; True when it did."""
+        with self._lock:
+            if self._writable:
+                return False
+            with self._read_txn():
+                gen = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+            if gen == self.generation:
+                return False
+            self._load()
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                self._conn.close()
+                self._conn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def count(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._meta["dim"])
+
+    @property
+    def generation(self) -> int:
+        return int(self._meta["generation"])
+
+    @property
+    def model_sha256(self) -> str:
+        return self._meta["model_sha256"]
+
+    @property
+    def model_path(self) -> str:
+        return self._meta["model_path"]
+
+    @property
+    def preprocess(self) -> dict:
+        """Preprocess.to_dict() of the encoder (Preprocess.from_dict(store.preprocess) rebuilds it)."""
+        return json.loads(self._meta["preprocess"])
+
+    @property
+    def index_type(self) -> str:
+        """'exact' (IndexFlatIP) or 'ivf' (IndexIVFFlat with the tuned nprobe)."""
+        return self._meta["index_type"]
+
+    @property
+    def manifest(self) -> dict:
+        return self._manifest_dict()
+
+    def thumbnail_path(self, image_id: int) -> Path:
+        """Where the thumbnail of `image_id` lives (it may be missing for a file that failed to decode)."""
+        image_id = int(image_id)
+        return self.index_dir / "thumbs" / str(image_id // 1000) / f"{image_id}.jpg"
+
+    # ---------------------------------------------------------------- reading
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """queries (n,d) or (d,) -> (scores (n,k) float32 cosine, ids (n,k) int64); missing slots id -1, score -inf.
+
+        Queries are L2-normalised here, so any embedding of the right dimension works.
+        """
+        q = self._as_queries(queries)
+        with self._lock:
+            k = max(1, int(k))
+            if self.count == 0:
+                return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            scores, ids = self._searcher().search(q, k)
+        scores[ids < 0] = -np.inf
+        return scores, ids.astype(np.int64)
+
+    def search_by_id(self, image_id: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest neighbours of a stored image, EXCLUDING the image itself: (scores (k,), ids (k,)).
+
+        Exact copies of the image (other ids, cosine ~1) are included: they are what one wants to see.
+        """
+        vec = self.get_vectors([image_id])
+        scores, ids = self.search(vec, k + 1)
+        keep = ids[0] != int(image_id)
+        s, i = scores[0][keep][:k], ids[0][keep][:k]
+        return s, i
+
+    def get_vectors(self, ids) -> np.ndarray:
+        """The stored unit vectors of `ids` (n,d) float32; KeyError for an id not in the index."""
+        ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
+        with self._lock:
+            if len(ids) == 0:
+                return np.zeros((0, self.dim), np.float32)
+            try:
+                return self._index.reconstruct_batch(ids)
+            except RuntimeError as e:
+                missing = [int(i) for i in ids if not self._has(int(i))]
+                raise KeyError(f"ids not in the index: {missing[:10]}") from e
+
+    def rows(self, ids) -> list[dict]:
+        """Metadata of `ids` in the order given: dicts with id, path, width, height, size, mtime_ns, sha256,
+        added_at. Ids not in the store (e.g. removed by an update saved since) are left out: match by r['id']."""
+        ids = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64)) if i >= 0]
+        found: dict[int, dict] = {}
+        cols = "id, " + ", ".join(_ROW_FIELDS)
+        with self._lock:
+            for chunk in _chunks(ids, _SQL_CHUNK):
+                q = f"SELECT {cols} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+                for r in self._conn.execute(q, chunk):
+                    found[r[0]] = dict(zip(("id",) + _ROW_FIELDS, r))
+        return [found[i] for i in ids if i in found]
+
+    def all_ids(self) -> np.ndarray:
+        """Every image id, ascending (int64)."""
+        with self._lock:
+            return np.array([r[0] for r in self._conn.execute("SELECT id FROM images ORDER BY id")], np.int64)
+
+    def files(self) -> dict[str, dict]:
+        """path -> {id, size, mtime_ns, sha256}: what an update compares the folder against."""
+        with self._lock:
+            q = "SELECT path, id, size, mtime_ns, sha256 FROM images"
+            return {p: {"id": i, "size": s, "mtime_ns": m, "sha256": h} for p, i, s, m, h in self._conn.execute(q)}
+
+    def duplicates(self, threshold: float = 0.95, k: int = 16, batch: int = 4096) -> list[list[int]]:
+        """Groups of near-duplicates: images linked by cosine >= threshold, joined transitively.
+
+        Each image's k nearest neighbours are searched and pairs at or above the threshold are merged with
+        union-find (single linkage: A~B and B~C group A, B, C even when A and C are further apart). Groups
+        have at least two ids, each sorted ascending; the largest group comes first.
+        """
+        ids = self.all_ids()
+        parent = {int(i): int(i) for i in ids}
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            scores, nbrs = self.search(self.get_vectors(chunk), min(k + 1, max(self.count, 1)))
+            for a, srow, nrow in zip(chunk, scores, nbrs):
+                for s, b in zip(srow, nrow):
+                    if b < 0 or s < threshold:
+                        break  # neighbours come best first
+                    if b != a and int(b) in parent:
+                        ra, rb = find(int(a)), find(int(b))
+                        if ra != rb:
+                            parent[max(ra, rb)] = min(ra, rb)
+        groups: dict[int, list[int]] = {}
+        for i in parent:
+            groups.setdefault(find(i), []).append(i)
+        out = [sorted(g) for g in groups.values() if len(g) > 1]
+        return sorted(out, key=lambda g: (-len(g), g[0]))
+
+    # ---------------------------------------------------------------- changing
+    def add(self, rows: list[dict], vectors: np.ndarray) -> np.ndarray:
+        """Add images (rows: path plus any of size, mtime_ns, sha256, width, height) with their vectors.
+
+        Returns the new ids (int64). A path reserved by `reset` gets its old id back. Paths are stored absolute.
+        """
+        x = self._as_vectors(vectors, len(rows))
+        with self._lock:
+            self._begin()
+            ids = np.empty(len(rows), np.int64)
+            now = time.time()
+            for j, r in enumerate(rows):
+                path = str(Path(r["path"]).absolute())
+                reserved = self._conn.execute("SELECT id FROM reserved WHERE path=?", (path,)).fetchone()
+                vals = (path, r.get("size"), r.get("mtime_ns"), r.get("sha256"), r.get("width"), r.get("height"),
+                        r.get("added_at", now))
+                if reserved:
+                    self._conn.execute("DELETE FROM reserved WHERE path=?", (path,))
+                    self._conn.execute(f"INSERT INTO images(id, {', '.join(_ROW_FIELDS)}) VALUES (?,?,?,?,?,?,?,?)",
+                                       (reserved[0],) + vals)
+                    ids[j] = reserved[0]
+                else:
+                    cur = self._conn.execute(f"INSERT INTO images({', '.join(_ROW_FIELDS)}) VALUES (?,?,?,?,?,?,?)",
+                                             vals)
+                    ids[j] = cur.lastrowid
+            self._index.add_with_ids(x, ids)
+            self._changed()
+            self._thumbs_to_delete.difference_update(ids.tolist())
+            return ids
+
+    def update(self, ids, rows: list[dict], vectors: np.ndarray | None = None) -> None:
+        """Change stored images in place, keeping their ids (so their labels): new metadata (any of path, size,
+        mtime_ns, sha256, width, height) and, when given, new vectors."""
+        ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
+        if len(ids) != len(rows):
+            raise ValueError(f"{len(ids)} ids but {len(rows)} rows")
+        x = None if vectors is None else self._as_vectors(vectors, len(ids))
+        with self._lock:
+            self._begin()
+            for i, r in zip(ids.tolist(), rows):
+                r = {f: (str(Path(v).absolute()) if f == "path" else v) for f, v in r.items() if f in _ROW_FIELDS}
+                if not self._has(i):
+                    raise KeyError(f"id {i} is not in the index")
+                if r:
+                    sets = ", ".join(f"{f}=?" for f in r)
+                    self._conn.execute(f"UPDATE images SET {sets} WHERE id=?", (*r.values(), i))
+            if x is not None:
+                self._index.remove_ids(ids)
+                self._index.add_with_ids(x, ids)
+            self._changed()
+
+    def remove(self, ids) -> int:
+        """Remove images (rows, vectors, and thumbnails after the next save); returns how many were removed."""
+        ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
+        with self._lock:
+            self._begin()
+            for chunk in _chunks(ids.tolist(), _SQL_CHUNK):
+                self._conn.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            n = self._index.remove_ids(ids)
+            self._thumbs_to_delete.update(ids.tolist())
+            self._changed()
+            return int(n)
+
+    def reset(self, dim: int, model_sha256: str, model_path: str | Path, preprocess: dict) -> None:
+        """Empty the index for a new encoder, reserving every path's id: re-adding a path gives it its old id.
+
+        Committed by the next `save()`; until then other processes still see the old encoder's index.
+        """
+        with self._lock:
+            self._begin()
+            self._conn.execute("INSERT OR REPLACE INTO reserved(path, id) SELECT path, id FROM images")
+            self._conn.execute("DELETE FROM images")
+            self._meta.update(dim=str(int(dim)), model_sha256=model_sha256, index_type="exact", nprobe="0",
+                              model_path=str(Path(model_path).absolute()), preprocess=json.dumps(preprocess),
+                              trained_on="0")
+            self._index = _new_exact(int(dim))
+            self._changed()
+
+    def release_reservations(self, keep_paths=()) -> None:
+        """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder)."""
+        with self._lock:
+            keep = {str(Path(p).absolute()) for p in keep_paths}
+            gone = [p for (p,) in self._conn.execute("SELECT path FROM reserved") if p not in keep]
+            if gone:
+                self._begin()
+                for chunk in _chunks(gone, _SQL_CHUNK):
+                    self._conn.execute(f"DELETE FROM reserved WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+                self._dirty = True
+
+    def put_thumbnail(self, image_id: int, image: Image.Image | bytes) -> Path:
+        """Write the thumbnail of `image_id`, replacing any old one: a PIL image (made into a JPEG of THUMB_SIDE
+        on the longest side) or JPEG bytes from `thumbnail_jpeg` (made in a decode thread)."""
+        path = self.thumbnail_path(image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = image if isinstance(image, bytes) else thumbnail_jpeg(image)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def save(self) -> int:
+        """Atomically persist every change since the last save; returns the generation now on disk."""
+        with self._lock:
+            self._require_writable()
+            if not self._dirty:
+                return self.generation
+            self._reshape()
+            gen = self.generation + 1
+            name = f"vectors.{gen}.faiss"
+            _save_step("begin")
+            _write_faiss(self._index, self.index_dir / name)
+            _save_step("faiss_written")
+            self._begin()
+            self._meta.update(generation=str(gen), vectors_file=name, updated_at=repr(time.time()), version=__version__)
+            self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", self._meta.items())
+            self._conn.execute("COMMIT")  # <- the commit point
+            _save_step("committed")
+            self._write_manifest()
+            _save_step("manifest_written")
+            self._dirty = False
+            for i in self._thumbs_to_delete:
+                self.thumbnail_path(i).unlink(missing_ok=True)
+            self._thumbs_to_delete.clear()
+            self._clean_vector_files(gen)
+            _save_step("done")
+            return gen
+
+    # ---------------------------------------------------------------- internals
+    def _require_writable(self) -> None:
+        if not self._writable:
+            raise StoreError(f"{self.index_dir} is open read-only; open it with writable=True to change it")
+
+    def _begin(self) -> None:
+        self._require_writable()
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+
+    def _changed(self) -> None:
+        self._dirty = True
+        self._gpu_index = None
+
+    def _has(self, image_id: int) -> bool:
+        return self._conn.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is not None
+
+    @contextlib.contextmanager
+    def _read_txn(self):
+        """A consistent snapshot for several SELECTs (the writer's own open transaction already is one)."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _as_queries(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.atleast_2d(np.asarray(x, dtype=np.float32)))
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {x.shape}")
+        x = x.copy()
+        faiss.normalize_L2(x)
+        return x
+
+    def _as_vectors(self, x: np.ndarray, n: int) -> np.ndarray:
+        x = self._as_queries(x)
+        if len(x) != n:
+            raise ValueError(f"{n} rows but {len(x)} vectors")
+        if not np.isfinite(x).all():
+            raise ValueError("vectors contain NaN or infinity")
+        return x
+
+    def _searcher(self) -> faiss.Index:
+        """The index to search: a GPU copy when faiss sees a GPU (made lazily, dropped on change), else the CPU one."""
+        if self._gpu_index is None and faiss.get_num_gpus() > 0:
+            try:
+                self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self._index)
+                if self.index_type == "ivf":
+                    faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self._index.nprobe)
+                log.info("searching on the GPU (%d vectors)", self.count)
+            except Exception as e:  # a GPU build without support for this index type: search on the CPU
+                log.warning("GPU search unavailable (%s); searching on the CPU", e)
+                self._gpu_index = False
+        return self._gpu_index or self._index
+
+    def _reshape(self) -> None:
+        """Switch between exact and IVF as the collection crosses `exact_limit` (with hysteresis), and retrain
+        IVF when the collection has grown 4x since its centroids were trained."""
+        n, limit = self.count, int(self._meta["exact_limit"])
+        kind, trained = self.index_type, int(self._meta["trained_on"])
+        if kind == "exact" and n >= limit or kind == "ivf" and n > 4 * trained:
+            ids = self.all_ids()
+            x = self._index.reconstruct_batch(ids) if n else np.zeros((0, self.dim), np.float32)
+            index, nprobe, recall = build_ivf(x, ids, target_recall=float(self._meta["target_recall"]))
+            log.info("index: IVF with %d lists, nprobe %d, recall@10 %.3f on %d vectors", index.nlist, nprobe, recall, n)
+            self._index = index
+            self._meta.update(index_type="ivf", nprobe=str(nprobe), trained_on=str(n), ivf_recall_at_10=f"{recall:.4f}")
+        elif kind == "ivf" and n < limit // 2:
+            ids = self.all_ids()
+            x = self._index.reconstruct_batch(ids) if n else np.zeros((0, self.dim), np.float32)
+            self._index = _new_exact(self.dim)
+            if n:
+                self._index.add_with_ids(x, ids)
+            self._meta.update(index_type="exact", nprobe="0", trained_on="0")
+
+    def _manifest_dict(self) -> dict:
+        m = self._meta
+        out = {
+            "format": m["format"], "version": m["version"], "generation": int(m["generation"]),
+            "vectors_file": m["vectors_file"], "model_sha256": m["model_sha256"], "model_path": m["model_path"],
+            "preprocess": json.loads(m["preprocess"]), "dim": int(m["dim"]), "index_type": m["index_type"],
+            "count": self.count, "exact_limit": int(m["exact_limit"]),
+            "created_at": float(m["created_at"]), "updated_at": float(m["updated_at"]),
+        }
+        if m["index_type"] == "ivf":
+            out.update(nprobe=int(m["nprobe"]), trained_on=int(m["trained_on"]),
+                       recall_at_10=float(m.get("ivf_recall_at_10", "nan")))
+        return out
+
+    def _write_manifest(self) -> None:
+        data = (json.dumps(self._manifest_dict(), indent=2) + "\n").encode()
+        atomic_write_bytes(self.index_dir / "manifest.json", data)
+
+    def _clean_vector_files(self, gen: int) -> None:
+        """Delete vector files older than the previous generation, and temporary files of killed saves."""
+        for p in self.index_dir.glob("vectors.*.faiss"):
+            try:
+                g = int(p.name.split(".")[1])
+            except ValueError:
+                continue
+            if g < gen - 1 or g > gen:
+                p.unlink(missing_ok=True)
+        for p in self.index_dir.glob(".vectors.*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------- index construction (pure)
+def _new_exact(dim: int) -> faiss.Index:
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for n vectors: about 4 sqrt(n) (the FAISS guideline), a power of two, with at least 39
+    training points per centroid (FAISS's own minimum)."""
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
+    return int(max(1, min(nlist, n // 39)))
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of the exact top-k found in the approximate top-k."""
+    hits = [len(set(a[:k].tolist()) & set(e[:k].tolist()) - {-1}) for a, e in zip(approx_ids, exact_ids)]
+    return float(np.mean(hits) / k)
+
+
+def build_ivf(x: np.ndarray, ids: np.ndarray, target_recall: float = TARGET_RECALL, n_queries: int = 500,
+              seed: int = 0) -> tuple[faiss.Index, int, float]:
+    """An IVF-Flat inner-product index over unit vectors x with `ids`, and the smallest nprobe whose recall@10
+    against exact search reaches `target_recall` on `n_queries` stored vectors. Returns (index, nprobe, recall)."""
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    nlist = ivf_nlist(n)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.spherical = True  # centroids on the unit sphere: the right k-means for cosine
+    index.cp.seed = seed
+    sample = x[rng.choice(n, min(n, nlist * 64), replace=False)] if n > nlist * 64 else x
+    index.train(sample)
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by arbitrary id
+    index.add_with_ids(x, ids)
+    # tune nprobe against exact search over the stored vectors themselves (how the page queries)
+    q = x[rng.choice(n, min(n, n_queries), replace=False)]
+    k = min(10, n)
+    exact = faiss.IndexFlatIP(d)
+    exact.add(x)
+    _, gt = exact.search(q, k)
+    gt = ids[gt]
+    recall, nprobe = 0.0, 1
+    for nprobe in _nprobe_steps(nlist):
+        index.nprobe = nprobe
+        recall = recall_at_k(index.search(q, k)[1], gt, k)
+        if recall >= target_recall:
+            break
+    return index, nprobe, recall
+
+
+def _nprobe_steps(nlist: int):
+    p = 1
+    while p < nlist:
+        yield p
+        yield from ([int(p * 1.5)] if p >= 2 and int(p * 1.5) < nlist else [])
+        p *= 2
+    yield nlist
+
+
+# -------------------------------------------------------------------- files
+def thumbnail_jpeg(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
+    """JPEG bytes of `image` shrunk to `side` on its longest side (never enlarged)."""
+    img = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    img.thumbnail((side, side), Image.BILINEAR, reducing_gap=2.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT in save)
+    conn = sqlite3.connect(str(db), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA synchronous=FULL")  # the commit that bumps the generation survives a power cut
+    return conn
+
+
+def _take_writer_lock(index_dir: Path) -> int:
+    fd = os.open(index_dir / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(f"{index_dir} is being updated by another process (`byol-search index`?); "
+                          "wait for it to finish") from None
+    return fd
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """Write a FAISS index to a temporary file, fsync it, rename it over `path`, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        _save_step("faiss_tmp_written")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    # byol.checkpoint.atomic_write does the same but would pull torch into every reader of the index
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

@@ -1,0 +1,169 @@
+"""Evaluating a checkpoint on a labelled folder (byol/evaluate.py) and `byol-search evaluate`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main
+from byol.checkpoint import file_sha256, save_checkpoint
+from byol.evaluate import embed_folder, evaluate, evaluate_encoder, format_table, load_labelled
+from byol.model import BYOL, ModelConfig, build_backbone
+from byol.preprocess import Preprocess
+
+FAST = {"knn_k": 5, "shots": (1, 2), "draws": 2, "progress": False, "weight_decay": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained resnet-tiny checkpoint: evaluation needs weights, not good ones."""
+    torch.manual_seed(0)
+    mcfg = ModelConfig(backbone="resnet-tiny", image_size=32)
+    m = BYOL(mcfg)
+    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
+    save_checkpoint(path, {
+        "config": {},
+        "model_config": asdict(mcfg),
+        "preprocess": Preprocess.for_size(32).to_dict(),
+        "model": m.state_dict(),
+        "step": 0,
+    })
+    return path
+
+
+@pytest.fixture
+def labelled_copy(labelled_folder, tmp_path) -> Path:
+    """A writable copy of the labelled fixture folder."""
+    return Path(shutil.copytree(labelled_folder, tmp_path / "labelled"))
+
+
+def test_load_labelled(labelled_folder):
+    train_paths, train_y, test_paths, test_y, classes = load_labelled(labelled_folder)
+    assert classes == ["circle", "square", "triangle"]
+    assert len(train_paths) == len(train_y) == 24 and len(test_paths) == len(test_y) == 12
+    assert np.bincount(train_y).tolist() == [8, 8, 8]
+    assert all(Path(p).parent.name == classes[y] for p, y in zip(train_paths, train_y))
+
+
+def test_load_labelled_accepts_val_for_test(labelled_copy):
+    (labelled_copy / "test").rename(labelled_copy / "val")
+    assert len(load_labelled(labelled_copy)[2]) == 12
+
+
+def test_load_labelled_bad_layouts_say_what_is_expected(labelled_copy, tmp_path):
+    with pytest.raises(ValueError, match="no such folder"):
+        load_labelled(tmp_path / "nowhere")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"missing train/.*train/<class>"):
+        load_labelled(flat)
+    shutil.rmtree(labelled_copy / "test")
+    with pytest.raises(ValueError, match=r"missing test/ \(or val/\)"):
+        load_labelled(labelled_copy)
+
+
+def test_load_labelled_rejects_loose_files_and_unknown_classes(labelled_copy):
+    shutil.copy(next((labelled_copy / "train" / "circle").iterdir()), labelled_copy / "train" / "loose.jpg")
+    with pytest.raises(ValueError, match="outside class folders"):
+        load_labelled(labelled_copy)
+    (labelled_copy / "train" / "loose.jpg").unlink()
+    (labelled_copy / "test" / "star").mkdir()
+    with pytest.raises(ValueError, match="'star' has no folder"):
+        load_labelled(labelled_copy)
+
+
+def test_embed_folder_keeps_order_skips_bad_and_restores_mode(labelled_copy, tmp_path):
+    paths = load_labelled(labelled_copy)[0][:5]
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    encoder, dim = build_backbone("resnet-tiny", 32)
+    encoder.train()
+    pre = Preprocess.for_size(32)
+    out = embed_folder(encoder, pre, paths[:2] + [broken] + paths[2:], batch_size=2, progress=False,
+                       precision="fp32")
+    assert out.features.shape == (5, dim) and out.features.dtype == np.float32
+    assert out.kept.tolist() == [0, 1, 3, 4, 5]
+    assert [p for p, _ in out.bad] == [str(broken)] and out.bad[0][1]
+    assert encoder.training  # a training loop's monitor must get its encoder back in train mode
+    alone = embed_folder(encoder, pre, paths[:1], progress=False, precision="fp32").features
+    np.testing.assert_allclose(alone[0], out.features[0], rtol=1e-4, atol=1e-5)  # eval mode: batch-independent
+    half = embed_folder(encoder, pre, paths, progress=False, precision="bf16").features
+    cos = (half * out.features).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(out.features, axis=1)
+    assert cos.min() > 0.999  # bfloat16 features point where the fp32 ones do
+
+
+def test_evaluate_checkpoint_keys_and_ranges(checkpoint, labelled_folder):
+    r = evaluate(checkpoint, labelled_folder, **{**FAST, "weight_decay": None})  # the held-out choice
+    for key in ("knn_top1", "linear_top1"):
+        assert 0.0 <= r[key] <= 1.0
+    assert set(r["few_shot"]) == {"1", "2"}
+    for v in r["few_shot"].values():
+        assert 0.0 <= v["mean"] <= 1.0 and v["std"] >= 0.0
+    assert (r["n_train"], r["n_test"], r["classes"]) == (24, 12, ["circle", "square", "triangle"])
+    assert r["checkpoint"]["sha256"] == file_sha256(checkpoint)
+    assert (r["checkpoint"]["step"], r["checkpoint"]["backbone"]) == (0, "resnet-tiny")
+    assert r["linear_weight_decay"] in (1e-5, 1e-4, 1e-3)
+    assert r["bad_files"] == [] and r["seconds"]["total"] > 0
+    json.dumps(r)  # JSON-serialisable as it is
+    assert "kNN top-1" in format_table(r)
+
+
+def test_evaluate_encoder_separates_colour_coded_shapes(labelled_folder):
+    # the fixture's classes differ by colour, which even a random conv net's features keep
+    torch.manual_seed(0)
+    encoder, _ = build_backbone("resnet-tiny", 32)
+    r = evaluate_encoder(encoder, Preprocess.for_size(32), labelled_folder, shots=(), linear=True,
+                         knn_k=5, progress=False, weight_decay=1e-4)
+    assert r["linear_top1"] > 0.6 and r["few_shot"] == {}
+
+
+def test_corrupt_file_is_skipped_and_reported(checkpoint, labelled_copy):
+    bad = labelled_copy / "train" / "circle" / "zz_corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = evaluate(checkpoint, labelled_copy, **{**FAST, "shots": ()})
+    assert [b["path"] for b in r["bad_files"]] == [str(bad)]
+    assert r["n_train"] == 24
+
+
+def test_cli_json_and_out(checkpoint, labelled_folder, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", str(checkpoint), str(labelled_folder), "--json", "--k", "5", "--shots", "1",
+               "--draws", "2", "--weight-decay", "1e-4", "--out", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["few_shot"].keys() == {"1"} and printed["knn_k"] == 5
+    assert json.loads(out.read_text()) == printed
+
+
+def test_cli_table(checkpoint, labelled_folder, capsys):
+    assert main(["evaluate", str(checkpoint), str(labelled_folder), "--k", "5", "--shots", "",
+                 "--weight-decay", "1e-4"]) == 0
+    text = capsys.readouterr().out
+    assert "kNN top-1" in text and "linear probe top-1" in text
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "bad_layout", "bad_shots"])
+def test_cli_errors_exit_2_without_traceback(case, checkpoint, labelled_folder, tmp_path, capsys):
+    ckpt, folder, extra = str(checkpoint), str(labelled_folder), []
+    if case == "missing":
+        ckpt = str(tmp_path / "nope.pt")
+    elif case == "not_a_checkpoint":
+        (tmp_path / "text.pt").write_text("hello")
+        ckpt = str(tmp_path / "text.pt")
+    elif case == "bad_layout":
+        folder = str(tmp_path)
+    else:
+        extra = ["--shots", "one"]
+    assert main(["evaluate", ckpt, folder, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    expected = {"missing": "no such checkpoint", "not_a_checkpoint": "not a readable checkpoint",
+                "bad_layout": "expected", "bad_shots": "--shots"}[case]
+    assert expected in err

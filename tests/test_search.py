@@ -1,0 +1,151 @@
+"""app/search.py on a real index of generated photos, embedded by a tiny colour encoder.
+
+`make_index` is shared by the page's other tests (labels, ui, browser).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagegen import CLASSES, shape_image
+from PIL import Image
+
+from app import search
+from byol.preprocess import Preprocess
+from index.store import Store
+
+
+class ColourEmbedder:
+    """Stands in for the ONNX encoder: a 4x4 colour thumbnail, centred and L2-normalised (48-d).
+
+    The generated classes differ by colour, so their embeddings separate, as a trained encoder's would.
+    """
+
+    dim = 48
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        x = np.stack([np.asarray(im.convert("RGB").resize((4, 4), Image.BILINEAR), np.float32).ravel()
+                      for im in images]) / 255.0 - 0.5
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_index(root: Path, per_class: int = 8, seed: int = 0, duplicates: int = 0) -> tuple[Path, dict[str, list[int]]]:
+    """root/photos/<class>/*.png and an index of them in root/index; returns (index_dir, ids per class).
+
+    `duplicates` extra files are byte copies of the first photos (near-duplicates for the duplicates view).
+    """
+    rng = np.random.default_rng(seed)
+    photos, index_dir = root / "photos", root / "index"
+    paths, classes = [], []
+    for cls in CLASSES:
+        (photos / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            p = photos / cls / f"{cls}_{i:03d}.png"
+            shape_image(cls, rng, (64, 48)).save(p)
+            paths.append(p)
+            classes.append(cls)
+    for j in range(duplicates):
+        p = photos / CLASSES[0] / f"copy_{j:03d}.png"
+        p.write_bytes(paths[j].read_bytes())
+        paths.append(p)
+        classes.append(CLASSES[0])
+    images = [Image.open(p).convert("RGB") for p in paths]
+    enc = ColourEmbedder()
+    store = Store.create(index_dir, enc.dim, "0" * 64, root / "encoder.onnx", Preprocess().to_dict())
+    ids = store.add([{"path": str(p), "width": im.width, "height": im.height} for p, im in zip(paths, images)],
+                    enc.embed_images(images))
+    for i, im in zip(ids, images):
+        store.put_thumbnail(int(i), im)
+    store.save()
+    store.close()
+    by_class: dict[str, list[int]] = {}
+    for i, c in zip(ids.tolist(), classes):
+        by_class.setdefault(c, []).append(i)
+    return index_dir, by_class
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    index_dir, by_class = make_index(tmp_path_factory.mktemp("search"), per_class=8, duplicates=2)
+    store = Store.open(index_dir)
+    yield store, by_class
+    store.close()
+
+
+def test_search_by_id_finds_itself_first_then_its_class(index):
+    store, by_class = index
+    first = by_class["circle"][3]
+    hits = search.search_id(store, first, k=6)
+    assert hits[0].id == first and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(h.id in by_class["circle"] for h in hits[1:6])
+    assert all(Path(h.thumb).is_file() and Path(h.thumb).parent.parent.name == "thumbs" for h in hits)
+    assert hits[1].caption.startswith(f"{hits[1].score:.3f} · circle_")
+
+
+def test_paging_continues_where_the_first_page_stopped(index):
+    store, by_class = index
+    q = store.get_vectors([by_class["square"][0]])
+    first, second = search.search_vector(store, q, 5), search.search_vector(store, q, 5, offset=5)
+    both = search.search_vector(store, q, 10)
+    assert [h.id for h in first + second] == [h.id for h in both]
+    scores = [h.score for h in both]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_by_photo_uses_the_encoder(index):
+    store, by_class = index
+    img = shape_image("triangle", np.random.default_rng(99), (80, 60))
+    hits = search.search_vector(store, search.embed_photo(ColourEmbedder(), img), 5)
+    assert all(h.id in by_class["triangle"] for h in hits)
+
+
+def test_random_browse_and_missing_ids(index):
+    store, _ = index
+    got = search.random_browse(store, 10, np.random.default_rng(0))
+    assert len({h.id for h in got}) == 10 and all(h.score is None for h in got)
+    assert [h.id for h in search.hits(store, [got[0].id, -1, 10**9])] == [got[0].id]
+
+
+def test_duplicates_groups_the_copies(index):
+    store, by_class = index
+    groups = search.duplicate_groups(store, 0.999)
+    pairs = {frozenset(h.id for h in g) for g in groups}
+    copies = by_class["circle"][-2:]  # the two byte copies were added last
+    assert frozenset({by_class["circle"][0], copies[0]}) in pairs
+    assert frozenset({by_class["circle"][1], copies[1]}) in pairs
+
+
+def test_map_layout_and_click_lookup(index):
+    store, by_class = index
+    m = search.compute_map(store)
+    assert m.xy.shape == (store.count, 2) and m.method == "pca"
+    w, h = m.size
+    assert (m.px[:, 0] >= 0).all() and (m.px[:, 0] < w).all() and (m.px[:, 1] < h).all()
+    j = 5
+    assert m.point_at(*m.px[j]) in {int(i) for i in m.ids[(m.px == m.px[j]).all(1)]}
+    keys = search.colour_keys(m.ids, {by_class["circle"][0]: "round"})
+    legend = search.legend(keys)
+    assert legend[0][:1] == ("round",) and legend[-1][0] == search.UNLABELLED
+    img = search.render_map(m, keys)
+    assert img.size == m.size
+    # the classes separate along the first two principal components
+    cls_of = {i: c for c, ids in by_class.items() for i in ids}
+    centres = {c: m.xy[[cls_of[int(i)] == c for i in m.ids]].mean(0) for c in by_class}
+    assert min(np.linalg.norm(centres[a] - centres[b]) for a in centres for b in centres if a != b) > 0.1
+
+
+def test_map_samples_but_keeps_requested_ids(index):
+    store, by_class = index
+    keep = by_class["square"][:3]
+    m = search.compute_map(store, max_points=5, include=keep)
+    assert len(m.ids) == 5 and set(keep) <= set(m.ids.tolist())
+
+
+def test_pca_matches_svd():
+    x = np.random.default_rng(0).normal(size=(200, 16)) * np.linspace(3, 0.1, 16)
+    xy = search.pca_2d(x)
+    u, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    ref = (x - x.mean(0)) @ vt[:2].T
+    assert np.allclose(np.abs(xy), np.abs(ref), atol=1e-4)

@@ -1,0 +1,214 @@
+"""byol.train and `byol-search pretrain`: tiny runs on generated folders (CPU, seconds each)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from imagegen import make_shapes
+
+import byol.train as train_mod
+from app.cli import main
+from byol.checkpoint import load_checkpoint, load_encoder
+from byol.model import ModelConfig
+from byol.train import TrainConfig, TrainingDiverged, TrainingInterrupted, parse_duration, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these steps are tiny, and a second thread only adds synchronisation."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(folder, out, **kw) -> TrainConfig:
+    """A config small enough for a test: narrow heads, small batch, fp32 (exact on any CPU)."""
+    model = ModelConfig(backbone="resnet-tiny", image_size=32, proj_hidden=64, proj_dim=32)
+    kw = {"batch_size": 8, "steps": 4, "log_every": 1, "precision": "fp32", "progress": False, "workers": 0, **kw}
+    return TrainConfig(folder=str(folder), out=str(out), model=model, **kw)
+
+
+def records(run_dir: Path, kind: str | None = None) -> list[dict]:
+    recs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in recs if kind is None or r["kind"] == kind]
+
+
+def test_tiny_run_writes_the_run_folder(shapes_folder, tmp_path):
+    out = tmp_path / "run"
+    path = train(tiny(shapes_folder, out, precision="auto"))
+    assert path == out / "checkpoint.pt"
+    for name in ("checkpoint.pt", "log.jsonl", "curves.png", "bad_files.jsonl"):
+        assert (out / name).is_file(), name
+    tr = records(out, "train")
+    assert [r["step"] for r in tr] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["loss"] <= 8 for r in tr)
+    assert all(r.keys() >= {"lr", "tau", "collapse_std", "img_per_s", "elapsed", "epoch"} for r in tr)
+    ckpt = load_checkpoint(path)  # weights_only=True
+    assert ckpt["step"] == 4 and ckpt["config"]["model"]["proj_hidden"] == 64
+    assert ckpt["preprocess"]["size"] == 32 and ckpt["extra"]["plan"]["total_steps"] == 4
+    encoder, pre, info = load_encoder(path)
+    assert info["dim"] == 256 and pre.size == 32
+    assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_is_exact(shapes_folder, tmp_path):
+    straight = train(tiny(shapes_folder, tmp_path / "a", steps=6))
+    cfg = tiny(shapes_folder, tmp_path / "b", steps=6, stop_at=3)
+    assert load_checkpoint(train(cfg))["step"] == 3
+    cfg.stop_at, cfg.resume = 0, True
+    resumed = train(cfg)
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    assert [r["step"] for r in records(tmp_path / "b", "train")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_is_skipped_once_and_stops_when_repeated(shapes_folder, tmp_path, monkeypatch):
+    real = train_mod.byol_loss
+    calls = {"n": 0}
+
+    def nan_on_second(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(train_mod, "byol_loss", nan_on_second)
+    out = train(tiny(shapes_folder, tmp_path / "nan"))
+    skips = records(tmp_path / "nan", "skip")
+    assert [s["step"] for s in skips] == [2]
+    assert all(torch.isfinite(v.float()).all() for v in _params(out).values())
+
+    monkeypatch.setattr(train_mod, "byol_loss", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(TrainingDiverged, match="not finite for 3 steps"):
+        train(tiny(shapes_folder, tmp_path / "nan2", steps=6))
+
+
+def test_three_image_folder_trains(tmp_path, capsys):
+    folder = tmp_path / "three"
+    make_shapes(folder, per_class=1)
+    train(tiny(folder, tmp_path / "run", batch_size=256, steps=3))
+    assert "training with batch 3" in capsys.readouterr().err
+    assert records(tmp_path / "run", "plan")[0]["batch_size"] == 3
+    assert len(records(tmp_path / "run", "train")) == 3
+
+
+def test_hazard_folder_reports_bad_files(hazard_folder, tmp_path):
+    folder, expect = hazard_folder
+    out = tmp_path / "run"
+    train(tiny(folder, out, steps=2))
+    bad = [json.loads(line) for line in (out / "bad_files.jsonl").read_text().splitlines()]
+    bad_names = {Path(b["path"]).name for b in bad}
+    assert bad_names == {name for name, ok in expect.items() if not ok}
+    assert all(b["reason"] for b in bad)
+    assert records(out, "plan")[0]["images"] == sum(expect.values())
+
+
+def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch):
+    real = train_mod.two_views
+    calls = {"n": 0}
+
+    def interrupt_on_second(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the step in progress finishes, then the run saves
+        return real(*args)
+
+    monkeypatch.setattr(train_mod, "two_views", interrupt_on_second)
+    cfg = tiny(shapes_folder, tmp_path / "run", steps=5)
+    with pytest.raises(TrainingInterrupted, match="step 2 of 5"):
+        train(cfg)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    monkeypatch.setattr(train_mod, "two_views", real)
+    cfg.resume = True
+    assert load_checkpoint(train(cfg))["step"] == 5
+
+
+def test_budget_plans_the_steps(shapes_folder, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(shapes_folder, out, steps=0, budget=4.0, log_every=100))
+    plan = records(out, "plan")[0]
+    assert plan["total_steps"] >= 1 and plan["step_seconds"] > 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == plan["total_steps"]
+    assert records(out, "end")[0]["step"] == plan["total_steps"]
+
+
+def test_kNN_monitor_logs_evaluations(labelled_folder, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(labelled_folder / "train", out, steps=2, eval_folder=str(labelled_folder), eval_every=1))
+    evals = records(out, "eval")
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    assert all(0.0 <= e["knn_top1"] <= 1.0 for e in evals)
+
+
+@pytest.mark.parametrize(
+    "text,seconds", [("90s", 90), ("20m", 1200), ("1.5h", 5400), ("1h30m", 5400), (" 2 m ", 120)]
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["20", "abc", "5x", "-3m", "", "20m junk"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="90s, 20m"):
+        parse_duration(text)
+
+
+def test_zero_budget_is_rejected():
+    with pytest.raises(ValueError, match="more than 0"):
+        parse_duration("0m")
+
+
+def _cli(*args) -> list[str]:
+    return ["pretrain", *map(str, args), "--proj-hidden", "64", "--batch-size", "8", "--precision", "fp32",
+            "--no-progress", "--workers", "0"]
+
+
+def test_cli_pretrain_preview_and_errors(shapes_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli(shapes_folder, "--out", out, "--steps", "2")) == 0
+    assert (out / "checkpoint.pt").is_file() and (out / "curves.png").is_file()
+    assert main(_cli(shapes_folder, "--out", out, "--preview")) == 0
+    assert (out / "preview.png").is_file()
+    capsys.readouterr()
+
+    assert main(_cli(tmp_path / "missing", "--out", out, "--steps", "2")) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(_cli(shapes_folder, "--out", out, "--budget", "20")) == 2
+    assert "90s, 20m" in capsys.readouterr().err
+    assert main(_cli("--out", tmp_path / "empty-run", "--resume")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert main(_cli(empty, "--out", tmp_path / "r2", "--steps", "2")) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_gloo(shapes_folder, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each trains on its own shard; rank 0 writes the checkpoint."""
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "app.cli",
+           *_cli(shapes_folder, "--out", out, "--steps", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 2 and ckpt["extra"]["plan"]["world_size"] == 2
+    assert records(out, "plan")[0]["batch_size"] == 8  # global batch: 4 per process
+    assert len(records(out, "train")) == 2  # only rank 0 logs

@@ -1,0 +1,321 @@
+"""The page, driven over HTTP: every event through gradio_client (gallery and map clicks, which carry
+event data the client cannot send, through gradio's own queue protocol in the same session), and the
+file-access rules of the server (traversal, absolute paths, the index's own files, a checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from imagegen import make_hazards, shape_image
+from test_search import ColourEmbedder, make_index
+
+from app.files import check_bind, parse_auth, served_paths
+from app.ui import SELECT_MODE, build_app, launch
+from index.store import Store
+
+PAGE = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Session:
+    """gradio's queue protocol for one session: what the browser sends, event data included."""
+
+    def __init__(self, demo, url: str, session_hash: str):
+        self.url, self.hash = url, session_hash
+        self.fn = {f.api_name: i for i, f in demo.fns.items()}
+        self.inputs = {f.api_name: f.inputs for f in demo.fns.values()}
+
+    def call(self, api_name: str, *data, event_data=None) -> tuple[list, list[dict]]:
+        """(output data, log messages) of one event; states are sent as None (the server holds them)."""
+        body = {"data": list(data), "event_data": event_data, "fn_index": self.fn[api_name],
+                "trigger_id": None, "session_hash": self.hash}
+        httpx.post(self.url + "gradio_api/queue/join", json=body).raise_for_status()
+        logs = []
+        with httpx.stream("GET", self.url + f"gradio_api/queue/data?session_hash={self.hash}", timeout=60) as s:
+            for line in s.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                m = json.loads(line[5:])
+                if m.get("msg") == "log":
+                    logs.append(m)
+                if m.get("msg") == "process_completed":
+                    out = m["output"]
+                    return (out.get("data") if m.get("success") else out), logs
+        raise AssertionError("no completion message")
+
+
+def captions(gallery) -> list[str]:
+    return [item["caption"] for item in gallery]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("page")
+    index_dir, by_class = make_index(root, per_class=10, duplicates=2)
+    (index_dir / "checkpoint.pt").write_bytes(b"secret weights")  # someone copied a checkpoint in
+    demo = build_app(index_dir, embedder=ColourEmbedder(), page_size=PAGE)
+    _, url, _ = launch(demo, index_dir, port=free_port(), prevent_thread_lock=True, quiet=True)
+    client = Client(url, verbose=False, download_files=False)
+    yield demo, url, client, Session(demo, url, client.session_hash), by_class, root
+    client.close()
+    demo.close()
+
+
+def test_random_then_show_more(served):
+    _, _, client, _, _, _ = served
+    gallery, note = client.predict(api_name="/random_photos")
+    assert len(gallery) == PAGE and "Random" in note
+    gallery2, note2 = client.predict(api_name="/show_more")
+    assert len(gallery2) == 2 * PAGE and captions(gallery2)[:PAGE] == captions(gallery)
+    assert len(set(captions(gallery2))) == 2 * PAGE
+
+
+def test_upload_searches_by_photo_and_pages(served, tmp_path):
+    _, _, client, _, _, _ = served
+    p = tmp_path / "query.png"
+    shape_image("triangle", __import__("numpy").random.default_rng(7), (90, 70)).save(p)
+    gallery, note = client.predict(handle_file(str(p)), api_name="/upload_search")
+    names = [c.split(" · ")[1] for c in captions(gallery)]
+    assert len(names) == PAGE and all(n.startswith("triangle_") for n in names)
+    scores = [float(c.split(" · ")[0]) for c in captions(gallery)]
+    assert scores == sorted(scores, reverse=True)
+    more, _ = client.predict(api_name="/show_more")
+    assert captions(more)[:PAGE] == captions(gallery) and len(more) == 2 * PAGE
+
+
+def test_bad_uploads_warn_and_change_nothing(served, tmp_path):
+    _, url, _, session, _, _ = served
+    hazards = tmp_path / "hazards"
+    expect = make_hazards(hazards)
+    for name in ("notes.jpg", "bomb.png", "truncated.jpg"):
+        assert expect[name] is False
+        with open(hazards / name, "rb") as f:
+            r = httpx.post(url + "gradio_api/upload", files={"files": (name, f)})
+        path = r.json()[0]
+        data, logs = session.call("upload_search", {"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}})
+        assert [m["level"] for m in logs] == ["warning"], (name, logs)
+        assert "not a photo" in logs[0]["log"] and "Traceback" not in logs[0]["log"]
+        assert data[0] == {"__type__": "update"}  # the results stay as they were
+    # a path outside gradio's upload folder is refused before the handler sees it
+    data, _ = session.call("upload_search", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}})
+    assert "Traceback" not in json.dumps(data) and not isinstance(data, list)
+
+
+def test_upload_size_limit(served):
+    _, url, _, _, _, _ = served
+    r = httpx.post(url + "gradio_api/upload", files={"files": ("huge.jpg", b"\xff" * (26 * 1024 * 1024))})
+    assert r.status_code == 413
+
+
+def test_click_searches_from_the_photo_or_selects_it(served):
+    _, _, client, session, by_class, _ = served
+    gallery, _ = client.predict(api_name="/random_photos")
+    clicked = captions(gallery)[2]
+    data, logs = session.call("click_result", None, "search from it", None, event_data={"index": 2, "value": None})
+    assert not logs and captions(data[0])[0] == f"1.000 · {clicked}"  # the photo itself comes first
+    # in selection mode, a click toggles the photo in the selection instead
+    data, _ = session.call("click_result", None, SELECT_MODE, None, event_data={"index": 1, "value": None})
+    assert data[0] == {"__type__": "update"} and len(data[-3]) == 1 and "**1** selected" in data[-1]
+    data, _ = session.call("click_result", None, SELECT_MODE, None, event_data={"index": 1, "value": None})
+    assert data[-3] == [] and "**0** selected" in data[-1]
+    # a stale index (the gallery changed meanwhile) is a warning, not an error
+    _, logs = session.call("click_result", None, "search from it", None, event_data={"index": 999, "value": None})
+    assert logs and logs[0]["level"] == "warning"
+    # the same search without a click, for scripts
+    first = by_class["square"][0]
+    gallery, note = client.predict(first, api_name="/search_id")
+    assert captions(gallery)[0] == "1.000 · square_000.png" and "square_000.png" in note
+
+
+def select(session, client, image_ids: list[int]) -> None:
+    """Put exactly these photos in the selection, by searching from each and clicking it."""
+    client.predict(api_name="/clear_selection")
+    for i in image_ids:
+        client.predict(i, api_name="/search_id")
+        session.call("click_result", None, SELECT_MODE, None, event_data={"index": 0, "value": None})
+
+
+def test_label_train_predict_accept_export(served):
+    demo, _, client, session, by_class, root = served
+    client.predict("round", api_name="/create_label")
+    _, _, _, _, counts = client.predict("boxy", api_name="/create_label")
+    assert "| round | 0 |" in counts and "| boxy | 0 |" in counts
+
+    _, _, logs = None, None, session.call("assign", None, "round")[1]
+    assert logs[0]["level"] == "warning"  # nothing selected yet
+    select(session, client, by_class["circle"][:2])
+    out = client.predict("round", api_name="/assign")
+    assert out[0] == [] and "| round | 2 |" in out[-1]
+    select(session, client, by_class["square"][:2])
+    client.predict("boxy", api_name="/assign")
+    select(session, client, by_class["triangle"][:1])
+    out = client.predict("pointy", api_name="/assign")  # typed into the dropdown: a new label
+    assert "| pointy | 1 |" in out[-1]
+
+    report, counts = client.predict(api_name="/train")
+    assert "Probe v1" in report and "Predicted 32 photos" in report and "round: 2" in report
+    assert "| triangle" not in counts and "| pointy | 1 | 0 | 10 |" in counts
+
+    gallery = client.predict(api_name="/label_next")
+    assert 0 < len(gallery) <= PAGE and all("?" in c for c in captions(gallery))
+    data, _ = session.call("click_next", None, None, event_data={"index": 0, "value": None})
+    assert len(data[0]) == 1
+    client.predict(api_name="/clear_selection")
+
+    gallery = client.predict("predicted", "round", "most confident first", api_name="/show_labelled")
+    assert gallery and all(c.startswith("round ") for c in captions(gallery))
+    gallery = client.predict("labelled", "boxy", "most confident first", api_name="/show_labelled")
+    assert len(gallery) == 2
+    data, _ = session.call("click_prediction", None, None, event_data={"index": 1, "value": None})
+    assert len(data[0]) == 1
+
+    counts, *_ = client.predict(api_name="/accept_selected")  # a labelled photo keeps its own label
+    counts = client.predict(0.99, api_name="/accept")
+    assert "accepted" in counts
+    labels = demo.page.labels
+    assert set(labels.labelled("accepted").values()) <= {"round", "boxy", "pointy"}
+
+    out = client.predict(api_name="/unassign")
+    assert "Traceback" not in json.dumps(out)
+
+    md, file = client.predict("CSV", False, 0.9, api_name="/export")
+    assert "Wrote 32 rows" in md
+    rows = list(csv.DictReader(httpx.get(file["value"]["url"]).text.splitlines()))  # the download works
+    assert len(rows) == 32 and {r["label"] for r in rows} >= {"round", "boxy", "pointy"}
+    md, _ = client.predict("ImageFolder (links)", True, 0.5, api_name="/export")
+    assert "imagefolder-" in md and "round:" in md
+    md, _ = client.predict("HF datasets", False, 0.9, api_name="/export")
+    assert "hf-dataset-" in md and "load_from_disk" in md
+
+    out = client.predict("pointy", "pointed", api_name="/rename_label")
+    assert "| pointed |" in out[-1]
+    out = client.predict("pointed", api_name="/delete_label")
+    assert "pointed" not in out[-1]
+
+
+def test_duplicates(served):
+    _, _, client, session, by_class, _ = served
+    gallery, note = client.predict(0.999, api_name="/duplicates")
+    assert "2 group(s)" in note and len(gallery) == 4 and captions(gallery)[0].startswith("group 1 · ")
+    data, _ = session.call("click_duplicate", None, "search from it", None, event_data={"index": 0, "value": None})
+    assert captions(data[0])[0].startswith("1.000 · ")
+    _, note = client.predict(1.0, api_name="/duplicates")
+    assert "No near-duplicates" in note or "group(s)" in note
+
+
+def test_map_draw_and_click(served):
+    demo, _, client, session, by_class, _ = served
+    img, legend = client.predict("prediction", "PCA", api_name="/draw_map")
+    assert img and "PCA" in legend
+    m = demo.page.map_for("pca")
+    j = int(list(m.ids).index(by_class["square"][3]))
+    x, y = (int(v) for v in m.px[j])
+    data, logs = session.call("click_map", None, event_data={"index": [x, y], "value": None})
+    assert not logs and captions(data[0])[0].split(" · ")[0] == "1.000"
+    _, logs = session.call("click_map", None, event_data={"index": [-500, -500], "value": None})
+    assert logs and "no photo there" in logs[0]["log"]
+
+
+def test_unexpected_failure_is_a_short_message(served, monkeypatch):
+    demo, _, _, session, _, _ = served
+    monkeypatch.setattr(demo.page.labels, "label_next", lambda n: 1 / 0)
+    out, _ = session.call("label_next")
+    text = json.dumps(out)
+    assert "Something went wrong (ZeroDivisionError" in text and "Traceback" not in text
+
+
+def test_empty_index_warns(tmp_path):
+    from byol.preprocess import Preprocess
+
+    Store.create(tmp_path / "empty", 8, "0" * 64, tmp_path / "m.onnx", Preprocess().to_dict()).close()
+    demo = build_app(tmp_path / "empty", embedder=ColourEmbedder())
+    _, url, _ = launch(demo, tmp_path / "empty", port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        session = Session(demo, url, "empty-session")
+        for name in ("random_photos", "train"):
+            _, logs = session.call(name)
+            assert logs and "the index is empty" in logs[0]["log"]
+    finally:
+        demo.close()
+
+
+# ---------------------------------------------------------------- file access
+def test_only_thumbnails_are_served(served, tmp_path):
+    _, url, _, _, by_class, root = served
+    index_dir = root / "index"
+    thumb = index_dir / "thumbs" / "0" / f"{by_class['circle'][0]}.jpg"
+    for prefix in ("gradio_api/file=", "file="):
+        r = httpx.get(url + prefix + str(thumb))
+        if prefix == "gradio_api/file=":
+            assert r.status_code == 200 and r.content == thumb.read_bytes()
+    outside_ckpt = tmp_path / "run" / "checkpoint.pt"
+    outside_ckpt.parent.mkdir()
+    outside_ckpt.write_bytes(b"secret weights")
+    photo = root / "photos" / "circle" / "circle_000.png"
+    secrets = [index_dir / "meta.sqlite", index_dir / "manifest.json", index_dir / "labels.sqlite",
+               *index_dir.glob("vectors.*.faiss"), index_dir / "checkpoint.pt", outside_ckpt, Path("/etc/passwd")]
+    attempts = [str(p) for p in secrets]
+    attempts += [f"{thumb.parent}/../../meta.sqlite", f"{index_dir}/thumbs/../labels.sqlite",
+                 f"{index_dir}/thumbs/0/../../manifest.json", f"{index_dir}/thumbs/../../photos/circle/circle_000.png",
+                 "../../../../../../etc/passwd", "/etc/../etc/passwd", str(photo)]
+    for prefix in ("gradio_api/file=", "file=", "gradio_api/file=//", "gradio_api/file=%2e%2e/"):
+        for a in attempts:
+            for path in (a, quote(a, safe="")):
+                r = httpx.get(url + prefix + path)
+                body = r.content
+                assert r.status_code != 200 or not any(
+                    body == p.read_bytes() for p in [*secrets[:-1], photo] if p.exists()
+                ) and b"root:" not in body, (prefix, path, r.status_code)
+                if prefix.startswith("gradio_api/file=") and not prefix.endswith("/"):
+                    assert r.status_code in (403, 404), (prefix, path, r.status_code)
+
+
+def test_auth_protects_files_and_page(tmp_path):
+    index_dir, by_class = make_index(tmp_path, per_class=2)
+    demo = build_app(index_dir, embedder=ColourEmbedder())
+    _, url, _ = launch(demo, index_dir, port=free_port(), auth=("alice", "pw"), prevent_thread_lock=True, quiet=True)
+    try:
+        thumb = index_dir / "thumbs" / "0" / f"{by_class['circle'][0]}.jpg"
+        assert httpx.get(url + "gradio_api/file=" + str(thumb)).status_code in (401, 403)
+        with httpx.Client() as c:
+            assert c.post(url + "login", data={"username": "alice", "password": "wrong"}).status_code >= 400
+            assert c.post(url + "login", data={"username": "alice", "password": "pw"}).status_code == 200
+            assert c.get(url + "gradio_api/file=" + str(thumb)).status_code == 200
+    finally:
+        demo.close()
+
+
+def test_bind_rules():
+    check_bind("127.0.0.1", None)
+    check_bind("localhost", None)
+    check_bind("::1", None)
+    for host in ("0.0.0.0", "::", "192.168.1.5"):
+        with pytest.raises(ValueError, match="--auth"):
+            check_bind(host, None)
+        check_bind(host, ("u", "p"))
+    assert parse_auth("u:p:q") == ("u", "p:q") and parse_auth(None) is None
+    for bad in ("u", ":p", "u:"):
+        with pytest.raises(ValueError):
+            parse_auth(bad)
+
+
+def test_served_paths_are_the_thumbnails_only(tmp_path):
+    (tmp_path / "thumbs").mkdir()
+    (tmp_path / "exports").mkdir()
+    allowed, blocked = served_paths(tmp_path)
+    assert allowed == [str((tmp_path / "thumbs").resolve())]
+    assert str(tmp_path.resolve() / "exports") in blocked and str(tmp_path.resolve() / "labels.sqlite") in blocked
+    assert not any(b == allowed[0] for b in blocked)
