@@ -36,7 +36,7 @@ def _add_evaluate(sub) -> None:
                    help="labelled images per class for the few-shot probe, comma-separated (default 1,5,10; '' for none)")
     p.add_argument("--draws", type=int, default=5, help="random draws averaged per few-shot setting (default 5)")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help="linear probe L2 penalty (default: the best of 1e-5, 1e-4, 1e-3 on 20%% of train held out; "
+                   help="linear probe L2 penalty (default: the best of 1e-5, 1e-4, 1e-3 on held-out train images; "
                         "few-shot probes use 1e-4)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per forward pass (default 256; lower it if memory is short)")
@@ -148,6 +148,7 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
+    import os
     from pathlib import Path
 
     def fail(msg: str) -> int:
@@ -207,7 +208,8 @@ def _run_pretrain(args) -> int:
         return 1
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # bad input: folder, dataset, checkpoint, budget
         return fail(str(e))
-    print(f"wrote {path}; log {out / 'log.jsonl'}, curves {out / 'curves.png'}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+        print(f"wrote {path}; log {out / 'log.jsonl'}, curves {out / 'curves.png'}")
     return 0
 
 
@@ -416,6 +418,176 @@ def _run_duplicates(args) -> int:
     return 0
 
 
+def _add_serve_options(p) -> None:
+    g = p.add_argument_group("serving")
+    g.add_argument("--port", type=int, default=7860, help="port of the page (default 7860)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network "
+                        "needs --auth)")
+    g.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (mandatory beyond 127.0.0.1)")
+
+
+def _serve_index(index_dir, args) -> int:
+    """Open the page on INDEX_DIR until Ctrl-C; user mistakes become one-line errors."""
+    from pathlib import Path
+
+    from app.files import check_bind, parse_auth
+
+    try:
+        auth = parse_auth(args.auth)
+        check_bind(args.host, auth)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not 1 <= args.port <= 65535:
+        print(f"error: --port {args.port}: give a port between 1 and 65535", file=sys.stderr)
+        return 2
+    if not (Path(index_dir) / "meta.sqlite").is_file():
+        print(f"error: {index_dir}: not an index; build one with "
+              f"`byol-search index FOLDER --model encoder.onnx --out {index_dir}`", file=sys.stderr)
+        return 2
+    from app.ui import build_app, launch
+    from index.store import StoreError
+
+    try:
+        demo = build_app(index_dir)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"serving {index_dir} on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    try:
+        launch(demo, index_dir, host=args.host, port=args.port, auth=auth)
+    except OSError as e:  # the port is taken
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}; try another --port", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="open the search and labelling page on an index",
+        description=(
+            "Serve the page for INDEX_DIR: search by photo or by clicking results, browse, find near-duplicates,\n"
+            "label a few photos and let a linear probe label the rest, see the map of the collection, export the\n"
+            "labels (CSV, ImageFolder, HF datasets). Labels live in INDEX_DIR/labels.sqlite and survive index\n"
+            "updates. Only thumbnails are served; the page listens on 127.0.0.1 unless --host and --auth are given."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="index folder written by `byol-search index`")
+    _add_serve_options(p)
+    p.set_defaults(func=lambda args: _serve_index(args.index_dir, args))
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="pretrain, export, index and serve a photo folder in one command",
+        description=(
+            "The whole pipeline on FOLDER, in WORK_DIR: pretrain within --budget, export the encoder to ONNX,\n"
+            "index the folder, then serve the page. Run it again after adding photos: stages whose inputs have\n"
+            "not changed are skipped (WORK_DIR/run.json records them), an interrupted pretraining resumes, and\n"
+            "indexing only embeds new or changed photos. Your labels (WORK_DIR/index/labels.sqlite) are kept."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("folder", metavar="FOLDER", help="the photo folder (read recursively)")
+    p.add_argument("--out", metavar="WORK_DIR", default="byol-work", help="working folder (default ./byol-work)")
+    p.add_argument("--budget", metavar="TIME",
+                   help="pretraining time, e.g. 90s, 20m, 1.5h (default 5m on a CPU, 15m with a GPU; more time, "
+                        "better search: 20m+ for a few thousand photos)")
+    p.add_argument("--backbone", default="resnet-tiny",
+                   choices=("resnet-tiny", "resnet-small", "resnet18", "resnet34", "resnet50"),
+                   help="encoder (default resnet-tiny for CPUs; resnet18 or larger want a GPU)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="training resolution in px (default 32; 64 or more for detailed photos with a GPU)")
+    p.add_argument("--no-serve", action="store_true", help="stop after indexing and print where things are")
+    _add_serve_options(p)
+    p.set_defaults(func=_run_run)
+
+
+def _run_pipeline(call, args) -> int:
+    from app.files import check_bind, parse_auth
+
+    if not args.no_serve:  # refuse an unsafe --host before minutes of training, not after
+        try:
+            check_bind(args.host, parse_auth(args.auth))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    from byol.train import TrainingDiverged, TrainingInterrupted
+    from index.store import StoreError
+
+    try:
+        result = call()
+    except (TrainingInterrupted, KeyboardInterrupt):
+        print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nphotos      {result['folder']} ({result['photos']})\ncheckpoint  {result['checkpoint']}\n"
+          f"encoder     {result['model']}\nindex       {result['index']}")
+    print("stages      " + ", ".join(f"{k} {result[k]}" for k in ("pretrain", "export", "index")))
+    if args.no_serve:
+        print(f"\nopen the page with:  byol-search serve {result['index']}")
+        return 0
+    return _serve_index(result["index"], args)
+
+
+def _run_run(args) -> int:
+    from app.demo import RunConfig, run
+    from byol.train import parse_duration
+
+    try:
+        budget = parse_duration(args.budget) if args.budget else 0.0
+    except ValueError as e:
+        print(f"error: --budget: {e}", file=sys.stderr)
+        return 2
+    if args.image_size < 8:
+        print("error: --image-size must be at least 8", file=sys.stderr)
+        return 2
+    cfg = RunConfig(folder=args.folder, out=args.out, budget=budget, backbone=args.backbone,
+                    image_size=args.image_size)
+    return _run_pipeline(lambda: run(cfg), args)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="try it: draw a small example photo set, then pretrain, export, index and serve it",
+        description=(
+            "Draws 320 example photos of 8 kinds (sunsets, oceans, forests, night skies, brick walls, flower\n"
+            "fields, checkerboards, stripes; nothing is downloaded) into OUT/photos and runs `byol-search run`\n"
+            "on them with a short budget: the page is up within a few minutes. Then search by clicking a photo,\n"
+            "label two or three photos of two kinds and press Train."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", metavar="DIR", default="byol-demo", help="where everything goes (default ./byol-demo)")
+    p.add_argument("--budget", metavar="TIME", default="60s",
+                   help="pretraining time (default 60s; the whole demo takes about two minutes on a laptop CPU)")
+    p.add_argument("--no-serve", action="store_true", help="stop after indexing and print where things are")
+    _add_serve_options(p)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from app.demo import demo
+    from byol.train import parse_duration
+
+    try:
+        budget = parse_duration(args.budget)
+    except ValueError as e:
+        print(f"error: --budget: {e}", file=sys.stderr)
+        return 2
+    return _run_pipeline(lambda: demo(args.out, budget=budget), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byol-search", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -429,9 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_search(sub)
     _add_duplicates(sub)
-    # <<serve>>
-    # <<run>>
-    # <<demo>>
+    _add_serve(sub)
+    _add_run(sub)
+    _add_demo(sub)
     del sub
     return parser
 

@@ -4,7 +4,8 @@ INDEX_DIR/labels.sqlite holds
   label_names(name, at)                                   the label vocabulary
   labels(image_id, label, source, at)                     one label per photo; source 'human' or 'accepted'
   predictions(image_id, label, confidence, margin, probe_version)   the probe's guess for every photo
-  probes(version, at, classes, counts, accuracy, dim, weight, bias) every probe trained, newest last
+  probes(version, at, classes, counts, accuracy, dim, weight, bias, model_sha256)
+                                                          every probe trained (newest last), and on which encoder
 
 Image ids are the index's stable SQLite/FAISS ids, so labels survive restarts and incremental index
 updates; a label whose photo has left the index is kept but ignored until the photo returns.
@@ -48,7 +49,7 @@ CREATE INDEX IF NOT EXISTS predictions_margin ON predictions(margin);
 CREATE INDEX IF NOT EXISTS predictions_label ON predictions(label, confidence);
 CREATE TABLE IF NOT EXISTS probes (
   version INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, classes TEXT NOT NULL, counts TEXT NOT NULL,
-  accuracy REAL, dim INTEGER NOT NULL, weight BLOB NOT NULL, bias BLOB NOT NULL);
+  accuracy REAL, dim INTEGER NOT NULL, weight BLOB NOT NULL, bias BLOB NOT NULL, model_sha256 TEXT);
 """
 
 Progress = Callable[[float, str], None]
@@ -218,9 +219,11 @@ class Labels:
 
         def save(db):
             cur = db.execute(
-                "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias, model_sha256) "
+                "VALUES (?,?,?,?,?,?,?,?)",
                 (time.time(), json.dumps(names), json.dumps(counts), accuracy, int(x.shape[1]),
-                 probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes()))
+                 probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes(),
+                 getattr(store, "model_sha256", None)))
             return cur.lastrowid
 
         version = self._write(save)
@@ -247,9 +250,10 @@ class Labels:
         if last is None:
             raise ValueError("no probe yet: label photos of two labels and train first")
         version, classes, probe, _ = last
-        if probe.weight.shape[1] != int(store.dim):
-            raise ValueError(f"the probe was trained on {probe.weight.shape[1]}-d embeddings but the index holds "
-                             f"{store.dim}-d ones (a different encoder): train again")
+        trained_on = self._query("SELECT model_sha256 FROM probes WHERE version = ?", (version,))[0][0]
+        if probe.weight.shape[1] != int(store.dim) or trained_on != getattr(store, "model_sha256", None):
+            raise ValueError("the index was re-embedded with another encoder since the probe was trained: "
+                             "press Train to fit a probe on the new embeddings (your labels are kept)")
         all_ids = np.asarray(store.all_ids(), np.int64)
         rows: list[tuple] = []
         for start in range(0, len(all_ids), chunk):

@@ -25,6 +25,8 @@ log = logging.getLogger("byol_search.page")
 PAGE = 24  # results per page
 SEARCH_MODE, SELECT_MODE = "search from it", "add it to the selection"
 EXPORTS = ("CSV", "ImageFolder (links)", "ImageFolder (copies)", "HF datasets")
+# searches are short and read-only: several run at once (one queue slot each for training, exports, ...)
+SEARCHES = {"concurrency_id": "search", "concurrency_limit": 4}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -125,7 +127,7 @@ class Page:
         counts = self.labels.counts()
         if not counts:
             return "No labels yet: type a name and press **Create**, or type one in the selection bar."
-        rows = ["| label | labelled | accepted | predicted (unlabelled) |", "|---|---:|---:|---:|"]
+        rows = ["| label | labelled | accepted | predicted |", "|---|---:|---:|---:|"]
         rows += [f"| {html.escape(n)} | {c['human']} | {c['accepted']} | {c['predicted']} |" for n, c in counts.items()]
         return "\n".join(rows)
 
@@ -167,7 +169,7 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
     st = page.store
 
     with gr.Blocks(title="byol-search", analytics_enabled=False) as demo:
-        gr.Markdown("## byol-search\n" + page.summary())
+        header = gr.Markdown("## byol-search\n" + page.summary())
         query = gr.State(None)  # {"vec": [...]} | {"id": n} | {"random": True}: what "show more" continues
         sel_ids = gr.State([])
         with gr.Accordion("Selection and labelling", open=True):
@@ -175,13 +177,13 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
                 click_mode = gr.Radio([SEARCH_MODE, SELECT_MODE], value=SEARCH_MODE, label="Clicking a photo",
                                       info="in Search, Duplicates and Map; in Label it always selects", scale=2)
                 sel_label = gr.Dropdown(page.labels.names(), label="Label", allow_custom_value=True,
-                                        info="pick one, or type a new name", scale=2)
+                                        info="pick one, or type a new name", scale=2, elem_id="sel-label")
                 assign_btn = gr.Button("Assign to selected", variant="primary", scale=1)
                 unassign_btn = gr.Button("Remove their labels", scale=1)
                 clear_btn = gr.Button("Clear selection", scale=1)
             sel_note = gr.Markdown("**0** selected")
-            sel_gallery = gr.Gallery(label="Selected", columns=12, height=140, allow_preview=False,
-                                     object_fit="cover", interactive=False, buttons=[])
+            sel_gallery = gr.Gallery(label="Selected", columns=12, height=120, allow_preview=False,
+                                     object_fit="cover", interactive=False, buttons=[], elem_id="selection")
         with gr.Tabs() as tabs:
             with gr.Tab("Search", id="search"):
                 with gr.Row():
@@ -219,11 +221,12 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
                     next_btn = gr.Button("What to label next")
                 train_md = gr.Markdown(elem_id="train-report")
                 next_gallery = gr.Gallery(label="Least certain (click to select)", columns=8, height="auto",
-                                          allow_preview=False, object_fit="cover", interactive=False, buttons=[])
+                                          allow_preview=False, object_fit="cover", interactive=False, buttons=[],
+                                          elem_id="label-next")
                 next_ids = gr.State([])
                 with gr.Row():
                     view = gr.Radio(["predicted", "labelled"], value="predicted", label="Show photos")
-                    view_label = gr.Dropdown(page.labels.names(), label="as label")
+                    view_label = gr.Dropdown(page.labels.names(), label="as label", elem_id="view-label")
                     order = gr.Radio(["most confident first", "least confident first"], value="most confident first",
                                      label="Order")
                     view_btn = gr.Button("Show")
@@ -301,15 +304,14 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
             value, ids = _gallery(hits)
             return value, ids, f"Showing {len(ids)} photos"
 
-        on(upload.upload, on_upload, [upload], search_out, preprocess=False, concurrency_id="search",
-           concurrency_limit=4, api_name="upload_search")
-        on(random_btn.click, on_random, None, search_out, api_name="random_photos")
-        on(more_btn.click, on_more, [query, res_ids], [results, res_ids, search_note], concurrency_id="search",
+        on(upload.upload, on_upload, [upload], search_out, preprocess=False, **SEARCHES, api_name="upload_search")
+        on(random_btn.click, on_random, None, search_out, **SEARCHES, api_name="random_photos")
+        on(more_btn.click, on_more, [query, res_ids], [results, res_ids, search_note], **SEARCHES,
            api_name="show_more")
         # click-to-search without a click, for scripts and tests: the same code path as a click
         search_id_box = gr.Number(visible=False, precision=0)
         on(search_id_box.submit, lambda i: search_from_id(int(i)), [search_id_box], search_out,
-           concurrency_id="search", api_name="search_id")
+           **SEARCHES, api_name="search_id")
 
         def clicked(ids, mode, selected, evt: gr.SelectData):
             """A click in a results gallery: search from the photo, or toggle it in the selection."""
@@ -332,7 +334,7 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
         for gallery, ids_state, name in ((results, res_ids, "click_result"), (dup_gallery, dup_ids, "click_duplicate"),
                                          (map_gallery, map_ids, "click_map_result")):
             on(gallery.select, clicked, [ids_state, click_mode, sel_ids], search_out + sel_out,
-               concurrency_id="search", api_name=name)
+               **SEARCHES, api_name=name)
         for gallery, ids_state, name in ((next_gallery, next_ids, "click_next"),
                                          (view_gallery, view_ids, "click_prediction")):
             on(gallery.select, clicked_select, [ids_state, sel_ids], sel_out, api_name=name)
@@ -490,6 +492,8 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
         def on_map_click(m, evt: gr.SelectData):
             if m is None:
                 raise ValueError("draw the map first")
+            if not evt.index or len(evt.index) != 2:
+                raise ValueError("no photo there: click on a dot")
             x, y = evt.index
             image_id = m.point_at(float(x), float(y))
             if image_id is None:
@@ -497,8 +501,15 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
             return _gallery(search.search_id(st, image_id, page_size // 2))
 
         on(map_btn.click, on_map, [colour_by, method], [map_img, map_legend, map_state], api_name="draw_map")
-        on(map_img.select, on_map_click, [map_state], [map_gallery, map_ids], concurrency_id="search",
+        on(map_img.select, on_map_click, [map_state], [map_gallery, map_ids], **SEARCHES,
            api_name="click_map")
+
+        def on_load():
+            """A fresh page: the index may have been updated, and labels made in another tab."""
+            page.refresh()
+            return ("## byol-search\n" + page.summary(), *page.label_choices())
+
+        on(demo.load, on_load, None, [header, *vocab_out], api_visibility="private")
 
     demo.queue(default_concurrency_limit=2)
     demo.page = page  # for tests and scripts: the shared state behind the page

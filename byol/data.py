@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from byol.checkpoint import atomic_write
 from byol.images import IMAGE_EXTENSIONS, BadImage, decode_square
 
 INDEX_FORMAT = "byol-search/image-cache/1"
@@ -54,7 +53,10 @@ def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        st = os.stat(dirpath)
+        try:
+            st = os.stat(dirpath)
+        except OSError:  # vanished while walking
+            continue
         if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink: a loop or a duplicate
             dirnames[:] = []
             continue
@@ -115,9 +117,8 @@ def decode_many(
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         try:
             pending: deque[Future] = deque()
-            it = iter(items)
             i = 0
-            for item in it:
+            for item in items:
                 pending.append(pool.submit(_call, fn, item))
                 if len(pending) >= 4 * workers:
                     out = pending.popleft().result()
@@ -186,25 +187,14 @@ class ImageCache:
         side, n = index["side"], len(index["rows"])
         array = np.memmap(cache_dir / index["array"], dtype=np.uint8, mode="r", shape=(n, side, side, 3))
         label = index.get("label_prefix", "")
-        return cls(
-            array=array,
-            paths=[_label(label, r[0]) for r in index["rows"]],
-            bad=[BadFile(_label(label, b[0]), b[3]) for b in index["bad"]],
-            side=side,
-            cache_dir=cache_dir,
-            stats=stats or {},
-        )
+        return cls(array=array, paths=[_label(label, r[0]) for r in index["rows"]],
+                   bad=[BadFile(_label(label, b[0]), b[3]) for b in index["bad"]], side=side,
+                   cache_dir=cache_dir, stats=stats or {})
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(
-        cls,
-        folder: str | Path,
-        cache_dir: str | Path,
-        side: int,
-        workers: int | None = None,
-        report: str | Path | None = None,
-    ) -> ImageCache:
+    def build(cls, folder: str | Path, cache_dir: str | Path, side: int, workers: int | None = None,
+              report: str | Path | None = None) -> ImageCache:
         """Create or incrementally update the cache of `folder` at `side` pixels; see the module docstring.
 
         Unreadable files are listed in `report` (default cache_dir/bad_files.jsonl) and summarised on stderr.
@@ -231,16 +221,9 @@ class ImageCache:
         return cls._build(source, Path(cache_dir), side, workers, report, str(root))
 
     @classmethod
-    def from_hf(
-        cls,
-        name_or_path: str | Path,
-        cache_dir: str | Path,
-        side: int,
-        split: str = "train",
-        image_column: str | None = None,
-        workers: int | None = None,
-        report: str | Path | None = None,
-    ) -> ImageCache:
+    def from_hf(cls, name_or_path: str | Path, cache_dir: str | Path, side: int, split: str = "train",
+                image_column: str | None = None, workers: int | None = None,
+                report: str | Path | None = None) -> ImageCache:
         """The cache of an HF `datasets` image dataset, keyed by the dataset's fingerprint.
 
         name_or_path: a folder written by Dataset/DatasetDict.save_to_disk (read locally), or a hub name
@@ -343,6 +326,8 @@ class ImageCache:
                 os.fsync(f.fileno())
             decoded.close()
 
+            from byol.checkpoint import atomic_write  # here, not at the top: byol.checkpoint imports torch
+
             bad_files = [BadFile(_label(source.label_prefix, b[0]), b[3]) for b in bad]
             atomic_write(report, lambda f: f.writelines(
                 (json.dumps(asdict(b)) + "\n").encode() for b in bad_files))
@@ -352,6 +337,9 @@ class ImageCache:
             index = {"format": INDEX_FORMAT, "side": side, "source": source.id, "array": array_name,
                      "label_prefix": source.label_prefix, "rows": rows, "bad": bad}
             _commit(cache_dir, side, index)
+        except BaseException:
+            (cache_dir / array_name).unlink(missing_ok=True)  # never committed: the old index still rules
+            raise
         finally:
             decoded.close()
             tmp.unlink(missing_ok=True)
@@ -362,7 +350,7 @@ class ImageCache:
         stats = {"decoded": n_decoded, "reused": n_reused, "bad": len(bad), "removed": len(gone)}
         msg = f"image cache {side}px: {len(rows)} images ({n_decoded} decoded, {n_reused} unchanged)"
         if bad:
-            msg += f", {len(bad)} unreadable files skipped (see {report})"
+            msg += f", {len(bad)} unreadable file{'s' if len(bad) > 1 else ''} skipped (see {report})"
         print(msg, file=sys.stderr)
         return cls._from_index(cache_dir, index, stats)
 
@@ -398,6 +386,8 @@ def _read_index(cache_dir: Path, side: int) -> dict | None:
 
 def _commit(cache_dir: Path, side: int, index: dict) -> None:
     """Atomically replace the index: the one step that switches readers from the old array to the new."""
+    from byol.checkpoint import atomic_write
+
     atomic_write(_index_path(cache_dir, side), lambda f: f.write(json.dumps(index).encode()))
 
 

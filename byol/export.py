@@ -100,13 +100,7 @@ def export_onnx(
 
     # -- export
     t0 = time.perf_counter()
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    example = torch.from_numpy(preprocess.batch(generated_images(2, size)))
-    program = _quiet(lambda: torch.onnx.export(
-        model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False,
-        optimize=True, verbose=False))
-    proto = program.model_proto
+    proto = to_onnx(model, torch.from_numpy(preprocess.batch(generated_images(2, size))), opset)
     metadata = _metadata(preprocess, info, quantization="none")
     _set_metadata(proto, metadata)
     data = proto.SerializeToString()
@@ -141,6 +135,18 @@ def export_onnx(
         report["int8"] = quantize_int8(out_path, int8_path, check_folder=check_folder,
                                        labelled_folder=labelled_folder, method=quantize_method, log=log)
     return report
+
+
+def to_onnx(model, example, opset: int = DEFAULT_OPSET):
+    """torch module -> onnx.ModelProto with the exporter and settings chosen above (dynamic batch axis)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = _quiet(lambda: torch.onnx.export(
+        model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False,
+        optimize=True, verbose=False))
+    return program.model_proto
 
 
 def _metadata(preprocess: Preprocess, info: dict, quantization: str) -> dict[str, str]:

@@ -4,9 +4,11 @@
 `BadImage` naming the file and the reason (truncated, empty, not an image, too large, ...). Callers report
 and skip a `BadImage`; they never see PIL's own zoo of exceptions.
 
-Speed: a 12-megapixel JPEG costs ~100 ms to decode at full size, yet the encoder wants 64-224 px. With
-`min_side`, libjpeg decodes at 1/2, 1/4 or 1/8 scale straight from the DCT coefficients (`Image.draft`),
-which skips most of the work; the exact final resize stays in `byol.preprocess.Preprocess`.
+Speed: a 12-megapixel JPEG costs 0.2-0.6 s to decode and resize at full size on a laptop core, yet the
+encoder wants 64-224 px. With `min_side`, libjpeg decodes at 1/2, 1/4 or 1/8 scale straight from the DCT
+coefficients (`Image.draft`), skipping most of the inverse DCT, colour conversion and resizing; only the
+entropy decoding stays. 3.3-8.5x faster (scripts/bench_decode.py). The exact final resize stays in
+`byol.preprocess.Preprocess`.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def _reason(e: BaseException) -> str:
         return "is a folder, not a file"
     if isinstance(e, PermissionError):
         return "permission denied"
-    if isinstance(e, (OSError, SyntaxError, ValueError, EOFError)) and ("truncated" in msg or "EOF" in msg):
+    if isinstance(e, (OSError, SyntaxError, ValueError, EOFError)) and ("truncated" in msg.lower() or "EOF" in msg):
         return "truncated file"
     if isinstance(e, (OSError, SyntaxError)):  # PIL's words for a damaged stream: "broken data stream", ...
         return f"corrupt file ({msg})" if msg else "corrupt file"
@@ -166,9 +168,7 @@ def _decode(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int) -> I
         # libjpeg picks the largest 1/s (s in 8,4,2,1) with both sides still >= min_side, so the shorter
         # side stays >= min_side; orientation is applied after decoding, and swapping w/h keeps that true.
         img.draft("RGB", (min_side, min_side))
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)  # animated GIF/WebP/PNG, multi-page TIFF: the first frame
-    img.load()
+    img.load()  # frame 0 of an animated GIF/WebP/PNG or a multi-page TIFF: open() leaves it current
     try:
         ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # a malformed EXIF block should not cost the photo: keep it as stored
@@ -200,6 +200,8 @@ def load_rgb(source: Source, min_side: int | None = None, max_pixels: int = MAX_
                 return _decode(f, name, min_side, max_pixels)
         if isinstance(source, (bytes, bytearray, memoryview)):
             return _decode(io.BytesIO(bytes(source)), name, min_side, max_pixels)
+        if not source.seekable():  # a pipe or a socket: PIL needs to seek
+            source = io.BytesIO(source.read())
         return _decode(source, name, min_side, max_pixels)
     except BadImage as e:
         if e.path != name:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -63,32 +64,11 @@ def extract_once(archive: Path, dest: Path) -> Path:
 
 
 def large_jpegs(count: int) -> Path:
-    """A folder of `count` 4000x3000 JPEGs (Imagenette photos upscaled), in class folders for ImageFolder."""
-    dest = CACHE / "large-jpegs"
-    have = sorted(dest.rglob("*.jpg")) if dest.is_dir() else []
-    if len(have) >= count:
-        return dest
-    maker = ROOT / "scripts" / "make_large_jpegs.py"
-    if maker.is_file():
-        subprocess.run([sys.executable, str(maker), "--out", str(dest), "--count", str(count)], check=True)
-        if len(sorted(dest.rglob("*.jpg"))) >= count:
-            return dest
-    from PIL import Image
+    """A folder of `count` 4000x3000 JPEGs (Imagenette photos upscaled) in class folders, made once."""
+    from make_large_jpegs import make_large_jpegs
 
-    src = extract_once(DATASETS / "imagenette-224.tar.gz", CACHE / "imagenette")
-    classes = sorted(p for p in (src / "train").iterdir() if p.is_dir())
-    per_class = -(-count // len(classes))
-    for c in classes:
-        out = dest / c.name
-        out.mkdir(parents=True, exist_ok=True)
-        for f in sorted(c.iterdir())[:per_class]:
-            target = out / (f.stem + ".jpg")
-            if target.exists():
-                continue
-            img = Image.open(f).convert("RGB").resize((4000, 3000), Image.BICUBIC)
-            tmp = target.with_suffix(".tmp")
-            img.save(tmp, "JPEG", quality=90)
-            os.replace(tmp, target)
+    dest = CACHE / "large-jpegs"
+    make_large_jpegs(count, dest)
     return dest
 
 

@@ -24,3 +24,25 @@ def make_checkpoint(path: Path, backbone: str = "resnet-tiny", image_size: int =
     save_checkpoint(path, {"config": {"epochs": 0}, "model_config": asdict(cfg),
                            "preprocess": Preprocess.for_size(image_size).to_dict(), "model": m.state_dict(), "step": 0})
     return path
+
+
+
+_EXPORTED: dict = {}
+
+
+def exported_encoder(tmp_path_factory, check_folder: Path | None = None) -> tuple[Path, Path]:
+    """(checkpoint, encoder.onnx) exported once per test session (parity checked on `check_folder`, when the
+    first caller gives one) and shared by every test file that needs a model; `export_report()` has the report."""
+    if "onnx" not in _EXPORTED:
+        from byol.export import export_onnx
+
+        root = tmp_path_factory.mktemp("encoder")
+        _EXPORTED["ckpt"] = make_checkpoint(root / "checkpoint.pt")
+        _EXPORTED["report"] = export_onnx(_EXPORTED["ckpt"], root / "encoder.onnx", check_folder=check_folder,
+                                          log=lambda *a: None)
+        _EXPORTED["onnx"] = root / "encoder.onnx"
+    return _EXPORTED["ckpt"], _EXPORTED["onnx"]
+
+
+def export_report() -> dict:
+    return _EXPORTED["report"]

@@ -269,3 +269,22 @@ def test_heic_by_path_and_by_bytes(tmp_path):
     # no file name to go by: recognised from the 'ftyp' brand
     assert load_rgb((tmp_path / "phone.HEIC").read_bytes()).size == (64, 48)
     assert decode_square(tmp_path / "phone.HEIC", 32).shape == (32, 32, 3)
+
+
+def test_a_stream_that_cannot_seek_is_read_whole(hazard_folder):
+    root, _ = hazard_folder
+
+    class Pipe(io.RawIOBase):  # like a socket or stdin: read() only
+        def __init__(self, data: bytes):
+            self._buf = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:
+            chunk = self._buf.read(len(b))
+            b[: len(chunk)] = chunk
+            return len(chunk)
+
+    img = load_rgb(Pipe((root / "ok.webp").read_bytes()))
+    assert img.size == (80, 60) and img.mode == "RGB"

@@ -204,7 +204,7 @@ def test_ddp_two_processes_gloo(shapes_folder, tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "app.cli",
-           *_cli(shapes_folder, "--out", out, "--steps", "2")]
+           *_cli(shapes_folder, "--out", out, "--steps", "2", "--log-every", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

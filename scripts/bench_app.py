@@ -1,0 +1,254 @@
+"""Benchmark the page on a 100,000-photo index.
+
+  1. click-to-search, server side: the function a gallery click calls (search from an id, build the gallery
+     of thumbnails and captions), side by side with the bare FAISS search it wraps;
+  2. the same end to end through gradio_client against `byol-search serve` in another process;
+  3. N concurrent gradio_client clients searching for a minute: errors, latency percentiles, throughput;
+  4. the linear probe: train on 50 labels (10 per class) and predict all photos, saved to SQLite.
+
+The index is built through the real Store API from synthetic clustered 256-d unit vectors, with small
+generated thumbnails (one per cluster, hard-linked per photo), and cached in .cache/bench_app_<n>.
+
+    .venv/bin/python scripts/bench_app.py                # the full run (about 5 minutes on 2 cores)
+    .venv/bin/python scripts/bench_app.py --quick        # 20,000 photos, 10 s of concurrency
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def clustered_unit_vectors(n: int, d: int, clusters: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors around `clusters` random centres (cosine to the centre ~0.7), and their cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    c = rng.integers(0, clusters, n)
+    x = centres[c] + rng.normal(scale=1.0 / np.sqrt(d), size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), c
+
+
+def build_bench_index(index_dir: Path, n: int, d: int, clusters: int) -> np.ndarray:
+    """Create the index (once) and return each photo's cluster, in id order."""
+    from PIL import Image
+
+    from byol.preprocess import Preprocess
+    from index.store import Store
+
+    x, c = clustered_unit_vectors(n, d, clusters)
+    if (index_dir / "manifest.json").is_file():
+        return c
+    shutil.rmtree(index_dir, ignore_errors=True)
+    t = time.perf_counter()
+    store = Store.create(index_dir, d, "b" * 64, index_dir / "bench.onnx", Preprocess().to_dict())
+    rng = np.random.default_rng(1)
+    rows = [{"path": f"/photos/cluster_{c[i]:03d}/photo_{i:06d}.jpg", "width": 640, "height": 480} for i in range(n)]
+    ids = store.add(rows, x)
+    protos = []
+    for k in range(clusters):  # one small picture per cluster: a colour and a bar at a cluster-specific place
+        a = np.full((48, 64, 3), rng.integers(40, 220, 3), np.uint8)
+        a[8 + k % 32 : 16 + k % 32, :] = 255 - a[0, 0]
+        protos.append(Image.fromarray(a))
+    for k in range(clusters):
+        store.put_thumbnail(int(ids[np.flatnonzero(c == k)[0]]), protos[k])
+    first = {k: store.thumbnail_path(int(ids[np.flatnonzero(c == k)[0]])) for k in range(clusters)}
+    for i, k in zip(ids.tolist(), c.tolist()):
+        p = store.thumbnail_path(i)
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            os.link(first[k], p)
+    store.save()
+    print(f"built {n:,}-photo index ({store.index_type}) in {time.perf_counter() - t:.1f} s: {index_dir}")
+    store.close()
+    return c
+
+
+def pct(v, q) -> float:
+    return float(np.percentile(np.asarray(v) * 1000.0, q))
+
+
+def bench_server_side(store, reps: int) -> dict:
+    """The click handler's work (app.search.search_id + gallery value) against the bare store.search."""
+    from app import search
+    from app.ui import PAGE, _gallery
+
+    rng = np.random.default_rng(0)
+    ids = rng.choice(store.all_ids(), reps)
+    ours, ref = [], []
+    for i in ids[:20]:  # warm up
+        _gallery(search.search_id(store, int(i), PAGE))
+    for i in ids:
+        t = time.perf_counter()
+        _gallery(search.search_id(store, int(i), PAGE))
+        ours.append(time.perf_counter() - t)
+        q = store.get_vectors([int(i)])
+        t = time.perf_counter()
+        store.search(q, PAGE)
+        ref.append(time.perf_counter() - t)
+    return {"ours": ours, "ref": ref}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(index_dir: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/byol-search"), "serve", str(index_dir), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not start in 120 s")
+
+
+def bench_client(url: str, ids: np.ndarray, reps: int) -> list[float]:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=False)
+    out = []
+    for j, i in enumerate(ids[: reps + 5]):
+        t = time.perf_counter()
+        client.predict(int(i), api_name="/search_id")
+        if j >= 5:
+            out.append(time.perf_counter() - t)
+    client.close()
+    return out
+
+
+def bench_concurrent(url: str, ids: np.ndarray, clients: int, seconds: float) -> dict:
+    from gradio_client import Client
+
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    conns = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
+    start = threading.Barrier(clients)
+
+    def worker(k: int):
+        rng = np.random.default_rng(k)
+        start.wait()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            try:
+                gallery, _ = conns[k].predict(int(rng.choice(ids)), api_name="/search_id")
+                if not gallery:
+                    raise RuntimeError("empty result")
+                with lock:
+                    lat.append(time.perf_counter() - t)
+            except Exception as e:  # counted, never hidden
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return {"lat": lat, "errors": errors, "wall": wall}
+
+
+def bench_probe(store, clusters: np.ndarray, work: Path) -> dict:
+    from app.labels import Labels
+
+    rng = np.random.default_rng(0)
+    all_ids = store.all_ids()
+    labels = Labels(work)
+    for k in range(5):  # 5 classes x 10 labels = 50
+        labels.assign(rng.choice(all_ids[clusters == k], 10, replace=False), f"class_{k}")
+    labels.train(store)  # warm-up: torch's first L-BFGS call pays for its set-up
+    t = time.perf_counter()
+    report = labels.train(store)
+    total = time.perf_counter() - t
+    preds = labels.predictions(all_ids[:2000])
+    truth = {int(i): f"class_{k}" for i, k in zip(all_ids[:2000], clusters[:2000]) if k < 5}
+    acc = np.mean([preds[i].label == lab for i, lab in truth.items()]) if truth else float("nan")
+    labels.close()
+    return {"total": total, "predicted": report.predicted, "cv": report.accuracy, "acc": acc}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="photos in the index (default 100000)")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--clusters", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=20, help="concurrent gradio_client clients (default 20)")
+    ap.add_argument("--seconds", type=float, default=60, help="length of the concurrent run (default 60)")
+    ap.add_argument("--reps", type=int, default=300, help="sequential searches timed (default 300)")
+    ap.add_argument("--quick", action="store_true", help="20,000 photos, 10 s of concurrency, 100 searches")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.seconds, args.reps = 20_000, 10, 100
+    from index.store import Store
+
+    index_dir = ROOT / ".cache" / f"bench_app_{args.n}_{args.dim}"
+    clusters = build_bench_index(index_dir, args.n, args.dim, args.clusters)
+    rows = []
+    with Store.open(index_dir) as store:
+        kind = store.index_type
+        s = bench_server_side(store, args.reps)
+        rows.append(("click-to-search, server side (search_id + gallery)", pct(s["ours"], 50), pct(s["ours"], 95),
+                     f"{np.median(s['ours']) / np.median(s['ref']):.2f}x store.search"))
+        rows.append((f"  reference: store.search alone ({kind})", pct(s["ref"], 50), pct(s["ref"], 95), ""))
+        with tempfile.TemporaryDirectory() as work:
+            p = bench_probe(store, clusters, Path(work))
+        ids = store.all_ids()
+    proc, url = start_server(index_dir)
+    try:
+        seq = bench_client(url, ids, args.reps)
+        rows.append(("click-to-search, end to end (gradio_client, 1 client)", pct(seq, 50), pct(seq, 95), ""))
+        con = bench_concurrent(url, ids, args.clients, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows.append((f"{args.clients} concurrent clients, {args.seconds:.0f} s", pct(con["lat"], 50), pct(con["lat"], 95),
+                 f"{len(con['lat'])} searches, {len(con['lat']) / con['wall']:.1f}/s, {len(con['errors'])} errors"))
+    print(f"\nbyol-search page on {args.n:,} photos ({args.dim}-d, {kind} index), {os.cpu_count()} cores\n")
+    print(f"| {'measure':<56} | {'p50 ms':>8} | {'p95 ms':>8} | notes")
+    print(f"|{'-' * 58}|{'-' * 10}|{'-' * 10}|------")
+    for name, p50, p95, note in rows:
+        print(f"| {name:<56} | {p50:8.1f} | {p95:8.1f} | {note}")
+    print(f"| {'probe: train on 50 labels + predict all + save':<56} | {p['total'] * 1000:8.0f} | {'':>8} | "
+          f"{p['predicted']:,} predicted; cv accuracy {p['cv']:.2f}; accuracy on the labelled classes {p['acc']:.3f}")
+    if con["errors"]:
+        print("errors (first 5):", *con["errors"][:5], sep="\n  ")
+    print("\ncommand: .venv/bin/python scripts/bench_app.py" + " ".join(
+        f" --{k} {v}" for k, v in (("n", args.n), ("clients", args.clients), ("seconds", args.seconds))
+        if not args.quick) + (" --quick" if args.quick else ""))
+    return 1 if con["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Building and updating an index from a folder, and the index/search/duplicates commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from checkpoints import exported_encoder
+from PIL import Image
+
+from app.cli import main
+from index.build import build_index
+from index.embed import Embedder
+from index.store import EncoderMismatch, Store
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory, shapes_folder):
+    return exported_encoder(tmp_path_factory, check_folder=shapes_folder)
+
+
+class CountingEmbedder(Embedder):
+    """Counts the photos that go through the model."""
+
+    embedded = 0
+
+    def embed_array(self, x, batch_size=64):
+        self.embedded += len(x)
+        return super().embed_array(x, batch_size)
+
+
+def quiet(*a, **k):
+    pass
+
+
+def test_build_then_update_incrementally(encoder, fresh_shapes, tmp_path):
+    folder, index_dir = fresh_shapes, tmp_path / "idx"
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    emb = CountingEmbedder(encoder[1])
+    s = build_index(folder, encoder[1], index_dir, batch_size=4, embedder=emb, log=quiet)
+    n = len(list(folder.rglob("*.*"))) - 1
+    assert (s["added"], s["bad"], s["count"]) == (n, 1, n) and emb.embedded == n
+    assert s["bad_files"][0]["path"].endswith("broken.jpg") and s["bad_files"][0]["reason"]
+    assert json.loads((index_dir / "bad_files.jsonl").read_text().splitlines()[0])["path"].endswith("broken.jpg")
+    with Store.open(index_dir) as st:
+        ids_by_path = {r["path"]: r["id"] for r in st.rows(st.all_ids())}
+        assert all(st.thumbnail_path(i).is_file() for i in ids_by_path.values())
+        r = st.rows([ids_by_path[str(folder / "circle" / "circle_001.jpg")]])[0]
+        assert (r["width"], r["height"]) == (80, 80) and len(r["sha256"]) == 64 and r["size"] > 0
+
+    # nothing changed: nothing is embedded (or decoded: the bad file is remembered)
+    emb.embedded = 0
+    s = build_index(folder, encoder[1], index_dir, embedder=emb, log=quiet)
+    assert emb.embedded == 0 and (s["unchanged"], s["added"], s["bad"]) == (n, 0, 1)
+
+    # change the folder: edit, touch, move, delete, add
+    edited, touched = folder / "circle" / "circle_001.jpg", folder / "square" / "square_001.jpg"
+    Image.new("RGB", (70, 50), "purple").save(edited)
+    os.utime(touched, ns=(1, 1))
+    moved_from, moved_to = folder / "triangle" / "triangle_000.png", folder / "moved" / "renamed.png"
+    moved_to.parent.mkdir()
+    shutil.move(moved_from, moved_to)
+    (folder / "square" / "square_002.jpg").unlink()
+    Image.new("RGB", (40, 90), "orange").save(folder / "new.jpg")
+    emb.embedded = 0
+    s = build_index(folder, encoder[1], index_dir, embedder=emb, log=quiet)
+    assert emb.embedded == 2  # the edited photo and the new one, nothing else
+    assert (s["updated"], s["touched"], s["moved"], s["removed"], s["added"]) == (1, 1, 1, 1, 1)
+    assert s["unchanged"] == n - 4 and s["count"] == n
+    with Store.open(index_dir) as st:
+        now = {r["path"]: r for r in st.rows(st.all_ids())}
+        assert now[str(edited)]["id"] == ids_by_path[str(edited)]  # an edited photo keeps its id
+        assert (now[str(edited)]["width"], now[str(edited)]["height"]) == (70, 50)
+        assert now[str(moved_to)]["id"] == ids_by_path[str(moved_from)]  # a moved photo keeps its id
+        assert now[str(touched)]["mtime_ns"] == 1
+        assert str(folder / "square" / "square_002.jpg") not in now
+        assert len(now) == st.count
+        ids = st.all_ids()
+        assert (st.search(st.get_vectors(ids), 1)[1][:, 0] == ids).all()
+        assert not st.thumbnail_path(ids_by_path[str(folder / "square" / "square_002.jpg")]).exists()
+
+
+def test_periodic_saves_and_other_encoder_refused(encoder, fresh_shapes, tmp_path):
+    s = build_index(fresh_shapes, encoder[1], tmp_path / "idx", batch_size=2, save_every=4, log=quiet)
+    assert s["generation"] >= 3  # saved along the way, so an interrupted run would resume
+    other = tmp_path / "other.onnx"
+    proto = onnx.load(str(encoder[1]))
+    proto.doc_string += " (another export)"  # same weights and metadata, another file: another encoder
+    onnx.save(proto, other)
+    with pytest.raises(EncoderMismatch, match="--rebuild"):
+        build_index(fresh_shapes, other, tmp_path / "idx", log=quiet)
+    with Store.open(tmp_path / "idx") as st:
+        before = {r["path"]: r["id"] for r in st.rows(st.all_ids())}
+    s = build_index(fresh_shapes, other, tmp_path / "idx", rebuild=True, log=quiet)
+    assert s["added"] == len(before)
+    with Store.open(tmp_path / "idx", model_sha256=Embedder(other).sha256) as st:
+        assert {r["path"]: r["id"] for r in st.rows(st.all_ids())} == before  # ids (and labels) survive
+
+
+def test_cli_index_search_duplicates(encoder, shapes_folder, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(shapes_folder, folder)
+    shutil.copy(folder / "circle" / "circle_001.jpg", folder / "copy_of_circle_001.jpg")
+    out = tmp_path / "idx"
+    assert main(["index", str(folder), "--model", str(encoder[1]), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["added"] == summary["count"] == 19
+    assert main(["index", str(folder), "--model", str(encoder[1]), "--out", str(out)]) == 0
+    assert "19 unchanged" in capsys.readouterr().out
+
+    query = folder / "circle" / "circle_001.jpg"
+    assert main(["search", str(out), str(query), "-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in res] == [1, 2, 3] and res[0]["cosine"] > 0.9999
+    assert {res[0]["path"], res[1]["path"]} == {str(query), str(folder / "copy_of_circle_001.jpg")}
+    assert main(["search", str(out), str(query), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "1" and lines[0].split()[-1].endswith(".jpg")
+
+    assert main(["duplicates", str(out), "--threshold", "0.99999", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert any({r["path"] for r in g} >= {str(query), str(folder / "copy_of_circle_001.jpg")} for g in groups)
+    assert main(["duplicates", str(out)]) == 0
+    assert "groups" in capsys.readouterr().out
+
+    # user mistakes: exit code 2, a message, no traceback
+    (tmp_path / "bad.jpg").write_bytes(b"x")
+    for argv in (["search", str(out), str(tmp_path / "bad.jpg")], ["search", str(tmp_path / "none"), str(query)],
+                 ["index", str(tmp_path / "nofolder"), "--model", str(encoder[1]), "--out", str(out)],
+                 ["index", str(folder), "--model", str(tmp_path / "none.onnx"), "--out", str(out)],
+                 ["duplicates", str(out), "--threshold", "2"], ["search", str(out), str(query), "-k", "0"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_ids_are_numpy_friendly(encoder, fresh_shapes, tmp_path):
+    build_index(fresh_shapes, encoder[1], tmp_path / "idx", log=quiet)
+    with Store.open(tmp_path / "idx") as st:
+        ids = st.all_ids()
+        assert ids.dtype == np.int64 and st.get_vectors(ids).shape == (len(ids), st.dim)
