@@ -138,6 +138,9 @@ def _add_pretrain(sub) -> None:
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast where the hardware has it (CUDA, AVX-512 BF16/AMX CPUs), else fp32")
     g.add_argument("--no-channels-last", action="store_true", help="keep the NCHW layout (default: channels-last)")
+    g.add_argument("--threads", type=int,
+                   help="CPU threads (default: auto, the faster of all cores or one, re-checked as the load changes; "
+                        "a fixed number makes runs bitwise reproducible)")
     g.add_argument("--workers", type=int, help="processes decoding photos into the cache (default: one per core)")
     g.add_argument("--cache-dir", help="decoded-image cache (default RUN_DIR/cache; share it between runs)")
     g.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation (default 0)")
@@ -166,7 +169,7 @@ def _run_pretrain(args) -> int:
             return fail(f"{args.folder}: no such folder")
     if args.steps is not None and args.steps < 1:
         return fail("--steps must be at least 1")
-    for name in ("batch_size", "image_size", "eval_every", "log_every", "checkpoint_every", "proj_hidden"):
+    for name in ("batch_size", "image_size", "eval_every", "log_every", "checkpoint_every", "proj_hidden", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             return fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.eval_folder and not Path(args.eval_folder).is_dir():
@@ -189,7 +192,7 @@ def _run_pretrain(args) -> int:
         if getattr(args, name) is not None:
             setattr(cfg.model, name, getattr(args, name))
     for name in ("hf_split", "eval_every", "batch_size", "optimizer", "base_lr", "warmup", "weight_decay", "base_tau",
-                 "device", "precision", "workers", "cache_dir", "seed", "log_every", "checkpoint_every"):
+                 "device", "precision", "workers", "cache_dir", "seed", "log_every", "checkpoint_every", "threads"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
 
@@ -531,12 +534,12 @@ def _run_pipeline(call, args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\nphotos      {result['folder']} ({result['photos']})\ncheckpoint  {result['checkpoint']}\n"
-          f"encoder     {result['model']}\nindex       {result['index']}")
+          f"encoder     {result['model']}\nindex       {result['index_dir']}")
     print("stages      " + ", ".join(f"{k} {result[k]}" for k in ("pretrain", "export", "index")))
     if args.no_serve:
-        print(f"\nopen the page with:  byol-search serve {result['index']}")
+        print(f"\nopen the page with:  byol-search serve {result['index_dir']}")
         return 0
-    return _serve_index(result["index"], args)
+    return _serve_index(result["index_dir"], args)
 
 
 def _run_run(args) -> int:

@@ -78,7 +78,11 @@ def _write_state(path: Path, state: dict) -> None:
 
 
 def run(cfg: RunConfig, log=print) -> dict:
-    """Pretrain, export and index as needed; returns {stage: 'done' | 'skipped' | 'resumed', paths...}."""
+    """Pretrain, export and index as needed.
+
+    Returns the paths (folder, checkpoint, model, index_dir), the number of photos, and per stage
+    (pretrain, export, index) what happened: 'done', 'resumed' or 'skipped'.
+    """
     from byol.checkpoint import file_sha256
     from byol.export import export_onnx
     from byol.train import TrainConfig, train
@@ -94,7 +98,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     if n < 2:
         raise ValueError(f"{folder}: {n} photo(s) found; give a folder with at least a few dozen photos")
     out = {"folder": str(folder), "photos": n, "checkpoint": str(ckpt), "model": str(model),
-           "index": str(index_dir)}
+           "index_dir": str(index_dir)}
 
     # ------------------------------------------------------------------ pretrain
     budget = cfg.budget or default_budget()

@@ -334,11 +334,13 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
         for gallery, ids_state, name in ((results, res_ids, "click_result"), (dup_gallery, dup_ids, "click_duplicate"),
                                          (map_gallery, map_ids, "click_map_result")):
             on(gallery.select, clicked, [ids_state, click_mode, sel_ids], search_out + sel_out,
-               **SEARCHES, api_name=name)
+               **SEARCHES, api_name=name, api_visibility="undocumented")
         for gallery, ids_state, name in ((next_gallery, next_ids, "click_next"),
                                          (view_gallery, view_ids, "click_prediction")):
-            on(gallery.select, clicked_select, [ids_state, sel_ids], sel_out, api_name=name)
-        on(sel_gallery.select, clicked_select, [sel_ids, sel_ids], sel_out, api_name="click_selected")
+            on(gallery.select, clicked_select, [ids_state, sel_ids], sel_out, api_name=name,
+               api_visibility="undocumented")
+        on(sel_gallery.select, clicked_select, [sel_ids, sel_ids], sel_out, api_name="click_selected",
+           api_visibility="undocumented")
 
         def select_all(shown, selected):
             return page.selection_view([*selected, *[i for i in shown if i not in set(selected)]])
@@ -359,6 +361,8 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
             return value, ids, note
 
         on(dup_btn.click, on_duplicates, [threshold], [dup_gallery, dup_ids, dup_note], api_name="duplicates")
+        on(threshold.release, on_duplicates, [threshold], [dup_gallery, dup_ids, dup_note],
+           api_visibility="undocumented")
 
         # ------------------------------------------------------------ labels
         def on_create(name):
@@ -502,7 +506,7 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
 
         on(map_btn.click, on_map, [colour_by, method], [map_img, map_legend, map_state], api_name="draw_map")
         on(map_img.select, on_map_click, [map_state], [map_gallery, map_ids], **SEARCHES,
-           api_name="click_map")
+           api_name="click_map", api_visibility="undocumented")
 
         def on_load():
             """A fresh page: the index may have been updated, and labels made in another tab."""

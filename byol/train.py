@@ -18,6 +18,7 @@ RUN_DIR (cfg.out) after a run
                                   1/sqrt(proj_dim); img_per_s = images (not views) per second; elapsed = s
                         "eval"  {step, knn_top1, seconds, elapsed}   (with eval_folder; k=200, t=0.1)
                         "skip"  {step, loss, restored}              a non-finite loss: the step was skipped
+                        "replan" {step, total_steps, step_seconds}  budget runs: the speed changed (below)
                         "warning" {step, message}                   e.g. collapse
                         "end"   {step, elapsed, images_seen}
     bad_files.jsonl   {path, reason} per file that could not be decoded (skipped)
@@ -25,11 +26,14 @@ RUN_DIR (cfg.out) after a run
     cache/            the decoded-image cache (byol.data.ImageCache), reused by later runs
 
 Time budget (steps=0, budget>0): the budget covers the whole call (cache, planning, steps, evaluations,
-periodic checkpoints), all but the final checkpoint and plot. The planner times PLAN_STEPS full training
-steps on throwaway batches (the first PLAN_WARMUP untimed: allocator and kernel set-up), then restores the
-model and optimiser to their initial state: those steps are not counted and leave no trace, so a budget run
-is the same as a `steps` run of the planned length. It then sets total steps = (time left x 0.97) /
+periodic checkpoints), all but the final checkpoint and plot. The planner times full training steps on
+throwaway batches (the first at each thread count untimed: allocator and kernel set-up; see ThreadTuner;
+at most 4% of the budget), then restores the model and optimiser to their initial state: those steps are
+not counted and leave no trace, so a budget run is the same as a `steps` run of the planned length. It then sets total steps = (time left x 0.97) /
 (step time + evaluation time / eval_every). The plan is stored in the checkpoint; --resume keeps it.
+When the measured speed drifts more than 10% from the plan (another program starts or stops), the rest of
+the schedules is stretched or squeezed (`virtual_step`) so lr and tau still complete within the budget;
+each re-plan is logged and stored in the plan. A `steps` run never re-plans and resumes exactly.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from byol.model import BYOL, ModelConfig
 from byol.optim import OPTIMIZERS, build_optimizer, cosine_lr, cosine_tau, scaled_lr
 from byol.preprocess import Preprocess
 
-PLAN_STEPS, PLAN_WARMUP = 5, 2  # budget planner: steps run, of which the first are not timed
+PLAN_STEPS, PLAN_WARMUP = 4, 2  # budget planner: at least PLAN_WARMUP + 1 steps, at most PLAN_STEPS + probes
 
 
 @dataclass
@@ -96,6 +100,10 @@ class TrainConfig:
     # faster), else fp32. fp32 | bf16 force it
     precision: str = "auto"
     channels_last: bool = True  # NHWC memory layout (faster convolutions on oneDNN and cuDNN)
+    # CPU intra-op threads; 0 = auto: time steps on all cores and on one, keep the faster and re-check
+    # every 100 steps (on a busy machine extra threads mostly wait for each other). A fixed N is bitwise
+    # reproducible; auto may switch counts, which changes float rounding
+    threads: int = 0
     eval_folder: str | None = None  # labelled folder (train/<class>/, test/<class>/) for a kNN monitor
     eval_every: int = 0  # steps between kNN evaluations; 0 = five per run (plus one before training)
     log_every: int = 10  # steps between log lines (averages over the window)
@@ -136,6 +144,79 @@ def parse_duration(text: str) -> float:
 
 def default_cache_side(image_size: int) -> int:
     return image_size if image_size <= 64 else int(round(image_size * 1.25 / 8)) * 8
+
+
+def virtual_step(step: int, schedule_total: int, replans: list) -> float:
+    """Where `step` falls on the schedules planned for `schedule_total` steps, after budget re-plans.
+
+    A re-plan [s0, v0, new_total] at step s0 (then at virtual step v0) stretches or squeezes the rest of
+    the schedules so they still end at schedule_total when the run ends at new_total: lr and tau stay
+    continuous and both complete within the budget. Without re-plans the virtual step is the step.
+    """
+    v = float(step)
+    for s0, v0, new_total in replans:
+        if step >= s0:
+            v = v0 + (step - s0) * (schedule_total - v0) / max(1, new_total - s0)
+    return v
+
+
+def schedules(total: int, plan: dict, lr_peak: float, warmup_fraction: float, base_tau: float) -> tuple[list, list]:
+    """Per-step lr and tau for steps 0..total-1 (cosine_lr, cosine_tau on the virtual steps)."""
+    t = int(plan.get("schedule_total", total))
+    warmup = max(1, round(warmup_fraction * t))
+    v = [virtual_step(s, t, plan.get("replans", [])) for s in range(total)]
+    return [cosine_lr(x, t, lr_peak, warmup) for x in v], [cosine_tau(x, t, base_tau) for x in v]
+
+
+class ThreadTuner:
+    """Chooses the CPU intra-op thread count whose steps are fastest, by timing real steps.
+
+    Each candidate runs two steps (the first at a new count sets up kernels and is not timed; step 0 runs
+    at the first candidate); afterwards the fastest (median of its last 5 steps) runs, and every `recheck` steps each other candidate gets one step to show it is
+    now faster (the load of a shared machine changes). One candidate: a fixed count, nothing timed.
+    """
+
+    def __init__(self, candidates: list[int], recheck: int = 100):
+        self.candidates, self.recheck = candidates, recheck
+        self.times: dict[int, list[float]] = {c: [] for c in candidates}
+        self.seen: set[int] = set()  # the first step at a count sets up kernels for it: not timed
+        self.n = 0
+        self.probes = [c for c in candidates for _ in range(2)] if len(candidates) > 1 else []
+
+    @property
+    def settled(self) -> bool:
+        return not self.probes
+
+    def best(self) -> int:
+        timed = [c for c in self.candidates if self.times[c]]
+        return min(timed, key=lambda c: float(np.median(self.times[c][-5:]))) if timed else self.candidates[0]
+
+    def step_seconds(self) -> float | None:
+        """Median step time of the best candidate."""
+        t = self.times[self.best()]
+        return float(np.median(t[-5:])) if t else None
+
+    def next(self) -> int:
+        """The thread count for the coming step (and sets it)."""
+        if self.n == 0 or len(self.candidates) == 1:
+            c = self.candidates[0]
+        elif self.probes:
+            c = self.probes.pop(0)
+        elif self.n % self.recheck == 0:
+            self.probes = [x for x in self.candidates if x != self.best()]
+            c = self.probes.pop(0)
+        else:
+            c = self.best()
+        if torch.get_num_threads() != c:
+            torch.set_num_threads(c)
+        self.current = c
+        return c
+
+    def record(self, seconds: float) -> None:
+        if self.current in self.seen and len(self.candidates) > 1:
+            self.times[self.current].append(seconds)
+        self.seen.add(self.current)
+        self.n += 1
 
 
 class _Online(nn.Module):
@@ -305,6 +386,13 @@ def train(cfg: TrainConfig) -> Path:
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.threads > 0 or ddp or device.type != "cpu":
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        tuner = ThreadTuner([torch.get_num_threads()])
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        tuner = ThreadTuner(sorted({cores, max(1, cores // 2), 1}, reverse=True))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -411,14 +499,19 @@ def train(cfg: TrainConfig) -> Path:
             if total <= 0:
                 snapshot = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
                 plan_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-                times = []
-                for i in range(PLAN_STEPS):
+                times, tp = [], time.perf_counter()
+                for i in range(PLAN_STEPS + len(tuner.probes)):
+                    tuner.next()
                     ts = time.perf_counter()
                     train_step(get_batch(i, plan_gen)[0], lr_peak / 100, cfg.base_tau, check_finite=False)[0].item()
                     times.append(time.perf_counter() - ts)
+                    tuner.record(times[-1])
+                    # enough once past warm-up and the thread probes, or when planning eats 4% of the budget
+                    if i >= PLAN_WARMUP and (tuner.settled or time.perf_counter() - tp > 0.04 * cfg.budget):
+                        break
                 model.load_state_dict(snapshot[0])
                 optimizer.load_state_dict(snapshot[1])
-                step_seconds = float(np.median(times[PLAN_WARMUP:]))
+                step_seconds = tuner.step_seconds() or float(np.median(times[1:] or times))
                 left = (cfg.budget - elapsed()) * 0.97
                 if cfg.eval_folder and cfg.eval_every:
                     total = int(left / (step_seconds + eval_seconds / cfg.eval_every))
@@ -431,15 +524,17 @@ def train(cfg: TrainConfig) -> Path:
                 if total < 1:
                     raise ValueError(f"budget {cfg.budget:.0f} s is too short: one step takes {step_seconds:.2f} s "
                                      f"and {elapsed():.0f} s are already spent (cache, evaluation, planning)")
-            plan = {"total_steps": total, "batch_size": batch, "step_seconds": step_seconds, "budget": cfg.budget,
-                    "images": n, "world_size": world, "device": str(device), "precision": precision}
+            plan = {"total_steps": total, "schedule_total": total, "replans": [], "batch_size": batch,
+                    "step_seconds": step_seconds, "budget": cfg.budget, "images": n, "world_size": world,
+                    "device": str(device), "precision": precision}
             log({"kind": "plan", "step": 0, **plan})
         total = int(plan["total_steps"])
+        plan.setdefault("schedule_total", total)
+        plan.setdefault("replans", [])
         end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
-        warmup = max(1, round(cfg.warmup * total))
-        lrs = [cosine_lr(s, total, lr_peak, warmup) for s in range(total)]  # per-step schedules
-        taus = [cosine_tau(s, total, cfg.base_tau) for s in range(total)]
-        eval_every = cfg.eval_every or max(1, math.ceil(total / 5))
+        lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)  # per-step schedules
+        eval_every = cfg.eval_every or max(1, math.ceil(int(plan.get("schedule_total", total)) / 5))
+        budgeted = cfg.budget > 0 and cfg.steps <= 0 and cfg.stop_at <= 0
 
         def save(step: int) -> None:
             if main:
@@ -470,8 +565,12 @@ def train(cfg: TrainConfig) -> Path:
         good = copy.deepcopy((model.state_dict(), optimizer.state_dict()))  # the last state known finite
         bad_in_row, losses, warned = 0, [], False
         t_win, n_win = time.perf_counter(), 0
+        train_seconds, eval_last = 0.0, eval_seconds  # time in training steps during this call; last eval
         try:
-            for step in range(start, end):
+            step = start
+            while step < end:
+                tuner.next()
+                ts = time.perf_counter()
                 x, _ = get_batch(step, aug_gen)
                 loss, z = train_step(x, lrs[step], taus[step])
                 if not torch.isfinite(loss):
@@ -492,6 +591,8 @@ def train(cfg: TrainConfig) -> Path:
                 else:
                     bad_in_row = 0
                     losses.append(loss.item())
+                train_seconds += time.perf_counter() - ts
+                tuner.record(time.perf_counter() - ts)
                 n_win += 1
                 done = step + 1
                 bar.update(1)
@@ -517,10 +618,28 @@ def train(cfg: TrainConfig) -> Path:
                 if cfg.eval_folder and main and (done % eval_every == 0 or done == total):
                     te = time.perf_counter()
                     acc = _knn_monitor(model.online_encoder, cfg.eval_folder, preprocess, device, amp)
-                    log({"kind": "eval", "step": done, "knn_top1": acc, "seconds": time.perf_counter() - te,
-                         "elapsed": elapsed()})
+                    eval_last = time.perf_counter() - te
+                    log({"kind": "eval", "step": done, "knn_top1": acc, "seconds": eval_last, "elapsed": elapsed()})
                     bar.set_postfix(loss=f"{np.mean(losses) if losses else float('nan'):.3f}", knn=f"{acc:.1%}")
                     t_win = time.perf_counter()  # evaluation time is not training throughput
+                if budgeted and done % cfg.log_every == 0 and done - start >= max(10, total // 20):
+                    # the machine got slower or faster than planned: stretch or squeeze the rest of the
+                    # schedules so the run still ends, lr and tau complete, within the budget
+                    per_step = train_seconds / (done - start)
+                    evals_left = math.ceil((total - done) / eval_every) if cfg.eval_folder else 0
+                    left = (cfg.budget - elapsed()) * 0.98 - evals_left * eval_last
+                    fit = done + max(1, int(left / per_step))
+                    if ddp:  # rank 0 decides for everybody
+                        t = torch.tensor([fit if main else 0], device=device)
+                        dist.all_reduce(t)
+                        fit = int(t.item())
+                    if abs(fit - total) > 0.1 * (total - done) and fit - done >= 1:
+                        v0 = virtual_step(done, int(plan["schedule_total"]), plan["replans"])
+                        plan["replans"].append([done, v0, fit])
+                        plan["total_steps"] = total = end = fit
+                        lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
+                        bar.total = total
+                        log({"kind": "replan", "step": done, "total_steps": total, "step_seconds": per_step})
                 if done % cfg.checkpoint_every == 0 and done < end:
                     save(done)
                 stop_now = torch.tensor([float(stop.is_set())])
@@ -530,6 +649,7 @@ def train(cfg: TrainConfig) -> Path:
                     save(done)
                     raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to "
                                               f"{ckpt_path}; continue with resume")
+                step = done
         finally:
             bar.close()
             if old_handler is not None:

@@ -176,10 +176,11 @@ def run_reference(
             now = time.perf_counter()
             if step == warmup:
                 t_timed = now
-            while pending and now - t0 >= pending[0]:
+            step_s = (now - t0) / step
+            # a snapshot (and the end of a budget) is the last step that does not run past its time
+            while pending and now - t0 + step_s > pending[0]:
                 snaps[pending.pop(0)] = {"elapsed_s": now - t0, "step": step,
                                          "state": copy.deepcopy(model.backbone.state_dict())}
-            step_s = (now - t0) / step
             if (total_steps and step >= total_steps) or (budget_s and now - t0 + step_s > budget_s):
                 done = True
                 break
@@ -379,10 +380,11 @@ def throughput(args, mach: dict) -> dict:
 
 def quality(args, mach: dict) -> dict:
     cifar = extract_once(DATASETS / "cifar10-jpg.tar.gz", CACHE / "cifar10")
+    labelled = args.eval_folder or cifar
     budget = args.budget
     snaps = tuple(sorted({t for t in (300.0, budget) if t <= budget}))
     work = CACHE / "bench" / "work-quality"
-    result = {"budget_s": budget, "folder": str(cifar / "train"), "eval_folder": str(cifar), "runs": {}}
+    result = {"budget_s": budget, "folder": str(cifar / "train"), "eval_folder": str(labelled), "runs": {}}
     from byol.model import ModelConfig
 
     if not args.skip_reference:
@@ -390,7 +392,7 @@ def quality(args, mach: dict) -> dict:
               file=sys.stderr)
         ref = run_reference(cifar / "train", 32, 256, args.workers, warmup=1, budget_s=budget, snapshots_s=snaps)
         for t, snap in ref.pop("snapshots").items():
-            ev = knn_of("resnet18", 32, snap["state"], cifar, precision=args.eval_precision)
+            ev = knn_of("resnet18", 32, snap["state"], labelled, precision=args.eval_precision)
             result["runs"][f"reference resnet18 @ {t / 60:g} min"] = {
                 "trained_s": snap["elapsed_s"], "steps": snap["step"], "images_per_s": ref["images_per_s"], **ev}
     print(f"ours: defaults, budget {budget:.0f} s", file=sys.stderr)
@@ -399,36 +401,46 @@ def quality(args, mach: dict) -> dict:
     from byol.checkpoint import load_checkpoint
 
     mcfg = load_checkpoint(ours["checkpoint"])["model_config"]
-    ev = knn_of_checkpoint(ours["checkpoint"], cifar, precision=args.eval_precision)
+    ev = knn_of_checkpoint(ours["checkpoint"], labelled, precision=args.eval_precision)
     result["runs"][f"ours {mcfg['backbone']} @ {mcfg['image_size']} px, {budget / 60:g} min"] = {
         "trained_s": ours["seconds"], "steps": ours["steps"], "images_per_s": ours["images_per_s"],
         "precision_train": ours["precision"], **ev}
     for backbone, size in dict.fromkeys([("resnet18", 32), (mcfg["backbone"], mcfg["image_size"])]):
-        ev = knn_of(backbone, size, None, cifar, precision=args.eval_precision)
+        ev = knn_of(backbone, size, None, labelled, precision=args.eval_precision)
         result["runs"][f"random init {backbone} @ {size} px"] = {"trained_s": 0, "steps": 0, **ev}
     return result
+
+
+def _fmt(v, spec: str, suffix: str = "") -> str:
+    return "—" if v is None else f"{v:{spec}}{suffix}"
 
 
 def markdown(result: dict) -> str:
     runs = result["runs"]
     if result["mode"] == "throughput":
-        lines = ["| run | precision | images/s | vs reference | first epoch incl. cache | GFLOP/s | % of peak |",
+        lines = ["| run | precision | images/s | vs reference | first epoch incl. our cache build | GFLOP/s | % of peak |",
                  "|---|---|---:|---:|---:|---:|---:|"]
         for name, r in runs.items():
             lines.append(
-                f"| {name} | {r.get('precision', '')} | {r['images_per_s']:.1f} | {r.get('ratio_vs_reference', float('nan')):.2f}x "
-                f"| {r.get('first_epoch_ratio_incl_cache', float('nan')):.2f}x | {r.get('gflops', float('nan')):.0f} "
-                f"| {r.get('percent_of_peak', float('nan')):.0f}% |")
+                f"| {name} | {r.get('precision', '')} | {_fmt(r.get('images_per_s'), '.1f')} "
+                f"| {_fmt(r.get('ratio_vs_reference'), '.2f', 'x')} | {_fmt(r.get('first_epoch_ratio_incl_cache'), '.2f', 'x')} "
+                f"| {_fmt(r.get('gflops'), '.0f')} | {_fmt(r.get('percent_of_peak'), '.1f', '%')} |")
         if "cache" in result:
             c = result["cache"]
             lines.append(f"\nour decoded cache: {c['images']} images at {c['side']} px built in {c['seconds']:.1f} s "
-                         f"(one-off; reused by later epochs and runs)")
+                         f"(one-off; reused by later epochs and runs). Peak: {result['machine'].get('peak_fp32_gflops')} "
+                         f"GFLOP/s fp32 (AVX-512), {result['machine'].get('peak_bf16_amx_gflops')} GFLOP/s bf16 (AMX), "
+                         f"nominal clock.")
     else:
         lines = ["| encoder | trained (s) | steps | images/s | kNN top-1 | linear top-1 |", "|---|---:|---:|---:|---:|---:|"]
         for name, r in runs.items():
-            ips = f"{r['images_per_s']:.1f}" if r.get("images_per_s") else ""
-            lines.append(f"| {name} | {r['trained_s']:.0f} | {r['steps']} | {ips} | {r['knn_top1']:.2%} "
-                         f"| {r['linear_top1']:.2%} |")
+            lines.append(f"| {name} | {r['trained_s']:.0f} | {r['steps']} | {_fmt(r.get('images_per_s'), '.1f')} "
+                         f"| {r['knn_top1']:.2%} | {r['linear_top1']:.2%} |")
+        ours = [r for n, r in runs.items() if n.startswith("ours")]
+        ref = [r for n, r in runs.items() if n.startswith("reference")]
+        if ours and ref:
+            diff = 100 * (ours[0]["knn_top1"] - ref[-1]["knn_top1"])
+            lines.append(f"\nours minus reference after the same budget: {diff:+.1f} kNN points")
     return "\n".join(lines)
 
 
@@ -447,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours-backbone", default=None, help="our backbone besides resnet18 (default: our default)")
     p.add_argument("--eval-precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="kNN evaluation arithmetic, the same for every encoder (default auto)")
+    p.add_argument("--eval-folder", type=Path, default=None,
+                   help="quality: labelled folder for the kNN (default the CIFAR-10 train/test; a subset for smoke tests)")
     p.add_argument("--skip-reference", action="store_true", help="measure ours only")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default .cache/bench/pretrain-MODE-DATA.json)")
     args = p.parse_args(argv)

@@ -18,7 +18,16 @@ import byol.train as train_mod
 from app.cli import main
 from byol.checkpoint import load_checkpoint, load_encoder
 from byol.model import ModelConfig
-from byol.train import TrainConfig, TrainingDiverged, TrainingInterrupted, parse_duration, train
+from byol.train import (
+    ThreadTuner,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    parse_duration,
+    schedules,
+    train,
+    virtual_step,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +44,8 @@ def one_thread():
 def tiny(folder, out, **kw) -> TrainConfig:
     """A config small enough for a test: narrow heads, small batch, fp32 (exact on any CPU)."""
     model = ModelConfig(backbone="resnet-tiny", image_size=32, proj_hidden=64, proj_dim=32)
-    kw = {"batch_size": 8, "steps": 4, "log_every": 1, "precision": "fp32", "progress": False, "workers": 0, **kw}
+    kw = {"batch_size": 8, "steps": 4, "log_every": 1, "precision": "fp32", "progress": False, "workers": 0,
+          "threads": 1, **kw}
     return TrainConfig(folder=str(folder), out=str(out), model=model, **kw)
 
 
@@ -148,6 +158,32 @@ def test_budget_plans_the_steps(shapes_folder, tmp_path):
     assert records(out, "end")[0]["step"] == plan["total_steps"]
 
 
+def test_replanned_schedules_stay_continuous_and_complete():
+    plan = {"schedule_total": 100, "replans": []}
+    lrs, taus = schedules(100, plan, 1.0, 0.1, 0.99)
+    assert virtual_step(37, 100, []) == 37
+    # at step 40 the machine turns out slower: only 70 steps fit instead of 100
+    plan["replans"].append([40, virtual_step(40, 100, []), 70])
+    lrs2, taus2 = schedules(70, plan, 1.0, 0.1, 0.99)
+    assert lrs2[:41] == lrs[:41] and taus2[:41] == taus[:41]  # the past is unchanged
+    assert virtual_step(70, 100, plan["replans"]) == pytest.approx(100)  # ends where the plan ended
+    assert all(a >= b for a, b in zip(lrs2[10:], lrs2[11:]))  # still a decay, no jump up
+    assert lrs2[-1] < 0.02 and taus2[-1] > 0.9999
+
+
+def test_thread_tuner_keeps_the_faster_count():
+    tuner = ThreadTuner([2, 1], recheck=10)
+    speed = {2: 3.0, 1: 1.0}  # a busy machine: one thread is faster
+    used = []
+    for _ in range(30):
+        used.append(tuner.next())
+        tuner.record(speed[tuner.current])
+    assert tuner.settled and tuner.best() == 1
+    assert used[:5] == [2, 2, 2, 1, 1]  # warm-up, then two steps per candidate
+    assert used[5:10] == [1] * 5 and used[10] == 2  # the re-check at step 10 tries the other count
+    assert ThreadTuner([3]).next() == 3 and ThreadTuner([3]).settled
+
+
 def test_kNN_monitor_logs_evaluations(labelled_folder, tmp_path):
     out = tmp_path / "run"
     train(tiny(labelled_folder / "train", out, steps=2, eval_folder=str(labelled_folder), eval_every=1))
@@ -176,7 +212,7 @@ def test_zero_budget_is_rejected():
 
 def _cli(*args) -> list[str]:
     return ["pretrain", *map(str, args), "--proj-hidden", "64", "--batch-size", "8", "--precision", "fp32",
-            "--no-progress", "--workers", "0"]
+            "--no-progress", "--workers", "0", "--threads", "1"]
 
 
 def test_cli_pretrain_preview_and_errors(shapes_folder, tmp_path, capsys):
