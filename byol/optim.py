@@ -34,6 +34,32 @@ def cosine_tau(step: int, total: int, base_tau: float = 0.996) -> float:
     return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * min(step, total) / max(1, total)) + 1.0) / 2.0
 
 
+def virtual_step(step: int, schedule_total: int, replans: list) -> float:
+    """Where `step` falls on the schedules planned for `schedule_total` steps, after budget re-plans.
+
+    A re-plan [s0, v0, new_total] at step s0 (then at virtual step v0) stretches or squeezes the rest of
+    the schedules so they still end at schedule_total when the run ends at new_total: lr and tau stay
+    continuous and both complete within the budget. Without re-plans the virtual step is the step.
+    """
+    v = float(step)
+    for s0, v0, new_total in replans:
+        if step >= s0:
+            v = v0 + (step - s0) * (schedule_total - v0) / max(1, new_total - s0)
+    return v
+
+
+def schedules(total: int, plan: dict, lr_peak: float, warmup_fraction: float, base_tau: float) -> tuple[list, list]:
+    """Per-step lr and tau for steps 0..total-1: cosine_lr and cosine_tau at the virtual steps.
+
+    plan: {"schedule_total": steps the schedules were planned for, "replans": [[s0, v0, new_total], ...]}
+    (byol.train's plan; without re-plans, the plain schedules over `total` steps).
+    """
+    t = int(plan.get("schedule_total", total))
+    warmup = max(1, round(warmup_fraction * t))
+    v = [virtual_step(s, t, plan.get("replans", [])) for s in range(total)]
+    return [cosine_lr(x, t, lr_peak, warmup) for x in v], [cosine_tau(x, t, base_tau) for x in v]
+
+
 def scaled_lr(base_lr: float, batch_size: int) -> float:
     """The paper's linear scaling rule: lr = base_lr x batch_size / 256."""
     return base_lr * batch_size / 256

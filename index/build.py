@@ -21,8 +21,16 @@ import json
 import time
 from pathlib import Path
 
+from byol.images import load_rgb
 from index.embed import Embedder
-from index.store import EncoderMismatch, Store, atomic_write_bytes, rebuild_hint, thumbnail_jpeg
+from index.store import (
+    THUMB_SIDE,
+    EncoderMismatch,
+    Store,
+    atomic_write_bytes,
+    rebuild_hint,
+    thumbnail_jpeg,
+)
 
 SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewrites the vector file: ~1 s per 250k)
 
@@ -118,8 +126,7 @@ def build_index(
         n_changed = len(changed)
         since_save, t_embed = 0, time.perf_counter()
         try:
-            for batch in embedder.embed_paths(todo, batch_size=batch_size, workers=workers,
-                                              min_side=max(embedder.preprocess.resize, 256), also=_hash_and_thumb,
+            for batch in embedder.embed_paths(todo, batch_size=batch_size, workers=workers, also=_hash_and_thumb,
                                               desc="embedding"):
                 for i, b in batch.bad:
                     bad[b.path] = b
@@ -192,7 +199,14 @@ def _stat_row(path: str, stats: dict) -> dict:
 
 
 def _hash_and_thumb(path: Path, data: bytes, image) -> tuple[str, bytes]:
-    """Run in the decode threads: the content hash and the thumbnail's JPEG bytes."""
+    """Run in the decode threads: the content hash and the thumbnail's JPEG bytes.
+
+    The embedding is made from a decode at the encoder's size (draft mode), exactly as a query or an
+    evaluation decodes the same file, so a photo searched for finds itself at cosine 1. When that decode is
+    smaller than a thumbnail, the thumbnail gets a decode of its own.
+    """
+    if max(image.size) < THUMB_SIDE:
+        image = load_rgb(data, min_side=THUMB_SIDE)
     return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image)
 
 

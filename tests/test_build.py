@@ -105,12 +105,17 @@ def test_cli_index_search_duplicates(encoder, shapes_folder, tmp_path, capsys):
     folder = tmp_path / "photos"
     shutil.copytree(shapes_folder, folder)
     shutil.copy(folder / "circle" / "circle_001.jpg", folder / "copy_of_circle_001.jpg")
+    big = Image.open(folder / "square" / "square_001.jpg").resize((640, 480))
+    big.save(folder / "big.jpg", quality=90)  # decoded in draft mode, at a reduced scale
     out = tmp_path / "idx"
     assert main(["index", str(folder), "--model", str(encoder[1]), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["added"] == summary["count"] == 19
+    assert summary["added"] == summary["count"] == 20
     assert main(["index", str(folder), "--model", str(encoder[1]), "--out", str(out)]) == 0
-    assert "19 unchanged" in capsys.readouterr().out
+    assert "20 unchanged" in capsys.readouterr().out
+    # a query decodes a file exactly as indexing did: an indexed photo finds itself at cosine 1
+    assert main(["search", str(out), str(folder / "big.jpg"), "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["cosine"] >= 0.99999
 
     query = folder / "circle" / "circle_001.jpg"
     assert main(["search", str(out), str(query), "-k", "3", "--json"]) == 0

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from byol.optim import LARS, build_optimizer, cosine_lr, cosine_tau, param_groups, scaled_lr
+from byol.optim import (
+    LARS,
+    build_optimizer,
+    cosine_lr,
+    cosine_tau,
+    param_groups,
+    scaled_lr,
+    schedules,
+    virtual_step,
+)
 
 
 def test_cosine_lr_warmup_then_decay():
@@ -90,3 +99,16 @@ def test_adamw_option_and_unknown_name():
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 1e-4]
     with pytest.raises(ValueError, match="lars"):
         build_optimizer("sgd", net, 0.1, 0.0)
+
+
+def test_replanned_schedules_stay_continuous_and_complete():
+    plan = {"schedule_total": 100, "replans": []}
+    lrs, taus = schedules(100, plan, 1.0, 0.1, 0.99)
+    assert virtual_step(37, 100, []) == 37
+    # at step 40 the machine turns out slower: only 70 steps fit instead of 100
+    plan["replans"].append([40, virtual_step(40, 100, []), 70])
+    lrs2, taus2 = schedules(70, plan, 1.0, 0.1, 0.99)
+    assert lrs2[:41] == lrs[:41] and taus2[:41] == taus[:41]  # the past is unchanged
+    assert virtual_step(70, 100, plan["replans"]) == pytest.approx(100)  # ends where the plan ended
+    assert all(a >= b for a, b in zip(lrs2[10:], lrs2[11:]))  # still a decay, no jump up
+    assert lrs2[-1] < 0.02 and taus2[-1] > 0.9999
