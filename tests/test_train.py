@@ -154,8 +154,11 @@ def test_budget_plans_the_steps(shapes_folder, tmp_path):
     train(tiny(shapes_folder, out, steps=0, budget=4.0, log_every=100))
     plan = records(out, "plan")[0]
     assert plan["total_steps"] >= 1 and plan["step_seconds"] > 0
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == plan["total_steps"]
-    assert records(out, "end")[0]["step"] == plan["total_steps"]
+    # the run ends where it was planned to, or where the last re-plan moved the end (the speed drifted)
+    total = ([plan] + records(out, "replan"))[-1]["total_steps"]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == total == ckpt["extra"]["plan"]["total_steps"]
+    assert records(out, "end")[0]["step"] == total
 
 
 def test_thread_tuner_keeps_the_faster_count():
