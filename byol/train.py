@@ -108,7 +108,8 @@ class TrainConfig:
     # faster), else fp32. fp32 | bf16 force it
     precision: str = "auto"
     channels_last: bool = True  # NHWC memory layout (faster convolutions on oneDNN and cuDNN)
-    # CPU bf16: weight gradients of convolutions on maps <= 8x8 as one GEMM (GemmGradConv2d, 1.5-2x faster steps)
+    # CPU bf16 on CPUs with AMX: weight gradients of convolutions on maps <= 8x8 as one GEMM (GemmGradConv2d,
+    # 1.5-2x faster steps there). Without AMX (AVX-512 BF16 only) oneDNN's own kernel is 5-25% faster: unused
     gemm_weight_grads: bool = True
     # CPU intra-op threads; 0 = auto: time steps on all cores and on one, keep the faster and re-check
     # every 100 steps (on a busy machine extra threads mostly wait for each other). A fixed N is bitwise
@@ -199,7 +200,7 @@ class GemmGradConv2d(nn.Conv2d):
     """nn.Conv2d whose weight gradient is `conv_weight_grad` (same parameters, same state_dict).
 
     On CPUs, oneDNN's bf16 backward-weights kernel crawls on feature maps of 8x8 and smaller (10-25
-    GFLOP/s measured here on 2 cores with AMX, against 60-100 for this GEMM): in a CIFAR ResNet that is
+    GFLOP/s measured on 2 cores of a CPU with AMX, against 60-100 for this GEMM): in a CIFAR ResNet that is
     stages 3 and 4. The input gradient and the forward stay oneDNN's. Autocast casts as for nn.Conv2d.
     """
 
@@ -210,6 +211,18 @@ class GemmGradConv2d(nn.Conv2d):
             x, w = x.to(dt), w.to(dt)
         with torch.autocast("cpu", enabled=False):
             return _GemmGradConvFn.apply(x, w, self.stride[0], self.padding[0])
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (Linux /proc/cpuinfo flags; False when they cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def use_gemm_weight_grads(encoder: nn.Module, image_size: int, max_side: int = 8) -> int:
@@ -494,7 +507,7 @@ def train(cfg: TrainConfig) -> Path:
         model = BYOL(cfg.model)
         if ddp and device.type == "cuda":  # SyncBatchNorm runs on GPUs only; CPU processes normalise locally
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.gemm_weight_grads and device.type == "cpu" and amp_dtype is not None:
+        if cfg.gemm_weight_grads and device.type == "cpu" and amp_dtype is not None and cpu_has_amx():
             use_gemm_weight_grads(model.online_encoder, cfg.model.image_size)
         model = model.to(device, memory_format=fmt)
         online = _Online(model)
