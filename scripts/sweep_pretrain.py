@@ -30,8 +30,7 @@ from bench_pretrain import (  # noqa: E402
     run_ours,
 )
 
-from byol.augment import AugmentConfig  # noqa: E402
-from byol.model import ModelConfig  # noqa: E402
+from byol.train import TrainConfig  # noqa: E402
 
 
 def setting(text: str) -> tuple[str, dict]:
@@ -54,10 +53,9 @@ def main() -> int:
     build_cache(cifar / "train", work / "cache", 32)  # decoded once, outside every budget
     for name, overrides in args.setting:
         over = dict(overrides)
-        if "augment" in over:
-            over["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in over["augment"].items()})
-        if "model" in over:
-            over["model"] = ModelConfig(**over["model"])
+        # nested settings are rebuilt the way a checkpoint's config is (lists back to tuples)
+        base = TrainConfig.from_dict({k: over.pop(k) for k in ("model", "augment") if k in over})
+        over.update(model=base.model, augment=base.augment)
         run = run_ours(cifar / "train", work / f"run-{name}", budget=args.budget, cache_dir=str(work / "cache"),
                        progress=False, **over)
         ev = knn_of_checkpoint(run["checkpoint"], cifar)
