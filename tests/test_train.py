@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,56 @@ def test_budget_plans_the_steps(shapes_folder, tmp_path):
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == total == ckpt["extra"]["plan"]["total_steps"]
     assert records(out, "end")[0]["step"] == total
+
+
+def test_compile_auto_only_for_runs_that_pay_it_back():
+    want = train_mod._want_compile
+    assert not want(TrainConfig(steps=4)) and want(TrainConfig(steps=train_mod.COMPILE_MIN_STEPS))
+    assert not want(TrainConfig(budget=60.0)) and want(TrainConfig(budget=train_mod.COMPILE_MIN_BUDGET))
+    assert want(TrainConfig(steps=4, compile="on")) and not want(TrainConfig(budget=3600.0, compile="off"))
+    with pytest.raises(ValueError, match="compile"):
+        want(TrainConfig(steps=4, compile="yes"))
+
+
+def test_failed_compile_falls_back_to_eager(shapes_folder, tmp_path, monkeypatch, capsys):
+    eager = train(tiny(shapes_folder, tmp_path / "eager", steps=3, compile="off"))
+
+    def broken_compile(fn, *a, **kw):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fallback = train(tiny(shapes_folder, tmp_path / "fallback", steps=3, compile="on"))
+    assert "torch.compile failed (RuntimeError: no C++ compiler found)" in capsys.readouterr().err
+    assert records(tmp_path / "fallback", "end")[0]["compiled"] is False
+    assert "torch.compile failed" in records(tmp_path / "fallback", "warning")[0]["message"]
+    a, b = _params(eager), _params(fallback)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same run as eager, step for step
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile needs a C++ compiler")
+def test_compiled_run_matches_eager(shapes_folder, tmp_path):
+    eager = train(tiny(shapes_folder, tmp_path / "eager", steps=2, compile="off"))
+    compiled = train(tiny(shapes_folder, tmp_path / "compiled", steps=2, compile="on"))
+    assert records(tmp_path / "compiled", "end")[0]["compiled"] is True
+    la = [r["loss"] for r in records(tmp_path / "eager", "train")]
+    lb = [r["loss"] for r in records(tmp_path / "compiled", "train")]
+    assert lb == pytest.approx(la, abs=1e-4)
+    a, b = _params(eager), _params(compiled)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+
+
+def test_crop_size_trains_smaller_views_at_the_same_image_size(shapes_folder, tmp_path, monkeypatch):
+    seen = []
+    two_views = train_mod.two_views
+    monkeypatch.setattr(train_mod, "two_views", lambda x, cfg, gen: seen.append(cfg.image_size) or two_views(x, cfg, gen))
+    path = train(tiny(shapes_folder, tmp_path / "run", steps=2, crop_size=24))
+    assert seen == [24, 24]
+    ckpt = load_checkpoint(path)
+    assert ckpt["preprocess"]["size"] == 32 and ckpt["config"]["crop_size"] == 24
+    encoder, pre, _ = load_encoder(path)
+    assert pre.size == 32 and encoder(torch.randn(2, 3, 32, 32)).shape == (2, 256)
 
 
 def test_thread_tuner_keeps_the_faster_count():
