@@ -369,16 +369,24 @@ def throughput(args, mach: dict) -> dict:
     print(f"our cache: {result['cache']['images']} images decoded in {result['cache']['seconds']:.1f} s",
           file=sys.stderr)
     # ours as a long run trains (compiled: runs of 5+ minutes compile; the first step pays for it), and
-    # eager as short runs do (its warm-up also covers the thread tuner's probe steps at one thread)
+    # eager as short runs do (its warm-up also covers the thread tuner's probe steps at one thread); views at
+    # the reference's resolution, and for our default backbone also at our default view size
+    from byol.train import TrainConfig
+
+    default = args.ours_backbone or ModelConfig.backbone
+    views = TrainConfig(model=ModelConfig(image_size=size)).view_size
     probes = 3
-    for backbone in dict.fromkeys(["resnet18", args.ours_backbone or ModelConfig.backbone]):
-        for mode, warmup in (("compiled", args.warmup), ("eager", args.warmup + probes)):
-            print(f"ours: {backbone} @ {size} px, batch {batch}, {mode}", file=sys.stderr)
-            run = run_ours(folder, work / f"run-{backbone}-{mode}", warmup=warmup,
-                           model=ModelConfig(backbone=backbone, image_size=size), batch_size=batch,
-                           steps=warmup + args.steps, log_every=1, cache_dir=str(cache_dir), checkpoint_every=10**9,
-                           progress=False, compile="on" if mode == "compiled" else "off")
-            result["runs"][f"ours {backbone} ({mode})"] = with_flops(run, backbone, size, False, mach)
+    variants = [("resnet18", "compiled", size), ("resnet18", "eager", size), (default, "compiled", size),
+                (default, "eager", size)] + ([(default, "compiled", views)] if views != size else [])
+    for backbone, mode, crop in dict.fromkeys(variants):
+        warmup = args.warmup + (probes if mode == "eager" else 0)
+        name = f"ours {backbone} ({mode}" + (f", {crop} px views" if crop != size else "") + ")"
+        print(f"{name}: @ {size} px, batch {batch}", file=sys.stderr)
+        run = run_ours(folder, work / f"run-{backbone}-{mode}-{crop}", warmup=warmup,
+                       model=ModelConfig(backbone=backbone, image_size=size), crop_size=crop, batch_size=batch,
+                       steps=warmup + args.steps, log_every=1, cache_dir=str(cache_dir), checkpoint_every=10**9,
+                       progress=False, compile="on" if mode == "compiled" else "off")
+        result["runs"][name] = with_flops(run, backbone, crop, False, mach)
     ref = result["runs"].get("reference resnet18", {}).get("images_per_s")
     for name, run in result["runs"].items():
         if ref and run.get("images_per_s"):
@@ -415,7 +423,9 @@ def quality(args, mach: dict) -> dict:
 
     mcfg = load_checkpoint(ours["checkpoint"])["model_config"]
     ev = knn_of_checkpoint(ours["checkpoint"], labelled, precision=args.eval_precision)
-    result["runs"][f"ours {mcfg['backbone']} @ {mcfg['image_size']} px, {budget / 60:g} min"] = {
+    views = load_checkpoint(ours["checkpoint"])["config"]["augment"]["image_size"]
+    views = f" ({views} px views)" if views != mcfg["image_size"] else ""
+    result["runs"][f"ours {mcfg['backbone']} @ {mcfg['image_size']} px{views}, {budget / 60:g} min"] = {
         "trained_s": ours["seconds"], "steps": ours["steps"], "images_per_s": ours["images_per_s"],
         "precision_train": ours["precision"], **ev}
     for backbone, size in dict.fromkeys([("resnet18", 32), (mcfg["backbone"], mcfg["image_size"])]):

@@ -212,6 +212,14 @@ def test_crop_size_trains_smaller_views_at_the_same_image_size(shapes_folder, tm
     assert pre.size == 32 and encoder(torch.randn(2, 3, 32, 32)).shape == (2, 256)
 
 
+def test_default_views_are_five_eighths_of_the_image_size():
+    assert TrainConfig().view_size == 20 and TrainConfig(crop_size=32).view_size == 32
+    assert TrainConfig(model=ModelConfig(image_size=128)).view_size == 80
+    # a checkpoint's config from before crop_size keeps training on views of the size it stored
+    old = {"model": {"image_size": 64}, "augment": {"image_size": 64}, "steps": 4}
+    assert TrainConfig.from_dict(old).view_size == 64
+
+
 def test_thread_tuner_keeps_the_faster_count():
     tuner = ThreadTuner([2, 1], recheck=10)
     speed = {2: 3.0, 1: 1.0}  # a busy machine: one thread is faster
