@@ -553,15 +553,19 @@ def train(cfg: TrainConfig) -> Path:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
             forward_online, forward_target = torch.compile(online), torch.compile(model.target)
 
+        compile_tried = False  # compiling happens at the first call: only its failure means "no compile"
+
         def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """(p, z) of the online network and z' of the target; a failed compile falls back to eager once."""
-            nonlocal compiled, forward_online, forward_target
+            nonlocal compiled, compile_tried, forward_online, forward_target
             try:
                 with amp():
                     p, z = forward_online(x)  # 2B, proj_dim each
-                    return p, z, forward_target(x)  # 2B, proj_dim, no gradient
+                    out = p, z, forward_target(x)  # 2B, proj_dim, no gradient
+                compile_tried = True
+                return out
             except Exception as e:  # noqa: BLE001 (no C++ compiler, unsupported platform, ...)
-                if not compiled or forward_online is online:
+                if not compiled or compile_tried:
                     raise
                 msg = (f"torch.compile failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
                        f"training without it (compile=off hides this)")
