@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -268,6 +269,12 @@ def use_gemm_weight_grads(encoder: nn.Module, image_size: int, max_side: int = 8
             m.__class__ = GemmGradConv2d
             n += 1
     return n
+
+
+def cpu_thread_candidates() -> list[int]:
+    """Thread counts the auto ThreadTuner tries: all usable cores, half of them and one (largest first)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return sorted({cores, max(1, cores // 2), 1}, reverse=True)
 
 
 class ThreadTuner:
@@ -503,8 +510,7 @@ def train(cfg: TrainConfig) -> Path:
             torch.set_num_threads(cfg.threads)
         tuner = ThreadTuner([torch.get_num_threads()])
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        tuner = ThreadTuner(sorted({cores, max(1, cores // 2), 1}, reverse=True))
+        tuner = ThreadTuner(cpu_thread_candidates())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -548,8 +554,6 @@ def train(cfg: TrainConfig) -> Path:
         preprocess = Preprocess.for_size(cfg.model.image_size)
         forward_online, forward_target = online, model.target
         if compiled:
-            import logging
-
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
             forward_online, forward_target = torch.compile(online), torch.compile(model.target)
 

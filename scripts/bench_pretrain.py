@@ -241,7 +241,7 @@ def run_ours(folder: Path, out_dir: Path, warmup: int = 0, **overrides) -> dict:
         "precision": plan.get("precision"),
         "batch_size": plan["batch_size"],
         "planned_steps": plan["total_steps"],
-        "compiled": plan.get("compiled", False),
+        "compiled": end.get("compiled", False),  # after a failed compile, the run went on eager
         # the first step sets up kernels (and compiles): its time beyond a normal step is a one-off
         "first_step_s": plan["batch_size"] / steps[0]["img_per_s"] if steps else None,
     }
@@ -371,11 +371,11 @@ def throughput(args, mach: dict) -> dict:
     # ours as a long run trains (compiled: runs of 5+ minutes compile; the first step pays for it), and
     # eager as short runs do (its warm-up also covers the thread tuner's probe steps at one thread); views at
     # the reference's resolution, and for our default backbone also at our default view size
-    from byol.train import TrainConfig
+    from byol.train import ThreadTuner, TrainConfig, cpu_thread_candidates
 
     default = args.ours_backbone or ModelConfig.backbone
     views = TrainConfig(model=ModelConfig(image_size=size)).view_size
-    probes = 3
+    probes = len(ThreadTuner(cpu_thread_candidates()).probes)  # eager runs with threads=0 probe these steps
     variants = [("resnet18", "compiled", size), ("resnet18", "eager", size), (default, "compiled", size),
                 (default, "eager", size)] + ([(default, "compiled", views)] if views != size else [])
     for backbone, mode, crop in dict.fromkeys(variants):
@@ -421,9 +421,9 @@ def quality(args, mach: dict) -> dict:
     ours = run_ours(cifar / "train", work / "run-ours", budget=budget, **overrides)
     from byol.checkpoint import load_checkpoint
 
-    mcfg = load_checkpoint(ours["checkpoint"])["model_config"]
+    saved = load_checkpoint(ours["checkpoint"])
+    mcfg, views = saved["model_config"], saved["config"]["augment"]["image_size"]
     ev = knn_of_checkpoint(ours["checkpoint"], labelled, precision=args.eval_precision)
-    views = load_checkpoint(ours["checkpoint"])["config"]["augment"]["image_size"]
     views = f" ({views} px views)" if views != mcfg["image_size"] else ""
     result["runs"][f"ours {mcfg['backbone']} @ {mcfg['image_size']} px{views}, {budget / 60:g} min"] = {
         "trained_s": ours["seconds"], "steps": ours["steps"], "images_per_s": ours["images_per_s"],
