@@ -80,6 +80,11 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+INIT_HELP = ("where the encoder starts: none (random weights, the default), base (shipped with the package, "
+             "pretrained by this project on public photos; offline), imagenet (torchvision's weights for "
+             "resnet18/34/50, downloaded once when online), or PATH (an earlier run's checkpoint.pt, to "
+             "continue on a new or grown folder, or a torchvision-style state dict)")
+
 PRETRAIN_EPILOG = """\
 examples:
   byol-search pretrain ~/Pictures --out runs/photos --budget 20m
@@ -128,6 +133,7 @@ def _add_pretrain(sub) -> None:
                         "steps at the same accuracy per step on CIFAR-10); the encoder is evaluated, exported and "
                         "searched at --image-size. Give the image size itself to train on full-size views")
     g.add_argument("--proj-hidden", type=int, help="projector/predictor hidden width (default 4096, the paper's)")
+    g.add_argument("--init", metavar="none|base|imagenet|PATH", help=INIT_HELP)
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="images per step, all processes together (default 256)")
     g.add_argument("--optimizer", choices=("lars", "adamw"), help="lars (default, the paper's) or adamw")
@@ -203,7 +209,7 @@ def _run_pretrain(args) -> int:
             setattr(cfg.model, name, getattr(args, name))
     for name in ("hf_split", "eval_every", "batch_size", "optimizer", "base_lr", "warmup", "weight_decay", "base_tau",
                  "device", "precision", "workers", "cache_dir", "seed", "log_every", "checkpoint_every", "threads",
-                 "crop_size", "compile"):
+                 "crop_size", "compile", "init"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
 
@@ -516,6 +522,7 @@ def _add_run(sub) -> None:
                    help="encoder (default resnet-tiny for CPUs; resnet18 or larger want a GPU)")
     p.add_argument("--image-size", type=int, default=32,
                    help="training resolution in px (default 32; 64 or more for detailed photos with a GPU)")
+    p.add_argument("--init", metavar="none|base|imagenet|PATH", default="none", help=INIT_HELP)
     p.add_argument("--no-serve", action="store_true", help="stop after indexing and print where things are")
     _add_serve_options(p)
     p.set_defaults(func=_run_run)
@@ -566,7 +573,7 @@ def _run_run(args) -> int:
         print("error: --image-size must be at least 8", file=sys.stderr)
         return 2
     cfg = RunConfig(folder=args.folder, out=args.out, budget=budget, backbone=args.backbone,
-                    image_size=args.image_size)
+                    image_size=args.image_size, init=args.init)
     return _run_pipeline(lambda: run(cfg), args)
 
 

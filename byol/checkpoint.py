@@ -91,7 +91,7 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, Preprocess, dict]:
     """Rebuild the online encoder f from a checkpoint alone.
 
     Returns (encoder in eval mode mapping B,3,H,W -> B,D pooled features, its Preprocess, info) where
-    info has: sha256, step, dim, model_config, config.
+    info has: sha256, step, dim, model_config, config, init (where training started: byol.init).
     """
     ckpt = load_checkpoint(path)
     mcfg = ModelConfig(**ckpt["model_config"])
@@ -106,5 +106,6 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, Preprocess, dict]:
         "dim": dim,
         "model_config": ckpt["model_config"],
         "config": ckpt.get("config", {}),
+        "init": ckpt.get("extra", {}).get("init", {"kind": "none"}),
     }
     return encoder, Preprocess.from_dict(ckpt["preprocess"]), info

@@ -167,6 +167,7 @@ def _metadata(preprocess: Preprocess, info: dict, quantization: str) -> dict[str
         "step": str(info["step"]),
         "model_config": json.dumps(info["model_config"]),
         "train_config": json.dumps(info.get("config", {}), default=str),
+        "init": json.dumps(info.get("init", {"kind": "none"})),
         "quantization": quantization,
         "version": __version__,
     }
@@ -185,7 +186,7 @@ def read_metadata(onnx_path: str | Path) -> dict:
     """The byol-search metadata of an exported model, decoded.
 
     Keys: format, size, resize, mean, std, resize_rule (so Preprocess.from_dict(meta) works), preprocess
-    (the same, as a dict), dim, checkpoint_sha256, step, model_config, train_config, quantization, version,
+    (the same, as a dict), dim, checkpoint_sha256, step, model_config, train_config, init, quantization, version,
     input, output, opset. Raises ValueError for a file that is not a byol-search encoder.
     """
     import onnx
@@ -208,6 +209,7 @@ def read_metadata(onnx_path: str | Path) -> dict:
         "step": int(raw.get("step", 0)),
         "model_config": json.loads(raw.get("model_config", "{}")),
         "train_config": json.loads(raw.get("train_config", "{}")),
+        "init": json.loads(raw.get("init", '{"kind": "none"}')),
         "quantization": raw.get("quantization", "none"),
         "version": raw.get("version", ""),
         "input": raw.get("input", ""),

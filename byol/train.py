@@ -69,6 +69,7 @@ from tqdm import tqdm
 
 from byol.augment import AugmentConfig, two_views, write_preview
 from byol.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from byol.init import resolve_init, start_from
 from byol.loss import byol_loss, collapse_std
 from byol.model import BYOL, ModelConfig
 from byol.optim import OPTIMIZERS, build_optimizer, scaled_lr, schedules, virtual_step
@@ -91,6 +92,10 @@ class TrainConfig:
     # else 1.25 x image_size so random resized crops of large photos keep real pixels
     cache_side: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)  # backbone, image_size, head sizes
+    # where the encoder starts (byol.init): none (random), base (shipped, pretrained by this project on public
+    # images), imagenet (torchvision's weights, downloaded once), or a checkpoint / state dict path. Online
+    # and target encoders start from it; projector and predictor are fresh
+    init: str = "none"
     # side of the training views; 0 = CROP_FRACTION x model.image_size (20 px for 32). Random resized crops
     # show objects larger than whole images do, so an encoder trained on smaller views meets objects at the
     # same scale when it sees whole images at image_size in evaluation, export and search (Touvron et al.
@@ -540,6 +545,10 @@ def train(cfg: TrainConfig) -> Path:
         # -------------------------------------------------------------- model, optimiser, augmentation RNG
         torch.manual_seed(cfg.seed)
         model = BYOL(cfg.model)
+        if ckpt is None:
+            init_info = start_from(model, resolve_init(cfg.init, cfg.model.backbone, cfg.model.image_size))
+        else:
+            init_info = dict(ckpt["extra"].get("init", {"kind": cfg.init}))
         if ddp and device.type == "cuda":  # SyncBatchNorm runs on GPUs only; CPU processes normalise locally
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.gemm_weight_grads and device.type == "cpu" and amp_dtype is not None and cpu_has_amx():
@@ -686,7 +695,7 @@ def train(cfg: TrainConfig) -> Path:
                     "config": asdict(cfg), "model_config": asdict(cfg.model),
                     "preprocess": preprocess.to_dict(), "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "step": step, "rng": _rng_state(aug_gen),
-                    "extra": {"plan": plan, "elapsed": elapsed(),
+                    "extra": {"plan": plan, "elapsed": elapsed(), "init": init_info,
                               "sampler": {"seed": cfg.seed, "epoch": step // per_epoch, "per_epoch": per_epoch}},
                 })
 

@@ -1,0 +1,215 @@
+"""Where a pretraining run starts (`--init`): random weights, the shipped base encoder, ImageNet, or a file.
+
+Self-supervised training that starts from an existing encoder converges much faster and ends better than
+training from random weights (Reed et al. 2022, "Self-Supervised Pretraining Improves Self-Supervised
+Pretraining"). Continued BYOL starts the online *and* target encoders from the init; the projector and
+predictor are fresh (their input statistics belong to the new data).
+
+    none        random weights (He init), the only choice before this module
+    base        an encoder shipped in byol/weights/, pretrained by this project with BYOL on public,
+                unlabelled images only (its model card lies beside it; scripts/train_base.py remakes it)
+    imagenet    torchvision's supervised ImageNet weights (resnet18/34/50), through torchvision's weights
+                API: downloaded once into torch's cache (TORCH_HOME) when the machine is online
+    PATH        a byol-search checkpoint (an earlier run: continue on a new or grown folder), an encoder file
+                written by export_base, or a torchvision-style state dict (keys conv1.weight, layer1.0...)
+
+resolve_init(spec, backbone, image_size) -> Init {state (encoder state dict), info (what is recorded: kind,
+source, sha256, loaded/skipped keys)}. Every error is an InitError with what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ENCODER_FORMAT = "byol-search/encoder/1"
+BASE_DIR = Path(__file__).resolve().parent / "weights"
+INIT_KINDS = ("none", "base", "imagenet")
+IMAGENET_BACKBONES = ("resnet18", "resnet34", "resnet50")
+_PREFIXES = ("module.", "online_encoder.", "encoder.", "backbone.", "model.")
+
+
+class InitError(ValueError):
+    """The init cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class Init:
+    state: dict[str, torch.Tensor] | None  # encoder state dict (None: random weights)
+    info: dict = field(default_factory=dict)  # kind, source, sha256, loaded, skipped: stored with the run
+
+
+def base_path(backbone: str) -> Path:
+    return BASE_DIR / f"base-{backbone}.pt"
+
+
+def base_card(backbone: str = "resnet-tiny") -> dict | None:
+    """The shipped base's model card (data, command, budget, sha256, ...), or None when none is shipped."""
+    card = BASE_DIR / f"base-{backbone}.json"
+    return json.loads(card.read_text()) if card.is_file() else None
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_file(path: Path) -> tuple[dict, str]:
+    """torch.load with weights_only (no code runs); returns (object, sha256 of the file)."""
+    if not path.is_file():
+        raise InitError(f"--init {path}: no such file (give none, base, imagenet or a checkpoint/state dict)")
+    data = path.read_bytes()
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+        raise InitError(f"--init {path}: not a readable torch file ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise InitError(f"--init {path}: expected a checkpoint or a state dict, found {type(obj).__name__}")
+    return obj, _sha256_bytes(data)
+
+
+def _encoder_state(obj: dict, path: Path) -> tuple[dict, dict]:
+    """The encoder's tensors out of any accepted file, with what the file says it was (backbone, size)."""
+    if obj.get("format") == ENCODER_FORMAT:
+        return obj["encoder"], {"backbone": obj.get("backbone"), "image_size": obj.get("image_size")}
+    if str(obj.get("format", "")).startswith("byol-search/checkpoint"):
+        mc = obj.get("model_config", {})
+        state = {k[len("online_encoder."):]: v for k, v in obj["model"].items() if k.startswith("online_encoder.")}
+        return state, {"backbone": mc.get("backbone"), "image_size": mc.get("image_size"), "step": obj.get("step")}
+    for key in ("state_dict", "model", "encoder"):  # common wrappers of a state dict
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if not torch.is_tensor(v):
+            continue
+        for prefix in _PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        state[k] = v
+    if not state:
+        raise InitError(f"--init {path}: holds no tensors")
+    return state, {}
+
+
+def apply_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict:
+    """Copy every tensor of `state` whose name and shape match into `encoder`; returns {loaded, skipped}.
+
+    Names that differ only by a classifier (fc.*) or a stem of another shape (ImageNet's 7x7 stem for a
+    small-image encoder's 3x3 one) are skipped and reported. Fewer than half of the encoder's tensors
+    matching means the file is for another backbone: an InitError, not a silent partial start.
+    """
+    own = encoder.state_dict()
+    loaded, skipped = {}, []
+    for k, v in state.items():
+        if k in own and own[k].shape == v.shape:
+            loaded[k] = v.to(own[k].dtype)
+        elif not k.startswith("fc."):
+            skipped.append(k)
+    weights = [k for k in own if not k.endswith("num_batches_tracked")]
+    hit = sum(k in loaded for k in weights)
+    if hit < 0.5 * len(weights):
+        raise InitError(f"--init {source}: only {hit} of {len(weights)} encoder tensors match by name and shape; "
+                        f"is it for another --backbone or --image-size? (e.g. {', '.join(skipped[:3]) or 'none'})")
+    encoder.load_state_dict(loaded, strict=False)
+    return {"loaded": hit, "of": len(weights), "skipped": sorted(skipped)}
+
+
+def start_from(model: nn.Module, init: Init) -> dict:
+    """Start a BYOL model (byol.model.BYOL) from `init`: online and target encoders get its weights; the
+    projector and predictor keep their fresh ones. Returns the info to record with the run."""
+    if init.state is None:
+        return dict(init.info)
+    report = apply_state(model.online_encoder, init.state, init.info.get("source", init.info["kind"]))
+    model.target_encoder.load_state_dict(model.online_encoder.state_dict())
+    return {**init.info, **report}
+
+
+def _imagenet_state(backbone: str) -> tuple[dict, dict]:
+    """torchvision's ImageNet weights for `backbone`: from torch's cache, else downloaded once into it."""
+    if backbone not in IMAGENET_BACKBONES:
+        raise InitError(f"--init imagenet: torchvision has ImageNet weights for {', '.join(IMAGENET_BACKBONES)}, "
+                        f"not {backbone}; choose one with --backbone, or use --init base")
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(backbone).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # URLError, socket errors, hash mismatch: all mean "not available here"
+        raise InitError(
+            f"--init imagenet: could not download {weights.url} ({type(e).__name__}: {e}). On a machine that is "
+            f"online this happens once; offline, copy that file to {cached} (TORCH_HOME sets the cache folder), "
+            f"or use --init base (shipped, offline) or --init PATH") from e
+    sha = hashlib.sha256(cached.read_bytes()).hexdigest() if cached.is_file() else ""
+    return state, {"source": str(weights), "sha256": sha}
+
+
+def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
+    """The weights a run starts from (see module docstring); InitError when they cannot be had."""
+    spec = (spec or "none").strip()
+    if spec == "none":
+        return Init(None, {"kind": "none"})
+    if spec == "base":
+        path = base_path(backbone)
+        if not path.is_file():
+            shipped = sorted(p.stem[len("base-"):] for p in BASE_DIR.glob("base-*.pt"))
+            raise InitError(f"--init base: no base encoder is shipped for {backbone} (shipped: "
+                            f"{', '.join(shipped) or 'none'}); use --backbone {shipped[0] if shipped else '...'} "
+                            f"or --init none/imagenet/PATH")
+        obj, sha = _load_file(path)
+        state, meta = _encoder_state(obj, path)
+        if meta.get("image_size") and (meta["image_size"] <= 64) != (image_size <= 64):
+            raise InitError(f"--init base: the base was trained at {meta['image_size']} px (small-image stem); "
+                            f"--image-size {image_size} builds the other stem: use --image-size 64 or less")
+        return Init(state, {"kind": "base", "source": path.name, "sha256": sha})
+    if spec == "imagenet":
+        state, meta = _imagenet_state(backbone)
+        return Init(state, {"kind": "imagenet", **meta})
+    path = Path(spec).expanduser()
+    obj, sha = _load_file(path)
+    state, meta = _encoder_state(obj, path)
+    if meta.get("backbone") and meta["backbone"] != backbone:
+        raise InitError(f"--init {path}: it holds a {meta['backbone']} encoder; add --backbone {meta['backbone']}")
+    return Init(state, {"kind": "path", "source": str(path.resolve()), "sha256": sha})
+
+
+def export_base(checkpoint: str | Path, dest: str | Path, card: dict) -> dict:
+    """Write a run's online encoder as the shipped base (`base-BACKBONE.pt`) and its card (`.json`, `.md`).
+
+    The encoder is stored in fp32 (a resnet-tiny is 4.9 MB); the card gets sha256, size, step and the
+    training plan from the checkpoint, plus `card` (data, command, machine, date).
+    """
+    from byol.checkpoint import atomic_write, load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    mc = ckpt["model_config"]
+    state, _ = _encoder_state(ckpt, Path(checkpoint))
+    obj = {"format": ENCODER_FORMAT, "backbone": mc["backbone"], "image_size": mc["image_size"],
+           "encoder": {k: v.contiguous() for k, v in state.items()}}
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    dest = Path(dest)
+    plan = ckpt.get("extra", {}).get("plan", {})
+    cfg = ckpt.get("config", {})
+    full = {"name": f"base-{mc['backbone']}", "backbone": mc["backbone"], "image_size": mc["image_size"],
+            "view_size": cfg.get("crop_size") or None, "method": "BYOL (this project's pretrain)",
+            **card, "steps": int(ckpt.get("step", 0)), "batch_size": plan.get("batch_size"),
+            "images": plan.get("images"), "budget_s": plan.get("budget"),
+            "elapsed_s": round(float(ckpt.get("extra", {}).get("elapsed", 0.0))),
+            "init": cfg.get("init", "none"), "bytes": len(data), "sha256": _sha256_bytes(data)}
+    atomic_write(dest / f"base-{mc['backbone']}.pt", lambda f: f.write(data))
+    atomic_write(dest / f"base-{mc['backbone']}.json", lambda f: f.write(json.dumps(full, indent=2).encode()))
+    lines = [f"# Model card: {full['name']}", "",
+             "The encoder behind `byol-search pretrain --init base`: a BYOL online encoder pretrained by this "
+             "project on public, unlabelled images only. No labels were read.", ""]
+    lines += [f"- **{k}**: {v}" for k, v in full.items() if k != "name"]
+    atomic_write(dest / f"base-{mc['backbone']}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    return full

@@ -1,0 +1,102 @@
+"""Train the `base` encoder shipped inside the package (`--init base`), and write its model card.
+
+The base is a BYOL encoder pretrained by this project on public, unlabelled images only:
+  - CIFAR-10's 50,000 training images (32 px), and
+  - the training images of 5 Imagenette classes (n01440764, n02102040, n02979186, n03000684, n03028079).
+The other 5 Imagenette classes are never seen: they stand for "a user's folder" when the quality benchmark
+(`scripts/bench_quality.py`) measures what a warm start is worth on photos the base has never met.
+Labels are never read (class folders only organise the files).
+
+    python scripts/train_base.py --budget 60m            # train (resumes by itself after a stop)
+    python scripts/train_base.py --budget 60m --ship     # ...then write byol/weights/ (encoder + card)
+    python scripts/train_base.py --ship                  # only ship the finished run
+    python scripts/train_base.py --budget 2h --continue-from byol/weights/base-resnet-tiny.pt --out .cache/base-2
+
+The run lives in --out (default .cache/base-run); rerunning the same command after an interruption resumes it
+exactly. Training it longer, or on a GPU, is a new run with `--continue-from` the shipped encoder.
+Needs ../shared/datasets/ (cifar10-jpg.tar.gz and imagenette-224.tar.gz) beside the checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_pretrain import CACHE, DATASETS, extract_once  # noqa: E402
+
+SEEN_IMAGENETTE = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079")
+HELD_OUT_IMAGENETTE = ("n03394916", "n03417042", "n03425413", "n03445777", "n03888605")
+
+
+def base_folder() -> Path:
+    """A folder of links: CIFAR-10 train (all) + Imagenette train of the 5 seen classes. Made once."""
+    cifar = extract_once(DATASETS / "cifar10-jpg.tar.gz", CACHE / "cifar10")
+    nette = extract_once(DATASETS / "imagenette-224.tar.gz", CACHE / "imagenette")
+    dest = CACHE / "base-data"
+    if dest.is_dir():
+        return dest
+    tmp = CACHE / ".base-data.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for cls in sorted((cifar / "train").iterdir()):
+        link = tmp / f"cifar10-{cls.name}"
+        if not link.exists():
+            link.symlink_to(cls.resolve())
+    for wnid in SEEN_IMAGENETTE:
+        link = tmp / f"imagenette-{wnid}"
+        if not link.exists():
+            link.symlink_to((nette / "train" / wnid).resolve())
+    os.rename(tmp, dest)
+    return dest
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", default=None, help="training time, e.g. 60m (omit with --ship to only ship)")
+    p.add_argument("--out", type=Path, default=CACHE / "base-run", help="run folder (resumable)")
+    p.add_argument("--backbone", default="resnet-tiny")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--continue-from", default=None, help="--init for the run: an earlier base, to train it longer")
+    p.add_argument("--ship", action="store_true", help="write byol/weights/ from the finished run")
+    args = p.parse_args()
+
+    from byol.init import BASE_DIR, export_base
+    from byol.train import TrainConfig, parse_duration, train
+
+    if args.budget:
+        ckpt = args.out / "checkpoint.pt"
+        ended = any(json.loads(line).get("kind") == "end"
+                    for line in (args.out / "log.jsonl").read_text().splitlines()) if ckpt.is_file() else False
+        if ended:
+            print(f"{args.out}: already finished; --ship writes it into the package", file=sys.stderr)
+        else:
+            cfg = TrainConfig(folder=str(base_folder()), out=str(args.out), budget=parse_duration(args.budget),
+                              resume=ckpt.is_file(), init=args.continue_from or "none")
+            cfg.model.backbone, cfg.model.image_size = args.backbone, args.image_size
+            cfg.cache_dir = str(CACHE / f"base-cache-{args.image_size}")
+            train(cfg)
+    if args.ship:
+        command = "python scripts/train_base.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        card = export_base(args.out / "checkpoint.pt", BASE_DIR, {
+            "data": ("CIFAR-10 train (50,000 images, 32 px) + Imagenette train of classes "
+                     + ", ".join(SEEN_IMAGENETTE) + " (224 px); labels never read. Imagenette classes "
+                     + ", ".join(HELD_OUT_IMAGENETTE) + " held out for evaluation."),
+            "command": command,
+            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+            "date": datetime.date.today().isoformat(),
+        })
+        print(json.dumps(card, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
