@@ -1,0 +1,221 @@
+"""What a user's encoder is worth on photos the project never trained on: from scratch, from each --init,
+with and without 15 minutes of adaptation on the user's folder, and the few-shot classifiers compared.
+
+Held-out protocol (the base encoder never saw these classes; see scripts/train_base.py):
+  the user's folder   the training images of 5 Imagenette classes (n03394916 French horn, n03417042 garbage
+                      truck, n03425413 gas pump, n03445777 golf ball, n03888605 parachute), labels ignored:
+                      what `byol-search pretrain FOLDER --budget 15m [--init ...]` adapts on
+  evaluation          `byol.evaluate` with those classes' train split as the kNN bank / few-shot pool and
+                      their val split as the test: kNN (k=200, t=0.1), linear probe, 1/5/10-shot
+
+Rows (one after the other, on the same machine; --rows picks some):
+  random        untrained encoder (the floor)
+  scratch       --init none + budget: today's default run
+  base          the shipped base encoder alone (no adaptation)
+  base+adapt    --init base + budget
+  imagenet      torchvision's ImageNet resnet18 alone, and + budget (only when its weights are in torch's
+                cache: the benchmark never downloads)
+  path+adapt    --init PATH (the scratch run's checkpoint) + budget: continuing an earlier run
+
+    python scripts/bench_quality.py --budget 15m                    # ~40 minutes on 2 cores
+    python scripts/bench_quality.py --budget 15m --rows base,base+adapt --extra-args="--warmup 0.1"
+
+Writes a markdown table to stdout and JSON to --out (default .cache/bench/quality.json), with the exact
+pretraining commands, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_pretrain import CACHE, DATASETS, extract_once  # noqa: E402
+from train_base import HELD_OUT_IMAGENETTE  # noqa: E402
+
+ALL_ROWS = ("random", "scratch", "base", "base+adapt", "imagenet", "imagenet+adapt", "path+adapt")
+DEFAULT_ROWS = ("random", "scratch", "base", "base+adapt")
+
+
+def heldout_folders() -> tuple[Path, Path]:
+    """(photos: <wnid>/ links to the held-out train images, labelled: train/ and val/ links). Made once."""
+    nette = extract_once(DATASETS / "imagenette-224.tar.gz", CACHE / "imagenette")
+    root = CACHE / "heldout"
+    photos, labelled = root / "photos", root / "labelled"
+    for wnid in HELD_OUT_IMAGENETTE:
+        for link, target in ((photos / wnid, nette / "train" / wnid), (labelled / "train" / wnid, nette / "train" / wnid),
+                             (labelled / "val" / wnid, nette / "val" / wnid)):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(target.resolve())
+    return photos, labelled
+
+
+def untrained_checkpoint(path: Path, init: str, backbone: str = "resnet-tiny", image_size: int = 32) -> Path:
+    """A step-0 checkpoint of the encoder a run would start from (random weights or an --init)."""
+    import torch
+
+    from byol.checkpoint import save_checkpoint
+    from byol.init import resolve_init, start_from
+    from byol.model import BYOL
+    from byol.preprocess import Preprocess
+    from byol.train import TrainConfig
+
+    cfg = TrainConfig(init=init)
+    cfg.model.backbone, cfg.model.image_size = backbone, image_size
+    torch.manual_seed(cfg.seed)
+    model = BYOL(cfg.model)
+    info = start_from(model, resolve_init(init, backbone, image_size))
+    save_checkpoint(path, {"config": asdict(cfg), "model_config": asdict(cfg.model),
+                           "preprocess": Preprocess.for_size(image_size).to_dict(), "model": model.state_dict(),
+                           "step": 0, "extra": {"init": info}})
+    return path
+
+
+def pretrain(photos: Path, out: Path, budget: str, init: str, extra: list[str]) -> tuple[list[str], dict]:
+    """`byol-search pretrain` as a user runs it (a fresh process: no compile cache shared between rows)."""
+    cmd = [str(ROOT / ".venv" / "bin" / "byol-search"), "pretrain", str(photos), "--out", str(out),
+           "--budget", budget, "--init", init, "--cache-dir", str(CACHE / "heldout" / "cache-32"), "--no-progress",
+           *extra]
+    if not Path(cmd[0]).exists():
+        cmd[0:1] = [sys.executable, "-m", "app.cli"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    trains = [r for r in recs if r["kind"] == "train"]
+    steady = trains[len(trains) // 5:] or trains  # past the compile and the thread tuner's first choices
+    end = next(r for r in recs if r["kind"] == "end")
+    return cmd, {"seconds": time.perf_counter() - t0, "steps": end["step"], "compiled": end.get("compiled"),
+                 "img_per_s": sum(r["img_per_s"] for r in steady) / len(steady)}
+
+
+def imagenet_cached() -> bool:
+    import torch
+    import torchvision
+
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", default="15m", help="adaptation budget per run (default 15m, what users run)")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma list of {', '.join(ALL_ROWS)}")
+    p.add_argument("--extra-args", default="", help="more `pretrain` options for the init+adapt rows")
+    p.add_argument("--draws", type=int, default=10, help="few-shot draws per shot count (default 10)")
+    p.add_argument("--work", type=Path, default=CACHE / "bench" / "quality")
+    p.add_argument("--tag", default="", help="suffix of the run folders and JSON (to keep variants apart)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(rows) - set(ALL_ROWS)
+    if unknown:
+        p.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ALL_ROWS)}")
+
+    from byol.evaluate import evaluate
+
+    photos, labelled = heldout_folders()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    extra = shlex.split(args.extra_args)
+    result = {"command": " ".join(shlex.quote(a) for a in sys.argv), "date": datetime.datetime.now().isoformat(timespec="minutes"),
+              "machine": {"platform": platform.platform(), "cpu": _cpu(), "cores": os.cpu_count()},
+              "budget": args.budget, "folder": str(photos), "labelled": str(labelled), "rows": {}}
+    out_json = args.out or CACHE / "bench" / f"quality{args.tag}.json"
+
+    def record(name: str, ckpt: Path, cmd=None, run=None):
+        t0 = time.perf_counter()
+        r = evaluate(ckpt, labelled, draws=args.draws, progress=False)
+        row = {"eval": r, "eval_seconds": time.perf_counter() - t0}
+        if cmd:
+            row.update(command=" ".join(shlex.quote(c) for c in cmd), run=run)
+        result["rows"][name] = row
+        print(f"{name}: kNN {r['knn_top1']:.1%}, linear {r.get('linear_top1', float('nan')):.1%}, "
+              + ", ".join(f"{k}-shot {v['mean']:.1%}" for k, v in r["few_shot"].items())
+              + (f"; {run['steps']} steps at {run['img_per_s']:.0f} img/s" if run else ""), file=sys.stderr, flush=True)
+        from byol.checkpoint import atomic_write
+        atomic_write(out_json, lambda f: f.write(json.dumps(result, indent=2, default=str).encode()))
+
+    for name in rows:
+        tag = name.replace("+", "-") + args.tag
+        if name == "random":
+            record(name, untrained_checkpoint(work / "random.pt", "none"))
+        elif name == "base":
+            record(name, untrained_checkpoint(work / "base.pt", "base"))
+        elif name.startswith("imagenet"):
+            if not imagenet_cached():
+                result["rows"][name] = {"skipped": "torchvision's ImageNet weights are not in torch's cache (offline)"}
+                print(f"{name}: skipped (ImageNet weights not cached; this benchmark never downloads)", file=sys.stderr)
+                continue
+            if name == "imagenet":
+                record(name, untrained_checkpoint(work / "imagenet.pt", "imagenet", "resnet18", 32))
+            else:
+                cmd, run = pretrain(photos, work / tag, args.budget, "imagenet", ["--backbone", "resnet18", *extra])
+                record(name, work / tag / "checkpoint.pt", cmd, run)
+        elif name == "scratch":
+            cmd, run = pretrain(photos, work / tag, args.budget, "none", [])
+            record(name, work / tag / "checkpoint.pt", cmd, run)
+        elif name == "base+adapt":
+            cmd, run = pretrain(photos, work / tag, args.budget, "base", extra)
+            record(name, work / tag / "checkpoint.pt", cmd, run)
+        elif name == "path+adapt":
+            init = work / f"scratch{args.tag}" / "checkpoint.pt"
+            if not init.is_file():
+                p.error("path+adapt continues the scratch row's run: run the scratch row first")
+            cmd, run = pretrain(photos, work / tag, args.budget, str(init), extra)
+            record(name, work / tag / "checkpoint.pt", cmd, run)
+    print(format_rows(result))
+    print(f"\nJSON: {out_json}", file=sys.stderr)
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def format_rows(result: dict) -> str:
+    """Markdown: one row per encoder; every few-shot classifier the evaluation reported, side by side."""
+    lines = []
+    rows = {k: v for k, v in result["rows"].items() if "eval" in v}
+    if not rows:
+        return "(no rows)"
+    methods = [k for k in next(iter(rows.values()))["eval"] if k.startswith("few_shot")]
+    shots = list(next(iter(rows.values()))["eval"]["few_shot"])
+    head = ["encoder", "steps", "img/s", "kNN", "linear"] + [f"{n}-shot {m[len('few_shot'):].strip('_') or 'logistic'}"
+                                                          for m in methods for n in shots]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for name, row in rows.items():
+        r, run = row["eval"], row.get("run") or {}
+        cells = [name, str(run.get("steps", 0)), f"{run['img_per_s']:.0f}" if run else "", f"{100 * r['knn_top1']:.1f}",
+                 f"{100 * r.get('linear_top1', float('nan')):.1f}"]
+        for m in methods:
+            for n in shots:
+                v = r[m].get(n) if isinstance(r[m], dict) else None
+                cells.append(f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if isinstance(v, dict) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    skipped = {k: v["skipped"] for k, v in result["rows"].items() if "skipped" in v}
+    lines += [f"\n{k}: not measured: {v}" for k, v in skipped.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
