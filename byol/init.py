@@ -5,6 +5,7 @@ training from random weights (Reed et al. 2022, "Self-Supervised Pretraining Imp
 Pretraining"). Continued BYOL starts the online *and* target encoders from the init; the projector and
 predictor are fresh (their input statistics belong to the new data).
 
+    auto        base when one is shipped for the backbone and image size, else none
     none        random weights (He init), the only choice before this module
     base        an encoder shipped in byol/weights/, pretrained by this project with BYOL on public,
                 unlabelled images only (its model card lies beside it; scripts/train_base.py remakes it)
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 ENCODER_FORMAT = "byol-search/encoder/1"
 BASE_DIR = Path(__file__).resolve().parent / "weights"
-INIT_KINDS = ("none", "base", "imagenet")
+INIT_KINDS = ("auto", "none", "base", "imagenet")
 IMAGENET_BACKBONES = ("resnet18", "resnet34", "resnet50")
 _PREFIXES = ("module.", "online_encoder.", "encoder.", "backbone.", "model.")
 
@@ -154,6 +155,10 @@ def _imagenet_state(backbone: str) -> tuple[dict, dict]:
 def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
     """The weights a run starts from (see module docstring); InitError when they cannot be had."""
     spec = (spec or "none").strip()
+    if spec == "auto":
+        if base_path(backbone).is_file() and (image_size <= 64) == ((base_card(backbone) or {}).get("image_size", 32) <= 64):
+            return resolve_init("base", backbone, image_size)
+        return Init(None, {"kind": "none", "auto": "no base shipped for this backbone and image size"})
     if spec == "none":
         return Init(None, {"kind": "none"})
     if spec == "base":

@@ -184,3 +184,12 @@ def test_cli_init_error_is_a_message(shapes_folder, tmp_path, capsys):
                  "--init", str(tmp_path / "missing.pt"), "--no-progress"])
     assert code == 2
     assert "missing.pt: no such file" in capsys.readouterr().err
+
+
+def test_auto_takes_the_base_when_it_fits(tmp_path, monkeypatch):
+    monkeypatch.setattr(init_mod, "BASE_DIR", tmp_path / "weights")
+    assert resolve_init("auto", "resnet-tiny", 32).info["kind"] == "none"  # nothing shipped
+    export_base(make_checkpoint(tmp_path / "c.pt"), tmp_path / "weights", {"data": "generated"})
+    assert resolve_init("auto", "resnet-tiny", 32).info["kind"] == "base"
+    assert resolve_init("auto", "resnet-tiny", 128).info["kind"] == "none"  # the other stem
+    assert resolve_init("auto", "resnet18", 32).info["kind"] == "none"
