@@ -2,13 +2,20 @@
 
 INDEX_DIR/labels.sqlite holds
   label_names(name, at)                                   the label vocabulary
-  labels(image_id, label, source, at)                     one label per photo; source 'human' or 'accepted'
+  labels(image_id, sha256, path, label, source, at)       one label per photo; source 'human' or 'accepted'
   predictions(image_id, label, confidence, margin, probe_version)   the probe's guess for every photo
   probes(version, at, classes, counts, accuracy, dim, weight, bias, model_sha256)
                                                           every probe trained (newest last), and on which encoder
+  synced(key, value)                                      the index (created_at, generation) labels last matched
 
-Image ids are the index's stable SQLite/FAISS ids, so labels survive restarts and incremental index
-updates; a label whose photo has left the index is kept but ignored until the photo returns.
+A label follows its PHOTO, not an id: it holds the photo's content hash (sha256) and path beside the id it
+has in the index now. Whenever the index has changed (a new generation, or a new index: created_at differs),
+every label is checked against it (`_sync`): a label stays on its id while that row still holds the same
+content or path (an edited photo keeps its path, a moved one its content), and otherwise moves to the row
+with its content (preferring the same path), then to the row with its path; with neither, it is kept but
+detached (image_id NULL) until the photo returns. So labels survive updates, `--rebuild`, and an index
+deleted and built again, and never attach to another photo. Labels files written before hashes were kept
+are migrated on opening: their ids are trusted only when the label is younger than the index.
 The probe is byol.probe.fit_linear (multinomial logistic regression on the frozen, L2-normalised
 embeddings), trained from as few as one labelled photo per class.
 """
@@ -25,6 +32,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +44,13 @@ SOURCES = ("human", "accepted")  # 'accepted': a prediction a person accepted in
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS label_names (name TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS labels (
-  image_id INTEGER PRIMARY KEY,
+  image_id INTEGER UNIQUE,  -- the photo's id in the index now; NULL while the photo is not in the index
+  sha256 TEXT,  -- the photo's content: what the label follows
+  path,  -- its path (index.store.db_path: text, or the bytes of a name that is not UTF-8): the fallback
   label TEXT NOT NULL REFERENCES label_names(name) ON UPDATE CASCADE ON DELETE CASCADE,
   source TEXT NOT NULL DEFAULT 'human',
   at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS synced (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS predictions (
   image_id INTEGER PRIMARY KEY,
   label TEXT NOT NULL REFERENCES label_names(name) ON UPDATE CASCADE ON DELETE CASCADE,
@@ -53,6 +64,18 @@ CREATE TABLE IF NOT EXISTS probes (
 
 _INDEXES = ("CREATE INDEX IF NOT EXISTS predictions_margin ON predictions(margin)",
             "CREATE INDEX IF NOT EXISTS predictions_label ON predictions(label, confidence)")
+_MIGRATE_V1 = """
+ALTER TABLE labels RENAME TO labels_v1;
+CREATE TABLE labels (
+  image_id INTEGER UNIQUE, sha256 TEXT, path,
+  label TEXT NOT NULL REFERENCES label_names(name) ON UPDATE CASCADE ON DELETE CASCADE,
+  source TEXT NOT NULL DEFAULT 'human', at REAL NOT NULL);
+INSERT INTO labels (image_id, label, source, at) SELECT image_id, label, source, at FROM labels_v1;
+DROP TABLE labels_v1;
+"""
+_ATTACHED = "image_id IS NOT NULL"
+_STALE_EXPORT_S = 6 * 3600  # a half-written export folder this old was left by a killed process
+_NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 Progress = Callable[[float, str], None]
 
 
@@ -79,6 +102,9 @@ def check_label_name(name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise ValueError("a label needs a name")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in name):
+        raise ValueError(f"label {name[:20]!r}: no line breaks, tabs or other control characters; "
+                         "letters, digits, spaces and punctuation are fine")
     if len(name) > 64:
         raise ValueError(f"label {name[:20]!r}...: at most 64 characters")
     if name in (".", "..") or name.startswith(".") or any(c in name for c in '/\\:*?"<>|\0'):
@@ -115,27 +141,102 @@ class Labels:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        if "sha256" not in {r[1] for r in self._db.execute("PRAGMA table_info(labels)")}:
+            self._db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V1 + "COMMIT;")  # labels keyed by id alone
         for q in _INDEXES:
             self._db.execute(q)
+        from index.store import Rows
+
+        self._rows = Rows(index_dir)
+        self._synced: tuple[float, int] | None = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._rows.close()
+
+    # ---------------------------------------------------------------- following photos
+    def _sync(self) -> None:
+        """Match every label with the index as it is now, when it changed since the last match (module doc)."""
+        from index.store import db_path, path_from_db
+
+        with self._lock:
+            state = self._rows.state()
+            if state is None or state == self._synced:
+                return
+            with self._rows.snapshot() as rows:
+                state = rows.state()
+                if state is None:
+                    return
+                created_at, _ = state
+                labels = self._db.execute("SELECT rowid, image_id, sha256, path, at FROM labels").fetchall()
+                now = rows.by_id(r[1] for r in labels if r[1] is not None)
+                keep, lost, todo = {}, [], []
+                for rowid, image_id, sha, path, at in labels:
+                    path = None if path is None else path_from_db(path)
+                    row = now.get(image_id)
+                    if sha is None and path is None:  # labelled before hashes were kept (or without an index)
+                        if image_id is None:
+                            continue
+                        if at < created_at:  # older than the index: the id meant a photo of an index since gone
+                            lost.append(rowid)
+                        elif row is not None:
+                            keep[rowid] = (image_id, row[0], row[1])
+                        continue
+                    if row is not None and (row[0] == sha or row[1] == path):
+                        keep[rowid] = (image_id, row[0], row[1])  # the same photo, maybe edited or moved
+                    else:
+                        todo.append((rowid, sha, path))
+                by_hash, by_path = rows.ids_of([t[1] for t in todo if t[1]], [t[2] for t in todo if t[2]])
+                taken = {v[0] for v in keep.values()}
+                moved = {}
+                for rowid, sha, path in todo:
+                    found = [c for c in by_hash.get(sha, []) if c[0] not in taken]
+                    found.sort(key=lambda c: c[1] != path)  # the same content at the same path first
+                    if found:
+                        moved[rowid] = (found[0][0], sha, found[0][1])
+                    elif by_path.get(path) is not None and by_path[path] not in taken:
+                        moved[rowid] = (by_path[path], sha, path)
+                    else:
+                        continue
+                    taken.add(moved[rowid][0])
+
+            def go(db):
+                if self._synced_index(db) not in (None, created_at):
+                    db.execute("DELETE FROM predictions")  # a new index: its ids mean other photos
+                # detach first, so that ids can move between labels without clashing; lost ones stay detached
+                for rowid in [t[0] for t in todo] + lost:
+                    db.execute("UPDATE labels SET image_id = NULL WHERE rowid = ?", (rowid,))
+                for rowid, (image_id, sha, path) in {**keep, **moved}.items():
+                    db.execute("UPDATE labels SET image_id = ?, sha256 = ?, path = ? WHERE rowid = ?",
+                               (image_id, sha, None if path is None else db_path(path), rowid))
+                db.execute("INSERT OR REPLACE INTO synced VALUES ('created_at', ?)", (repr(created_at),))
+
+            self._write(go)
+            self._synced = state
+
+    @staticmethod
+    def _synced_index(db) -> float | None:
+        row = db.execute("SELECT value FROM synced WHERE key = 'created_at'").fetchone()
+        return None if row is None else float(row[0])
 
     def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
     def _write(self, fn: Callable[[sqlite3.Connection], object]):
-        """Run fn inside one transaction: all of it lands or none of it."""
+        """Run fn inside one transaction: all of it lands or none of it. A COMMIT that fails (disk full, a
+        deferred constraint) is rolled back too, so the connection never stays inside a transaction that
+        would make every later write fail."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self._db)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
             return out
 
     # ---------------------------------------------------------------- vocabulary
@@ -170,11 +271,18 @@ class Labels:
     # ---------------------------------------------------------------- assignments
     def assign(self, ids: Iterable[int], label: str, source: str = "human") -> int:
         """Label photos (replacing any label they had); creates the label if it is new."""
+        from index.store import db_path
+
         ids = [int(i) for i in ids]
         label = self.create(label)
         now = time.time()
+        self._sync()
+        photo = self._rows.by_id(ids)  # what each id shows now: the label follows that photo
+        rows = [(i, *((photo[i][0], db_path(photo[i][1])) if i in photo else (None, None)), label, source, now)
+                for i in ids]
         self._write(lambda db: db.executemany(
-            "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", [(i, label, source, now) for i in ids]))
+            "INSERT OR REPLACE INTO labels (image_id, sha256, path, label, source, at) VALUES (?, ?, ?, ?, ?, ?)",
+            rows))
         return len(ids)
 
     def unassign(self, ids: Iterable[int]) -> int:
@@ -183,17 +291,19 @@ class Labels:
         return len(ids)
 
     def labelled(self, source: str | None = None) -> dict[int, str]:
-        """{image id: label}, all sources or one."""
+        """{image id: label}, all sources or one (labels of photos now in the index)."""
+        self._sync()
         if source is None:
-            rows = self._query("SELECT image_id, label FROM labels")
+            rows = self._query(f"SELECT image_id, label FROM labels WHERE {_ATTACHED}")
         else:
-            rows = self._query("SELECT image_id, label FROM labels WHERE source = ?", (source,))
+            rows = self._query(f"SELECT image_id, label FROM labels WHERE {_ATTACHED} AND source = ?", (source,))
         return dict(rows)
 
     def labels_of(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
         """{id: (label, source)} for those of ids that have a label."""
         ids = [int(i) for i in ids]
         out: dict[int, tuple[str, str]] = {}
+        self._sync()
         for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
             chunk = ids[i : i + 900]
             q = f"SELECT image_id, label, source FROM labels WHERE image_id IN ({','.join('?' * len(chunk))})"
@@ -203,7 +313,9 @@ class Labels:
     def counts(self) -> dict[str, dict[str, int]]:
         """{label: {'human': n, 'accepted': n, 'predicted': n}} for every label, zeros included."""
         out = {n: {"human": 0, "accepted": 0, "predicted": 0} for n in self.names()}
-        for label, source, n in self._query("SELECT label, source, COUNT(*) FROM labels GROUP BY label, source"):
+        self._sync()
+        q = f"SELECT label, source, COUNT(*) FROM labels WHERE {_ATTACHED} GROUP BY label, source"
+        for label, source, n in self._query(q):
             out[label][source] = n
         for label, n in self._query("SELECT label, COUNT(*) FROM predictions GROUP BY label"):
             out[label]["predicted"] = n
@@ -298,6 +410,7 @@ class Labels:
 
     def predictions(self, ids: Iterable[int]) -> dict[int, Prediction]:
         ids = [int(i) for i in ids]
+        self._sync()
         out: dict[int, Prediction] = {}
         for i in range(0, len(ids), 900):
             chunk = ids[i : i + 900]
@@ -307,19 +420,21 @@ class Labels:
         return out
 
     def all_predictions(self) -> dict[int, str]:
+        self._sync()
         return dict(self._query("SELECT image_id, label FROM predictions"))
 
     def browse(self, label: str, predicted: bool = True, most_confident: bool = True,
                limit: int = 48, offset: int = 0) -> list[Prediction]:
         """Photos predicted as `label` (not yet labelled), or labelled `label`, ordered by confidence."""
         order = "DESC" if most_confident else "ASC"
+        self._sync()
         if predicted:
             q = ("SELECT p.image_id, p.label, p.confidence, p.margin FROM predictions p "
                  "LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL AND p.label = ? "
                  f"ORDER BY p.confidence {order} LIMIT ? OFFSET ?")
         else:
             q = ("SELECT l.image_id, l.label, COALESCE(p.confidence, 1.0), COALESCE(p.margin, 1.0) FROM labels l "
-                 "LEFT JOIN predictions p ON p.image_id = l.image_id WHERE l.label = ? "
+                 "LEFT JOIN predictions p ON p.image_id = l.image_id WHERE l.image_id IS NOT NULL AND l.label = ? "
                  f"ORDER BY COALESCE(p.confidence, 1.0) {order}, l.at DESC LIMIT ? OFFSET ?")
         return [Prediction(*r) for r in self._query(q, (label, int(limit), int(offset)))]
 
@@ -351,7 +466,23 @@ class Labels:
                 n += db.execute(base + "p.image_id = ?", (now, int(i))).rowcount
             return n
 
-        return int(self._write(go))
+        self._sync()
+        n = int(self._write(go))
+        self._fill_identity()
+        return n
+
+    def _fill_identity(self) -> None:
+        """Give labels made from ids alone (accepted predictions) the content and path of their photo."""
+        from index.store import db_path
+
+        with self._lock:
+            ids = [r[0] for r in self._query(f"SELECT image_id FROM labels WHERE {_ATTACHED} "
+                                             "AND sha256 IS NULL AND path IS NULL")]
+            photo = self._rows.by_id(ids)
+            if photo:
+                self._write(lambda db: db.executemany(
+                    "UPDATE labels SET sha256 = ?, path = ? WHERE image_id = ?",
+                    [(h, db_path(p), i) for i, (h, p, _) in photo.items()]))
 
     # ---------------------------------------------------------------- exports
     def table(self, store, include_predictions: bool = True, min_confidence: float = 0.0) -> list[dict]:
@@ -361,7 +492,8 @@ class Labels:
         with source 'predicted'; empty when it has neither.
         """
         ids = [int(i) for i in store.all_ids()]
-        labelled = {r[0]: (r[1], r[2]) for r in self._query("SELECT image_id, label, source FROM labels")}
+        self._sync()
+        labelled = {r[0]: (r[1], r[2]) for r in self._query(f"SELECT image_id, label, source FROM labels WHERE {_ATTACHED}")}
         preds = {r[0]: (r[1], r[2]) for r in self._query("SELECT image_id, label, confidence FROM predictions")}
         out = []
         for start in range(0, len(ids), 10000):
@@ -378,8 +510,9 @@ class Labels:
     def export_csv(self, store, path: str | Path) -> int:
         """Every photo with its label and prediction as CSV; returns the number of rows."""
         from byol.checkpoint import atomic_write
+        from byol.data import display_path
 
-        rows = self.table(store, include_predictions=False)
+        rows = [{**r, "path": display_path(r["path"])} for r in self.table(store, include_predictions=False)]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["id", "path", "label", "source", "predicted", "confidence"])
         w.writeheader()
@@ -392,7 +525,10 @@ class Labels:
         """out_dir/<label>/<id>_<file name>: symbolic links to the photos (or copies). Returns counts per label.
 
         Built in a temporary folder and renamed into place, so a failure leaves no half-written tree;
-        an existing non-empty out_dir is refused rather than mixed into.
+        an existing non-empty out_dir is refused rather than mixed into. Copies of photos unchanged since an
+        earlier copies export beside out_dir are hard links to that export's files: a photo's bytes are
+        copied once, however many times one exports (each export stays a complete folder of its own).
+        Names too long for the file system are shortened, keeping the id and the extension.
         """
         out_dir = Path(out_dir)
         if out_dir.exists() and any(out_dir.iterdir()):
@@ -401,22 +537,33 @@ class Labels:
         if not rows:
             raise ValueError("nothing to export: no photo has a label yet")
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        remove_stale_exports(out_dir.parent)
+        earlier = _earlier_copies(out_dir.parent) if copy else {}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=_PARTIAL, dir=out_dir.parent))
         counts: dict[str, int] = {}
+        made: dict[str, list] = {}
         try:
             for n, r in enumerate(rows):
                 src = Path(r["path"]).resolve()
-                if not src.is_file():
+                try:
+                    st = src.stat()
+                except OSError:
                     continue  # moved or deleted since indexing; the next index update drops it
-                dst = tmp / r["label"] / f"{r['id']}_{src.name}"
+                rel = f"{r['label']}/{export_name(r['id'], src.name)}"
+                dst = tmp / rel
                 dst.parent.mkdir(exist_ok=True)
                 if copy:
-                    shutil.copy2(src, dst)
+                    stamp = [st.st_size, st.st_mtime_ns]
+                    if not _link_earlier(earlier.get(str(r["id"])), stamp, dst):
+                        shutil.copy2(src, dst)
+                    made[str(r["id"])] = [rel, *stamp]
                 else:
                     os.symlink(src, dst)
                 counts[r["label"]] = counts.get(r["label"], 0) + 1
                 if n % 500 == 0:
                     progress(n / len(rows), f"{n} of {len(rows)} photos")
+            if copy:  # what the next copies export may link to instead of copying again
+                (tmp / _EXPORT_RECORD).write_text(json.dumps({"format": 1, "files": made}))
             if out_dir.exists():
                 out_dir.rmdir()
             os.replace(tmp, out_dir)
@@ -445,16 +592,21 @@ class Labels:
             "image": datasets.Image(), "label": datasets.ClassLabel(names=names), "id": datasets.Value("int64"),
             "path": datasets.Value("string"), "source": datasets.Value("string"),
             "confidence": datasets.Value("float32")})
+        from byol.data import display_path
+
         ds = datasets.Dataset.from_dict({
-            "image": [str(Path(r["path"]).resolve()) for r in rows],
+            # a name that is not UTF-8 cannot go into Arrow as text: such a photo goes in as its bytes
+            "image": [{"path": str(Path(r["path"]).resolve()), "bytes": None} if display_path(r["path"]) == r["path"]
+                      else {"path": None, "bytes": Path(r["path"]).read_bytes()} for r in rows],
             "label": [names.index(r["label"]) for r in rows],
             "id": [r["id"] for r in rows],
-            "path": [r["path"] for r in rows],
+            "path": [display_path(r["path"]) for r in rows],
             "source": [r["source"] for r in rows],
             "confidence": [float(r["confidence"]) if r["confidence"] != "" else float("nan") for r in rows],
         }, features=features)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        remove_stale_exports(out_dir.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=_PARTIAL, dir=out_dir.parent))
         try:
             ds.save_to_disk(str(tmp / "ds"))
             if out_dir.exists():
@@ -463,3 +615,93 @@ class Labels:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return len(rows)
+
+
+# ---------------------------------------------------------------- export files
+_PARTIAL = ".partial"  # suffix of an export folder being written
+_EXPORT_RECORD = ".export.json"  # in a copies export: {id: [relative path, size, mtime_ns]} of its files
+
+
+def export_name(image_id: int, name: str) -> str:
+    """`<id>_<name>`, shortened to the file system's 255 bytes by cutting the end of the name's stem (the
+    id keeps names unique, the extension keeps the type)."""
+    out = f"{image_id}_{name}"
+    raw = os.fsencode(out)
+    if len(raw) <= _NAME_MAX:
+        return out
+    stem, dot, ext = name.rpartition(".")
+    ext_b = os.fsencode(dot + ext) if dot and len(os.fsencode(ext)) <= 16 else b""
+    head = os.fsencode(f"{image_id}_")
+    stem_b = os.fsencode(stem if ext_b else name)[: _NAME_MAX - len(head) - len(ext_b)]
+    stem_b = stem_b.decode("utf-8", "ignore").encode() if _is_utf8(os.fsencode(name)) else stem_b
+    return os.fsdecode(head + stem_b + ext_b)
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _earlier_copies(parent: Path) -> dict[str, tuple[Path, list]]:
+    """{id: (file, [size, mtime_ns] of the photo when copied)} from the newest copies export in parent."""
+    records = []
+    for rec in parent.glob(f"*/{_EXPORT_RECORD}"):
+        try:
+            records.append((rec.stat().st_mtime_ns, rec))
+        except OSError:
+            continue
+    for _, rec in sorted(records, reverse=True):
+        try:
+            files = json.loads(rec.read_text())["files"]
+            return {i: (rec.parent / v[0], v[1:3]) for i, v in files.items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+    return {}
+
+
+def _link_earlier(earlier: tuple[Path, list] | None, stamp: list, dst: Path) -> bool:
+    """Hard-link an earlier export's copy of an unchanged photo to dst; False when there is none to link."""
+    if earlier is None or earlier[1] != stamp:
+        return False
+    try:
+        if earlier[0].stat().st_size != stamp[0]:
+            return False
+        os.link(earlier[0], dst)
+        return True
+    except OSError:  # gone, another file system, or links not allowed: copy instead
+        return False
+
+
+def remove_stale_exports(parent: Path, older_than: float = _STALE_EXPORT_S) -> int:
+    """Delete half-written export folders in parent left by a process killed while exporting."""
+    n = 0
+    for p in parent.glob(f".*{_PARTIAL}"):
+        try:
+            if p.is_dir() and time.time() - p.stat().st_mtime > older_than:
+                shutil.rmtree(p)
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+_DOWNLOADS_KEPT_S = 3600.0  # how long a download copy stays in the temp folder: time enough to click it
+
+
+def download_copy(path: str | Path, keep_s: float = _DOWNLOADS_KEPT_S) -> Path:
+    """A copy of an export in one folder of the system temp folder (gradio hands out files only from there
+    or the cwd), removing the copies made more than keep_s seconds ago: the temp folder never fills up."""
+    folder = Path(tempfile.gettempdir()) / f"byol-search-downloads-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    now = time.time()
+    for old in folder.iterdir():
+        try:
+            if now - old.stat().st_mtime > keep_s:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        except OSError:
+            pass
+    d = Path(tempfile.mkdtemp(prefix="export-", dir=folder))
+    return Path(shutil.copy2(path, d / Path(path).name))

@@ -2,7 +2,12 @@
 and the 2-D map of the embeddings. No gradio here; app/ui.py turns these into components.
 
 A result is a `Hit`: the photo's stable id (what clicks carry), its cosine to the query, its file name
-and the path of its thumbnail (the only picture of it the page ever shows).
+(printable: bytes of a name that is not UTF-8 shown as \\xNN) and the path of its thumbnail (the only
+picture of it the page ever shows).
+
+A query photo (an upload) is decoded by `load_query` exactly as the folder is (byol.images.load_rgb: photo
+formats only, the decompression-bomb guard, JPEG draft mode and reduction to what the encoder needs, 16-bit
+images converted a strip at a time), never at full size.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ def hits(store, ids: Iterable[int], scores: Iterable[float] | None = None) -> li
     scores = [None] * len(ids) if scores is None else [float(s) for s in scores]
     keep = [(i, s) for i, s in zip(ids, scores) if i >= 0]
     rows = {int(r["id"]): r for r in store.rows([i for i, _ in keep])} if keep else {}
-    return [Hit(i, s, Path(str(rows[i]["path"])).name, str(store.thumbnail_path(i))) for i, s in keep if i in rows]
+    from byol.data import display_path
+
+    return [Hit(i, s, display_path(Path(str(rows[i]["path"])).name), str(store.thumbnail_path(i)))
+            for i, s in keep if i in rows]
 
 
 def unit(v) -> np.ndarray:
@@ -58,8 +66,25 @@ def search_id(store, image_id: int, k: int, offset: int = 0) -> list[Hit]:
     return search_vector(store, store.get_vectors(np.array([int(image_id)], np.int64)), k, offset)
 
 
+QUERY_MIN_SIDE = 256  # decode size for an embedder that does not say its own (the thumbnails' size)
+
+
+def load_query(source, embedder=None):
+    """An uploaded photo (path, bytes or file object) -> RGB PIL image, decoded with the folder's guards
+    and only as large as the encoder needs; raises byol.images.BadImage with a reason for a person."""
+    from byol.images import load_rgb
+
+    pre = getattr(embedder, "preprocess", None)
+    return load_rgb(source, min_side=int(getattr(pre, "resize", 0) or QUERY_MIN_SIDE))
+
+
 def embed_photo(embedder, image) -> np.ndarray:
-    """One decoded RGB PIL image -> (1, d) unit embedding, through the index's own encoder."""
+    """One photo -> (1, d) unit embedding, through the index's own encoder: a decoded RGB PIL image, or
+    a path / bytes (an upload), which is decoded by `load_query`."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = load_query(image, embedder)
     return unit(embedder.embed_images([image]))
 
 

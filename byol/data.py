@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +40,65 @@ INDEX_FORMAT = "byol-search/image-cache/1"
 # ----------------------------------------------------------------------------------------------------------
 # scanning
 # ----------------------------------------------------------------------------------------------------------
+# A file that marks a folder as made by byol-search (an index, a decoded cache, a run or work folder).
+ARTIFACT_MARKER = ".byol-search"
+
+
+def is_artifact_folder(filenames: Iterable[str], dirnames: Iterable[str] = ()) -> bool:
+    """Whether a folder holding these files and subfolders was made by byol-search, so a scan must skip it.
+
+    A work or index folder inside the photo folder (`cd ~/Pictures && byol-search run .`) would otherwise be
+    read as photos: its thumbnails and exports get indexed and the folder never settles. Recognised by the
+    marker file, or by the files each kind of folder always holds (for folders made before the marker):
+    an index (manifest.json + meta.sqlite), a pretraining run (checkpoint.pt), a `run` work folder
+    (run.json beside run/, index/ or encoder.onnx).
+    """
+    files = set(filenames)
+    if ARTIFACT_MARKER in files or "checkpoint.pt" in files or {"manifest.json", "meta.sqlite"} <= files:
+        return True
+    return "run.json" in files and ("encoder.onnx" in files or bool({"run", "index"} & set(dirnames)))
+
+
+def mark_artifact_folder(folder: str | Path, what: str) -> None:
+    """Write the marker that makes every folder scan skip `folder` (best effort: a read-only folder is left)."""
+    try:
+        marker = Path(folder) / ARTIFACT_MARKER
+        if not marker.exists():
+            marker.write_text(f"{what} made by byol-search: photo folder scans skip this folder\n")
+    except OSError:
+        pass
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as text that always prints and encodes: name bytes that are not UTF-8 are shown as \\xNN.
+
+    File names are bytes on Linux; Python hands those that are not UTF-8 (old cameras, zip extractions:
+    `caf\\xe9.jpg`) over as lone surrogates, which print(), json and SQLite refuse. Reports and the page use
+    this form; the file itself is always opened by the original str (or os.fsencode of it).
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def bad_file_record(path: str, reason: str, **extra) -> dict:
+    """One line of a bad_files.jsonl report: the printable path, the reason, and when the name is not
+    UTF-8 its exact bytes in hex (`path_bytes`), so a program can still find the file."""
+    out = {"path": display_path(path), "reason": reason, **extra}
+    if out["path"] != path:
+        out["path_bytes"] = os.fsencode(path).hex()
+    return out
+
+
+def record_path(record: dict) -> str:
+    """The path a bad_file_record names, as the str a scan of the folder gives for that file."""
+    raw = record.get("path_bytes")
+    return os.fsdecode(bytes.fromhex(raw)) if isinstance(raw, str) else record["path"]
+
+
 def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
     """Every image file under root (by extension, any case), sorted; hidden files and folders skipped.
 
     Symlinked folders are followed once each (a link back up the tree is not a loop); broken links skipped.
+    Folders made by byol-search (indexes, runs, work folders: `is_artifact_folder`) are skipped below root.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -61,6 +116,9 @@ def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        if dirpath != str(root) and is_artifact_folder(filenames, dirnames):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         for name in filenames:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
@@ -281,6 +339,7 @@ class ImageCache:
         cls, source: _Source, cache_dir: Path, side: int, workers: int | None, report, what: str
     ) -> ImageCache:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        mark_artifact_folder(cache_dir, "decoded-image cache")
         report = Path(report) if report else cache_dir / "bad_files.jsonl"
         old = _read_index(cache_dir, side)
         if old is not None and old.get("source") != source.id:
@@ -330,7 +389,7 @@ class ImageCache:
 
             bad_files = [BadFile(_label(source.label_prefix, b[0]), b[3]) for b in bad]
             atomic_write(report, lambda f: f.writelines(
-                (json.dumps(asdict(b)) + "\n").encode() for b in bad_files))
+                (json.dumps(bad_file_record(b.path, b.reason)) + "\n").encode() for b in bad_files))
             if not rows:
                 raise ValueError(f"no readable images in {what} ({len(bad)} files skipped, see {report})")
             os.replace(tmp, cache_dir / array_name)

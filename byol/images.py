@@ -25,6 +25,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 )
+# The photo formats read, by content (PIL format ids), for the folder and the page's uploads alike. PIL knows
+# many more, some of which run other programs (EPS and PDF-like formats start Ghostscript), so every
+# Image.open of a photo passes `formats=photo_formats()`. (Multi-picture JPEGs, MPO, open through "JPEG".)
+PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF")
+PHOTO_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC/HEIF"
 
 # 100 megapixels: above any phone or consumer camera (a 61 MP full-frame sensor is 9504 x 6336), far below
 # what would exhaust memory (100 MP RGB is 300 MB). PIL refuses by itself above 2 x Image.MAX_IMAGE_PIXELS.
@@ -61,6 +66,12 @@ class BadImage(Exception):
 
     def __reduce__(self):  # picklable across processes despite the two-argument constructor
         return (BadImage, (self.path, self.reason))
+
+
+def photo_formats() -> list[str]:
+    """PHOTO_FORMATS that this PIL can open now (HEIF once pillow-heif is registered): Image.open's `formats`."""
+    Image.init()
+    return [f for f in PHOTO_FORMATS if f in Image.OPEN]
 
 
 def _register_heif() -> None:
@@ -111,7 +122,7 @@ def _reason(e: BaseException) -> str:
     """A short human reason for one of PIL's (or the OS's) exceptions."""
     msg = str(e)
     if isinstance(e, UnidentifiedImageError):
-        return "not an image (unrecognised format)"
+        return f"not an image in a photo format ({PHOTO_FORMAT_NAMES})"
     if isinstance(e, FileNotFoundError):
         return "no such file"
     if isinstance(e, IsADirectoryError):
@@ -133,14 +144,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode.startswith("I") or mode == "F":
-        a = np.asarray(img)
-        if mode.startswith("I;16") or (mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535):
-            a8 = (a.astype(np.uint32) * 255 + 32767) // 65535  # 0..65535 -> 0..255, rounded
-        else:  # signed or float data of unknown range: stretch what is there to 0..255
-            a = a.astype(np.float64)
-            lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-            a8 = np.round((a - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(a8.astype(np.uint8), "L").convert("RGB")
+        return _grey_to_8bit(img).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info
     if has_alpha:
         rgba = img.convert("RGBA")
@@ -148,6 +152,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
+
+
+_STRIP_PIXELS = 1 << 20  # pixels converted at a time from 16/32-bit grey: a few MB of temporaries
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grey -> 8-bit "L", scaled (not clipped), a strip of rows at a time.
+
+    Converting the whole array at once widens every pixel to 4-8 bytes in several temporaries (1-2 GB for a
+    100-megapixel 16-bit PNG); strips keep the extra memory to a few MB whatever the photo's size.
+    """
+    w, h = img.size
+    lo, hi = img.getextrema()
+    if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535):
+        def convert(a: np.ndarray) -> np.ndarray:
+            return (a.astype(np.uint32) * 255 + 32767) // 65535  # 0..65535 -> 0..255, rounded
+    else:  # signed or float data of unknown range: stretch what is there to 0..255
+        lo, hi = float(lo), float(hi)
+
+        def convert(a: np.ndarray) -> np.ndarray:
+            if hi <= lo:
+                return np.zeros(a.shape, np.uint8)
+            return np.round((a.astype(np.float64) - lo) * (255.0 / (hi - lo)))
+
+    out = Image.new("L", (w, h))
+    step = max(1, _STRIP_PIXELS // max(w, 1))
+    for y in range(0, h, step):
+        strip = np.asarray(img.crop((0, y, w, min(h, y + step))))
+        out.paste(Image.fromarray(convert(strip).astype(np.uint8), "L"), (0, y))
+    return out
 
 
 def _decode(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int) -> Image.Image:
@@ -158,7 +192,7 @@ def _decode(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int) -> I
     if _looks_heif(head) or name.lower().endswith((".heic", ".heif")):
         _register_heif()
 
-    img = Image.open(fp)  # reads the header only
+    img = Image.open(fp, formats=photo_formats())  # reads the header only; other formats are refused
     w, h = img.size
     if w * h > max_pixels:
         raise BadImage(name, _too_large(w, h, max_pixels))
@@ -173,14 +207,16 @@ def _decode(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int) -> I
         ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # a malformed EXIF block should not cost the photo: keep it as stored
         pass
-    img = _to_rgb(img)
-    if min_side:
-        # a box reduce by an integer factor is ~5x cheaper than an antialiased resize of the full image;
-        # keeping >= 2x the target side leaves the exact final resize (Preprocess) its antialiasing.
-        factor = min(img.size) // (2 * min_side)
-        if factor >= 2:
-            img = img.reduce(factor)
-    return img
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _box_reduce(_grey_to_8bit(img), min_side)  # reduced while still one byte per pixel
+    return _box_reduce(_to_rgb(img), min_side)
+
+
+def _box_reduce(img: Image.Image, min_side: int | None) -> Image.Image:
+    # a box reduce by an integer factor is ~5x cheaper than an antialiased resize of the full image;
+    # keeping >= 2x the target side leaves the exact final resize (Preprocess) its antialiasing.
+    factor = min(img.size) // (2 * min_side) if min_side else 0
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def load_rgb(source: Source, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -6,7 +6,9 @@ a `touch`) only updates the row; new content is re-embedded in place, KEEPING it
 the photo is still "that photo", edited). A new file whose content hash equals that of a file gone from the
 folder is a move or rename: the row follows it, keeping id, vector and thumbnail. Other new files are
 embedded and get new ids; rows of files gone from the folder are removed. Only files under FOLDER are
-compared, so one index may hold several folders, each updated by its own run.
+compared, so one index may hold several folders, each updated by its own run; a `rebuild` (new encoder)
+re-embeds the photos of the other folders too, so none leaves the index. File names that are not UTF-8
+are indexed like any other (stored as bytes) and reported in a printable form.
 
 Unreadable files are reported by path and reason in INDEX_DIR/bad_files.jsonl (with their size and mtime,
 so an unchanged bad file is not decoded again on the next run) and skipped; a file that turns bad leaves
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -53,7 +56,7 @@ def build_index(
     content, re-embedded), moved, touched (metadata only), removed, unchanged, bad (counts), bad_files
     (path, reason), count, generation, index_type, provider, seconds, embed_rate (photos/s).
     """
-    from byol.data import BadFile, decode_many, scan_folder
+    from byol.data import BadFile, decode_many, display_path, scan_folder
 
     t0 = time.perf_counter()
     folder, index_dir = Path(folder).absolute(), Path(index_dir).absolute()
@@ -61,7 +64,8 @@ def build_index(
     embedder = embedder or Embedder(model_path)
     log(f"encoder {embedder.model_path.name}: {embedder.dim}-d, {embedder.preprocess.size} px, "
         f"on {embedder.provider}")
-    store = _open_store(index_dir, embedder, rebuild, log)
+    store, others = _open_store(index_dir, embedder, rebuild, folder, log)
+    paths += [Path(p) for p in sorted(others) if os.path.isfile(p)]  # a rebuild keeps other folders' photos
     try:
         summary = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)
         bad: dict[str, BadFile] = {}
@@ -119,7 +123,7 @@ def build_index(
 
         if gone:
             summary["removed"] = store.remove([known[p]["id"] for p in gone])
-        store.release_reservations(keep_paths=stats)
+        store.release_reservations(keep_paths=stats, under=None if others else folder)
 
         # -- embed new and changed photos, pipelined, saving every `save_every`
         todo = changed + new
@@ -161,7 +165,7 @@ def build_index(
         # -- save and report
         store.save()
         summary.update(
-            bad=len(bad), bad_files=[{"path": b.path, "reason": b.reason} for b in bad.values()],
+            bad=len(bad), bad_files=[{"path": display_path(b.path), "reason": b.reason} for b in bad.values()],
             count=store.count, generation=store.generation, index_type=store.index_type,
             provider=embedder.provider, seconds=time.perf_counter() - t0,
             embed_rate=(summary["added"] + summary["updated"]) / embed_seconds if embed_seconds > 0 else 0.0,
@@ -172,21 +176,24 @@ def build_index(
         store.close()
 
 
-def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, log) -> Store:
+def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path, log) -> tuple[Store, list]:
+    """The store, writable, and on a rebuild the rows it held outside `folder` (re-embedded as well)."""
     meta = (embedder.dim, embedder.sha256, embedder.model_path, embedder.preprocess.to_dict())
     if not Store.exists(index_dir):
-        return Store.create(index_dir, *meta)
-    store = Store.open(index_dir, writable=True)
+        return Store.create(index_dir, *meta), []
     if rebuild:
+        store = Store.open_for_rebuild(index_dir, *meta)  # also opens the indexes Store.open refuses
+        others = [p for p in store.reserved_paths() if not _under(p, folder)]
         log(f"rebuilding {index_dir} with {embedder.model_path.name}: every photo is embedded again "
-            "(ids, and so labels, are kept)")
-        store.reset(*meta)
-    elif store.model_sha256 != embedder.sha256:
+            "(ids, and so labels, are kept)" + (f", including {len(others)} from other folders" if others else ""))
+        return store, others
+    store = Store.open(index_dir, writable=True)
+    if store.model_sha256 != embedder.sha256:
         msg = (f"{index_dir} was built with encoder {store.model_sha256[:12]} ({store.model_path}), not "
                f"{embedder.sha256[:12]} ({embedder.model_path}).\n" + rebuild_hint(index_dir))
         store.close()
         raise EncoderMismatch(msg)
-    return store
+    return store, []
 
 
 def _under(path: str, folder: Path) -> bool:
@@ -228,20 +235,24 @@ def _hash_files(paths: list[str], workers, decode_many, desc: str) -> dict[str, 
 
 
 def _read_bad(index_dir: Path) -> dict[str, dict]:
+    from byol.data import record_path
+
     out = {}
     try:
         for line in (index_dir / "bad_files.jsonl").read_text().splitlines():
             d = json.loads(line)
-            out[d["path"]] = d
+            out[record_path(d)] = d
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return out
 
 
 def _write_bad(index_dir: Path, bad, stats: dict) -> None:
+    from byol.data import bad_file_record
+
     lines = []
-    for b in sorted(bad, key=lambda b: b.path):
+    for b in sorted(bad, key=lambda b: os.fsencode(b.path)):
         size, mtime = stats.get(b.path, (None, None))
-        lines.append(json.dumps({"path": b.path, "reason": b.reason, "size": size, "mtime_ns": mtime}))
+        lines.append(json.dumps(bad_file_record(b.path, b.reason, size=size, mtime_ns=mtime)))
     atomic_write_bytes(index_dir / "bad_files.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
 

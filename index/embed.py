@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from byol.export import INPUT_NAME, read_metadata
-from byol.images import BadImage, load_rgb
+from byol.images import BadImage, load_rgb, photo_formats
 from byol.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class Embedder:
 def photo_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
     """(width, height) of the upright photo from its header: the decode may have been reduced (draft mode)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=photo_formats()) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
         return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -16,9 +16,15 @@ opened it a moment ago). A process killed before the commit leaves generation <g
 the open transaction back; the stray new file is ignored and overwritten later); killed after it, generation
 <gen+1> is complete and the next open rewrites the lagging manifest.
 
+Paths are stored as text, or as a BLOB of the name's bytes when they are not UTF-8 (`db_path`), so any file
+name round-trips. A read-only store (the page) keeps the ids of the generation it loaded, so its ids always
+match its vectors while `index` saves newer generations beside it; after `refresh()` it still answers for ids
+of the generation before for a while (a request that began just before the refresh).
+
 Ids are stable: SQLite AUTOINCREMENT never reuses an id, an image that changes keeps its id (`update`), and
 `reset` (re-embedding everything with a new encoder) reserves each path's id so the path gets it back. The
-page keys labels by these ids (INDEX_DIR/labels.sqlite), so labels survive updates and re-encoding.
+page's labels (INDEX_DIR/labels.sqlite) hold each photo's id, content hash and path, so they survive updates,
+re-encoding, and even an index built again from nothing (app/labels.py).
 
 Index type follows the collection's size: exact search (IndexIDMap2 over IndexFlatIP) below `exact_limit`
 vectors, and an inverted file (IndexIVFFlat, inner product, spherical k-means) at or above it, with `nprobe`
@@ -47,6 +53,7 @@ import numpy as np
 from PIL import Image
 
 from byol import __version__
+from byol.data import mark_artifact_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,8 @@ EXACT_LIMIT = 50_000  # below this many vectors, exact search is fast enough (~5
 TARGET_RECALL = 0.96  # nprobe is tuned to this on 500 stored vectors: ~3 standard errors above the required 0.95
 _ROW_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "added_at")
 _SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
+_LOAD_ATTEMPTS = 40  # reads of the newest generation while a writer replaces vector files under us
+_PREVIOUS_KEPT_S = 60.0  # seconds the generation before a refresh keeps answering get_vectors
 _umask = os.umask(0)
 os.umask(_umask)
 _FILE_MODE = 0o666 & ~_umask  # what open() would give: mkstemp's 0600 would hide thumbnails from a web server
@@ -75,6 +84,25 @@ CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS reserved (path TEXT PRIMARY KEY, id INTEGER NOT NULL);
 """
+
+
+def db_path(path: str | os.PathLike) -> str | bytes:
+    """A path as the database stores it: text when it is UTF-8, else the name's bytes (a BLOB).
+
+    Names that are not UTF-8 reach Python as lone surrogates, which SQLite refuses ("surrogates not
+    allowed"); their bytes round-trip exactly (`path_from_db`), and never equal any text path.
+    """
+    path = str(path)
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def path_from_db(value: str | bytes) -> str:
+    """The str (what a folder scan gives) of a path stored by `db_path`."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 class StoreError(Exception):
@@ -127,6 +155,8 @@ class Store:
         self._gpu_index = None
         self._dirty = False
         self._thumbs_to_delete: set[int] = set()
+        self._ids: np.ndarray | None = None  # read-only stores: the ids of the loaded generation
+        self._previous: tuple[faiss.Index, np.ndarray, float] | None = None  # generation before a refresh
 
     @classmethod
     def create(
@@ -144,6 +174,7 @@ class Store:
         if (index_dir / "meta.sqlite").exists():
             raise StoreError(f"{index_dir} already holds an index: open it, or rebuild it with --rebuild")
         index_dir.mkdir(parents=True, exist_ok=True)
+        mark_artifact_folder(index_dir, "index")
         lock_fd = _take_writer_lock(index_dir)
         try:
             conn = _connect(index_dir / "meta.sqlite")
@@ -201,16 +232,86 @@ class Store:
         store._check_manifest()
         return store
 
+    @classmethod
+    def open_for_rebuild(cls, index_dir: str | Path, dim: int, model_sha256: str, model_path: str | Path,
+                         preprocess: dict) -> Store:
+        """Open (or create) an index to re-embed with an encoder, emptied by `reset`, ready for writing.
+
+        Also works on the indexes `open` refuses (vectors missing or from another save, an older format):
+        the rows (and so each path's id) are kept when the database is readable; a database that is not
+        one of ours is moved aside to meta.sqlite.broken-<time> and a new index is made. Labels follow
+        photos by content, so they survive either way.
+        """
+        index_dir = Path(index_dir).absolute()
+        meta = (dim, model_sha256, model_path, preprocess)
+        if not cls.exists(index_dir):
+            return cls.create(index_dir, *meta)
+        try:
+            store = cls.open(index_dir, writable=True)
+        except StoreLocked:
+            raise
+        except (StoreError, sqlite3.DatabaseError, ValueError, KeyError) as e:
+            store = cls._salvage(index_dir, e)
+            if store is None:
+                return cls.create(index_dir, *meta)
+        store.reset(*meta)
+        return store
+
+    @classmethod
+    def _salvage(cls, index_dir: Path, error: BaseException) -> Store | None:
+        """A writable store over a database whose vectors cannot be loaded, or None after moving a database
+        that is not ours aside."""
+        lock_fd = _take_writer_lock(index_dir)
+        conn = None
+        try:
+            conn = _connect(index_dir / "meta.sqlite")
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn.execute("SELECT id, path, size, mtime_ns, sha256, width, height, added_at FROM images LIMIT 1")
+            if meta.get("format") != STORE_FORMAT:
+                raise StoreError(f"format {meta.get('format')!r}")
+            log.warning("%s: %s; rebuilding it, keeping its rows", index_dir, error)
+            now = repr(time.time())
+            defaults = {"generation": "0", "vectors_file": "vectors.0.faiss", "dim": "1", "model_sha256": "",
+                        "model_path": "", "preprocess": "{}", "index_type": "exact", "nprobe": "0", "trained_on": "0",
+                        "exact_limit": str(EXACT_LIMIT), "target_recall": repr(TARGET_RECALL), "created_at": now,
+                        "updated_at": now, "version": __version__}
+            store = cls(index_dir, conn, True, lock_fd)
+            store._meta = {**defaults, **meta}
+            store._index = _new_exact(int(store._meta["dim"]))
+            return store
+        except (StoreError, sqlite3.DatabaseError, ValueError) as e:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            aside = index_dir / f"meta.sqlite.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+            log.warning("%s: meta.sqlite is not a usable index (%s); moved to %s, building a new index",
+                        index_dir, e, aside.name)
+            os.replace(index_dir / "meta.sqlite", aside)
+            for suffix in ("-wal", "-shm"):
+                (index_dir / f"meta.sqlite{suffix}").unlink(missing_ok=True)
+            return None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            raise
+
     @staticmethod
     def exists(index_dir: str | Path) -> bool:
         return (Path(index_dir) / "meta.sqlite").is_file()
 
     def _load(self) -> None:
         """Read the committed generation's metadata and vectors (a snapshot: both in one read transaction)."""
-        for attempt in range(3):
+        ids = None
+        for attempt in range(_LOAD_ATTEMPTS):
             with self._read_txn():
                 meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-                rows = self._conn.execute("SELECT count(*) FROM images").fetchone()[0]
+                if self._writable:  # the writer reads live rows: its own changes are in its transaction
+                    rows = self._conn.execute("SELECT count(*) FROM images").fetchone()[0]
+                else:  # the ids of exactly this generation, read in the same snapshot as its file name
+                    cur = self._conn.execute("SELECT id FROM images ORDER BY id")
+                    ids = np.fromiter((r[0] for r in cur), np.int64)
+                    rows = len(ids)
             if meta.get("format") != STORE_FORMAT:
                 raise StoreError(f"{self.index_dir}: not a byol-search index (format {meta.get('format')!r}, "
                                  f"expected {STORE_FORMAT}); rebuild it with --rebuild")
@@ -219,7 +320,7 @@ class Store:
                 index = faiss.read_index(str(path))
                 break
             except RuntimeError:
-                if path.exists() or attempt == 2:  # present but unreadable, or truly missing
+                if path.exists() or attempt == _LOAD_ATTEMPTS - 1:  # present but unreadable, or truly missing
                     raise StoreInconsistent(
                         f"{self.index_dir}: vectors file {path.name} of generation {meta['generation']} is "
                         "missing or unreadable; rebuild the index with --rebuild") from None
@@ -230,7 +331,7 @@ class Store:
                 "the files come from different saves. Rebuild the index with --rebuild")
         if index.d != int(meta["dim"]):
             raise StoreInconsistent(f"{self.index_dir}: vectors have dimension {index.d}, metadata says {meta['dim']}")
-        self._meta, self._index, self._gpu_index = meta, index, None
+        self._meta, self._index, self._gpu_index, self._ids = meta, index, None, ids
         if meta["index_type"] == "ivf":
             index.nprobe = int(meta["nprobe"])
 
@@ -241,6 +342,9 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             gen = -1
         if gen > self.generation:
+            with self._read_txn():  # a save may have committed since we loaded: compare with the database now
+                now = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        if gen > self.generation and gen > now:
             raise StoreInconsistent(
                 f"{self.index_dir}: manifest.json is at generation {gen} but meta.sqlite at {self.generation}: "
                 "the files come from different saves (a partial copy or restore?). Rebuild with --rebuild")
@@ -260,7 +364,13 @@ class Store:
                 gen = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
             if gen == self.generation:
                 return False
-            self._load()
+            before = (self._index, self._ids, time.monotonic() + _PREVIOUS_KEPT_S)
+            try:
+                self._load()
+            except StoreInconsistent as e:  # mid-save of a fast writer: keep serving what we have
+                log.warning("keeping generation %d: %s", self.generation, e)
+                return False
+            self._previous = before
             return True
 
     def close(self) -> None:
@@ -284,6 +394,11 @@ class Store:
     @property
     def count(self) -> int:
         return int(self._index.ntotal)
+
+    @property
+    def created_at(self) -> float:
+        """When this index was first created: a new value means a new index, whose ids mean other photos."""
+        return float(self._meta["created_at"])
 
     @property
     def dim(self) -> int:
@@ -356,8 +471,28 @@ class Store:
             try:
                 return self._index.reconstruct_batch(ids)
             except RuntimeError as e:
+                out = self._vectors_across_refresh(ids)
+                if out is not None:
+                    return out
                 missing = [int(i) for i in ids if not self._has(int(i))]
                 raise KeyError(f"ids not in the index: {missing[:10]}") from e
+
+    def _vectors_across_refresh(self, ids: np.ndarray) -> np.ndarray | None:
+        """A read-only store just refreshed: ids of the generation before (a request that read them a moment
+        ago) are answered from it; None when some id is in neither."""
+        prev = self._previous
+        if self._writable or prev is None or self._ids is None or prev[2] < time.monotonic():
+            self._previous = None
+            return None
+        index, prev_ids, _ = prev
+        now = np.isin(ids, self._ids)
+        if not np.isin(ids[~now], prev_ids).all():
+            return None
+        out = np.empty((len(ids), self.dim), np.float32)
+        if now.any():
+            out[now] = self._index.reconstruct_batch(ids[now])
+        out[~now] = index.reconstruct_batch(ids[~now])
+        return out
 
     def rows(self, ids) -> list[dict]:
         """Metadata of `ids` in the order given: dicts with id, path, width, height, size, mtime_ns, sha256,
@@ -369,19 +504,28 @@ class Store:
             for chunk in _chunks(ids, _SQL_CHUNK):
                 q = f"SELECT {cols} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
                 for r in self._conn.execute(q, chunk):
-                    found[r[0]] = dict(zip(("id",) + _ROW_FIELDS, r))
+                    found[r[0]] = dict(zip(("id",) + _ROW_FIELDS, r), path=path_from_db(r[1]))
         return [found[i] for i in ids if i in found]
 
     def all_ids(self) -> np.ndarray:
-        """Every image id, ascending (int64)."""
+        """Every image id, ascending (int64): of the loaded generation for a read-only store (the ids its
+        vectors hold, whatever `index` has saved since), the live ones for the writer."""
         with self._lock:
+            if self._ids is not None and not self._writable:
+                return self._ids.copy()
             return np.array([r[0] for r in self._conn.execute("SELECT id FROM images ORDER BY id")], np.int64)
 
     def files(self) -> dict[str, dict]:
         """path -> {id, size, mtime_ns, sha256}: what an update compares the folder against."""
         with self._lock:
             q = "SELECT path, id, size, mtime_ns, sha256 FROM images"
-            return {p: {"id": i, "size": s, "mtime_ns": m, "sha256": h} for p, i, s, m, h in self._conn.execute(q)}
+            return {path_from_db(p): {"id": i, "size": s, "mtime_ns": m, "sha256": h}
+                    for p, i, s, m, h in self._conn.execute(q)}
+
+    def reserved_paths(self) -> list[str]:
+        """Paths whose ids `reset` holds for them until they are added again."""
+        with self._lock:
+            return [path_from_db(p) for (p,) in self._conn.execute("SELECT path FROM reserved")]
 
     def duplicates(self, threshold: float = 0.95, k: int = 16, batch: int = 4096) -> list[list[int]]:
         """Groups of near-duplicates: images linked by cosine >= threshold, joined transitively.
@@ -428,7 +572,7 @@ class Store:
             ids = np.empty(len(rows), np.int64)
             now = time.time()
             for j, r in enumerate(rows):
-                path = str(Path(r["path"]).absolute())
+                path = db_path(Path(r["path"]).absolute())
                 reserved = self._conn.execute("SELECT id FROM reserved WHERE path=?", (path,)).fetchone()
                 vals = (path, r.get("size"), r.get("mtime_ns"), r.get("sha256"), r.get("width"), r.get("height"),
                         r.get("added_at", now))
@@ -456,7 +600,7 @@ class Store:
         with self._lock:
             self._begin()
             for i, r in zip(ids.tolist(), rows):
-                r = {f: (str(Path(v).absolute()) if f == "path" else v) for f, v in r.items() if f in _ROW_FIELDS}
+                r = {f: (db_path(Path(v).absolute()) if f == "path" else v) for f, v in r.items() if f in _ROW_FIELDS}
                 if not self._has(i):
                     raise KeyError(f"id {i} is not in the index")
                 if r:
@@ -494,11 +638,14 @@ class Store:
             self._index = _new_exact(int(dim))
             self._changed()
 
-    def release_reservations(self, keep_paths=()) -> None:
-        """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder)."""
+    def release_reservations(self, keep_paths=(), under: str | Path | None = None) -> None:
+        """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder);
+        with `under`, only for paths inside that folder (other folders keep theirs until they are indexed)."""
         with self._lock:
-            keep = {str(Path(p).absolute()) for p in keep_paths}
-            gone = [p for (p,) in self._conn.execute("SELECT path FROM reserved") if p not in keep]
+            keep = {db_path(Path(p).absolute()) for p in keep_paths}
+            prefix = None if under is None else os.fsencode(str(Path(under).absolute()).rstrip("/") + "/")
+            gone = [p for (p,) in self._conn.execute("SELECT path FROM reserved") if p not in keep
+                    and (prefix is None or os.fsencode(path_from_db(p)).startswith(prefix))]
             if gone:
                 self._begin()
                 for chunk in _chunks(gone, _SQL_CHUNK):
@@ -817,3 +964,104 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _chunks(seq: list, n: int):
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+class Rows:
+    """The photo rows of INDEX_DIR/meta.sqlite without the vectors: a light, read-only view for the label
+    database, which follows photos by content and path across updates and rebuilds (app/labels.py).
+
+    Reopens the database when the file is replaced (an index deleted and built again), and reads the live
+    rows: every saved generation's rows are there, under ids that stay the photo's own.
+    """
+
+    def __init__(self, index_dir: str | Path):
+        self.db = Path(index_dir) / "meta.sqlite"
+        self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
+        self._lock = threading.RLock()
+
+    def _connection(self) -> sqlite3.Connection | None:
+        try:
+            st = os.stat(self.db)
+        except OSError:
+            self.close()
+            return None
+        if self._conn is None or self._inode != (st.st_dev, st.st_ino):
+            self.close()
+            # read-write mode though only read: a read-only connection cannot open a WAL database whose
+            # -shm file is gone (the writer removes it on closing)
+            self._conn = sqlite3.connect(str(self.db), isolation_level=None, check_same_thread=False, timeout=30)
+            self._inode = (st.st_dev, st.st_ino)
+        return self._conn
+
+    def state(self) -> tuple[float, int] | None:
+        """(created_at, generation) of the index now, or None when there is no readable index."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                if conn is None:
+                    return None
+                meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('created_at', 'generation')"))
+                return float(meta["created_at"]), int(meta["generation"])
+            except (sqlite3.Error, KeyError, ValueError):
+                self.close()
+                return None
+
+    def by_id(self, ids) -> dict[int, tuple[str | None, str, float | None]]:
+        """{id: (sha256, path, added_at)} of those ids in the index now."""
+        out: dict[int, tuple[str | None, str, float | None]] = {}
+        with self._lock:
+            conn = self._connection()
+            if conn is None:
+                return out
+            for chunk in _chunks(sorted({int(i) for i in ids}), _SQL_CHUNK):
+                q = f"SELECT id, sha256, path, added_at FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+                out.update({i: (h, path_from_db(p), a) for i, h, p, a in conn.execute(q, chunk)})
+        return out
+
+    def ids_of(self, sha256s=(), paths=()) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int]]:
+        """({sha256: [(id, path), ...]}, {path: id}) of the rows with those contents or paths."""
+        by_hash: dict[str, list[tuple[int, str]]] = {}
+        by_path: dict[str, int] = {}
+        with self._lock:
+            conn = self._connection()
+            if conn is None:
+                return by_hash, by_path
+            for chunk in _chunks(sorted(set(sha256s)), _SQL_CHUNK):
+                q = f"SELECT sha256, id, path FROM images WHERE sha256 IN ({','.join('?' * len(chunk))}) ORDER BY id"
+                for h, i, p in conn.execute(q, chunk):
+                    by_hash.setdefault(h, []).append((i, path_from_db(p)))
+            for chunk in _chunks(sorted({db_path(p) for p in paths}, key=repr), _SQL_CHUNK):
+                q = f"SELECT path, id FROM images WHERE path IN ({','.join('?' * len(chunk))})"
+                by_path.update({path_from_db(p): i for p, i in conn.execute(q, chunk)})
+        return by_hash, by_path
+
+    def snapshot(self):
+        """A context in which every read sees one committed state of the database."""
+        return _RowsSnapshot(self)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn, self._inode = None, None
+
+
+class _RowsSnapshot:
+    def __init__(self, rows: Rows):
+        self.rows = rows
+
+    def __enter__(self) -> Rows:
+        self.rows._lock.acquire()
+        conn = self.rows._connection()
+        self.began = conn is not None
+        if self.began:
+            conn.execute("BEGIN")
+        return self.rows
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.began and self.rows._conn is not None and self.rows._conn.in_transaction:
+                self.rows._conn.execute("COMMIT")
+        finally:
+            self.rows._lock.release()

@@ -15,7 +15,7 @@ from PIL import Image
 from app.cli import main
 from index.build import build_index
 from index.embed import Embedder
-from index.store import EncoderMismatch, Store
+from index.store import EncoderMismatch, Store, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,69 @@ def test_ids_are_numpy_friendly(encoder, fresh_shapes, tmp_path):
     with Store.open(tmp_path / "idx") as st:
         ids = st.all_ids()
         assert ids.dtype == np.int64 and st.get_vectors(ids).shape == (len(ids), st.dim)
+
+
+# ---------------------------------------------------------------- odd names, rebuilds, our own folders (issue 11)
+def strict_stdout(monkeypatch):
+    """stdout as a terminal's: UTF-8, and printing a lone surrogate raises (pytest's capture would not)."""
+    import io
+    import sys
+
+    buf = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(buf, encoding="utf-8", errors="strict"))
+    return lambda: (sys.stdout.flush(), buf.getvalue().decode())[1]
+
+
+def test_names_that_are_not_utf8_are_indexed_and_reported(encoder, fresh_shapes, tmp_path, monkeypatch):
+    """A photo named with the bytes caf\\xe9.jpg is indexed; a bad one is reported; reruns and printing work."""
+    cafe = fresh_shapes / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(fresh_shapes / "circle" / "circle_001.jpg", cafe)
+    (fresh_shapes / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"not a photo")
+    out = strict_stdout(monkeypatch)
+    argv = ["index", str(fresh_shapes), "--model", str(encoder[1]), "--out", str(tmp_path / "idx")]
+    assert main(argv) == 0 and main(argv) == 0
+    text = out()
+    assert "bad\\xff.jpg" in text and "0 added" in text.splitlines()[-2]
+    with Store.open(tmp_path / "idx") as st:
+        assert str(cafe) in {r["path"] for r in st.rows(st.all_ids())}
+    line = json.loads((tmp_path / "idx" / "bad_files.jsonl").read_text())
+    assert line["path"].endswith("bad\\xff.jpg")
+
+
+def test_rebuilding_one_folder_keeps_the_other_folders_of_the_index(encoder, fresh_shapes, tmp_path):
+    """`index A --rebuild` on an index that also holds folder B keeps B's photos and their ids."""
+    a, b = fresh_shapes / "circle", fresh_shapes / "square"
+    build_index(a, encoder[1], tmp_path / "idx", log=quiet)
+    build_index(b, encoder[1], tmp_path / "idx", log=quiet)
+    with Store.open(tmp_path / "idx") as st:
+        before = {r["path"]: r["id"] for r in st.rows(st.all_ids())}
+    other = tmp_path / "other.onnx"
+    proto = onnx.load(str(encoder[1]))
+    proto.doc_string += " (another export)"
+    onnx.save(proto, other)
+    build_index(a, other, tmp_path / "idx", rebuild=True, log=quiet)
+    with Store.open(tmp_path / "idx", model_sha256=Embedder(other).sha256) as st:
+        assert {r["path"]: r["id"] for r in st.rows(st.all_ids())} == before
+    s = build_index(b, other, tmp_path / "idx", log=quiet)
+    assert s["unchanged"] == len([p for p in before if p.startswith(str(b))])
+
+
+def test_rebuild_repairs_an_index_whose_vectors_are_gone(encoder, fresh_shapes, tmp_path):
+    build_index(fresh_shapes, encoder[1], tmp_path / "idx", log=quiet)
+    with Store.open(tmp_path / "idx") as st:
+        before = {r["path"]: r["id"] for r in st.rows(st.all_ids())}
+    for p in (tmp_path / "idx").glob("vectors.*.faiss"):
+        p.unlink()
+    with pytest.raises(StoreError, match="--rebuild"):
+        build_index(fresh_shapes, encoder[1], tmp_path / "idx", log=quiet)
+    build_index(fresh_shapes, encoder[1], tmp_path / "idx", rebuild=True, log=quiet)
+    with Store.open(tmp_path / "idx") as st:
+        assert {r["path"]: r["id"] for r in st.rows(st.all_ids())} == before
+
+
+def test_an_index_inside_the_photo_folder_is_not_indexed(encoder, fresh_shapes, tmp_path):
+    """`cd ~/Pictures && byol-search index . --out idx`: the thumbnails are not photos; a rerun settles."""
+    s = build_index(fresh_shapes, encoder[1], fresh_shapes / "idx", log=quiet)
+    n = s["count"]
+    s = build_index(fresh_shapes, encoder[1], fresh_shapes / "idx", log=quiet)
+    assert (s["added"], s["unchanged"], s["count"]) == (0, n, n)

@@ -344,3 +344,48 @@ def test_hf_rows_with_odd_images_are_reported_not_fatal(tmp_path):
     cache = ImageCache.from_hf(tmp_path / "ds", tmp_path / "cache", SIDE, workers=0)
     assert len(cache) == 1 and (np.asarray(cache.array[0]) == 255).all()  # transparent -> white
     assert len(cache.bad) == 1 and cache.bad[0].path.endswith("#1")
+
+
+# ---------------------------------------------------------------- odd names and our own folders (issue 11)
+def non_utf8(folder: Path, name: bytes) -> Path:
+    """The path of a file whose name is these bytes (not UTF-8), as a folder scan gives it."""
+    return folder / os.fsdecode(name)
+
+
+def test_names_that_are_not_utf8_are_cached_and_reported_printably(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    make_shapes(folder, per_class=2, nested=False)
+    shape_image("circle", np.random.default_rng(1)).save(non_utf8(folder, b"caf\xe9.jpg"))
+    non_utf8(folder, b"bad\xff.jpg").write_bytes(b"not a photo")
+    cache = ImageCache.build(folder, tmp_path / "cache", side=16, workers=0)
+    assert non_utf8(folder, b"caf\xe9.jpg").as_posix() in cache.paths
+    line = json.loads((tmp_path / "cache" / "bad_files.jsonl").read_text())
+    assert line["path"].endswith("bad\\xff.jpg") and line["path"].isprintable()
+    assert data.record_path(line) == str(non_utf8(folder, b"bad\xff.jpg"))
+    print(data.display_path(cache.bad[0].path))  # printing the report never raises
+    again = ImageCache.build(folder, tmp_path / "cache", side=16, workers=0)
+    assert again.stats["decoded"] == 0 and len(again) == len(cache)
+
+
+def test_scans_skip_the_folders_byol_search_makes(tmp_path):
+    """An index, a run or a work folder inside the photo folder is not read as photos."""
+    folder = tmp_path / "photos"
+    make_shapes(folder, per_class=1, nested=False)
+    photos = set(scan_folder(folder))
+    made = {"byol-work": ["run.json", "encoder.onnx"], "byol-work/index": ["manifest.json", "meta.sqlite"],
+            "runs/pictures": ["checkpoint.pt"], "marked": [data.ARTIFACT_MARKER]}
+    for sub, files in made.items():
+        (folder / sub / "thumbs").mkdir(parents=True, exist_ok=True)
+        shape_image("square", np.random.default_rng(0)).save(folder / sub / "thumbs" / "1.jpg")
+        shape_image("square", np.random.default_rng(0)).save(folder / sub / "export.jpg")
+        for f in files:
+            (folder / sub / f).write_bytes(b"")
+    (folder / "holiday").mkdir()
+    shape_image("square", np.random.default_rng(0)).save(folder / "holiday" / "beach.jpg")
+    assert set(scan_folder(folder)) == photos | {folder / "holiday" / "beach.jpg"}
+    assert scan_folder(folder / "marked") != []  # named itself, a folder is read
+
+
+def test_the_cache_folder_is_marked(fresh_shapes, tmp_path):
+    ImageCache.build(fresh_shapes, tmp_path / "cache", side=16, workers=0)
+    assert (tmp_path / "cache" / data.ARTIFACT_MARKER).is_file()

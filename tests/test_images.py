@@ -288,3 +288,48 @@ def test_a_stream_that_cannot_seek_is_read_whole(hazard_folder):
 
     img = load_rgb(Pipe((root / "ok.webp").read_bytes()))
     assert img.size == (80, 60) and img.mode == "RGB"
+
+
+# ---------------------------------------------------------------- formats and memory (issue 11)
+def eps_bytes() -> bytes:
+    """A small EPS picture (PostScript: PIL renders it by running Ghostscript)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="EPS")
+    return buf.getvalue()
+
+
+def test_eps_is_refused_without_being_rendered(tmp_path, monkeypatch):
+    """Only photo formats are opened: an EPS file, even named .jpg, never reaches Ghostscript."""
+    from PIL import EpsImagePlugin
+
+    rendered = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load", lambda self, *a, **k: rendered.append(1))
+    (tmp_path / "drawing.jpg").write_bytes(eps_bytes())
+    for source in (tmp_path / "drawing.jpg", eps_bytes()):
+        with pytest.raises(BadImage, match="not an image in a photo format"):
+            load_rgb(source)
+    assert rendered == []
+
+
+def test_photo_formats_are_the_readme_list():
+    from byol.images import PHOTO_FORMATS, photo_formats
+
+    assert set(PHOTO_FORMATS) == {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF"}
+    assert {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"} <= set(photo_formats()) <= set(PHOTO_FORMATS)
+
+
+def test_16_bit_grey_is_converted_a_strip_at_a_time(tmp_path):
+    """A 16-bit photo is never widened whole to 32/64-bit: the extra memory stays a few MB."""
+    import tracemalloc
+
+    a = (np.arange(2000 * 2000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(2000, 2000)
+    Image.fromarray(a).save(tmp_path / "grey16.png")
+    tracemalloc.start()
+    img = load_rgb(tmp_path / "grey16.png", min_side=32)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 12e6, f"{peak / 1e6:.0f} MB of numpy temporaries for an 8 MB photo"
+    assert img.mode == "RGB" and min(img.size) >= 32 and max(img.size) < 2000  # reduced too
+    full = np.asarray(load_rgb(tmp_path / "grey16.png"))[..., 0]
+    expect = (a.astype(np.uint32) * 255 + 32767) // 65535
+    assert np.array_equal(full, expect.astype(np.uint8))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -228,3 +229,63 @@ def test_killed_during_save_leaves_a_loadable_consistent_index(tmp_path, stage):
         s.save()
         assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["generation"] == s.generation
     assert not list((tmp_path / "idx").glob(".vectors.*.tmp"))
+
+
+# ---------------------------------------------------------------- names, readers beside a writer, rebuilds (issue 11)
+def test_paths_that_are_not_utf8_round_trip(tmp_path):
+    st = new_store(tmp_path / "idx")
+    odd = str(tmp_path / os.fsdecode(b"caf\xe9.jpg"))
+    ids = st.add([{"path": odd, "sha256": "a" * 64}, {"path": str(tmp_path / "cafe.jpg")}], clustered(2))
+    st.save()
+    assert st.files()[odd]["id"] == ids[0] and st.rows([ids[0]])[0]["path"] == odd
+    st.update([ids[0]], [{"path": odd, "size": 5}])
+    st.save()
+    st.close()
+    with Store.open(tmp_path / "idx") as ro:
+        assert ro.rows(ids)[0]["path"] == odd and ro.rows(ids)[1]["path"] == str(tmp_path / "cafe.jpg")
+
+
+def test_a_reader_keeps_the_ids_of_its_generation_while_the_writer_saves(tmp_path):
+    """The page's store answers with the ids its vectors hold, whatever `index` saved since."""
+    st = new_store(tmp_path / "idx")
+    first = st.add(rows_for(20), clustered(20))
+    st.save()
+    ro = Store.open(tmp_path / "idx")
+    st.remove(first[:10])
+    st.add(rows_for(5, start=100), clustered(5, seed=1))
+    st.save()
+    ids = ro.all_ids()
+    assert np.array_equal(ids, first) and ro.get_vectors(ids).shape == (20, DIM)  # no KeyError
+    assert ro.refresh() and len(ro.all_ids()) == 15
+    assert ro.get_vectors(ids).shape == (20, DIM)  # a request that read the ids just before the refresh
+    ro.close()
+    st.close()
+
+
+def test_rebuild_opens_an_index_that_open_refuses_and_keeps_ids(tmp_path):
+    """The advice 'rebuild it with --rebuild' works on the very index that got it."""
+    st = new_store(tmp_path / "idx")
+    ids = st.add(rows_for(6), clustered(6))
+    st.save()
+    st.close()
+    for p in (tmp_path / "idx").glob("vectors.*.faiss"):
+        p.unlink()
+    with pytest.raises(StoreInconsistent, match="--rebuild"):
+        Store.open(tmp_path / "idx")
+    st = Store.open_for_rebuild(tmp_path / "idx", DIM, "b" * 64, tmp_path / "new.onnx", {})
+    again = st.add(rows_for(6), clustered(6, seed=2))
+    st.save()
+    st.close()
+    assert np.array_equal(np.sort(again), np.sort(ids))
+    with Store.open(tmp_path / "idx", model_sha256="b" * 64) as ro:
+        assert ro.count == 6
+
+
+def test_rebuild_moves_a_database_that_is_not_an_index_aside(tmp_path):
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "meta.sqlite").write_bytes(b"not a database at all" * 100)
+    st = Store.open_for_rebuild(tmp_path / "idx", DIM, "b" * 64, tmp_path / "new.onnx", {})
+    st.add(rows_for(2), clustered(2))
+    st.save()
+    st.close()
+    assert list((tmp_path / "idx").glob("meta.sqlite.broken-*")) and Store.open(tmp_path / "idx").count == 2
