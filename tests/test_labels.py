@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,162 @@ def test_exports(setup, tmp_path):
     assert ds.features["label"].names == ["boxy", "round"]
     first = ds[0]
     assert first["image"].size == (64, 48) and first["source"] in ("human", "predicted")
+
+
+# ---------------------------------------------------------------- labels follow photos (issue 11)
+def index_photos(index_dir, paths) -> dict[str, int]:
+    """An index of these files, in this order, as `byol-search index` makes it (content hashes included)."""
+    import hashlib
+
+    from byol.preprocess import Preprocess
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    enc = ColourEmbedder()
+    store = Store.create(index_dir, enc.dim, "0" * 64, index_dir.parent / "encoder.onnx", Preprocess().to_dict())
+    rows = [{"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths]
+    ids = store.add(rows, enc.embed_images(images))
+    store.save()
+    store.close()
+    return {str(p): int(i) for p, i in zip(paths, ids)}
+
+
+def shapes(folder, n: int = 6) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        p = folder / f"{i}.png"
+        shape_image(("circle", "square", "triangle")[i % 3], rng, (32, 32)).save(p)
+        out.append(p)
+    return out
+
+
+def test_labels_follow_the_photo_when_the_index_is_made_again_from_nothing(tmp_path):
+    """meta.sqlite deleted, ids restart at 1 in another order: every label is on its own photo, none elsewhere."""
+    paths = shapes(tmp_path / "photos")
+    index_dir = tmp_path / "index"
+    ids = index_photos(index_dir, paths)
+    labels = Labels(index_dir)
+    labels.assign([ids[str(paths[0])], ids[str(paths[1])]], "first")
+    labels.assign([ids[str(paths[2])]], "third")
+    for f in index_dir.glob("*"):
+        if f.name != "labels.sqlite" and f.is_file() and not f.name.startswith("labels.sqlite"):
+            f.unlink()
+    paths[5].unlink()
+    ids = index_photos(index_dir, [paths[4], paths[3], paths[2], paths[1], paths[0]])  # same ids, other photos
+    assert labels.labelled() == {ids[str(paths[0])]: "first", ids[str(paths[1])]: "first",
+                                 ids[str(paths[2])]: "third"}
+    # a moved photo keeps its label by content; an edited one by path
+    labels.close()
+    labels = Labels(index_dir)
+    assert labels.labels_of([ids[str(paths[2])]]) == {ids[str(paths[2])]: ("third", "human")}
+    labels.close()
+
+
+def test_labels_of_photos_gone_are_kept_and_come_back_with_them(tmp_path):
+    paths = shapes(tmp_path / "photos", 3)
+    index_dir = tmp_path / "index"
+    ids = index_photos(index_dir, paths)
+    labels = Labels(index_dir)
+    labels.assign([ids[str(paths[0])]], "a")
+    with Store.open(index_dir, writable=True) as w:
+        w.remove([ids[str(paths[0])]])
+        w.save()
+    assert labels.labelled() == {} and labels.counts()["a"]["human"] == 0
+    with Store.open(index_dir, writable=True) as w:  # the photo returns, under another name and a new id
+        moved = tmp_path / "photos" / "back.png"
+        paths[0].rename(moved)
+        sha = __import__("hashlib").sha256(moved.read_bytes()).hexdigest()
+        new = int(w.add([{"path": str(moved), "sha256": sha}], ColourEmbedder().embed_images([Image.open(moved)]))[0])
+        w.save()
+    assert new != ids[str(paths[0])] and labels.labelled() == {new: "a"}
+    labels.close()
+
+
+def test_a_labels_file_keyed_by_id_alone_is_migrated(tmp_path):
+    """Labels files written before hashes were kept: ids are trusted only where the label is younger than
+    the index; a label older than the index (whose ids restarted since) attaches to nothing."""
+    import sqlite3
+    import time
+
+    paths = shapes(tmp_path / "photos", 3)
+    index_dir = tmp_path / "index"
+    ids = index_photos(index_dir, paths)
+    db = sqlite3.connect(index_dir / "labels.sqlite")
+    db.executescript("CREATE TABLE label_names (name TEXT PRIMARY KEY, at REAL NOT NULL);"
+                     "CREATE TABLE labels (image_id INTEGER PRIMARY KEY, label TEXT NOT NULL REFERENCES "
+                     "label_names(name) ON UPDATE CASCADE ON DELETE CASCADE, source TEXT NOT NULL DEFAULT 'human', "
+                     "at REAL NOT NULL);")
+    now = time.time()
+    db.execute("INSERT INTO label_names VALUES ('new', ?), ('old', ?)", (now, now))
+    db.execute("INSERT INTO labels VALUES (?, 'new', 'human', ?)", (ids[str(paths[0])], now))
+    db.execute("INSERT INTO labels VALUES (?, 'old', 'human', ?)", (ids[str(paths[1])], now - 86400))
+    db.commit()
+    db.close()
+    labels = Labels(index_dir)
+    assert labels.labelled() == {ids[str(paths[0])]: "new"}
+    # and from now on it follows the photo
+    paths[0].rename(tmp_path / "photos" / "moved.png")
+    with Store.open(index_dir, writable=True) as w:
+        w.update([ids[str(paths[0])]], [{"path": str(tmp_path / "photos" / "moved.png")}])
+        w.save()
+    assert labels.labelled() == {ids[str(paths[0])]: "new"}
+    labels.close()
+
+
+def test_a_failed_commit_is_rolled_back_and_later_writes_work(setup):
+    """A COMMIT that fails leaves no transaction open: the next write succeeds without a restart."""
+    _, labels, by_class, _ = setup
+    labels._db.execute("PRAGMA defer_foreign_keys=ON")  # the constraint is checked by COMMIT, which fails
+    with pytest.raises(Exception, match="FOREIGN KEY"):
+        labels._write(lambda db: db.execute("INSERT INTO labels (image_id, label, at) VALUES (1, 'nope', 0)"))
+    assert not labels._db.in_transaction
+    labels.assign(by_class["circle"][:1], "round")
+    assert labels.labelled() == {by_class["circle"][0]: "round"}
+
+
+def test_label_names_with_control_characters_are_refused():
+    for bad in ("a\nb", "tab\there", "bell\x07", "line\u2028sep", "zero\u200bwidth"):
+        with pytest.raises(ValueError, match="control characters"):
+            check_label_name(bad)
+    assert check_label_name("  café au lait  ") == "café au lait"
+
+
+def test_copies_exports_copy_each_photo_once_and_shorten_long_names(setup, tmp_path, monkeypatch):
+    from app import labels as labels_module
+
+    store, labels, by_class, _ = setup
+    long_name = Path(store.rows([by_class["circle"][0]])[0]["path"])
+    labels.assign(by_class["circle"][:3], "round")
+    target = long_name.with_name("x" * 250 + ".png")  # <id>_ + 254 bytes: over the 255-byte limit
+    long_name.rename(target)
+    with Store.open(store.index_dir, writable=True) as w:
+        w.update([by_class["circle"][0]], [{"path": str(target)}])
+        w.save()
+    store.refresh()
+    copied = []
+    real_copy = labels_module.shutil.copy2
+    monkeypatch.setattr(labels_module.shutil, "copy2", lambda s, d: copied.append(s) or real_copy(s, d))
+    out = tmp_path / "exports"
+    assert labels.export_imagefolder(store, out / "one", copy=True) == {"round": 3}
+    names = [f.name for f in (out / "one" / "round").iterdir()]
+    assert len(copied) == 3 and all(len(os.fsencode(n)) <= 255 for n in names)
+    assert any(n.endswith(".png") and n.startswith(f"{by_class['circle'][0]}_xxx") for n in names)
+    assert labels.export_imagefolder(store, out / "two", copy=True) == {"round": 3}
+    assert len(copied) == 3  # nothing copied again: unchanged photos are linked to the first export
+    a, b = sorted((out / "one" / "round").iterdir()), sorted((out / "two" / "round").iterdir())
+    assert [f.read_bytes() for f in a] == [f.read_bytes() for f in b]
+
+
+def test_partial_exports_and_download_copies_are_cleaned_up(setup, tmp_path):
+    from app.labels import download_copy, remove_stale_exports
+
+    stale = tmp_path / ".imagefolder-1.abc.partial"
+    (stale / "round").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    assert remove_stale_exports(tmp_path) == 1 and not stale.exists()
+    (tmp_path / "labels.csv").write_text("id\n")
+    first = download_copy(tmp_path / "labels.csv")
+    os.utime(first.parent, (0, 0))
+    second = download_copy(tmp_path / "labels.csv")
+    assert second.is_file() and not first.exists()

@@ -149,3 +149,43 @@ def test_pca_matches_svd():
     u, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
     ref = (x - x.mean(0)) @ vt[:2].T
     assert np.allclose(np.abs(xy), np.abs(ref), atol=1e-4)
+
+
+# ---------------------------------------------------------------- query photos and odd names (issue 11)
+def test_a_query_photo_is_decoded_with_the_folders_guards(tmp_path):
+    """Uploads: reduced to what the encoder needs (JPEG draft mode), photo formats only, 16-bit in strips."""
+    import io
+
+    from byol.images import BadImage
+
+    class Pre:
+        resize = 32
+
+    class Enc(ColourEmbedder):
+        preprocess = Pre()
+
+    big = shape_image("circle", np.random.default_rng(0), (1600, 1200))
+    big.save(tmp_path / "big.jpg", quality=90)
+    img = search.load_query(str(tmp_path / "big.jpg"), Enc())
+    assert min(img.size) >= 32 and max(img.size) <= 400  # never the full 1600 x 1200
+    assert search.embed_photo(Enc(), str(tmp_path / "big.jpg")).shape == (1, 48)
+    grey16 = Image.fromarray((np.arange(800 * 600) % 65536).astype(np.uint16).reshape(600, 800))
+    grey16.save(tmp_path / "g16.png")
+    assert max(search.load_query(tmp_path / "g16.png", Enc()).size) <= 200
+    eps = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(eps, format="EPS")
+    with pytest.raises(BadImage, match="photo format"):
+        search.load_query(eps.getvalue(), Enc())
+
+
+def test_hits_name_files_that_are_not_utf8_printably(tmp_path):
+    import os
+
+    index_dir, by_class = make_index(tmp_path, per_class=2)
+    first = by_class["circle"][0]
+    with Store.open(index_dir, writable=True) as w:
+        w.update([first], [{"path": str(tmp_path / os.fsdecode(b"caf\xe9.png"))}])
+        w.save()
+    with Store.open(index_dir) as st:
+        (hit,) = search.hits(st, [first])
+    assert hit.name == "caf\\xe9.png" and hit.caption.encode("utf-8")
