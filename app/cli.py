@@ -443,18 +443,27 @@ def _add_serve_options(p) -> None:
     g.add_argument("--port", type=int, default=7860, help="port of the page (default 7860)")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network "
-                        "needs --auth)")
-    g.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (mandatory beyond 127.0.0.1)")
+                        "needs a login: --auth-file, $BYOL_SEARCH_AUTH or --auth)")
+    g.add_argument("--auth-file", metavar="FILE",
+                   help="require the login user:password written in FILE (its first line); FILE must be readable "
+                        "by you only (chmod 600 FILE). The login can also come from $BYOL_SEARCH_AUTH")
+    g.add_argument("--auth", metavar="USER:PASSWORD",
+                   help="require this login; the password is then visible to other users of this machine "
+                        "(`ps`): prefer --auth-file or $BYOL_SEARCH_AUTH")
+    g.add_argument("--allow-host", metavar="NAME", action="append", default=[],
+                   help="also answer requests addressed to NAME (a DNS name of this machine, or a reverse proxy's); "
+                        "by default only the --host address and 127.0.0.1/localhost/[::1] are answered, so other "
+                        "web sites cannot reach the page. Repeat for several names")
 
 
 def _serve_index(index_dir, args) -> int:
     """Open the page on INDEX_DIR until Ctrl-C; user mistakes become one-line errors."""
     from pathlib import Path
 
-    from app.files import check_bind, parse_auth
+    from app.files import check_bind, resolve_auth
 
     try:
-        auth = parse_auth(args.auth)
+        auth = resolve_auth(args.auth, args.auth_file)
         check_bind(args.host, auth)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -470,13 +479,13 @@ def _serve_index(index_dir, args) -> int:
     from index.store import StoreError
 
     try:
-        demo = build_app(index_dir)
-    except StoreError as e:
+        demo = build_app(index_dir)  # refuses an encoder that is not the index's (EncoderMismatch)
+    except (StoreError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"serving {index_dir} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
-        launch(demo, index_dir, host=args.host, port=args.port, auth=auth)
+        launch(demo, index_dir, host=args.host, port=args.port, auth=auth, allow_hosts=args.allow_host)
     except OSError as e:  # the port is taken
         print(f"error: cannot listen on {args.host}:{args.port}: {e}; try another --port", file=sys.stderr)
         return 2
@@ -529,11 +538,11 @@ def _add_run(sub) -> None:
 
 
 def _run_pipeline(call, args) -> int:
-    from app.files import check_bind, parse_auth
+    from app.files import check_bind, resolve_auth
 
-    if not args.no_serve:  # refuse an unsafe --host before minutes of training, not after
+    if not args.no_serve:  # refuse an unsafe --host or a bad login before minutes of training, not after
         try:
-            check_bind(args.host, parse_auth(args.auth))
+            check_bind(args.host, resolve_auth(args.auth, args.auth_file))
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

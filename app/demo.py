@@ -4,7 +4,8 @@
 
     WORK_DIR/run/          pretraining run (checkpoint.pt, log.jsonl, curves.png)
     WORK_DIR/cache/        decoded-image cache, kept between runs
-    WORK_DIR/encoder.onnx  the exported encoder
+    WORK_DIR/encoder.onnx  the exported encoder (a link to the current file in encoders/)
+    WORK_DIR/encoders/     exported encoders, one file per encoder, named by its hash, never rewritten
     WORK_DIR/index/        the index (and labels.sqlite: your labels)
     WORK_DIR/run.json      what each stage was last made from
 
@@ -14,6 +15,11 @@ checkpoint's sha256 for export, the encoder's sha256 plus the folder listing for
 resumes: pretraining continues its checkpoint (`pretrain --resume`) when it was interrupted, and indexing is
 incremental (new or changed photos only; a new encoder re-embeds in place, keeping ids and labels).
 
+A new encoder never replaces the file an index, and so a page serving it, is using: it is exported to a
+new file in encoders/, the index is re-embedded with that file, and only then does encoder.onnx point to it
+and the previous encoder's file go away. A page left running across `run` keeps embedding uploads with the
+encoder its index was built with (app/ui.py checks the hash).
+
 `demo` draws a small example photo collection (nothing is downloaded) and runs the pipeline on it with a
 short budget.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+ENCODERS = "encoders"  # WORK_DIR/encoders/: one file per exported encoder, named by its hash
 DEMO_BUDGET = 60.0  # seconds of pretraining for the demo: about two minutes end to end on a laptop CPU
 
 
@@ -128,13 +136,20 @@ def run(cfg: RunConfig, log=print) -> dict:
     # ------------------------------------------------------------------ export
     ckpt_sha = state["pretrain"]["sha256"]
     done = state.get("export", {})
-    if done.get("checkpoint_sha256") == ckpt_sha and model.is_file() and file_sha256(model) == done.get("model_sha256"):
+    encoder = work / done["file"] if done.get("file") else model  # runs before encoders/ used encoder.onnx
+    if done.get("checkpoint_sha256") == ckpt_sha and encoder.is_file() and file_sha256(encoder) == done.get("model_sha256"):
         log("export: skipped (checkpoint unchanged)")
         out["export"] = "skipped"
     else:
-        log(f"export: {ckpt.name} -> {model.name}")
-        export_onnx(ckpt, model, check_folder=folder, log=log)
-        state["export"] = {"checkpoint_sha256": ckpt_sha, "model_sha256": file_sha256(model)}
+        staged = work / ENCODERS / f".export-{ckpt_sha[:16]}.onnx"
+        staged.parent.mkdir(exist_ok=True)
+        export_onnx(ckpt, staged, check_folder=folder, log=log)
+        model_sha = file_sha256(staged)
+        encoder = staged.with_name(f"{model_sha[:16]}.onnx")
+        staged.replace(encoder)
+        log(f"export: {ckpt.name} -> {encoder.relative_to(work)}")
+        state["export"] = {"checkpoint_sha256": ckpt_sha, "model_sha256": model_sha,
+                           "file": str(encoder.relative_to(work))}
         _write_state(state_path, state)
         out["export"] = "done"
 
@@ -150,12 +165,32 @@ def run(cfg: RunConfig, log=print) -> dict:
             with Store.open(index_dir) as s:
                 rebuild = s.model_sha256 != model_sha  # a new encoder: re-embed in place, ids and labels kept
         log(f"index: {'re-embedding with the new encoder' if rebuild else 'adding new and changed photos'}")
-        summary = build_index(folder, model, index_dir, rebuild=rebuild, log=log)
+        summary = build_index(folder, encoder, index_dir, rebuild=rebuild, log=log)
         state["index"] = {"model_sha256": model_sha, "listing": listing}
         _write_state(state_path, state)
         out.update(index_summary={k: summary[k] for k in ("count", "added", "updated", "removed", "bad")})
         out["index"] = "done"
+    # the index now uses `encoder`: publish it as encoder.onnx and drop the files no index uses any more
+    _link_atomically(encoder, model)
+    for old in (work / ENCODERS).glob("*.onnx") if (work / ENCODERS).is_dir() else ():
+        if old.name != encoder.name:
+            old.unlink(missing_ok=True)
     return out
+
+
+def _link_atomically(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src` (a hard link, else a copy), switched in one rename."""
+    import shutil
+
+    if dst.exists() and dst.samefile(src):
+        return
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 # ---------------------------------------------------------------------- the built-in example photos

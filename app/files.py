@@ -5,15 +5,43 @@ The page only ever shows thumbnails, so the thumbnail folder is the one folder s
 the index (FAISS index, SQLite databases, manifest) and every other path is refused, whatever the URL
 (traversal with ../, absolute paths, encoded variants), because gradio serves a file only when it lies in
 an allowed folder and outside every blocked one.
+
+Requests are also checked before gradio sees them (`HostGuard`): only the names the server listens on are
+answered (a page on another site cannot reach it by DNS rebinding), and no other web site may drive it
+(a foreign Origin, or a foreign Referer on a request that changes something, is refused). An upload is
+read only when gradio itself stored it (`read_upload`). Failed logins are slowed down per client
+(`LoginThrottle`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+import os
+import socket
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger("byol_search.page")
 
 # Uploaded query photos larger than this are refused by the server before they reach the decoder.
 MAX_UPLOAD = "25mb"
+MAX_UPLOAD_BYTES = 25 * 1000 * 1000  # the same limit in bytes (gradio's "mb" is 10^6)
+# The one answer to an upload path that is not a file gradio stored from an upload: the same whatever the
+# path, so that a caller learns nothing about the server's files (exists, folder, FIFO, unreadable, ...).
+UPLOAD_REFUSED = "no photo received: upload or paste an image file"
+# Login as user:password from the environment, for when --auth on the command line would show it in `ps`.
+AUTH_ENV = "BYOL_SEARCH_AUTH"
+# Names every server answers to, whatever --host says.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# After the first failed login a client waits LOGIN_DELAY s before its next try, doubling with each
+# further failure up to LOGIN_DELAY_MAX s; a success resets it. 10 guesses then cost about 4 minutes.
+LOGIN_DELAY, LOGIN_DELAY_MAX = 0.5, 60.0
 # Files an index holds besides its thumbnails; blocked by name even before they exist.
 INDEX_FILES = ("meta.sqlite", "vectors.faiss", "labels.sqlite", "manifest.json")
 
@@ -27,22 +55,56 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_auth(text: str | None) -> tuple[str, str] | None:
-    """'user:password' -> (user, password); None stays None."""
+def parse_auth(text: str | None, what: str = "--auth") -> tuple[str, str] | None:
+    """'user:password' -> (user, password); None stays None. `what` names the source in the error."""
     if text is None:
         return None
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
-        raise ValueError("--auth expects user:password (both non-empty), e.g. --auth alice:correct-horse")
+        raise ValueError(f"{what} expects user:password (both non-empty), e.g. alice:correct-horse")
     return user, password
+
+
+def read_auth_file(path: str | Path) -> tuple[str, str]:
+    """(user, password) from the first non-empty line of a file only its owner can read or change."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"--auth-file {path}: not a regular file")
+        if st.st_mode & 0o077:
+            raise ValueError(f"--auth-file {path} can be read or changed by other users (mode "
+                             f"{stat.S_IMODE(st.st_mode):o}); make it private with: chmod 600 {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"--auth-file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--auth-file {path}: not a UTF-8 text file") from None
+    text = next((line for line in lines if line.strip()), "")
+    return parse_auth(text, what=f"--auth-file {path}")
+
+
+def resolve_auth(auth: str | None, auth_file: str | None,
+                 environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """The login asked for: --auth, else --auth-file, else $BYOL_SEARCH_AUTH, else None (no login)."""
+    if auth is not None and auth_file is not None:
+        raise ValueError("give --auth or --auth-file, not both")
+    if auth_file is not None:
+        return read_auth_file(auth_file)
+    if auth is not None:
+        return parse_auth(auth)
+    if environ.get(AUTH_ENV):
+        return parse_auth(environ[AUTH_ENV], what=AUTH_ENV)
+    return None
 
 
 def check_bind(host: str, auth: tuple[str, str] | None) -> None:
     """Refuse to listen beyond this machine without a password."""
     if not is_loopback(host) and auth is None:
         raise ValueError(
-            f"--host {host} would let anyone on the network see and label your photos: add "
-            "--auth user:password, or keep the default --host 127.0.0.1 (this machine only)")
+            f"--host {host} would let anyone on the network see and label your photos: add a login "
+            f"(--auth-file FILE holding user:password, or ${AUTH_ENV}, or --auth user:password), or keep the "
+            "default --host 127.0.0.1 (this machine only)")
 
 
 def thumbs_dir(index_dir: str | Path, store=None) -> Path:
@@ -61,3 +123,195 @@ def served_paths(index_dir: str | Path, store=None) -> tuple[list[str], list[str
         # every other entry of the index, present now (exports, checkpoints copied in, temporary files)
         blocked |= {p.resolve() for p in index_dir.iterdir() if p.resolve() != thumbs}
     return [str(thumbs)], sorted(str(p) for p in blocked)
+
+
+# ---------------------------------------------------------------------- uploads
+def read_upload(path, upload_dir: str | Path, uploaded: Collection[str], max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The bytes of an uploaded query photo, read only when gradio itself stored it.
+
+    `path` comes from the browser, so it is a claim: it must be one of the paths gradio's upload route
+    returned (`uploaded`), lie inside `upload_dir` once links are resolved, and be a regular file: never a
+    folder, FIFO or device (it is opened non-blocking and checked again on the open file, so a swap between
+    the check and the open is caught too). Anything else raises ValueError(UPLOAD_REFUSED), the same for
+    every path.
+    """
+
+    def refused() -> ValueError:
+        return ValueError(UPLOAD_REFUSED)
+
+    if not isinstance(path, str) or not path or "\0" in path or path not in uploaded:
+        raise refused()
+    root, real = os.path.realpath(upload_dir), os.path.realpath(path)
+    if real == root or os.path.commonpath([root, real]) != root:
+        raise refused()
+    try:
+        before = os.stat(real)
+    except OSError:
+        raise refused() from None
+    if not stat.S_ISREG(before.st_mode) or before.st_size > max_bytes:
+        raise refused()
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise refused() from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise refused()
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise refused()
+    return data
+
+
+# ---------------------------------------------------------------------- who may send requests
+def host_name(value: str) -> str:
+    """The lower-case host of a Host header or URL ('Example.org:7860', '[::1]:80', 'http://a:1/x'); '' if none."""
+    try:
+        return urlsplit(value if "://" in value else "//" + value).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> tuple[frozenset[str], bool]:
+    """(the names requests may be addressed to, whether any IP address is allowed too).
+
+    Loopback names, the --host value and the `extra` names (--allow-host). Listening on every interface
+    (0.0.0.0, ::), the machine's own names are added and any IP address is accepted: a request addressed to
+    an IP address comes from a page loaded from that address, never from another site's name re-pointed at
+    this machine (DNS rebinding needs a name).
+    """
+    names = {*LOOPBACK_NAMES, host_name(host), *(host_name(n) for n in extra)}
+    try:
+        wildcard = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(n for n in names if n), wildcard
+
+
+def _same_origin(url: str, host_header: str) -> bool:
+    """Whether an Origin or Referer URL names the server the request was addressed to (scheme aside)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host_header.lower()
+
+
+class HostGuard:
+    """ASGI middleware in front of the page: refuses, with 403 and a short text, every request
+
+    - addressed to a name the server was not told to answer to (Host header): DNS rebinding;
+    - sent by a script of another web site (an Origin header naming another server), whatever the method;
+    - that changes something (not GET/HEAD/OPTIONS) with a Referer from another web site.
+
+    Browsers always send Origin on cross-site requests; scripts and command-line clients send neither
+    Origin nor Referer and pass. Names given with --allow-host are also accepted as origins (a reverse
+    proxy in front of the page).
+    """
+
+    SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+    def __init__(self, app, hosts: Iterable[str] = LOOPBACK_NAMES, any_ip: bool = False,
+                 origins: Iterable[str] = ()):
+        self.app = app
+        self.hosts, self.any_ip = frozenset(hosts), any_ip
+        self.origins = frozenset(host_name(o) for o in origins)
+
+    def refusal(self, method: str, headers: Mapping[str, str]) -> str | None:
+        """None when the request may pass, else the reason told to the client."""
+        host = headers.get("host", "")
+        name = host_name(host)
+        if not name or not (name in self.hosts or (self.any_ip and _is_ip(name))):
+            return (f"byol-search refused this request: {host or 'no host'!r} is not a name this server answers "
+                    f"to ({', '.join(sorted(self.hosts))}). Open the page at one of those, or add the name "
+                    "with --allow-host.")
+        origin = headers.get("origin")
+        if origin is not None:
+            if not (_same_origin(origin, host) or host_name(origin) in self.origins):
+                return f"byol-search refused a request sent by another web site ({origin[:100]})."
+        elif method not in self.SAFE_METHODS:
+            referer = headers.get("referer")
+            if referer and not (_same_origin(referer, host) or host_name(referer) in self.origins):
+                return "byol-search refused a change requested from another web site."
+        return None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        reason = self.refusal(scope.get("method", "GET"), headers)
+        if reason is None:
+            return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("?",))[0]
+        log.warning("refused %s %s from %s: %s", scope.get("method", "WEBSOCKET"), scope.get("path"), client, reason)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = (reason + "\n").encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class LoginThrottle:
+    """ASGI middleware: each failed login makes that client's next login wait longer (exponentially).
+
+    The wait is an `asyncio.sleep` before the request reaches the login route, so the server goes on
+    answering everything else meanwhile. Tries sent at once by one client queue up, one delay apart.
+    Clients are told apart by address; at most `max_clients` are remembered.
+    """
+
+    def __init__(self, app, delay: float | None = None, delay_max: float | None = None, max_clients: int = 10_000):
+        self.app = app
+        self.delay = LOGIN_DELAY if delay is None else delay
+        self.delay_max = LOGIN_DELAY_MAX if delay_max is None else delay_max
+        self.max_clients = max_clients
+        self._failures: OrderedDict[str, int] = OrderedDict()
+        self._next_try: dict[str, float] = {}
+
+    def wait_after(self, failures: int) -> float:
+        return 0.0 if failures < 1 else min(self.delay * 2 ** (failures - 1), self.delay_max)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path", "").rstrip("/") != "/login":
+            return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("?",))[0]
+        now = time.monotonic()
+        wait = self.wait_after(self._failures.get(client, 0))
+        if wait > 0 or client in self._next_try:  # clients that never failed are not remembered
+            start = max(now, self._next_try.get(client, 0.0)) + wait
+            self._next_try[client] = start
+            if start > now:
+                await asyncio.sleep(start - now)
+        status = 0
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_status)
+        if status == 200:
+            self._failures.pop(client, None)
+            self._next_try.pop(client, None)
+        elif status in (400, 401, 403):
+            self._failures[client] = self._failures.get(client, 0) + 1
+            self._failures.move_to_end(client)
+            while len(self._failures) > self.max_clients:
+                self._next_try.pop(self._failures.popitem(last=False)[0], None)

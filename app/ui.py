@@ -4,6 +4,10 @@ Every gallery carries a gr.State list of photo ids beside it; a click's index is
 so the browser only ever hands back ids, never paths. Bad input (a non-image upload, an empty index,
 labels missing) becomes a warning toast; an unexpected failure becomes a short error message, never a
 traceback on the page (the traceback goes to the server log).
+
+The page's encoder is the index's: it is loaded when the page is built and refused when its hash differs
+from the one in the index's manifest; when an index update beside the page switches the index to another
+encoder, the page loads that one (and checks it the same way) before embedding the next upload.
 """
 
 from __future__ import annotations
@@ -11,14 +15,26 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import re
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
 from app import search
-from app.files import MAX_UPLOAD, check_bind, served_paths
+from app.files import (
+    MAX_UPLOAD,
+    UPLOAD_REFUSED,
+    HostGuard,
+    LoginThrottle,
+    allowed_hosts,
+    check_bind,
+    read_upload,
+    served_paths,
+)
 from app.labels import Labels
 
 log = logging.getLogger("byol_search.page")
@@ -27,6 +43,19 @@ SEARCH_MODE, SELECT_MODE = "search from it", "add it to the selection"
 EXPORTS = ("CSV", "ImageFolder (links)", "ImageFolder (copies)", "HF datasets")
 # searches are short and read-only: several run at once (one queue slot each for training, exports, ...)
 SEARCHES = {"concurrency_id": "search", "concurrency_limit": 4}
+# The oldest gradio the page works with: launch(run_history=...) first came in 6.24, and with it every other
+# gradio 6 API used here (buttons=[], api_visibility, footer_links). pyproject.toml says the same.
+GRADIO_MIN = (6, 24)
+
+
+def check_gradio(version: str | None = None) -> None:
+    """Refuse a gradio older than GRADIO_MIN with the command that fixes it (instead of a TypeError later)."""
+    version = version or gr.__version__
+    have = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if have < GRADIO_MIN:
+        need = ".".join(map(str, GRADIO_MIN))
+        raise ImportError(f"the page needs gradio {need} or newer, and gradio {version} is installed: "
+                          f"pip install 'gradio>={need},<7'")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -77,16 +106,49 @@ class Page:
             store = Store.open(self.index_dir)
         self.store = store
         self.labels = labels or Labels(self.index_dir)
-        self._embedder = embedder
         self._map_cache: dict = {}
         self._refreshed = 0.0
+        self._encoder_lock = threading.Lock()
+        # loaded now, so that a page whose encoder is not the index's never starts (EncoderMismatch)
+        self._embedder = embedder if embedder is not None else self.load_encoder()
+        self.check_encoder(self._embedder)
+
+    def load_encoder(self):
+        """The encoder file the index names, loaded (its hash is that of the bytes loaded)."""
+        from index.embed import Embedder
+
+        return Embedder(self.store.model_path)
+
+    def check_encoder(self, embedder) -> None:
+        """Refuse an encoder other than the one the index was built with, as the command line does."""
+        sha = getattr(embedder, "sha256", None)  # stand-ins in tests have none
+        if sha is None or sha == self.store.model_sha256:
+            return
+        from index.store import EncoderMismatch, rebuild_hint
+
+        raise EncoderMismatch(
+            f"{self.index_dir} was built with encoder {self.store.model_sha256[:12]}, but "
+            f"{getattr(embedder, 'model_path', self.store.model_path)} holds encoder {sha[:12]}: the file changed "
+            "after indexing, and searching by upload would give wrong results.\n" + rebuild_hint(self.index_dir))
 
     @property
     def embedder(self):
-        if self._embedder is None:
-            from index.embed import Embedder
+        """The encoder for uploads: the index's current one (reloaded after the index switched encoders)."""
+        self.refresh()
+        with self._encoder_lock:
+            sha = getattr(self._embedder, "sha256", None)
+            if sha is not None and sha != self.store.model_sha256:
+                from index.store import EncoderMismatch
 
-            self._embedder = Embedder(self.store.model_path)
+                try:
+                    fresh = self.load_encoder()
+                    self.check_encoder(fresh)
+                except (EncoderMismatch, ValueError, OSError) as e:
+                    log.warning("upload search refused: %s", e)
+                    raise ValueError("the index is being updated with another encoder, so searching by upload "
+                                     "is paused; try again when `byol-search index` (or `run`) has finished, "
+                                     "or click a photo to search from it") from e
+                self._embedder = fresh
         return self._embedder
 
     def refresh(self) -> None:
@@ -150,21 +212,28 @@ class Page:
         return self._map_cache[key]
 
 
-def _upload_image(payload):
-    """The uploaded file (already inside gradio's upload folder, checked by gradio) decoded with our guards."""
-    from byol.images import load_rgb
-
-    if not payload:
-        raise ValueError("no photo received")
+def _upload_image(payload, upload_dir: str | Path, uploaded) -> object:
+    """The uploaded query photo decoded with our guards; read only when gradio itself stored it from an upload
+    (any other path, whether it exists or not, gets the same refusal: UPLOAD_REFUSED)."""
     path = payload.get("path") if isinstance(payload, dict) else None
     if not path:
-        raise ValueError("no photo received: upload or paste an image file")
-    return load_rgb(path)
+        raise ValueError(UPLOAD_REFUSED)
+    return search.load_query(read_upload(path, upload_dir, uploaded))  # load_rgb with the folder's guards
+
+
+def _upload_dir(demo: gr.Blocks) -> str:
+    """Where this app's gradio stores uploads."""
+    server = getattr(demo, "server_app", None)
+    return getattr(server, "uploaded_file_dir", None) or demo.GRADIO_CACHE
 
 
 def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels | None = None,
               page_size: int = PAGE) -> gr.Blocks:
-    """The page for one index. store/embedder/labels default to those of index_dir (tests inject fakes)."""
+    """The page for one index. store/embedder/labels default to those of index_dir (tests inject fakes).
+
+    Raises index.store.EncoderMismatch when the index's encoder file is not the encoder it was built with.
+    """
+    check_gradio()
     page = Page(index_dir, store, embedder, labels)
     st = page.store
 
@@ -281,7 +350,7 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
             page.require_photos()
             if payload is None:
                 return tuple(gr.skip() for _ in search_out)
-            img = _upload_image(payload)
+            img = _upload_image(payload, _upload_dir(demo), demo.upload_file_set)
             vec = search.embed_photo(page.embedder, img)
             hits = search.search_vector(st, vec, page_size)
             return show_search(hits, {"vec": vec[0].tolist()}, "Photos like your upload")
@@ -530,13 +599,27 @@ def _download_copy(path: Path) -> Path:
 
 
 def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860,
-           auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False):
-    """Serve the page: loopback unless auth is given; only the thumbnail folder is served."""
+           auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False,
+           allow_hosts: Iterable[str] = ()):
+    """Serve the page: loopback unless auth is given; only the thumbnail folder is served.
+
+    Requests are answered only when addressed to `host`, a loopback name or one of `allow_hosts`, and never
+    when another web site sends them (app.files.HostGuard); failed logins are slowed down (LoginThrottle).
+    Never a public share link, whatever GRADIO_SHARE or a notebook says.
+    """
+    from starlette.middleware import Middleware
+
     check_bind(host, auth)
     allowed, blocked = served_paths(index_dir, getattr(demo, "page", None) and demo.page.store)
     # served in place instead of copied into gradio's cache on every search
+    allow_hosts = list(allow_hosts)
+    hosts, any_ip = allowed_hosts(host, allow_hosts)
+    middleware = [Middleware(HostGuard, hosts=hosts, any_ip=any_ip, origins=allow_hosts)]
+    if auth is not None:
+        middleware.append(Middleware(LoginThrottle))
     gr.set_static_paths(allowed)
     return demo.launch(server_name=host, server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
+                       share=False, app_kwargs={"middleware": middleware},
                        max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                        show_error=False, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
                        run_history=False, footer_links=["api"])

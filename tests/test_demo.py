@@ -44,6 +44,10 @@ def fake_stages(monkeypatch):
         sha = hashlib.sha256(Path(model).read_bytes()).hexdigest()
         if not Store.exists(index_dir):
             Store.create(index_dir, 4, sha, model, Preprocess().to_dict()).close()
+        elif rebuild:  # re-embedded in place with the new encoder, as build_index does
+            with Store.open(index_dir, writable=True) as s:
+                s.reset(4, sha, model, Preprocess().to_dict())
+                s.save()
         calls.append(("index", rebuild))
         return {"count": 0, "added": 0, "updated": 0, "removed": 0, "bad": 0}
 
@@ -87,6 +91,46 @@ def test_stages_skip_rerun_and_resume(tmp_path, fake_stages):
     fake_stages.clear()
     run(RunConfig(folder=str(folder), out=str(tmp_path / "work"), budget=45), **quiet)
     assert fake_stages[0] == ("train", False, 45)
+
+
+def test_a_new_encoder_never_replaces_the_file_the_index_uses(tmp_path, fake_stages, monkeypatch):
+    """A page serving the index keeps a matching encoder file across `run`: a new encoder goes to a new file,
+    the index switches to it when re-embedded, and only then do encoder.onnx and the old file change."""
+    import index.build
+    from index.store import Store
+
+    folder = tmp_path / "photos"
+    make_shapes(folder, per_class=2)
+    work = tmp_path / "work"
+    cfg = RunConfig(folder=str(folder), out=str(work), budget=30)
+    quiet = {"log": lambda *a, **k: None}
+
+    def index_encoder() -> tuple[Path, str]:
+        with Store.open(work / "index") as s:
+            return Path(s.model_path), s.model_sha256
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    out = run(cfg, **quiet)
+    first, first_sha = index_encoder()
+    assert first.parent == work / "encoders" and sha(first) == first_sha
+    assert Path(out["model"]) == work / "encoder.onnx" and sha(work / "encoder.onnx") == first_sha
+
+    # a new photo: a new encoder is exported, and indexing is interrupted before it saves
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(folder / "new.png")
+    build = index.build.build_index
+    monkeypatch.setattr(index.build, "build_index", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, **quiet)
+    assert index_encoder() == (first, first_sha) and sha(first) == first_sha  # what the page loads still matches
+    assert sha(work / "encoder.onnx") == first_sha
+
+    monkeypatch.setattr(index.build, "build_index", build)
+    run(cfg, **quiet)
+    second, second_sha = index_encoder()
+    assert second_sha != first_sha and sha(second) == second_sha and sha(work / "encoder.onnx") == second_sha
+    assert sorted(p.name for p in (work / "encoders").iterdir()) == [second.name]  # the old one is gone
 
 
 def test_run_refuses_an_unsafe_host_before_training(tmp_path, fake_stages, capsys):

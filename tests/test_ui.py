@@ -19,7 +19,7 @@ from test_search import ColourEmbedder, make_index
 
 from app.files import check_bind, parse_auth, served_paths
 from app.ui import SELECT_MODE, build_app, launch
-from index.store import Store
+from index.store import EncoderMismatch, Store
 
 PAGE = 8
 
@@ -321,3 +321,84 @@ def test_served_paths_are_the_thumbnails_only(tmp_path):
     assert allowed == [str((tmp_path / "thumbs").resolve())]
     assert str(tmp_path.resolve() / "exports") in blocked and str(tmp_path.resolve() / "labels.sqlite") in blocked
     assert not any(b == allowed[0] for b in blocked)
+
+
+# ---------------------------------------------------------------- the encoder and gradio the page runs on
+class HashedEmbedder(ColourEmbedder):
+    """A stand-in encoder that says which file it was loaded from, as index.embed.Embedder does."""
+
+    def __init__(self, sha256: str, model_path: str = "encoder.onnx"):
+        self.sha256, self.model_path = sha256, model_path
+
+
+class SwitchingStore:
+    """The parts of a Store the page's encoder check reads; `switch` is an index update with a new encoder."""
+
+    def __init__(self, sha256: str):
+        self.model_sha256, self.model_path, self.count, self.dim = sha256, "encoders/a.onnx", 3, 48
+        self._next = None
+
+    def switch(self, sha256: str, model_path: str) -> None:
+        self._next = (sha256, model_path)
+
+    def refresh(self) -> bool:
+        if self._next is None:
+            return False
+        (self.model_sha256, self.model_path), self._next = self._next, None
+        return True
+
+
+def test_page_refuses_an_encoder_that_is_not_the_index(tmp_path, monkeypatch, capsys):
+    index_dir, _ = make_index(tmp_path, per_class=1)  # built with encoder 000...
+    with pytest.raises(EncoderMismatch, match="--rebuild"):
+        build_app(index_dir, embedder=HashedEmbedder("f" * 64))
+    build_app(index_dir, embedder=HashedEmbedder("0" * 64)).close()
+    # `serve` loads the index's encoder file and refuses to start when that file has changed since indexing
+    import app.ui
+    import index.embed
+    from app.cli import main
+
+    monkeypatch.setattr(index.embed, "Embedder", lambda path: HashedEmbedder("e" * 64, str(path)))
+    monkeypatch.setattr(app.ui, "launch", lambda *a, **k: pytest.fail("the page must not start"))
+    assert main(["serve", str(index_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "was built with encoder 000000000000" in err and "eeeeeeeeeeee" in err and "--rebuild" in err
+
+
+def search_photo_with(page):
+    return page.embedder.embed_images([])
+
+
+def test_page_follows_the_index_to_its_new_encoder(tmp_path, monkeypatch):
+    from app.ui import Page
+
+    store = SwitchingStore("a" * 64)
+    page = Page(tmp_path, store=store, embedder=HashedEmbedder("a" * 64))
+    files_now = {"encoders/a.onnx": "a" * 64, "encoders/b.onnx": "b" * 64}
+    monkeypatch.setattr(page, "load_encoder", lambda: HashedEmbedder(files_now[store.model_path], store.model_path))
+    assert page.embedder.sha256 == "a" * 64
+    store.switch("b" * 64, "encoders/b.onnx")  # `index --rebuild` saved beside the page
+    page._refreshed = 0.0
+    assert page.embedder.sha256 == "b" * 64  # uploads are now embedded by the index's new encoder
+    # the index names a file whose content is not its encoder: uploads are refused, not searched wrongly
+    store.switch("c" * 64, "encoders/b.onnx")
+    page._refreshed = 0.0
+    with pytest.raises(ValueError, match="another encoder"):
+        search_photo_with(page)
+
+
+def test_gradio_version_floor():
+    import re
+
+    import gradio as gr
+
+    from app.ui import GRADIO_MIN, check_gradio
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"gradio>=([\d.]+),', pyproject).group(1)
+    assert tuple(int(n) for n in floor.split(".")) == GRADIO_MIN  # what pip allows is what the page needs
+    check_gradio(gr.__version__)
+    check_gradio("6.24.0")
+    for old in ("5.20.0", "6.0.0", "6.23.1"):
+        with pytest.raises(ImportError, match=r"pip install 'gradio>=6.24,<7'"):
+            check_gradio(old)
