@@ -3,7 +3,7 @@ with and without 15 minutes of adaptation on the user's folder, and the few-shot
 
 Held-out protocol (the base encoder never saw these classes; see scripts/train_base.py):
   the user's folder   the training images of 5 Imagenette classes (n03394916 French horn, n03417042 garbage
-                      truck, n03425413 gas pump, n03445777 golf ball, n03888605 parachute), labels ignored:
+                      truck, n03425413 gas pump, n03445777 golf ball, n03888257 parachute), labels ignored:
                       what `byol-search pretrain FOLDER --budget 15m [--init ...]` adapts on
   evaluation          `byol.evaluate` with those classes' train split as the kNN bank / few-shot pool and
                       their val split as the test: kNN (k=200, t=0.1), linear probe, 1/5/10-shot

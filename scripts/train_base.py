@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_pretrain import CACHE, DATASETS, extract_once  # noqa: E402
 
 SEEN_IMAGENETTE = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079")
-HELD_OUT_IMAGENETTE = ("n03394916", "n03417042", "n03425413", "n03445777", "n03888605")
+HELD_OUT_IMAGENETTE = ("n03394916", "n03417042", "n03425413", "n03445777", "n03888257")
 
 
 def base_folder() -> Path:
