@@ -612,14 +612,14 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
     check_bind(host, auth)
     allowed, blocked = served_paths(index_dir, getattr(demo, "page", None) and demo.page.store)
     # served in place instead of copied into gradio's cache on every search
+    gr.set_static_paths(allowed)
     allow_hosts = list(allow_hosts)
     hosts, any_ip = allowed_hosts(host, allow_hosts)
     middleware = [Middleware(HostGuard, hosts=hosts, any_ip=any_ip, origins=allow_hosts)]
     if auth is not None:
         middleware.append(Middleware(LoginThrottle))
-    gr.set_static_paths(allowed)
     return demo.launch(server_name=host, server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
-                       share=False, app_kwargs={"middleware": middleware},
                        max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
+                       share=False, app_kwargs={"middleware": middleware},
                        show_error=False, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
                        run_history=False, footer_links=["api"])
