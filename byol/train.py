@@ -1,5 +1,16 @@
 """BYOL pretraining (Grill et al. 2020): the run's config and one training function that reads top to bottom.
 
+train() reads as its phases: build (data, model, optimiser, step), plan, loop, save. The pieces live beside
+it, each with its own tests:
+    byol.batches   epoch permutations, shards and the two views of a step's batch
+    byol.step      the online network as one module, one training step, the torch.compile fallback
+    byol.planner   the time-budget planner: steps from timed throwaway steps, re-plans when speed drifts
+    byol.cpu       CPU tuning: the GEMM weight-gradient convolution (AMX) and the thread tuner
+    byol.rng       the RNG states saved in a checkpoint for an exact resume
+    byol.curves    log.jsonl read back, curves.png
+The names those modules took from here (ThreadTuner, GemmGradConv2d, plot_curves, ...) still import from
+byol.train.
+
 Public API
     train(cfg: TrainConfig) -> Path          runs (or resumes) a pretraining run; returns RUN_DIR/checkpoint.pt
     TrainConfig                              every setting, one comment per field (below); stored in the
@@ -36,8 +47,8 @@ Time budget (steps=0, budget>0): the budget covers the whole call (cache, planni
 periodic checkpoints), all but the final checkpoint and plot. The planner times full training steps on
 throwaway batches (the first at each thread count untimed: allocator and kernel set-up; see ThreadTuner;
 at most 15% of the budget), then restores the model and optimiser to their initial state: those steps are
-not counted and leave no trace, so a budget run is the same as a `steps` run of the planned length. It then sets total steps = (time left x 0.97) /
-(step time + evaluation time / eval_every). The plan is stored in the checkpoint; --resume keeps it.
+not counted and leave no trace, so a budget run is the same as a `steps` run of the planned length. It
+then sets total steps = (time left x 0.97) / (step time + evaluation time / eval_every). The plan is stored in the checkpoint; --resume keeps it.
 When the measured speed drifts more than 10% from the plan (another program starts or stops), the rest of
 the schedules is stretched or squeezed (`virtual_step`) so lr and tau still complete within the budget;
 each re-plan is logged and stored in the plan. A `steps` run never re-plans and resumes exactly.
@@ -48,34 +59,57 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import math
 import os
-import random
 import re
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from byol import planner
 from byol.augment import AugmentConfig, two_views, write_preview
+from byol.batches import Batches
 from byol.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from byol.cpu import (
+    GemmGradConv2d,
+    ThreadTuner,
+    conv_weight_grad,
+    cpu_has_amx,
+    cpu_thread_candidates,
+    use_gemm_weight_grads,
+)
+from byol.curves import plot_curves, read_log
 from byol.init import resolve_init, start_from
 from byol.loss import byol_loss, collapse_std
 from byol.model import BYOL, ModelConfig
-from byol.optim import OPTIMIZERS, build_optimizer, scaled_lr, schedules, virtual_step
+from byol.optim import OPTIMIZERS, build_optimizer, scaled_lr, schedules
+from byol.planner import PLAN_STEPS, PLAN_WARMUP
 from byol.preprocess import Preprocess
+from byol.rng import rng_state, set_rng_state
+from byol.step import Online, TrainStep
 
-PLAN_STEPS, PLAN_WARMUP = 3, 1  # budget planner: at least PLAN_WARMUP + 1 steps, at most PLAN_STEPS + probes
+if TYPE_CHECKING:
+    from byol.data import ImageCache
+
+__all__ = [  # the training API, and the names this module held before the CPU tuning, the planner, the
+    # step and the curves got their own modules (importable from here as before)
+    "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "parse_duration", "default_cache_side", "train",
+    "preview", "GemmGradConv2d", "ThreadTuner", "conv_weight_grad", "cpu_has_amx", "cpu_thread_candidates",
+    "use_gemm_weight_grads", "plot_curves", "PLAN_STEPS", "PLAN_WARMUP",
+]
+
 CROP_FRACTION = 0.625  # default side of the training views, as a fraction of the image size (crop_size)
 COMPILE_MIN_BUDGET, COMPILE_MIN_STEPS = 300.0, 500  # compile="auto": runs this long amortise compiling
 
@@ -180,185 +214,17 @@ def parse_duration(text: str) -> float:
 
 
 def default_cache_side(image_size: int) -> int:
+    """The cached square side when cache_side is 0 (see TrainConfig.cache_side)."""
     return image_size if image_size <= 64 else int(round(image_size * 1.25 / 8)) * 8
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CPU kernel: convolution weight gradients on small feature maps as one GEMM
-# ----------------------------------------------------------------------------------------------------------
-def conv_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
-    """dL/dW of a k x k convolution (groups 1, dilation 1) as ONE matrix product.
-
-    x: N,C,H,W input; g: N,O,Ho,Wo output gradient -> O,C,k,k. The k*k shifted (strided) views of the
-    padded input are stacked into an N*Ho*Wo x k*k*C matrix; dW = g^T (O x N*Ho*Wo) @ that matrix.
-    """
-    n, c = x.shape[:2]
-    o, ho, wo = g.shape[1:]
-    xh = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad))  # N, H+2p, W+2p, C
-    sh, sw = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    cols = torch.stack([xh[:, i : i + sh : stride, j : j + sw : stride, :] for i in range(k) for j in range(k)], dim=3)
-    cols = cols.reshape(n * ho * wo, k * k * c)  # N*Ho*Wo, k*k*C
-    gm = g.permute(0, 2, 3, 1).reshape(n * ho * wo, o)  # N*Ho*Wo, O
-    return (gm.t() @ cols).view(o, k, k, c).permute(0, 3, 1, 2)  # O, C, k, k
-
-
-class _GemmGradConvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, stride: int, pad: int):
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.pad = stride, pad
-        return F.conv2d(x, weight, None, stride, pad)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        s, p = ctx.stride, ctx.pad
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.ops.aten.convolution_backward(
-                g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            gw = conv_weight_grad(x, g, w.shape[-1], s, p).to(w.dtype)
-        return gx, gw, None, None
-
-
-class GemmGradConv2d(nn.Conv2d):
-    """nn.Conv2d whose weight gradient is `conv_weight_grad` (same parameters, same state_dict).
-
-    On CPUs, oneDNN's bf16 backward-weights kernel crawls on feature maps of 8x8 and smaller (10-25
-    GFLOP/s measured on 2 cores of a CPU with AMX, against 60-100 for this GEMM): in a CIFAR ResNet that is
-    stages 3 and 4. The input gradient and the forward stay oneDNN's. Autocast casts as for nn.Conv2d.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if torch.is_autocast_enabled("cpu"):
-            dt = torch.get_autocast_dtype("cpu")
-            x, w = x.to(dt), w.to(dt)
-        with torch.autocast("cpu", enabled=False):
-            return _GemmGradConvFn.apply(x, w, self.stride[0], self.padding[0])
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (Linux /proc/cpuinfo flags; False when they cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def use_gemm_weight_grads(encoder: nn.Module, image_size: int, max_side: int = 8) -> int:
-    """Switch the encoder's eligible convolutions with outputs of at most max_side^2 to GemmGradConv2d.
-
-    Eligible: square kernel, equal strides and paddings, no bias, groups and dilation 1. Returns how many.
-    """
-    sides: dict[nn.Conv2d, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, out: sides.__setitem__(mod, out.shape[-1]))
-             for m in encoder.modules() if type(m) is nn.Conv2d]
-    was = encoder.training
-    encoder.eval()
-    with torch.no_grad():
-        encoder(torch.zeros(1, 3, image_size, image_size))
-    encoder.train(was)
-    for h in hooks:
-        h.remove()
-    n = 0
-    for m, side in sides.items():
-        k, st, pd = m.kernel_size, m.stride, m.padding
-        if (side <= max_side and m.bias is None and m.groups == 1 and m.dilation == (1, 1) and k[0] == k[1]
-                and st[0] == st[1] and isinstance(pd, tuple) and pd[0] == pd[1] and m.padding_mode == "zeros"):
-            m.__class__ = GemmGradConv2d
-            n += 1
-    return n
-
-
-def cpu_thread_candidates() -> list[int]:
-    """Thread counts the auto ThreadTuner tries: all usable cores, half of them and one (largest first)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return sorted({cores, max(1, cores // 2), 1}, reverse=True)
-
-
-class ThreadTuner:
-    """Chooses the CPU intra-op thread count whose steps are fastest, by timing real steps.
-
-    Each candidate runs two steps (the first at a new count sets up kernels and is not timed; step 0 runs
-    at the first candidate); afterwards the fastest (median of its last 5 steps) runs, and every `recheck` steps each other candidate gets one step to show it is
-    now faster (the load of a shared machine changes). One candidate: a fixed count, nothing timed.
-    """
-
-    def __init__(self, candidates: list[int], recheck: int = 100):
-        self.candidates, self.recheck = candidates, recheck
-        self.times: dict[int, list[float]] = {c: [] for c in candidates}
-        self.seen: set[int] = set()  # the first step at a count sets up kernels for it: not timed
-        self.n = 0
-        # the first candidate's first step is step 0 (warm-up), so it needs one probe less
-        self.probes = [c for c in candidates for _ in range(2)][1:] if len(candidates) > 1 else []
-
-    @property
-    def settled(self) -> bool:
-        return not self.probes
-
-    def best(self) -> int:
-        timed = [c for c in self.candidates if self.times[c]]
-        return min(timed, key=lambda c: float(np.median(self.times[c][-5:]))) if timed else self.candidates[0]
-
-    def step_seconds(self) -> float | None:
-        """Median step time of the best candidate."""
-        t = self.times[self.best()]
-        return float(np.median(t[-5:])) if t else None
-
-    def next(self) -> int:
-        """The thread count for the coming step (and sets it)."""
-        if self.n == 0 or len(self.candidates) == 1:
-            c = self.candidates[0]
-        elif self.probes:
-            c = self.probes.pop(0)
-        elif self.n % self.recheck == 0:
-            self.probes = [x for x in self.candidates if x != self.best()]
-            c = self.probes.pop(0)
-        else:
-            c = self.best()
-        if torch.get_num_threads() != c:
-            torch.set_num_threads(c)
-        self.current = c
-        return c
-
-    def record(self, seconds: float) -> None:
-        if self.current in self.seen and len(self.candidates) > 1:
-            self.times[self.current].append(seconds)
-        self.seen.add(self.current)
-        self.n += 1
-
-
-class _Online(nn.Module):
-    """The online network as one module (what DistributedDataParallel wraps): x -> (p, z)."""
-
-    def __init__(self, byol: BYOL):
-        super().__init__()
-        self.encoder, self.projector, self.predictor = byol.online_encoder, byol.online_projector, byol.predictor
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.projector(self.encoder(x))
-        return self.predictor(z), z
-
-
-def _open_images(cfg: TrainConfig, run_dir: Path, side: int, build: bool = True):
-    """The decoded cache (byol.data.ImageCache) of the folder or HF dataset; unreadable files are listed in
-    RUN_DIR/bad_files.jsonl. build=False opens the cache another process has just built."""
-    from byol.data import ImageCache
-
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
-    if not build:
-        return ImageCache.open(cache_dir, side)
-    report = run_dir / "bad_files.jsonl"
-    if cfg.hf:
-        return ImageCache.from_hf(cfg.hf, cache_dir, side, split=cfg.hf_split, image_column=cfg.hf_image_column,
-                                  workers=cfg.workers, report=report)
-    return ImageCache.build(cfg.folder, cache_dir, side, workers=cfg.workers, report=report)
+def _want_compile(cfg: TrainConfig) -> bool:
+    """Whether the run compiles its forwards (TrainConfig.compile; auto: long runs only)."""
+    if cfg.compile not in ("auto", "on", "off"):
+        raise ValueError(f"compile {cfg.compile!r}: choose auto, on or off")
+    if cfg.compile == "auto":
+        return cfg.budget >= COMPILE_MIN_BUDGET if cfg.steps <= 0 else cfg.steps >= COMPILE_MIN_STEPS
+    return cfg.compile == "on"
 
 
 def _choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -374,104 +240,18 @@ def _choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-def _want_compile(cfg: TrainConfig) -> bool:
-    if cfg.compile not in ("auto", "on", "off"):
-        raise ValueError(f"compile {cfg.compile!r}: choose auto, on or off")
-    if cfg.compile == "auto":
-        return cfg.budget >= COMPILE_MIN_BUDGET if cfg.steps <= 0 else cfg.steps >= COMPILE_MIN_STEPS
-    return cfg.compile == "on"
-
-
-def _rng_state(aug_gen: torch.Generator) -> dict:
-    st = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state(), "python": random.getstate(),
-           "numpy": [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng_state(rng: dict, aug_gen: torch.Generator) -> None:
-    torch.set_rng_state(rng["torch"])
-    aug_gen.set_state(rng["augment"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
-    n = rng["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, local_batch: int) -> torch.Tensor:
-    """Image indices of one epoch for this process: batches x local_batch (drop_last).
-
-    The permutation depends only on (seed, epoch), so the data order needs no saved state: step s reads
-    batch s % batches_per_epoch of epoch s // batches_per_epoch. Each process takes a distinct shard.
-    """
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    shard = perm[rank::world]
-    per_epoch = len(shard) // local_batch
-    return shard[: per_epoch * local_batch].view(per_epoch, local_batch)
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
-
-
-def plot_curves(log_path: str | Path, png_path: str | Path) -> None:
-    """curves.png from log.jsonl: loss, lr, tau, collapse std and (if any) kNN top-1 against step."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = _read_log(Path(log_path))
-    tr = [r for r in recs if r.get("kind") == "train"]
-    ev = [r for r in recs if r.get("kind") == "eval"]
-    panels = [("loss", tr), ("lr", tr), ("tau", tr), ("collapse_std", tr)] + ([("knn_top1", ev)] if ev else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0))
-    for ax, (key, rs) in zip(axes, panels):
-        ax.plot([r["step"] for r in rs], [r[key] for r in rs], marker="o" if key == "knn_top1" else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write(png_path, lambda f: f.write(buf.getvalue()))
-
-
-def _knn_monitor(encoder: nn.Module, folder: str, preprocess: Preprocess, device: torch.device, amp) -> float:
-    """Weighted kNN top-1 (k=200, t=0.1) of the online encoder on a labelled folder, eval mode."""
-    from byol import probe
-    from byol.evaluate import embed_folder, load_labelled
-
-    train_paths, train_y, test_paths, test_y, _ = load_labelled(folder)
-    with amp():
-        tr = embed_folder(encoder, preprocess, train_paths, device=device, progress=False)
-        te = embed_folder(encoder, preprocess, test_paths, device=device, progress=False)
-    return probe.knn_top1(tr.features, train_y[tr.kept], te.features, test_y[te.kept])
-
-
-def train(cfg: TrainConfig) -> Path:
-    """Run BYOL pretraining as configured; returns the path of the final checkpoint (RUN_DIR/checkpoint.pt)."""
-    t0 = time.perf_counter()
-    cfg = copy.deepcopy(cfg)  # the caller's config is not changed
-    run_dir = Path(cfg.out)
-    ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "log.jsonl"
-    # ------------------------------------------------------------------ resume: the saved settings win
+# ----------------------------------------------------------------------------------------------------------
+# what a run is built from: settings, processes, data
+# ----------------------------------------------------------------------------------------------------------
+def _settings(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """(the run's config, the checkpoint to resume or None). The caller's config is not changed; on
+    resume the saved settings win, except those that say how to run this call."""
+    cfg = copy.deepcopy(cfg)
+    ckpt_path = Path(cfg.out) / "checkpoint.pt"
     ckpt = None
     if cfg.resume:
         if not ckpt_path.is_file():
-            raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint in {run_dir})")
+            raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint in {cfg.out})")
         ckpt = load_checkpoint(ckpt_path)
         runtime = {k: getattr(cfg, k) for k in ("out", "resume", "stop_at", "progress", "workers", "device")}
         cfg = TrainConfig.from_dict(ckpt["config"])
@@ -484,32 +264,47 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.steps <= 0 and cfg.budget <= 0 and ckpt is None:
         raise ValueError("give a number of steps or a time budget")
     cfg.augment.image_size = cfg.view_size
-    compiled = _want_compile(cfg)
+    return cfg, ckpt
 
-    # ------------------------------------------------------------------ processes and device, chosen once
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
+
+@dataclass
+class _Processes:
+    """This process's place in the run, chosen once: torchrun's group, device, autocast, layout, threads."""
+
+    ddp: bool  # launched by torchrun (RANK set)
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None = fp32
+    fmt: torch.memory_format  # channels_last or contiguous
+    tuner: ThreadTuner  # CPU intra-op threads (one fixed candidate where they must not change)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.amp_dtype is not None else "fp32"
+
+    def amp(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+def _processes(cfg: TrainConfig, compiled: bool) -> _Processes:
+    """Joins torchrun's process group when launched by it, and chooses device, precision and threads."""
+    ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world = 0, 1
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         else:  # processes on one CPU share its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    main = rank == 0
     amp_dtype = _choose_precision(cfg, device)
-    precision = "bf16" if amp_dtype is not None else "fp32"
-
-    def amp():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     if cfg.threads > 0 or ddp or device.type != "cpu" or compiled:  # compiled kernels fix their thread count
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -519,312 +314,397 @@ def train(cfg: TrainConfig) -> Path:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        # -------------------------------------------------------------- data: the decoded cache
-        side = cfg.cache_side or default_cache_side(cfg.model.image_size)
-        if main:
-            cache = _open_images(cfg, run_dir, side)
-        if ddp:
-            dist.barrier()  # rank 0 built the cache; the others open it
-        if not main:
-            cache = _open_images(cfg, run_dir, side, build=False)
-        images = cache.tensor()  # N, side, side, 3 uint8 (memory-mapped)
-        n = images.shape[0]
-        if n // world < 2:
-            raise ValueError(f"{cfg.folder or cfg.hf}: {n} readable image(s); BYOL needs at least {2 * world} "
-                             f"(BatchNorm needs 2 per batch per process)")
-        if device.type == "cuda" and images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]:
-            images = images.to(device)  # the whole cache on the GPU: batches are gathered there
-        local_batch = min(cfg.batch_size // world, n // world)
-        batch = local_batch * world
-        if batch < cfg.batch_size and main:
-            print(f"note: {n} images for batch size {cfg.batch_size}: training with batch {batch} "
-                  f"(lr scaled to it)", file=sys.stderr)
-        per_epoch = (n // world) // local_batch
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return _Processes(ddp, rank, world, device, amp_dtype, fmt, tuner)
 
-        # -------------------------------------------------------------- model, optimiser, augmentation RNG
+
+def _open_images(cfg: TrainConfig, run_dir: Path, side: int, build: bool = True) -> ImageCache:
+    """The decoded cache (byol.data.ImageCache) of the folder or HF dataset; unreadable files are listed in
+    RUN_DIR/bad_files.jsonl. build=False opens the cache another process has just built."""
+    from byol.data import ImageCache
+
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
+    if not build:
+        return ImageCache.open(cache_dir, side)
+    report = run_dir / "bad_files.jsonl"
+    if cfg.hf:
+        return ImageCache.from_hf(cfg.hf, cache_dir, side, split=cfg.hf_split, image_column=cfg.hf_image_column,
+                                  workers=cfg.workers, report=report)
+    return ImageCache.build(cfg.folder, cache_dir, side, workers=cfg.workers, report=report)
+
+
+def _open_data(cfg: TrainConfig, procs: _Processes) -> Batches:
+    """The decoded cache (rank 0 builds it, the others open it) and the batch size that fits it."""
+    run_dir, world = Path(cfg.out), procs.world
+    side = cfg.cache_side or default_cache_side(cfg.model.image_size)
+    if procs.main:
+        cache = _open_images(cfg, run_dir, side)
+    if procs.ddp:
+        dist.barrier()  # rank 0 built the cache; the others open it
+    if not procs.main:
+        cache = _open_images(cfg, run_dir, side, build=False)
+    images = cache.tensor()  # N, side, side, 3 uint8 (memory-mapped)
+    n = images.shape[0]
+    if n // world < 2:
+        raise ValueError(f"{cfg.folder or cfg.hf}: {n} readable image(s); BYOL needs at least {2 * world} "
+                         f"(BatchNorm needs 2 per batch per process)")
+    device = procs.device
+    if device.type == "cuda" and images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]:
+        images = images.to(device)  # the whole cache on the GPU: batches are gathered there
+    local_batch = min(cfg.batch_size // world, n // world)
+    batch = local_batch * world
+    if batch < cfg.batch_size and procs.main:
+        print(f"note: {n} images for batch size {cfg.batch_size}: training with batch {batch} "
+              f"(lr scaled to it)", file=sys.stderr)
+    return Batches(images, local_batch, cfg.augment, cfg.seed, procs.rank, world, device, procs.fmt,
+                   views_fn=two_views)  # read here, at the call: tests replace byol.train.two_views
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what the phases of a run share: its networks, files and clock
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """One train() call: settings, processes, data, networks, the plan, log.jsonl, checkpoint.pt, clock."""
+
+    cfg: TrainConfig
+    procs: _Processes
+    data: Batches
+    model: BYOL
+    optimizer: torch.optim.Optimizer
+    aug_gen: torch.Generator  # this process's augmentation draws
+    init_info: dict  # where the encoder started (byol.init), stored in the checkpoint
+    t0: float  # perf_counter() at the start of this call
+    preprocess: Preprocess = field(init=False)
+    elapsed_before: float = 0.0  # seconds spent by the earlier calls of a resumed run
+    plan: dict = field(default_factory=dict)  # see byol.planner
+
+    def __post_init__(self) -> None:
+        self.preprocess = Preprocess.for_size(self.cfg.model.image_size)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.cfg.out) / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.cfg.out) / "log.jsonl"
+
+    def elapsed(self) -> float:
+        """Seconds of the whole run so far, over all its calls."""
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def log(self, rec: dict) -> None:
+        """One record in log.jsonl (rank 0 writes)."""
+        if self.procs.main:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def warn(self, step: int, msg: str) -> None:
+        """A warning in the log and on stderr (rank 0)."""
+        self.log({"kind": "warning", "step": step, "message": msg})
+        if self.procs.main:
+            tqdm.write(f"warning: {msg}", file=sys.stderr)
+
+    def restore(self, ckpt: dict | None) -> int:
+        """The step to start from: 0 with a fresh log, or the checkpoint's step with everything as saved
+        (model, optimiser, plan, elapsed time, RNGs; log lines written after it are dropped)."""
+        if ckpt is None:
+            if self.procs.main:
+                self.log_path.unlink(missing_ok=True)
+            return 0
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        start, self.plan = int(ckpt["step"]), dict(ckpt["extra"]["plan"])
+        self.elapsed_before = float(ckpt["extra"].get("elapsed", 0.0))
+        set_rng_state(ckpt["rng"], self.aug_gen)
+        if self.procs.main:  # drop log lines written after the checkpoint by an interrupted run
+            keep = [r for r in read_log(self.log_path) if r.get("step", 0) <= start and r.get("kind") != "end"]
+            atomic_write(self.log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
+        return start
+
+    def save(self, step: int) -> None:
+        """checkpoint.pt after `step` steps (rank 0 writes; byol.checkpoint's format)."""
+        if not self.procs.main:
+            return
+        cfg, per_epoch = self.cfg, self.data.per_epoch
+        save_checkpoint(self.ckpt_path, {
+            "config": asdict(cfg), "model_config": asdict(cfg.model),
+            "preprocess": self.preprocess.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "step": step, "rng": rng_state(self.aug_gen),
+            "extra": {"plan": self.plan, "elapsed": self.elapsed(), "init": self.init_info,
+                      "sampler": {"seed": cfg.seed, "epoch": step // per_epoch, "per_epoch": per_epoch}},
+        })
+
+    def evaluate(self, step: int) -> tuple[float, float]:
+        """(kNN top-1, seconds) of the online encoder on cfg.eval_folder after `step` steps, logged."""
+        te = time.perf_counter()
+        acc = _knn_monitor(self.model.online_encoder, self.cfg.eval_folder, self.preprocess, self.procs.device,
+                           self.procs.amp)
+        seconds = time.perf_counter() - te
+        self.log({"kind": "eval", "step": step, "knn_top1": acc, "seconds": seconds, "elapsed": self.elapsed()})
+        return acc, seconds
+
+
+def _knn_monitor(encoder: nn.Module, folder: str, preprocess: Preprocess, device: torch.device,
+                 amp: Callable[[], AbstractContextManager]) -> float:
+    """Weighted kNN top-1 (k=200, t=0.1) of the online encoder on a labelled folder, eval mode."""
+    from byol import probe
+    from byol.evaluate import embed_folder, load_labelled
+
+    train_paths, train_y, test_paths, test_y, _ = load_labelled(folder)
+    with amp():
+        tr = embed_folder(encoder, preprocess, train_paths, device=device, progress=False)
+        te = embed_folder(encoder, preprocess, test_paths, device=device, progress=False)
+    return probe.knn_top1(tr.features, train_y[tr.kept], te.features, test_y[te.kept])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the phases: build, plan, loop, save
+# ----------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> Path:
+    """Run BYOL pretraining as configured; returns the path of the final checkpoint (RUN_DIR/checkpoint.pt)."""
+    t0 = time.perf_counter()
+    cfg, ckpt = _settings(cfg)  # a copy: the caller's config is not changed
+    compiled = _want_compile(cfg)
+    procs = _processes(cfg, compiled)
+    try:
+        # -------------------------------------------------------------- build: data, model, optimiser, step
+        data = _open_data(cfg, procs)
         torch.manual_seed(cfg.seed)
         model = BYOL(cfg.model)
         if ckpt is None:
             init_info = start_from(model, resolve_init(cfg.init, cfg.model.backbone, cfg.model.image_size))
         else:
             init_info = dict(ckpt["extra"].get("init", {"kind": cfg.init}))
-        if ddp and device.type == "cuda":  # SyncBatchNorm runs on GPUs only; CPU processes normalise locally
+        if procs.ddp and procs.device.type == "cuda":  # SyncBatchNorm runs on GPUs only; CPUs normalise locally
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.gemm_weight_grads and device.type == "cpu" and amp_dtype is not None and cpu_has_amx():
+        if cfg.gemm_weight_grads and procs.device.type == "cpu" and procs.amp_dtype is not None and cpu_has_amx():
             use_gemm_weight_grads(model.online_encoder, cfg.augment.image_size)
-        model = model.to(device, memory_format=fmt)
-        online = _Online(model)
-        if ddp:
-            online = nn.parallel.DistributedDataParallel(online, device_ids=[device] if device.type == "cuda" else None)
-        lr_peak = scaled_lr(cfg.base_lr, batch)
-        optimizer = build_optimizer(cfg.optimizer, _Online(model), lr_peak, cfg.weight_decay)
-        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
-        preprocess = Preprocess.for_size(cfg.model.image_size)
-        forward_online, forward_target = online, model.target
-        if compiled:
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
-            forward_online, forward_target = torch.compile(online), torch.compile(model.target)
+        model = model.to(procs.device, memory_format=procs.fmt)
+        online = Online(model)  # what the optimiser steps, and (wrapped under torchrun) what runs forward
+        runs_online = online
+        if procs.ddp:
+            device_ids = [procs.device] if procs.device.type == "cuda" else None
+            runs_online = nn.parallel.DistributedDataParallel(online, device_ids=device_ids)
+        lr_peak = scaled_lr(cfg.base_lr, data.batch)
+        optimizer = build_optimizer(cfg.optimizer, online, lr_peak, cfg.weight_decay)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + procs.rank)
+        run = _Run(cfg, procs, data, model, optimizer, aug_gen, init_info, t0)
+        train_step = TrainStep(model, runs_online, optimizer, procs.amp, loss_fn=byol_loss, compile=compiled,
+                               distributed=procs.ddp, on_compile_failure=lambda msg: run.warn(0, msg))
+        start = run.restore(ckpt)  # fresh, or exactly as saved
 
-        compile_tried = False  # compiling happens at the first call: only its failure means "no compile"
-
-        def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """(p, z) of the online network and z' of the target; a failed compile falls back to eager once."""
-            nonlocal compiled, compile_tried, forward_online, forward_target
-            try:
-                with amp():
-                    p, z = forward_online(x)  # 2B, proj_dim each
-                    out = p, z, forward_target(x)  # 2B, proj_dim, no gradient
-                compile_tried = True
-                return out
-            except Exception as e:  # noqa: BLE001 (no C++ compiler, unsupported platform, ...)
-                if not compiled or compile_tried:
-                    raise
-                msg = (f"torch.compile failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
-                       f"training without it (compile=off hides this)")
-                log({"kind": "warning", "step": 0, "message": msg})
-                if main:
-                    print(f"warning: {msg}", file=sys.stderr)
-                compiled, forward_online, forward_target = False, online, model.target
-                return forward(x)
-
-        def get_batch(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = _epoch_batches(n, step // per_epoch, cfg.seed, rank, world, local_batch)[step % per_epoch]
-            x = images[idx.to(images.device)].to(device, non_blocking=True)  # B, side, side, 3 uint8
-            v1, v2 = two_views(x, cfg.augment, gen)  # B,3,S,S each
-            return torch.cat([v1, v2]).contiguous(memory_format=fmt), idx  # 2B,3,S,S
-
-        def train_step(x: torch.Tensor, lr: float, tau: float, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-            """One step on both views at once (BatchNorm statistics span both); returns (loss, z)."""
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            p, z, zt = forward(x)
-            p1, p2 = p.float().chunk(2)
-            zt1, zt2 = zt.float().chunk(2)
-            loss = byol_loss(p1, p2, zt1, zt2)
-            stat = loss.detach().reshape(1)
-            if ddp:  # every process takes the same decision on a non-finite loss
-                stat = stat.clone()
-                dist.all_reduce(stat)
-                stat /= world
-            if check_finite and not torch.isfinite(stat).all():
-                return stat[0], z
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.update_target(tau)
-            return stat[0], z
-
-        # -------------------------------------------------------------- state: fresh, or exactly as saved
-        start, elapsed_before, plan = 0, 0.0, {}
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            start, plan = int(ckpt["step"]), dict(ckpt["extra"]["plan"])
-            elapsed_before = float(ckpt["extra"].get("elapsed", 0.0))
-            _set_rng_state(ckpt["rng"], aug_gen)
-            if main:  # drop log lines written after the checkpoint by an interrupted run
-                keep = [r for r in _read_log(log_path) if r.get("step", 0) <= start and r.get("kind") != "end"]
-                atomic_write(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
-        elif main:
-            log_path.unlink(missing_ok=True)
-
-        def log(rec: dict) -> None:
-            if main:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-
-        def elapsed() -> float:
-            return elapsed_before + time.perf_counter() - t0
-
-        # -------------------------------------------------------------- kNN monitor before training
+        # -------------------------------------------------------------- plan: kNN before training, steps
         eval_seconds = 0.0
-        if cfg.eval_folder and main and start == 0:
-            te = time.perf_counter()
-            acc = _knn_monitor(model.online_encoder, cfg.eval_folder, preprocess, device, amp)
-            eval_seconds = time.perf_counter() - te
-            log({"kind": "eval", "step": 0, "knn_top1": acc, "seconds": eval_seconds, "elapsed": elapsed()})
+        if cfg.eval_folder and procs.main and start == 0:
+            acc, eval_seconds = run.evaluate(0)
             print(f"kNN top-1 before training: {acc:.2%} ({eval_seconds:.1f} s)", file=sys.stderr)
-
-        # -------------------------------------------------------------- plan: steps from the time budget
         if ckpt is None:
-            total, step_seconds = cfg.steps, None
-            if total <= 0:
-                snapshot = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-                plan_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-                times, tp = [], time.perf_counter()
-                for i in range(PLAN_STEPS + len(tuner.probes)):
-                    tuner.next()
-                    ts = time.perf_counter()
-                    train_step(get_batch(i, plan_gen)[0], lr_peak / 100, cfg.base_tau, check_finite=False)[0].item()
-                    times.append(time.perf_counter() - ts)
-                    tuner.record(times[-1])
-                    # enough once past warm-up and the thread probes, or when planning eats 15% of the budget
-                    if i >= PLAN_WARMUP and (tuner.settled or time.perf_counter() - tp > 0.15 * cfg.budget):
-                        break
-                model.load_state_dict(snapshot[0])
-                optimizer.load_state_dict(snapshot[1])
-                step_seconds = tuner.step_seconds() or float(np.median(times[1:] or times))
-                left = (cfg.budget - elapsed()) * 0.97
-                if cfg.eval_folder and cfg.eval_every:
-                    total = int(left / (step_seconds + eval_seconds / cfg.eval_every))
-                else:  # the default: five evaluations whatever the length
-                    total = int((left - (5 * eval_seconds if cfg.eval_folder else 0)) / step_seconds)
-                if ddp:  # agree on the slowest process's plan
-                    t = torch.tensor([total], device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-                    total = int(t.item())
-                if total < 1:
-                    raise ValueError(f"budget {cfg.budget:.0f} s is too short: one step takes {step_seconds:.2f} s "
-                                     f"and {elapsed():.0f} s are already spent (cache, evaluation, planning)")
-            plan = {"total_steps": total, "schedule_total": total, "replans": [], "batch_size": batch,
-                    "step_seconds": step_seconds, "budget": cfg.budget, "images": n, "world_size": world,
-                    "device": str(device), "precision": precision, "compiled": compiled}
-            log({"kind": "plan", "step": 0, **plan})
-        total = int(plan["total_steps"])
-        plan.setdefault("schedule_total", total)
-        plan.setdefault("replans", [])
-        end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
-        lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)  # per-step schedules
-        eval_every = cfg.eval_every or max(1, math.ceil(int(plan.get("schedule_total", total)) / 5))
-        budgeted = cfg.budget > 0 and cfg.steps <= 0 and cfg.stop_at <= 0
+            run.plan = _plan(run, train_step, lr_peak, eval_seconds)
+            run.log({"kind": "plan", "step": 0, **run.plan})
+        run.plan.setdefault("schedule_total", int(run.plan["total_steps"]))
+        run.plan.setdefault("replans", [])
 
-        def save(step: int) -> None:
-            if main:
-                save_checkpoint(ckpt_path, {
-                    "config": asdict(cfg), "model_config": asdict(cfg.model),
-                    "preprocess": preprocess.to_dict(), "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "step": step, "rng": _rng_state(aug_gen),
-                    "extra": {"plan": plan, "elapsed": elapsed(), "init": init_info,
-                              "sampler": {"seed": cfg.seed, "epoch": step // per_epoch, "per_epoch": per_epoch}},
-                })
+        # -------------------------------------------------------------- loop
+        end = _loop(run, train_step, start, lr_peak, eval_seconds)
 
-        # -------------------------------------------------------------- Ctrl-C: finish the step, save, stop
-        stop = threading.Event()
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            def on_sigint(signum, frame):
-                if stop.is_set():
-                    raise KeyboardInterrupt
-                stop.set()
-            old_handler = signal.signal(signal.SIGINT, on_sigint)
-
-        # -------------------------------------------------------------- the loop
-        if main:
-            crop = f" (views {cfg.augment.image_size} px)" if cfg.augment.image_size != cfg.model.image_size else ""
-            print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px{crop} on {n} images: steps {start}-{end} "
-                  f"of {total}, batch {batch}, {precision} on {device}" + (f" x {world}" if ddp else "")
-                  + (", compiled" if compiled else ""), file=sys.stderr)
-        bar = tqdm(total=total, initial=start, unit="step", disable=not (cfg.progress and main), file=sys.stderr,
-                   dynamic_ncols=True)
-        good = copy.deepcopy((model.state_dict(), optimizer.state_dict()))  # the last state known finite
-        bad_in_row, losses, warned = 0, [], False
-        t_win, n_win = time.perf_counter(), 0
-        train_seconds, eval_last = 0.0, eval_seconds  # time in training steps during this call; last eval
-        try:
-            step = start
-            while step < end:
-                tuner.next()
-                ts = time.perf_counter()
-                x, _ = get_batch(step, aug_gen)
-                loss, z = train_step(x, lrs[step], taus[step])
-                if not torch.isfinite(loss):
-                    # the step was skipped: weights and optimiser are untouched unless an earlier update left
-                    # non-finite weights behind, in which case the last good state comes back
-                    bad_in_row += 1
-                    restored = not all(torch.isfinite(p).all() for p in model.parameters())
-                    if restored:
-                        model.load_state_dict(good[0])
-                        optimizer.load_state_dict(good[1])
-                    log({"kind": "skip", "step": step + 1, "loss": str(loss.item()), "restored": restored})
-                    tqdm.write(f"warning: non-finite loss at step {step + 1}: step skipped", file=sys.stderr)
-                    if bad_in_row >= cfg.max_bad_steps:
-                        raise TrainingDiverged(
-                            f"the loss was not finite for {bad_in_row} steps in a row (step {step + 1}, lr "
-                            f"{lrs[step]:.3g}); {ckpt_path} keeps the last saved state. Try a lower base_lr "
-                            f"or precision fp32.")
-                else:
-                    bad_in_row = 0
-                    losses.append(loss.item())
-                train_seconds += time.perf_counter() - ts
-                tuner.record(time.perf_counter() - ts)
-                n_win += 1
-                done = step + 1
-                bar.update(1)
-                if done % cfg.log_every == 0 or done == end:
-                    dt = time.perf_counter() - t_win
-                    ips = n_win * batch / max(dt, 1e-9)
-                    rec = {"kind": "train", "step": done, "epoch": step // per_epoch,
-                           "loss": float(np.mean(losses)) if losses else float("nan"), "lr": lrs[step],
-                           "tau": taus[step], "collapse_std": collapse_std(z.detach()), "img_per_s": ips,
-                           "elapsed": elapsed()}
-                    log(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{ips:.0f}", refresh=False)
-                    healthy = 1 / math.sqrt(cfg.model.proj_dim)
-                    if rec["collapse_std"] < 0.2 * healthy and not warned and main:
-                        warned = True
-                        msg = (f"collapse: std of normalised projections {rec['collapse_std']:.4f} "
-                               f"(healthy ~{healthy:.3f}); outputs are becoming constant")
-                        log({"kind": "warning", "step": done, "message": msg})
-                        tqdm.write(f"warning: {msg}", file=sys.stderr)
-                    losses, t_win, n_win = [], time.perf_counter(), 0
-                    if bad_in_row == 0:
-                        good = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-                if cfg.eval_folder and main and (done % eval_every == 0 or done == total):
-                    te = time.perf_counter()
-                    acc = _knn_monitor(model.online_encoder, cfg.eval_folder, preprocess, device, amp)
-                    eval_last = time.perf_counter() - te
-                    log({"kind": "eval", "step": done, "knn_top1": acc, "seconds": eval_last, "elapsed": elapsed()})
-                    bar.set_postfix(loss=f"{np.mean(losses) if losses else float('nan'):.3f}", knn=f"{acc:.1%}")
-                    t_win = time.perf_counter()  # evaluation time is not training throughput
-                check = max(1, min(cfg.log_every, total // 10))
-                if budgeted and done % check == 0 and done - start >= max(3, total // 20):
-                    # the machine got slower or faster than planned: stretch or squeeze the rest of the
-                    # schedules so the run still ends, lr and tau complete, within the budget
-                    per_step = train_seconds / (done - start)
-                    evals_left = math.ceil((total - done) / eval_every) if cfg.eval_folder else 0
-                    left = (cfg.budget - elapsed()) * 0.98 - evals_left * eval_last
-                    fit = done + max(1, int(left / per_step))
-                    if ddp:  # rank 0 decides for everybody
-                        t = torch.tensor([fit if main else 0], device=device)
-                        dist.all_reduce(t)
-                        fit = int(t.item())
-                    if abs(fit - total) >= max(2.0, 0.1 * (total - done)):  # ignore noise of a step or so
-                        v0 = virtual_step(done, int(plan["schedule_total"]), plan["replans"])
-                        plan["replans"].append([done, v0, fit])
-                        plan["total_steps"] = total = end = fit
-                        lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
-                        bar.total = total
-                        log({"kind": "replan", "step": done, "total_steps": total, "step_seconds": per_step})
-                if done % cfg.checkpoint_every == 0 and done < end:
-                    save(done)
-                stop_now = torch.tensor([float(stop.is_set())])
-                if ddp:
-                    dist.all_reduce(stop_now)
-                if stop_now.item() > 0:
-                    save(done)
-                    raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to "
-                                              f"{ckpt_path}; continue with resume")
-                step = done
-        finally:
-            bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-
-        # -------------------------------------------------------------- the end: checkpoint, plot
-        save(end)
-        if main:
-            log({"kind": "end", "step": end, "elapsed": elapsed(), "images_seen": (end - start) * batch,
-                 "compiled": compiled})
-            plot_curves(log_path, run_dir / "curves.png")
-        return ckpt_path
+        # -------------------------------------------------------------- save: checkpoint, end record, plot
+        run.save(end)
+        if procs.main:
+            run.log({"kind": "end", "step": end, "elapsed": run.elapsed(), "images_seen": (end - start) * data.batch,
+                     "compiled": train_step.compiled})
+            plot_curves(run.log_path, Path(cfg.out) / "curves.png")
+        return run.ckpt_path
     finally:
-        if ddp:
+        if procs.ddp:
             dist.destroy_process_group()
 
 
+def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float) -> dict:
+    """The plan of a fresh run: cfg.steps, or the steps that fit in cfg.budget (byol.planner), timed on
+    throwaway batches whose updates are undone."""
+    cfg, procs = run.cfg, run.procs
+    total, step_seconds = cfg.steps, None
+    if total <= 0:
+        snapshot = train_step.snapshot()
+        plan_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        step_seconds = planner.time_steps(
+            lambda i: train_step(run.data.views(i, plan_gen), lr_peak / 100, cfg.base_tau, check_finite=False)[0].item(),
+            procs.tuner, cfg.budget)
+        train_step.restore(snapshot)
+        total = planner.steps_in(cfg.budget - run.elapsed(), step_seconds, eval_seconds, cfg.eval_every,
+                                 evaluating=bool(cfg.eval_folder))
+        if procs.ddp:  # agree on the slowest process's plan
+            t = torch.tensor([total], device=procs.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            total = int(t.item())
+        if total < 1:
+            raise ValueError(f"budget {cfg.budget:.0f} s is too short: one step takes {step_seconds:.2f} s "
+                             f"and {run.elapsed():.0f} s are already spent (cache, evaluation, planning)")
+    return {"total_steps": total, "schedule_total": total, "replans": [], "batch_size": run.data.batch,
+            "step_seconds": step_seconds, "budget": cfg.budget, "images": run.data.n, "world_size": procs.world,
+            "device": str(procs.device), "precision": procs.precision, "compiled": train_step.compiled}
+
+
+@dataclass
+class _Window:
+    """The loop's record of the steps since the last log line, and what it keeps across lines."""
+
+    good: tuple[dict, dict]  # the last model and optimiser state known finite
+    t: float  # when the window started (perf_counter)
+    eval_last: float  # seconds of the last kNN evaluation
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)  # the finite losses of the window
+    bad_in_row: int = 0  # non-finite losses in a row
+    warned: bool = False  # the collapse warning was given (once per call)
+    train_seconds: float = 0.0  # in training steps during this call (what a re-plan measures)
+
+
+def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_seconds: float) -> int:
+    """Steps start+1 .. end (the plan's end, or stop_at); returns end. Logs every log_every steps, evaluates,
+    re-plans budget runs, saves every checkpoint_every steps. Ctrl-C: the step in progress finishes, a
+    checkpoint is saved and TrainingInterrupted raised (a second Ctrl-C interrupts at once)."""
+    cfg, procs, data, plan = run.cfg, run.procs, run.data, run.plan
+    total = int(plan["total_steps"])
+    end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
+    lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)  # per-step schedules
+    eval_every = cfg.eval_every or max(1, math.ceil(int(plan["schedule_total"]) / planner.DEFAULT_EVALS))
+    budgeted = cfg.budget > 0 and cfg.steps <= 0 and cfg.stop_at <= 0
+    with _ctrl_c() as stop:
+        if procs.main:
+            crop = f" (views {cfg.augment.image_size} px)" if cfg.augment.image_size != cfg.model.image_size else ""
+            print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px{crop} on {data.n} images: steps "
+                  f"{start}-{end} of {total}, batch {data.batch}, {procs.precision} on {procs.device}"
+                  + (f" x {procs.world}" if procs.ddp else "") + (", compiled" if train_step.compiled else ""),
+                  file=sys.stderr)
+        bar = tqdm(total=total, initial=start, unit="step", disable=not (cfg.progress and procs.main),
+                   file=sys.stderr, dynamic_ncols=True)
+        w = _Window(good=train_step.snapshot(), t=time.perf_counter(), eval_last=eval_seconds)
+        try:
+            step = start
+            while step < end:
+                procs.tuner.next()
+                ts = time.perf_counter()
+                loss, z = train_step(data.views(step, run.aug_gen), lrs[step], taus[step])
+                if torch.isfinite(loss):
+                    w.bad_in_row = 0
+                    w.losses.append(loss.item())
+                else:
+                    _skip(run, train_step, w, step, loss, lrs[step])
+                w.train_seconds += time.perf_counter() - ts
+                procs.tuner.record(time.perf_counter() - ts)
+                w.steps += 1
+                done = step + 1
+                bar.update(1)
+                if done % cfg.log_every == 0 or done == end:
+                    _log_window(run, w, bar, done, lrs[step], taus[step], z)
+                    if w.bad_in_row == 0:
+                        w.good = train_step.snapshot()
+                if cfg.eval_folder and procs.main and (done % eval_every == 0 or done == total):
+                    acc, w.eval_last = run.evaluate(done)
+                    bar.set_postfix(loss=f"{np.mean(w.losses) if w.losses else float('nan'):.3f}", knn=f"{acc:.1%}")
+                    w.t = time.perf_counter()  # evaluation time is not training throughput
+                if (budgeted and planner.replan_due(done, start, total, cfg.log_every)
+                        and _replan(run, w, done, start, eval_every)):
+                    total = end = int(plan["total_steps"])
+                    lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
+                    bar.total = total
+                if done % cfg.checkpoint_every == 0 and done < end:
+                    run.save(done)
+                if _stop_requested(stop, procs.ddp):
+                    run.save(done)
+                    raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to "
+                                              f"{run.ckpt_path}; continue with resume")
+                step = done
+        finally:
+            bar.close()
+    return end
+
+
+def _skip(run: _Run, train_step: TrainStep, w: _Window, step: int, loss: torch.Tensor, lr: float) -> None:
+    """A non-finite loss: the step was skipped. Weights and optimiser are untouched unless an earlier update
+    left non-finite weights behind, in which case the last good state comes back. TrainingDiverged after
+    max_bad_steps in a row."""
+    w.bad_in_row += 1
+    restored = not train_step.weights_finite()
+    if restored:
+        train_step.restore(w.good)
+    run.log({"kind": "skip", "step": step + 1, "loss": str(loss.item()), "restored": restored})
+    tqdm.write(f"warning: non-finite loss at step {step + 1}: step skipped", file=sys.stderr)
+    if w.bad_in_row >= run.cfg.max_bad_steps:
+        raise TrainingDiverged(
+            f"the loss was not finite for {w.bad_in_row} steps in a row (step {step + 1}, lr "
+            f"{lr:.3g}); {run.ckpt_path} keeps the last saved state. Try a lower base_lr "
+            f"or precision fp32.")
+
+
+def _log_window(run: _Run, w: _Window, bar: tqdm, done: int, lr: float, tau: float, z: torch.Tensor) -> None:
+    """The "train" record of the window ending at step `done` (and the collapse warning); a new window."""
+    dt = time.perf_counter() - w.t
+    ips = w.steps * run.data.batch / max(dt, 1e-9)
+    rec = {"kind": "train", "step": done, "epoch": (done - 1) // run.data.per_epoch,
+           "loss": float(np.mean(w.losses)) if w.losses else float("nan"), "lr": lr, "tau": tau,
+           "collapse_std": collapse_std(z.detach()), "img_per_s": ips, "elapsed": run.elapsed()}
+    run.log(rec)
+    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{ips:.0f}", refresh=False)
+    healthy = 1 / math.sqrt(run.cfg.model.proj_dim)
+    if rec["collapse_std"] < 0.2 * healthy and not w.warned and run.procs.main:
+        w.warned = True
+        run.warn(done, f"collapse: std of normalised projections {rec['collapse_std']:.4f} "
+                       f"(healthy ~{healthy:.3f}); outputs are becoming constant")
+    w.losses, w.t, w.steps = [], time.perf_counter(), 0
+
+
+def _replan(run: _Run, w: _Window, done: int, start: int, eval_every: int) -> bool:
+    """Budget runs: the machine got slower or faster than planned; move the end (byol.planner.replan) so the
+    run, lr and tau still complete within the budget. Returns whether the plan changed (then logged)."""
+    cfg, procs = run.cfg, run.procs
+    fit, per_step = planner.fit_steps(done, start, int(run.plan["total_steps"]), w.train_seconds,
+                                      cfg.budget - run.elapsed(), w.eval_last, eval_every,
+                                      evaluating=bool(cfg.eval_folder))
+    if procs.ddp:  # rank 0 decides for everybody
+        t = torch.tensor([fit if procs.main else 0], device=procs.device)
+        dist.all_reduce(t)
+        fit = int(t.item())
+    if not planner.replan(run.plan, done, fit):
+        return False
+    run.log({"kind": "replan", "step": done, "total_steps": fit, "step_seconds": per_step})
+    return True
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[threading.Event]:
+    """An event Ctrl-C sets (the loop finishes its step, saves and stops); a second Ctrl-C interrupts at
+    once. Only the main thread receives signals: elsewhere the event is never set."""
+    stop = threading.Event()
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum: int, frame: object) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+
+
+def _stop_requested(stop: threading.Event, ddp: bool) -> bool:
+    """Whether any process was asked to stop (all processes stop at the same step)."""
+    stop_now = torch.tensor([float(stop.is_set())])
+    if ddp:
+        dist.all_reduce(stop_now)
+    return stop_now.item() > 0
+
+
 def preview(cfg: TrainConfig, pairs: int = 8) -> Path:
-    """RUN_DIR/preview.png: `pairs` cached images with their two augmented views (no training)."""
+    """RUN_DIR/preview.png: `pairs` cached images with their two augmented views (no training).
+
+    The caller's config is not changed."""
+    cfg = copy.deepcopy(cfg)
     cfg.augment.image_size = cfg.view_size
     side = cfg.cache_side or default_cache_side(cfg.model.image_size)
     cache = _open_images(cfg, Path(cfg.out), side)

@@ -212,6 +212,14 @@ def test_crop_size_trains_smaller_views_at_the_same_image_size(shapes_folder, tm
     assert pre.size == 32 and encoder(torch.randn(2, 3, 32, 32)).shape == (2, 256)
 
 
+def test_preview_leaves_the_callers_config_alone(shapes_folder, tmp_path):
+    cfg = tiny(shapes_folder, tmp_path / "run")
+    assert cfg.augment.image_size == 32 and cfg.view_size == 20
+    assert train_mod.preview(cfg, pairs=2) == tmp_path / "run" / "preview.png"
+    assert (tmp_path / "run" / "preview.png").is_file()
+    assert cfg.augment.image_size == 32  # the views were made at 20 px on a copy
+
+
 def test_default_views_are_five_eighths_of_the_image_size():
     assert TrainConfig().view_size == 20 and TrainConfig(crop_size=32).view_size == 32
     assert TrainConfig(model=ModelConfig(image_size=128)).view_size == 80

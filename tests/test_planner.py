@@ -1,0 +1,95 @@
+"""byol.planner: timing throwaway steps, the steps that fit a budget, and re-plans when the speed drifts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from byol import planner
+from byol.cpu import ThreadTuner
+from byol.optim import schedules
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeClock:
+    """A clock that only moves when a step runs: step i takes durations(i, threads) seconds."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.ran = 0.0, durations, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run_step(self, i: int) -> None:
+        self.ran.append((i, torch.get_num_threads()))
+        self.now += self.durations(i, torch.get_num_threads())
+
+
+def test_one_thread_count_times_two_steps_and_skips_the_first():
+    clock = FakeClock(lambda i, t: 5.0 if i == 0 else 2.0)  # the first step sets up kernels: slow
+    seconds = planner.time_steps(clock.run_step, ThreadTuner([1]), budget=1000.0, clock=clock)
+    assert [i for i, _ in clock.ran] == [0, 1]  # PLAN_WARMUP + 1 steps, then nothing more to learn
+    assert seconds == 2.0
+
+
+def test_thread_probes_run_and_the_faster_count_sets_the_step_time():
+    clock = FakeClock(lambda i, t: {2: 3.0, 1: 1.0}[t])
+    seconds = planner.time_steps(clock.run_step, ThreadTuner([2, 1]), budget=1000.0, clock=clock)
+    assert [t for _, t in clock.ran] == [2, 2, 1, 1]  # each count: one set-up step, one timed
+    assert seconds == 1.0
+
+
+def test_timing_stops_at_its_share_of_the_budget():
+    clock = FakeClock(lambda i, t: 10.0)
+    planner.time_steps(clock.run_step, ThreadTuner([2, 1]), budget=100.0, clock=clock)
+    assert len(clock.ran) == planner.PLAN_WARMUP + 1  # 20 s > 15% of 100 s once past the warm-up
+
+
+def test_steps_in_keeps_a_margin_and_time_for_evaluations():
+    assert planner.steps_in(100.0, 1.0) == 97
+    assert planner.steps_in(100.0, 1.0, eval_seconds=10.0, eval_every=10, evaluating=True) == 48  # 97 / (1 + 1)
+    # eval_every 0: the default five evaluations whatever the length
+    assert planner.steps_in(100.0, 1.0, eval_seconds=10.0, evaluating=True) == 47
+    assert planner.steps_in(100.0, 1.0, eval_seconds=10.0, eval_every=10, evaluating=False) == 97
+    assert planner.steps_in(0.5, 1.0) < 1
+
+
+def test_replan_is_due_every_log_every_steps_once_enough_were_timed():
+    due = [d for d in range(1, 201) if planner.replan_due(d, 0, 200, log_every=10)]
+    assert due == list(range(10, 201, 10))  # 10 >= max(3, 200 // 20)
+    # at most 10 checks per run, and never before 3 steps of this call
+    assert [d for d in range(1, 31) if planner.replan_due(d, 0, 30, log_every=100)] == list(range(3, 31, 3))
+    assert not planner.replan_due(12, 10, 100, log_every=1)  # a resumed call: 2 steps timed so far
+
+
+def test_fit_steps_from_the_measured_speed():
+    fit, per_step = planner.fit_steps(10, 0, 100, train_seconds=20.0, time_left=100.0)
+    assert per_step == 2.0 and fit == 10 + 49  # 98 s left at 2 s a step
+    # evaluations still due before the current end take their time off
+    fit, _ = planner.fit_steps(10, 0, 100, 20.0, 100.0, eval_seconds=4.0, eval_every=30, evaluating=True)
+    assert fit == 10 + int((98 - 3 * 4.0) / 2.0)
+    assert planner.fit_steps(10, 0, 100, 20.0, time_left=0.0)[0] == 11  # always at least one more step
+
+
+def test_replan_ignores_noise_and_moves_the_end_otherwise():
+    plan = {"total_steps": 100, "schedule_total": 100, "replans": []}
+    assert not planner.replan(plan, 50, 104)  # within 10% of the 50 steps left
+    assert plan == {"total_steps": 100, "schedule_total": 100, "replans": []}
+    assert planner.replan(plan, 50, 150)
+    assert plan["total_steps"] == 150 and plan["replans"] == [[50, 50.0, 150]]
+
+
+def test_a_replanned_schedule_is_continuous_and_completes_at_the_new_end():
+    plan = {"total_steps": 100, "schedule_total": 100, "replans": []}
+    before_lr, before_tau = schedules(100, plan, 1.0, 0.05, 0.98)
+    planner.replan(plan, 40, 70)  # slower than planned: the run must end at 70
+    lrs, taus = schedules(70, plan, 1.0, 0.05, 0.98)
+    assert lrs[:41] == pytest.approx(before_lr[:41]) and taus[:41] == pytest.approx(before_tau[:41])
+    assert lrs[-1] == pytest.approx(before_lr[-1], abs=0.01) and taus[-1] == pytest.approx(before_tau[-1], abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[40:], lrs[41:]))  # still decaying
