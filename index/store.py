@@ -64,7 +64,7 @@ TARGET_RECALL = 0.96  # nprobe is tuned to this on 500 stored vectors: ~3 standa
 _ROW_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "added_at")
 _SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
 _LOAD_ATTEMPTS = 40  # reads of the newest generation while a writer replaces vector files under us
-_PREVIOUS_KEPT_S = 60.0  # seconds the generation before a refresh keeps answering get_vectors
+_GONE_KEPT_S = 60.0  # seconds a read-only store still answers get_vectors for ids a refresh dropped
 _umask = os.umask(0)
 os.umask(_umask)
 _FILE_MODE = 0o666 & ~_umask  # what open() would give: mkstemp's 0600 would hide thumbnails from a web server
@@ -156,7 +156,8 @@ class Store:
         self._dirty = False
         self._thumbs_to_delete: set[int] = set()
         self._ids: np.ndarray | None = None  # read-only stores: the ids of the loaded generation
-        self._previous: tuple[faiss.Index, np.ndarray, float] | None = None  # generation before a refresh
+        # read-only stores: (ids, vectors, until) of ids dropped by refreshes less than _GONE_KEPT_S ago
+        self._gone: list[tuple[np.ndarray, np.ndarray, float]] = []
 
     @classmethod
     def create(
@@ -364,13 +365,19 @@ class Store:
                 gen = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
             if gen == self.generation:
                 return False
-            before = (self._index, self._ids, time.monotonic() + _PREVIOUS_KEPT_S)
+            old_index, old_ids = self._index, self._ids
             try:
                 self._load()
             except StoreInconsistent as e:  # mid-save of a fast writer: keep serving what we have
                 log.warning("keeping generation %d: %s", self.generation, e)
                 return False
-            self._previous = before
+            # a request that read ids a moment ago may still ask for the vectors of those just removed
+            now = time.monotonic()
+            self._gone = [g for g in self._gone if g[2] > now]
+            if old_ids is not None:
+                dropped = np.setdiff1d(old_ids, self._ids, assume_unique=True)
+                if len(dropped):
+                    self._gone.append((dropped, old_index.reconstruct_batch(dropped), now + _GONE_KEPT_S))
             return True
 
     def close(self) -> None:
@@ -478,20 +485,21 @@ class Store:
                 raise KeyError(f"ids not in the index: {missing[:10]}") from e
 
     def _vectors_across_refresh(self, ids: np.ndarray) -> np.ndarray | None:
-        """A read-only store just refreshed: ids of the generation before (a request that read them a moment
-        ago) are answered from it; None when some id is in neither."""
-        prev = self._previous
-        if self._writable or prev is None or self._ids is None or prev[2] < time.monotonic():
-            self._previous = None
+        """A read-only store that refreshed: ids removed by the refreshes of the last _GONE_KEPT_S seconds
+        (read by a request a moment before) are answered with their last vectors; None when some id is
+        neither in the index nor among those."""
+        if self._writable or self._ids is None or not self._gone:
             return None
-        index, prev_ids, _ = prev
-        now = np.isin(ids, self._ids)
-        if not np.isin(ids[~now], prev_ids).all():
+        gone_ids = np.concatenate([g[0] for g in self._gone])
+        gone_vecs = np.concatenate([g[1] for g in self._gone])
+        here = np.isin(ids, self._ids)
+        pos = {int(i): j for j, i in enumerate(gone_ids)}  # a later refresh's entry wins
+        if not all(int(i) in pos for i in ids[~here]):
             return None
         out = np.empty((len(ids), self.dim), np.float32)
-        if now.any():
-            out[now] = self._index.reconstruct_batch(ids[now])
-        out[~now] = index.reconstruct_batch(ids[~now])
+        if here.any():
+            out[here] = self._index.reconstruct_batch(ids[here])
+        out[~here] = gone_vecs[[pos[int(i)] for i in ids[~here]]]
         return out
 
     def rows(self, ids) -> list[dict]:

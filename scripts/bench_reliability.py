@@ -107,7 +107,8 @@ def main() -> int:
     print(f"kills survived / artifacts lost:   {k['kills']} / {k['artifacts_lost']}  ({per}; "
           f"{k['saves_completed']} saves completed between kills)")
     print(f"page errors beside `index`:        {p['errors']} of {p['requests']} requests from {p['clients']} "
-          f"clients, while `index` saved {p['saves']} generations in {p['seconds']:g} s")
+          f"clients, while `index` saved {p['saves']} generations in {p['seconds']:g} s"
+          + (f"  (e.g. {p['examples']})" if p["errors"] else ""))
     print(f"labels lost / misplaced:           {lab['lost']} / {lab['misplaced']} over {lab['rebuilds']} rebuilds "
           f"of an index with {lab['labels']} labels")
     for step, lost, misplaced in lab["steps"]:

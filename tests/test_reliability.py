@@ -358,7 +358,8 @@ def _writer(index_dir: str, seconds: float) -> None:
     while time.time() < end:
         ids = store.all_ids()
         store.update(ids[-3:], [{"size": n}] * 3, rng.standard_normal((3, DIM)))
-        store.remove(rng.choice(ids[:-3], min(len(ids) - 30, 10), replace=False))
+        # the 40 labelled photos stay (so training always has its two labels); the others come and go
+        store.remove(rng.choice(ids[40:-3], min(len(ids) - 50, 10), replace=False))
         store.add([{"path": f"/w/{n}-{j}.jpg", "sha256": f"{n * 100 + j + 10**6:064x}"} for j in range(10)],
                   rng.standard_normal((10, DIM)))
         store.save()
@@ -378,6 +379,7 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
     store, labels = Store.open(index_dir), Labels(index_dir)
     labels.assign(store.all_ids()[:40:2], "even")
     labels.assign(store.all_ids()[1:40:2], "odd")
+    labels.train(store)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen([sys.executable, __file__, "writer", str(index_dir), str(seconds)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -434,7 +436,6 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
                 counts["requests"] += 1
                 counts["errors"] += not ok
 
-    labels.train(store)
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
@@ -443,7 +444,7 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
     out, err = writer.communicate()
     assert writer.returncode == 0, err[-2000:]
     counts["saves"] = int(out.split()[-1])
-    counts["examples"] = counts["examples"][:5]
+    counts["examples"] = sorted(set(counts["examples"]))[:5]
     labels.close()
     store.close()
     return counts
