@@ -19,9 +19,10 @@ def _add_evaluate(sub) -> None:
         help="score a checkpoint's encoder on a labelled folder (kNN, linear probe, few-shot)",
         description=(
             "Freeze the checkpoint's encoder, embed LABELLED_FOLDER with its evaluation transform and report\n"
-            "weighted kNN top-1, linear-probe top-1 and few-shot linear-probe top-1 (mean and spread over\n"
-            "random draws). LABELLED_FOLDER holds train/<class>/* and test/<class>/* (val/ is accepted for\n"
-            "test/). Class names come from the folders; files that cannot be read are skipped and listed."
+            "weighted kNN top-1, linear-probe top-1 and few-shot top-1 of the linear probe and of the page's\n"
+            "few-shot classifier (mean and spread over the same random draws). LABELLED_FOLDER holds\n"
+            "train/<class>/* and test/<class>/* (val/ is accepted for test/). Class names come from the folders;\n"
+            "files that cannot be read are skipped and listed."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,7 +38,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--draws", type=int, default=5, help="random draws averaged per few-shot setting (default 5)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="linear probe L2 penalty (default: the best of 1e-5, 1e-4, 1e-3 on held-out train images; "
-                        "few-shot probes use 1e-4)")
+                        "few-shot linear probes use 1e-4; the few-shot classifier sets its own)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per forward pass (default 256; lower it if memory is short)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")

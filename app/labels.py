@@ -16,8 +16,9 @@ with its content (preferring the same path), then to the row with its path; with
 detached (image_id NULL) until the photo returns. So labels survive updates, `--rebuild`, and an index
 deleted and built again, and never attach to another photo. Labels files written before hashes were kept
 are migrated on opening: their ids are trusted only when the label is younger than the index.
-The probe is byol.probe.fit_linear (multinomial logistic regression on the frozen, L2-normalised
-embeddings), trained from as few as one labelled photo per class.
+The probe is byol.probe.fit_fewshot (multinomial logistic regression on the frozen, L2-normalised
+embeddings, its penalty set by the number of labels per class), trained from as few as one labelled photo
+per class; its weights and bias are stored as a LinearProbe's.
 """
 
 from __future__ import annotations
@@ -322,9 +323,16 @@ class Labels:
         return out
 
     # ---------------------------------------------------------------- the probe
-    def train(self, store, weight_decay: float = 1e-4, progress: Progress = _no_progress) -> ProbeReport:
-        """Fit the linear probe on every labelled photo still in the index, estimate its accuracy, predict all."""
-        from byol.probe import cross_val_accuracy, fit_linear
+    def train(self, store, weight_decay: float | None = None, progress: Progress = _no_progress) -> ProbeReport:
+        """Fit the probe on every labelled photo still in the index, estimate its accuracy, predict all.
+
+        The probe is byol.probe.fit_fewshot (logistic regression whose penalty follows the number of labels
+        per class, so its confidence stays a calibrated probability from one label on); a weight_decay
+        fits the plain logistic probe with that penalty instead.
+        """
+        from byol.probe import cross_val_accuracy, fit_method
+
+        method = "fewshot" if weight_decay is None else "logistic"
 
         t0 = time.perf_counter()
         progress(0.0, "reading labels")
@@ -340,11 +348,11 @@ class Labels:
         progress(0.1, f"fitting the probe on {len(ids)} photos")
         counts = {n: int((y == c).sum()) for c, n in enumerate(names)}
         with _torch_threads(1) if len(ids) <= 20000 else contextlib.nullcontext():
-            probe = fit_linear(x, y, len(names), weight_decay)
+            probe = fit_method(method, x, y, len(names), weight_decay or 0.0)
             progress(0.3, "estimating accuracy (cross-validation)")
             # a photo whose label has no other example is always missed when held out: with one photo per
             # label there is nothing to estimate from
-            accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay)
+            accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay or 0.0, method=method)
                         if max(counts.values()) >= 2 else None)
 
         def save(db):

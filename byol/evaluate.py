@@ -3,7 +3,8 @@
 The field's protocol (Wu et al. 2018; used by lightly, solo-learn and DINO): the encoder is frozen, its
 features L2-normalised; weighted kNN with k=200 and t=0.1 against the train split, top-1 on the test split;
 a multinomial logistic regression on all train features; and the same probe given only 1, 5 or 10
-labelled images per class, averaged over several random draws. Images go through the ONE evaluation
+labelled images per class, averaged over several random draws, beside the few-shot classifier the page
+uses (byol.probe.fit_fewshot) on the same draws. Images go through the ONE evaluation
 transform (byol.preprocess.Preprocess) that export, embedding and the page also use.
 
 A labelled folder is FOLDER/train/<class>/* and FOLDER/test/<class>/* (`val/` is accepted for `test/`,
@@ -264,11 +265,14 @@ def evaluate_encoder(
         clf = probe.fit_linear(x, train_y, c, weight_decay=wd)
         result["linear_top1"] = float((clf.predict(xt)[0] == test_y).mean())
         result["linear_weight_decay"] = wd
-    result["few_shot"] = {}
+    result["few_shot"] = {}  # the plain logistic probe
+    result["few_shot_classifier"] = {}  # byol.probe.fit_fewshot, what the page uses; same draws
     few_wd = weight_decay if weight_decay is not None else FEW_SHOT_WEIGHT_DECAY
     for n in shots:
         mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, weight_decay=few_wd)
         result["few_shot"][str(n)] = {"mean": mean, "std": std}
+        mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, method="fewshot")
+        result["few_shot_classifier"][str(n)] = {"mean": mean, "std": std}
     result.update(
         draws=draws,
         classes=classes,
@@ -332,6 +336,9 @@ def format_table(result: dict) -> str:
     for n, r in result["few_shot"].items():
         rows.append((f"{n}-shot linear top-1", f"{r['mean']:.2%} ± {r['std']:.2%}",
                      f"{n} label(s) per class, {result['draws']} draws"))
+    for n, r in result.get("few_shot_classifier", {}).items():
+        rows.append((f"{n}-shot few-shot top-1", f"{r['mean']:.2%} ± {r['std']:.2%}",
+                     "the page's classifier, same draws"))
     w = max(len(r[0]) for r in rows)
     v = max(len(r[1]) for r in rows)
     lines = []

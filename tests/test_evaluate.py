@@ -103,8 +103,8 @@ def test_evaluate_checkpoint_keys_and_ranges(checkpoint, labelled_folder):
     r = evaluate(checkpoint, labelled_folder, **{**FAST, "weight_decay": None})  # the held-out choice
     for key in ("knn_top1", "linear_top1"):
         assert 0.0 <= r[key] <= 1.0
-    assert set(r["few_shot"]) == {"1", "2"}
-    for v in r["few_shot"].values():
+    assert set(r["few_shot"]) == set(r["few_shot_classifier"]) == {"1", "2"}
+    for v in [*r["few_shot"].values(), *r["few_shot_classifier"].values()]:
         assert 0.0 <= v["mean"] <= 1.0 and v["std"] >= 0.0
     assert (r["n_train"], r["n_test"], r["classes"]) == (24, 12, ["circle", "square", "triangle"])
     assert r["checkpoint"]["sha256"] == file_sha256(checkpoint)
@@ -112,7 +112,7 @@ def test_evaluate_checkpoint_keys_and_ranges(checkpoint, labelled_folder):
     assert r["linear_weight_decay"] in (1e-5, 1e-4, 1e-3)
     assert r["bad_files"] == [] and r["seconds"]["total"] > 0
     json.dumps(r)  # JSON-serialisable as it is
-    assert "kNN top-1" in format_table(r)
+    assert "kNN top-1" in format_table(r) and "1-shot few-shot top-1" in format_table(r)
 
 
 def test_evaluate_encoder_separates_colour_coded_shapes(labelled_folder):
@@ -138,7 +138,7 @@ def test_cli_json_and_out(checkpoint, labelled_folder, tmp_path, capsys):
                "--draws", "2", "--weight-decay", "1e-4", "--out", str(out)])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["few_shot"].keys() == {"1"} and printed["knn_k"] == 5
+    assert printed["few_shot"].keys() == printed["few_shot_classifier"].keys() == {"1"} and printed["knn_k"] == 5
     assert json.loads(out.read_text()) == printed
 
 

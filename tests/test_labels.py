@@ -104,6 +104,24 @@ def test_predictions_persist_across_reopen(setup):
         again.close()
 
 
+def test_probe_is_the_fewshot_classifier(setup):
+    from byol.probe import fit_fewshot, fit_linear
+
+    store, labels, by_class, _ = setup
+    for cls, ids in by_class.items():
+        labels.assign(ids[:1], cls)
+    labels.train(store)
+    ids = sorted(labels.labelled())
+    names = sorted(by_class)
+    y = [names.index(labels.labelled()[i]) for i in ids]
+    x = store.get_vectors(ids)
+    _, _, stored, _ = labels.last_probe()
+    np.testing.assert_allclose(stored.weight, fit_fewshot(x, y, len(names)).weight, rtol=1e-4, atol=1e-4)
+    labels.train(store, weight_decay=1e-4)  # an explicit penalty: the plain logistic probe
+    _, _, stored, _ = labels.last_probe()
+    np.testing.assert_allclose(stored.weight, fit_linear(x, y, len(names), 1e-4).weight, rtol=1e-4, atol=1e-4)
+
+
 def test_label_next_is_least_certain_and_unlabelled(setup):
     store, labels, by_class, _ = setup
     labels.assign(by_class["circle"][:1], "round")

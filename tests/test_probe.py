@@ -79,3 +79,91 @@ def test_cross_val_accuracy():
     x, y = clusters(10, num_classes=2)
     assert probe.cross_val_accuracy(x, y) == pytest.approx(1.0, abs=0.1)
     assert probe.cross_val_accuracy(x, np.zeros(len(y), dtype=int)) is None  # one class: nothing to estimate
+
+
+def one_per_class(y: np.ndarray, shots: int = 1, seed: int = 0) -> np.ndarray:
+    return probe._draw(y, shots, np.random.default_rng(seed))
+
+
+def test_prototypes_classify_separable_clusters_from_one_shot():
+    x, y = clusters(30, num_classes=4, spread=0.05)
+    for centre in (True, False):
+        clf = probe.fit_prototypes(x[one_per_class(y)], y[one_per_class(y)], 4, centre=centre)
+        assert (clf.predict(x)[0] == y).all()
+
+
+def test_prototypes_are_class_means_and_ignore_absent_classes():
+    x = np.array([[1, 0, 0], [0.8, 0.2, 0], [0, 1, 0]], np.float32)
+    y = np.array([0, 0, 2])
+    clf = probe.fit_prototypes(x, y, num_classes=3, centre=False, temperature=1.0)
+    mean0 = (x[:2] / np.linalg.norm(x[:2], axis=1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(clf.weight[0], mean0 / np.linalg.norm(mean0), atol=1e-6)
+    assert (clf.predict(np.eye(3, dtype=np.float32))[0] != 1).all()  # no example of class 1: never predicted
+
+
+def test_prototype_logistic_anchor_interpolates():
+    x, y = clusters(20, num_classes=3, spread=0.3)
+    idx = one_per_class(y, 3)
+    proto = probe.fit_prototypes(x[idx], y[idx], 3)
+    held = probe.fit_proto_linear(x[idx], y[idx], 3, anchor=1e3)  # a huge anchor keeps the prototypes
+    np.testing.assert_allclose(held.weight, proto.weight, atol=0.05)
+    free = probe.fit_proto_linear(x[idx], y[idx], 3, anchor=1e-4)
+    assert (free.predict(x[idx])[0] == y[idx]).all()  # a loose one fits its training labels
+
+
+def test_knn_classifier_probabilities():
+    x, y = clusters(10, num_classes=3)
+    p = probe.fit_knn(x[::2], y[::2], 3, k=5).predict_proba(x[1::2])
+    assert np.allclose(p.sum(1), 1, atol=1e-5) and (p >= 0).all()
+    assert (p.argmax(1) == y[1::2]).mean() >= 0.9
+
+
+@pytest.mark.parametrize("method", sorted(probe.FEW_SHOT_METHODS))
+def test_every_method_gives_probabilities(method):
+    x, y = clusters(10, num_classes=3, spread=0.3)
+    clf = probe.fit_method(method, x[::2], y[::2], 3)
+    p = clf.predict_proba(x[1::2])
+    assert p.shape == (len(x[1::2]), 3)
+    assert np.allclose(p.sum(1), 1, atol=1e-5) and ((p >= 0) & (p <= 1)).all()
+    pred, conf = clf.predict(x[1::2])
+    assert ((conf >= 1 / 3 - 1e-6) & (conf <= 1)).all() and (pred == p.argmax(1)).all()
+
+
+def test_unknown_method_is_refused():
+    x, y = clusters(3, num_classes=2)
+    with pytest.raises(ValueError, match="choose one of"):
+        probe.fit_method("magic", x, y)
+
+
+def test_fewshot_penalty_follows_labels_per_class():
+    assert probe.fewshot_weight_decay(np.arange(5)) == pytest.approx(1e-2)
+    assert probe.fewshot_weight_decay(np.repeat(np.arange(5), 10)) == pytest.approx(1e-3)
+    assert probe.fewshot_weight_decay(np.repeat(np.arange(2), 1000)) == pytest.approx(1e-4)  # the plain probe's
+
+
+def test_fewshot_is_less_overconfident_than_plain_logistic_at_one_shot():
+    # overlapping clusters: one label per class says little, and the confidence must say so too
+    x, y = clusters(100, num_classes=4, spread=0.6, seed=1)
+    idx = one_per_class(y)
+    test = np.setdiff1d(np.arange(len(y)), idx)
+    plain = probe.fit_linear(x[idx], y[idx], 4)
+    few = probe.fit_fewshot(x[idx], y[idx], 4)
+    acc = (few.predict(x[test])[0] == y[test]).mean()
+    assert acc == pytest.approx((plain.predict(x[test])[0] == y[test]).mean(), abs=0.05)  # same top-1
+    conf_plain, conf_few = plain.predict(x[test])[1].mean(), few.predict(x[test])[1].mean()
+    assert conf_few < conf_plain
+    assert abs(conf_few - acc) < abs(conf_plain - acc)  # its mean confidence is nearer its accuracy
+
+
+def test_few_shot_top1_methods_share_draws():
+    x, y = clusters(20, num_classes=3, spread=0.2)
+    a = probe.few_shot_top1(x[::2], y[::2], x[1::2], y[1::2], shots=2, draws=3, method="logistic")
+    b = probe.few_shot_top1(x[::2], y[::2], x[1::2], y[1::2], shots=2, draws=3, method="logistic")
+    assert a == b
+    mean, std = probe.few_shot_top1(x[::2], y[::2], x[1::2], y[1::2], shots=2, draws=3, method="fewshot")
+    assert 0.8 <= mean <= 1.0 and std >= 0
+
+
+def test_cross_val_accuracy_of_the_fewshot_classifier():
+    x, y = clusters(10, num_classes=2)
+    assert probe.cross_val_accuracy(x, y, method="fewshot") == pytest.approx(1.0, abs=0.1)

@@ -1,0 +1,196 @@
+"""Few-shot classifiers on one encoder's frozen features: which one to use with 1-10 labels per class.
+
+Embeds a labelled folder once with a checkpoint's encoder (byol.evaluate's evaluation transform; the
+features are cached as .npy under --cache, keyed by the checkpoint's hash and the folder), then draws
+`shots` labelled images per class from train/ `--draws` times and scores every method on the same draws
+and the same test/ (or val/) images:
+
+  logistic         byol.probe.fit_linear, weight decay 1e-4 (the probe before the few-shot classifier)
+  logistic-wd=X    the same with a fixed, stronger weight decay
+  prototype        nearest class mean of L2-normalised features, not centred / centred (SimpleShot)
+  proto-logistic   logistic regression initialised at the centred prototypes and anchored to them
+  knn              weighted kNN over the labelled images (k=200 capped at their number, t=0.1)
+  fewshot          byol.probe.fit_fewshot (logistic, weight decay 1e-2 / labels per class): what
+                   `evaluate` and the page use
+
+Prints a markdown table of top-1 (mean ± std over draws), with the negative log-likelihood and expected
+calibration error of the probabilities (the page ranks and accepts by them), and writes JSON.
+
+    python scripts/bench_fewshot.py runs/x/checkpoint.pt .cache/imagenette \\
+        --classes n03394916,n03417042,n03425413,n03445777,n03888257 --draws 20
+    python scripts/bench_fewshot.py runs/x/checkpoint.pt .cache/cifar10 --max-train 1000 --max-test 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from byol import probe  # noqa: E402
+from byol.checkpoint import file_sha256, load_encoder  # noqa: E402
+from byol.evaluate import embed_folder, load_labelled  # noqa: E402
+
+
+def methods() -> dict:
+    """name -> fit(x, y, num_classes) returning a classifier with predict_proba."""
+    out = {"logistic": functools.partial(probe.fit_linear, weight_decay=1e-4)}
+    for wd in (1e-3, 1e-2, 1e-1):
+        out[f"logistic-wd={wd:g}"] = functools.partial(probe.fit_linear, weight_decay=wd)
+    out["prototype (not centred)"] = functools.partial(probe.fit_prototypes, centre=False)
+    out["prototype"] = probe.fit_prototypes
+    for a in (1e-3, 1e-2, 1e-1):
+        out[f"proto-logistic anchor={a:g}"] = functools.partial(probe.fit_proto_linear, anchor=a)
+    out["knn"] = probe.fit_knn
+    out["fewshot"] = probe.fit_fewshot
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# features, embedded once
+# ----------------------------------------------------------------------------------------------------------
+def subsample(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    if not per_class:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
+
+
+def features(checkpoint: Path, folder: Path, classes: list[str] | None, max_train: int | None,
+             max_test: int | None, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    train_paths, train_y, test_paths, test_y, names = load_labelled(folder)
+    if classes:
+        missing = sorted(set(classes) - set(names))
+        if missing:
+            raise SystemExit(f"--classes: no folder for {', '.join(missing)} in {folder}/train")
+        keep = [names.index(c) for c in classes]
+        remap = {old: new for new, old in enumerate(keep)}
+        tr = np.isin(train_y, keep)
+        te = np.isin(test_y, keep)
+        train_paths = [p for p, k in zip(train_paths, tr) if k]
+        test_paths = [p for p, k in zip(test_paths, te) if k]
+        train_y = np.array([remap[v] for v in train_y[tr]])
+        test_y = np.array([remap[v] for v in test_y[te]])
+        names = list(classes)
+    tr = subsample(train_y, max_train, 0)
+    te = subsample(test_y, max_test, 1)
+    train_paths, train_y = [train_paths[i] for i in tr], train_y[tr]
+    test_paths, test_y = [test_paths[i] for i in te], test_y[te]
+
+    key = hashlib.sha256(json.dumps([file_sha256(checkpoint), train_paths, test_paths]).encode()).hexdigest()[:16]
+    files = {n: cache / f"{key}.{n}.npy" for n in ("train_x", "train_y", "test_x", "test_y")}
+    if all(f.exists() for f in files.values()):
+        print(f"features from {cache}/{key}.*.npy", file=sys.stderr)
+        return (*(np.load(files[n]) for n in ("train_x", "train_y", "test_x", "test_y")), names)
+    encoder, preprocess, info = load_encoder(checkpoint)
+    t0 = time.perf_counter()
+    a = embed_folder(encoder, preprocess, train_paths, precision="fp32")
+    b = embed_folder(encoder, preprocess, test_paths, precision="fp32")
+    print(f"embedded {len(a.kept) + len(b.kept)} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    out = {"train_x": a.features, "train_y": train_y[a.kept], "test_x": b.features, "test_y": test_y[b.kept]}
+    cache.mkdir(parents=True, exist_ok=True)
+    for n, v in out.items():
+        np.save(files[n], v)
+    (cache / f"{key}.json").write_text(json.dumps({"checkpoint": str(checkpoint), "step": info["step"],
+                                                   "folder": str(folder), "classes": names}, indent=1))
+    return out["train_x"], out["train_y"], out["test_x"], out["test_y"], names
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scoring
+# ----------------------------------------------------------------------------------------------------------
+def calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the top probability (Guo et al. 2017), equal-width bins."""
+    conf, correct = p.max(1), (p.argmax(1) == y)
+    edges = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(sum(abs(correct[edges == i].mean() - conf[edges == i].mean()) * (edges == i).mean()
+                     for i in range(bins) if (edges == i).any()))
+
+
+def run(train_x, train_y, test_x, test_y, shots: list[int], draws: int, seed: int, fits: dict) -> dict:
+    c = int(train_y.max()) + 1
+    scores: dict = {name: {n: [] for n in shots} for name in fits}
+    for n in shots:
+        rng = np.random.default_rng(seed + n)
+        for d in range(draws):
+            idx = probe._draw(train_y, n, rng)
+            for name, fit in fits.items():
+                t0 = time.perf_counter()
+                p = fit(train_x[idx], train_y[idx], c).predict_proba(test_x)
+                nll = float(-np.log(p[np.arange(len(test_y)), test_y].clip(min=1e-12)).mean())
+                scores[name][n].append({"top1": float((p.argmax(1) == test_y).mean()), "nll": nll,
+                                        "ece": calibration_error(p, test_y), "seconds": time.perf_counter() - t0})
+            print(f"{n}-shot draw {d + 1}/{draws}", file=sys.stderr, end="\r")
+    out: dict = {}
+    for name, by_shot in scores.items():
+        out[name] = {}
+        for n, rows in by_shot.items():
+            top1 = np.array([r["top1"] for r in rows])
+            out[name][str(n)] = {"mean": float(top1.mean()), "std": float(top1.std()), "top1": top1.tolist(),
+                                 "nll": float(np.mean([r["nll"] for r in rows])),
+                                 "ece": float(np.mean([r["ece"] for r in rows])),
+                                 "seconds": float(np.mean([r["seconds"] for r in rows]))}
+    return out
+
+
+def table(result: dict, shots: list[int]) -> str:
+    head = "| method | " + " | ".join(f"{n}-shot top-1" for n in shots) + " | " + \
+           " | ".join(f"{n}-shot NLL / ECE" for n in shots) + " |"
+    lines = [head, "|---" * (1 + 2 * len(shots)) + "|"]
+    for name, by_shot in result.items():
+        cells = [f"{100 * by_shot[str(n)]['mean']:.1f} ± {100 * by_shot[str(n)]['std']:.1f}" for n in shots]
+        cells += [f"{by_shot[str(n)]['nll']:.2f} / {by_shot[str(n)]['ece']:.2f}" for n in shots]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="checkpoint.pt of `byol-search pretrain` (read, never written)")
+    ap.add_argument("folder", type=Path, help="labelled folder: train/<class>/ and test/<class>/ (or val/)")
+    ap.add_argument("--classes", default="", help="comma-separated class folders to keep (default: all)")
+    ap.add_argument("--shots", default="1,5,10", help="labelled images per class (default 1,5,10)")
+    ap.add_argument("--draws", type=int, default=20, help="random draws per shot count (default 20)")
+    ap.add_argument("--max-train", type=int, default=None, help="at most this many train images per class")
+    ap.add_argument("--max-test", type=int, default=None, help="at most this many test images per class")
+    ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache/fewshot", help="where features are cached")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="JSON result (default: CACHE/result-<folder>.json)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    classes = [c for c in args.classes.split(",") if c]
+    shots = [int(s) for s in args.shots.split(",") if s]
+    fits = methods()
+    if args.methods:
+        fits = {k: v for k, v in fits.items() if k in args.methods.split(",")}
+    train_x, train_y, test_x, test_y, names = features(args.checkpoint, args.folder, classes, args.max_train,
+                                                       args.max_test, args.cache)
+    t0 = time.perf_counter()
+    result = run(train_x, train_y, test_x, test_y, shots, args.draws, args.seed, fits)
+    text = table(result, shots)
+    print(f"\n{args.folder} ({len(names)} classes; pool {len(train_y)}, test {len(test_y)} images; "
+          f"{args.draws} draws; dim {train_x.shape[1]}; {time.perf_counter() - t0:.0f} s)\n")
+    print(text)
+    out = args.out or args.cache / f"result-{args.folder.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "sha256": file_sha256(args.checkpoint),
+                               "folder": str(args.folder), "classes": names, "shots": shots, "draws": args.draws,
+                               "n_pool": int(len(train_y)), "n_test": int(len(test_y)), "methods": result},
+                              indent=1))
+    print(f"\nwrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
