@@ -214,9 +214,10 @@ def fewshot_weight_decay(y) -> float:
     labels per class no classifier tried (prototypes centred or not, prototype-initialised logistic
     regression, kNN) beats logistic regression's top-1 by more than the spread between draws, but with
     fit_linear's 1e-4 its confidences are far too high (expected calibration error 0.40 at 1 label, 0.26
-    at 5). A penalty that shrinks as labels accumulate keeps the top-1 and makes the confidence a
-    probability one can accept predictions by (ECE 0.09 at 1 label, about 0.1 at 5-10); with a
-    hundred labels per class it is the plain probe's again.
+    at 5). A penalty that shrinks as labels accumulate keeps the top-1 (within 0.3 points on Imagenette,
+    0.4-1.1 lower on CIFAR-10, both inside the spread between draws) and makes the confidence a
+    probability one can accept predictions by (ECE 0.02-0.09 at 1-10 labels); with a hundred labels per
+    class it is the plain probe's again.
     """
     counts = np.bincount(np.asarray(y, dtype=np.int64))
     per_class = float(np.median(counts[counts > 0])) if counts.any() else 1.0
