@@ -146,7 +146,7 @@ class Labels:
             self._db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V1 + "COMMIT;")  # labels keyed by id alone
         for q in _INDEXES:
             self._db.execute(q)
-        from index.store import Rows
+        from index.rows import Rows
 
         self._rows = Rows(index_dir)
         self._synced: tuple[float, int] | None = None
