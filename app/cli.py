@@ -363,6 +363,7 @@ def _run_search(args) -> int:
     import json
     from pathlib import Path
 
+    from byol.data import display_path
     from byol.images import BadImage
     from index.embed import Embedder
     from index.store import Store, StoreError
@@ -393,7 +394,7 @@ def _run_search(args) -> int:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            print(f"{r['rank']:>4}  {r['cosine']:.4f}  {r['path']}")
+            print(f"{r['rank']:>4}  {r['cosine']:.4f}  {display_path(r['path'])}")
     return 0
 
 
@@ -416,6 +417,7 @@ def _add_duplicates(sub) -> None:
 def _run_duplicates(args) -> int:
     import json
 
+    from byol.data import display_path
     from index.store import Store, StoreError
 
     if not -1.0 <= args.threshold <= 1.0:
@@ -434,7 +436,7 @@ def _run_duplicates(args) -> int:
     for n, g in enumerate(out, 1):
         print(f"group {n} ({len(g)} photos)")
         for r in g:
-            print(f"  {r['path']}")
+            print(f"  {display_path(r['path'])}")
     print(f"{len(out)} groups, {sum(len(g) for g in out)} photos at cosine >= {args.threshold}")
     return 0
 

@@ -69,7 +69,7 @@ def folder_listing(folder: str | Path) -> tuple[str, int]:
     paths = scan_folder(folder)
     for p in paths:
         st = p.stat()
-        h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest(), len(paths)
 
 

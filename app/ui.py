@@ -590,12 +590,11 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
 
 
 def _download_copy(path: Path) -> Path:
-    """A copy of an export in the system temp folder: gradio hands out files only from there or the cwd."""
-    import shutil
-    import tempfile
+    """A copy of an export in the system temp folder (gradio hands out files only from there or the cwd);
+    copies older than an hour are removed on the way (app.labels.download_copy)."""
+    from app.labels import download_copy
 
-    d = Path(tempfile.mkdtemp(prefix="byol-search-export-"))
-    return Path(shutil.copy2(path, d / path.name))
+    return download_copy(path)
 
 
 def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860,
