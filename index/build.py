@@ -65,6 +65,9 @@ def build_index(
     log(f"encoder {embedder.model_path.name}: {embedder.dim}-d, {embedder.preprocess.size} px, "
         f"on {embedder.provider}")
     store, others = _open_store(index_dir, embedder, rebuild, folder, log)
+    meta = getattr(embedder, "metadata", {})
+    store.set_encoder_info({"checkpoint_sha256": meta.get("checkpoint_sha256"), "step": meta.get("step"),
+                            "init": meta.get("init", {"kind": "none"})})
     paths += [Path(p) for p in sorted(others) if os.path.isfile(p)]  # a rebuild keeps other folders' photos
     try:
         summary = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)

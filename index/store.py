@@ -631,6 +631,12 @@ class Store:
             self._changed()
             return int(n)
 
+    def set_encoder_info(self, info: dict) -> None:
+        """Where the index's encoder came from (checkpoint sha256, step, init: byol.init), for the manifest;
+        written by the next save()."""
+        with self._lock:
+            self._meta["encoder"] = json.dumps(info, sort_keys=True, default=str)
+
     def reset(self, dim: int, model_sha256: str, model_path: str | Path, preprocess: dict) -> None:
         """Empty the index for a new encoder, reserving every path's id: re-adding a path gives it its old id.
 
@@ -791,6 +797,8 @@ class Store:
             "count": self.count, "exact_limit": int(m["exact_limit"]),
             "created_at": float(m["created_at"]), "updated_at": float(m["updated_at"]),
         }
+        if m.get("encoder"):
+            out["encoder"] = json.loads(m["encoder"])
         if m["index_type"] == "ivf":
             out.update(nprobe=int(m["nprobe"]), trained_on=int(m["trained_on"]),
                        recall_at_10=float(m.get("ivf_recall_at_10", "nan")))

@@ -51,6 +51,9 @@ def test_build_then_update_incrementally(encoder, fresh_shapes, tmp_path):
         assert all(st.thumbnail_path(i).is_file() for i in ids_by_path.values())
         r = st.rows([ids_by_path[str(folder / "circle" / "circle_001.jpg")]])[0]
         assert (r["width"], r["height"]) == (80, 80) and len(r["sha256"]) == 64 and r["size"] > 0
+    # the manifest says where the encoder came from: its checkpoint and where that training started
+    enc = json.loads((index_dir / "manifest.json").read_text())["encoder"]
+    assert enc["checkpoint_sha256"] == emb.checkpoint_sha256 and enc["init"] == {"kind": "none"}
 
     # nothing changed: nothing is embedded (or decoded: the bad file is remembered)
     emb.embedded = 0
