@@ -57,7 +57,7 @@ class RunConfig:
     batch_size: int = 256  # images per step (shrunk for folders smaller than this)
     proj_hidden: int = 4096  # projector/predictor hidden width (the paper's 4096; smaller steps faster)
     seed: int = 0  # initialisation, data order and augmentation
-    init: str = "none"  # where the encoder starts: none, base, imagenet or a checkpoint path (byol.init)
+    init: str = "auto"  # where the encoder starts: auto, none, base, imagenet or a checkpoint path (byol.init)
 
 
 def folder_listing(folder: str | Path) -> tuple[str, int]:
@@ -113,7 +113,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     budget = cfg.budget or default_budget()
     key = {"listing": listing, "budget": budget, "backbone": cfg.backbone, "image_size": cfg.image_size,
            "batch_size": cfg.batch_size, "proj_hidden": cfg.proj_hidden, "seed": cfg.seed}
-    if cfg.init != "none":  # keys of runs made before --init stay valid
+    if cfg.init not in ("auto", "none"):  # work folders made before --init keep their trained encoder
         key["init"] = cfg.init
     done = state.get("pretrain", {})
     tcfg = TrainConfig(folder=str(folder), out=str(run_dir), cache_dir=str(work / "cache"), budget=budget,
