@@ -148,15 +148,24 @@ def _imagenet_state(backbone: str) -> tuple[dict, dict]:
             f"--init imagenet: could not download {weights.url} ({type(e).__name__}: {e}). On a machine that is "
             f"online this happens once; offline, copy that file to {cached} (TORCH_HOME sets the cache folder), "
             f"or use --init base (shipped, offline) or --init PATH") from e
-    sha = hashlib.sha256(cached.read_bytes()).hexdigest() if cached.is_file() else ""
+    from byol.checkpoint import file_sha256
+
+    sha = file_sha256(cached) if cached.is_file() else ""
     return state, {"source": str(weights), "sha256": sha}
+
+
+def _same_stem(trained_size: int | None, image_size: int) -> bool:
+    """Whether an encoder trained at `trained_size` px has the stem an `image_size` px run builds
+    (byol.model: the small-image stem up to 64 px); unknown sizes are taken to fit."""
+    return trained_size is None or (trained_size <= 64) == (image_size <= 64)
 
 
 def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
     """The weights a run starts from (see module docstring); InitError when they cannot be had."""
     spec = (spec or "none").strip()
     if spec == "auto":
-        if base_path(backbone).is_file() and (image_size <= 64) == ((base_card(backbone) or {}).get("image_size", 32) <= 64):
+        card = base_card(backbone)
+        if base_path(backbone).is_file() and card and _same_stem(card.get("image_size"), image_size):
             return resolve_init("base", backbone, image_size)
         return Init(None, {"kind": "none", "auto": "no base shipped for this backbone and image size"})
     if spec == "none":
@@ -170,7 +179,7 @@ def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
                             f"or --init none/imagenet/PATH")
         obj, sha = _load_file(path)
         state, meta = _encoder_state(obj, path)
-        if meta.get("image_size") and (meta["image_size"] <= 64) != (image_size <= 64):
+        if not _same_stem(meta.get("image_size"), image_size):
             raise InitError(f"--init base: the base was trained at {meta['image_size']} px (small-image stem); "
                             f"--image-size {image_size} builds the other stem: use --image-size 64 or less")
         return Init(state, {"kind": "base", "source": path.name, "sha256": sha})
