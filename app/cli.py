@@ -575,7 +575,7 @@ def _run_pipeline(call, args) -> int:
 
 
 def _run_run(args) -> int:
-    from app.demo import RunConfig, run
+    from app.pipeline import RunConfig, run
     from byol.train import parse_duration
 
     try:

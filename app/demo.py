@@ -1,199 +1,20 @@
-"""The one-command pipeline (`byol-search run`) and the built-in example (`byol-search demo`).
-
-`run` chains pretrain -> export -> index -> serve in WORK_DIR:
-
-    WORK_DIR/run/          pretraining run (checkpoint.pt, log.jsonl, curves.png)
-    WORK_DIR/cache/        decoded-image cache, kept between runs
-    WORK_DIR/encoder.onnx  the exported encoder (a link to the current file in encoders/)
-    WORK_DIR/encoders/     exported encoders, one file per encoder, named by its hash, never rewritten
-    WORK_DIR/index/        the index (and labels.sqlite: your labels)
-    WORK_DIR/run.json      what each stage was last made from
-
-Each stage is skipped when its inputs are unchanged since the last run, judged by fingerprints in run.json:
-the folder listing (path, size, mtime of every photo) plus the training settings for pretraining, the
-checkpoint's sha256 for export, the encoder's sha256 plus the folder listing for indexing. Each stage also
-resumes: pretraining continues its checkpoint (`pretrain --resume`) when it was interrupted, and indexing is
-incremental (new or changed photos only; a new encoder re-embeds in place, keeping ids and labels).
-
-A new encoder never replaces the file an index, and so a page serving it, is using: it is exported to a
-new file in encoders/, the index is re-embedded with that file, and only then does encoder.onnx point to it
-and the previous encoder's file go away. A page left running across `run` keeps embedding uploads with the
-encoder its index was built with (app/ui.py checks the hash).
-
-`demo` draws a small example photo collection (nothing is downloaded) and runs the pipeline on it with a
-short budget.
+"""The built-in example (`byol-search demo`): draws a small photo collection (nothing is downloaded) and
+runs the one-command pipeline (app/pipeline.py) on it with a short budget.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-ENCODERS = "encoders"  # WORK_DIR/encoders/: one file per exported encoder, named by its hash
+from app.pipeline import RunConfig, read_state, run, write_state
+
 DEMO_BUDGET = 60.0  # seconds of pretraining for the demo: about two minutes end to end on a laptop CPU
 
-
-def default_budget() -> float:
-    """Pretraining seconds when none is given: a coffee break on a CPU, longer where a GPU makes it pay."""
-    import torch
-
-    return 15 * 60.0 if torch.cuda.is_available() else 5 * 60.0
-
-
-@dataclass
-class RunConfig:
-    folder: str  # the photo folder
-    out: str = "byol-work"  # WORK_DIR (layout in the module docstring)
-    budget: float = 0.0  # pretraining wall-clock seconds; 0 = default_budget()
-    backbone: str = "resnet-tiny"  # encoder; resnet-tiny learns most per CPU minute
-    image_size: int = 32  # training resolution in px; 64 or more for photos when there is time or a GPU
-    batch_size: int = 256  # images per step (shrunk for folders smaller than this)
-    proj_hidden: int = 4096  # projector/predictor hidden width (the paper's 4096; smaller steps faster)
-    seed: int = 0  # initialisation, data order and augmentation
-    init: str = "auto"  # where the encoder starts: auto, none, base, imagenet or a checkpoint path (byol.init)
-
-
-def folder_listing(folder: str | Path) -> tuple[str, int]:
-    """(sha256 of every photo's relative path, size and mtime, number of photos): changes when the folder does."""
-    from byol.data import scan_folder
-
-    folder = Path(folder)
-    h = hashlib.sha256()
-    paths = scan_folder(folder)
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest(), len(paths)
-
-
-def _read_state(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_state(path: Path, state: dict) -> None:
-    from byol.checkpoint import atomic_write
-
-    atomic_write(path, lambda f: f.write((json.dumps(state, indent=2) + "\n").encode()))
-
-
-def run(cfg: RunConfig, log=print) -> dict:
-    """Pretrain, export and index as needed.
-
-    Returns the paths (folder, checkpoint, model, index_dir), the number of photos, and per stage
-    (pretrain, export, index) what happened: 'done', 'resumed' or 'skipped'.
-    """
-    from byol.checkpoint import file_sha256
-    from byol.export import export_onnx
-    from byol.train import TrainConfig, train
-    from index.build import build_index
-    from index.store import Store
-
-    folder, work = Path(cfg.folder).absolute(), Path(cfg.out).absolute()
-    work.mkdir(parents=True, exist_ok=True)
-    state_path, run_dir = work / "run.json", work / "run"
-    ckpt, model, index_dir = run_dir / "checkpoint.pt", work / "encoder.onnx", work / "index"
-    state = _read_state(state_path)
-    listing, n = folder_listing(folder)
-    if n < 2:
-        raise ValueError(f"{folder}: {n} photo(s) found; give a folder with at least a few dozen photos")
-    out = {"folder": str(folder), "photos": n, "checkpoint": str(ckpt), "model": str(model),
-           "index_dir": str(index_dir)}
-
-    # ------------------------------------------------------------------ pretrain
-    budget = cfg.budget or default_budget()
-    key = {"listing": listing, "budget": budget, "backbone": cfg.backbone, "image_size": cfg.image_size,
-           "batch_size": cfg.batch_size, "proj_hidden": cfg.proj_hidden, "seed": cfg.seed}
-    if cfg.init not in ("auto", "none"):  # work folders made before --init keep their trained encoder
-        key["init"] = cfg.init
-    done = state.get("pretrain", {})
-    tcfg = TrainConfig(folder=str(folder), out=str(run_dir), cache_dir=str(work / "cache"), budget=budget,
-                       batch_size=cfg.batch_size, seed=cfg.seed, init=cfg.init)
-    tcfg.model.backbone, tcfg.model.image_size, tcfg.model.proj_hidden = cfg.backbone, cfg.image_size, cfg.proj_hidden
-    if done.get("key") == key and done.get("done") and ckpt.is_file() and file_sha256(ckpt) == done.get("sha256"):
-        log(f"pretrain: skipped ({n} photos and settings unchanged since the last run)")
-        out["pretrain"] = "skipped"
-    else:
-        resume = done.get("key") == key and not done.get("done") and ckpt.is_file()
-        log(f"pretrain: {'resuming the interrupted run' if resume else f'{budget:.0f} s budget'} on {n} photos")
-        state["pretrain"] = {"key": key, "done": False}
-        _write_state(state_path, state)  # an interrupted run is resumed next time
-        tcfg.resume = resume
-        train(tcfg)
-        state["pretrain"] = {"key": key, "done": True, "sha256": file_sha256(ckpt)}
-        _write_state(state_path, state)
-        out["pretrain"] = "resumed" if resume else "done"
-
-    # ------------------------------------------------------------------ export
-    ckpt_sha = state["pretrain"]["sha256"]
-    done = state.get("export", {})
-    encoder = work / done["file"] if done.get("file") else model  # runs before encoders/ used encoder.onnx
-    if done.get("checkpoint_sha256") == ckpt_sha and encoder.is_file() and file_sha256(encoder) == done.get("model_sha256"):
-        log("export: skipped (checkpoint unchanged)")
-        out["export"] = "skipped"
-    else:
-        staged = work / ENCODERS / f".export-{ckpt_sha[:16]}.onnx"
-        staged.parent.mkdir(exist_ok=True)
-        export_onnx(ckpt, staged, check_folder=folder, log=log)
-        model_sha = file_sha256(staged)
-        encoder = staged.with_name(f"{model_sha[:16]}.onnx")
-        staged.replace(encoder)
-        log(f"export: {ckpt.name} -> {encoder.relative_to(work)}")
-        state["export"] = {"checkpoint_sha256": ckpt_sha, "model_sha256": model_sha,
-                           "file": str(encoder.relative_to(work))}
-        _write_state(state_path, state)
-        out["export"] = "done"
-
-    # ------------------------------------------------------------------ index
-    model_sha = state["export"]["model_sha256"]
-    done = state.get("index", {})
-    if done == {"model_sha256": model_sha, "listing": listing} and Store.exists(index_dir):
-        log("index: skipped (encoder and folder unchanged)")
-        out["index"] = "skipped"
-    else:
-        rebuild = False
-        if Store.exists(index_dir):
-            with Store.open(index_dir) as s:
-                rebuild = s.model_sha256 != model_sha  # a new encoder: re-embed in place, ids and labels kept
-        log(f"index: {'re-embedding with the new encoder' if rebuild else 'adding new and changed photos'}")
-        summary = build_index(folder, encoder, index_dir, rebuild=rebuild, log=log)
-        state["index"] = {"model_sha256": model_sha, "listing": listing}
-        _write_state(state_path, state)
-        out.update(index_summary={k: summary[k] for k in ("count", "added", "updated", "removed", "bad")})
-        out["index"] = "done"
-    # the index now uses `encoder`: publish it as encoder.onnx and drop the files no index uses any more
-    _link_atomically(encoder, model)
-    for old in (work / ENCODERS).glob("*.onnx") if (work / ENCODERS).is_dir() else ():
-        if old.name != encoder.name:
-            old.unlink(missing_ok=True)
-    return out
-
-
-def _link_atomically(src: Path, dst: Path) -> None:
-    """Make `dst` the same file as `src` (a hard link, else a copy), switched in one rename."""
-    import shutil
-
-    if dst.exists() and dst.samefile(src):
-        return
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-# ---------------------------------------------------------------------- the built-in example photos
 DEMO_CLASSES = ("sunset", "ocean", "forest", "night_sky", "brick_wall", "flower_field", "checkerboard", "stripes")
 
 
@@ -289,7 +110,7 @@ def make_example_photos(folder: str | Path, per_class: int = 40, seed: int = 0) 
     folder = Path(folder)
     marker = folder / ".example.json"  # hidden: not a photo to the scanner
     spec = {"classes": list(DEMO_CLASSES), "per_class": per_class, "seed": seed, "version": 1}
-    if _read_state(marker) == spec:
+    if read_state(marker) == spec:
         return folder
     rng = np.random.default_rng(seed)
     sizes = ((160, 120), (120, 160), (144, 144), (192, 128))
@@ -297,7 +118,7 @@ def make_example_photos(folder: str | Path, per_class: int = 40, seed: int = 0) 
         (folder / kind).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             example_photo(kind, rng, sizes[i % len(sizes)]).save(folder / kind / f"{kind}_{i:03d}.jpg", quality=90)
-    _write_state(marker, spec)
+    write_state(marker, spec)
     return folder
 
 

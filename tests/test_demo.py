@@ -1,5 +1,5 @@
-"""app/demo.py: the one-command pipeline's skip/resume logic (stages replaced by fast fakes) and the
-built-in example photos."""
+"""app/pipeline.py: the one-command pipeline's skip/resume logic (stages replaced by fast fakes); app/demo.py:
+the built-in example photos."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from imagegen import make_shapes
 from PIL import Image
 
-from app import demo as pipeline
+from app import demo as example
 from app.cli import main
-from app.demo import DEMO_CLASSES, RunConfig, make_example_photos, run
+from app.demo import DEMO_CLASSES, make_example_photos
+from app.pipeline import RunConfig, run
 
 
 @pytest.fixture
@@ -159,4 +160,4 @@ def test_example_photos(tmp_path, monkeypatch):
             for k in ("sunset", "ocean")}
     assert np.abs(mean["sunset"] - mean["ocean"]).max() > 40
     with pytest.raises(ValueError, match="unknown example kind"):
-        pipeline.example_photo("unicorn", np.random.default_rng(0))
+        example.example_photo("unicorn", np.random.default_rng(0))
