@@ -14,45 +14,21 @@ A checkpoint is a plain dict (loadable with `weights_only=True`):
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from byol.fileio import atomic_write, file_sha256  # re-exported: importable from here as before
 from byol.model import ModelConfig, build_backbone
 from byol.preprocess import Preprocess
 
 CHECKPOINT_FORMAT = "byol-search/checkpoint/1"
 
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(file_object) on a temporary file beside `path`, fsync it, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the result gets a normal file's permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+__all__ = [
+    "CHECKPOINT_FORMAT", "CheckpointError", "atomic_write", "file_sha256", "load_checkpoint", "load_encoder",
+    "save_checkpoint",
+]
 
 
 def save_checkpoint(path: str | Path, ckpt: dict) -> None:
@@ -77,14 +53,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a byol-search checkpoint (expected format {CHECKPOINT_FORMAT})")
     return ckpt
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, Preprocess, dict]:

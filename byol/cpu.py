@@ -14,12 +14,12 @@ reproducible, the tuner may switch counts, which changes float rounding).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from byol.fileio import core_count
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def use_gemm_weight_grads(encoder: nn.Module, image_size: int, max_side: int = 8
 # ----------------------------------------------------------------------------------------------------------
 def cpu_thread_candidates() -> list[int]:
     """Thread counts the auto ThreadTuner tries: all usable cores, half of them and one (largest first)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = core_count()
     return sorted({cores, max(1, cores // 2), 1}, reverse=True)
 
 

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from byol.checkpoint import atomic_write
+from byol.fileio import atomic_write
 
 
 def read_log(path: str | Path) -> list[dict]:

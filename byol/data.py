@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from byol.fileio import atomic_write, core_count
 from byol.images import IMAGE_EXTENSIONS, BadImage, decode_square
 
 INDEX_FORMAT = "byol-search/image-cache/1"
@@ -140,7 +141,7 @@ class BadFile:
 
 def default_workers() -> int:
     """Decoding threads: one per core (PIL releases the GIL while decoding, so threads scale)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return core_count()
 
 
 def _call(fn: Callable, item) -> object:
@@ -385,8 +386,6 @@ class ImageCache:
                 os.fsync(f.fileno())
             decoded.close()
 
-            from byol.checkpoint import atomic_write  # here, not at the top: byol.checkpoint imports torch
-
             bad_files = [BadFile(_label(source.label_prefix, b[0]), b[3]) for b in bad]
             atomic_write(report, lambda f: f.writelines(
                 (json.dumps(bad_file_record(b.path, b.reason)) + "\n").encode() for b in bad_files))
@@ -445,7 +444,6 @@ def _read_index(cache_dir: Path, side: int) -> dict | None:
 
 def _commit(cache_dir: Path, side: int, index: dict) -> None:
     """Atomically replace the index: the one step that switches readers from the old array to the new."""
-    from byol.checkpoint import atomic_write
 
     atomic_write(_index_path(cache_dir, side), lambda f: f.write(json.dumps(index).encode()))
 

@@ -89,7 +89,8 @@ def export_onnx(
     import onnx
     import torch
 
-    from byol.checkpoint import atomic_write, load_encoder
+    from byol.checkpoint import load_encoder
+    from byol.fileio import atomic_write
 
     out_path = Path(out_path)
     if quantize not in (None, "int8"):
@@ -251,7 +252,7 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from byol.checkpoint import atomic_write
+    from byol.fileio import atomic_write
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     meta = read_metadata(fp32_path)

@@ -148,7 +148,7 @@ def _imagenet_state(backbone: str) -> tuple[dict, dict]:
             f"--init imagenet: could not download {weights.url} ({type(e).__name__}: {e}). On a machine that is "
             f"online this happens once; offline, copy that file to {cached} (TORCH_HOME sets the cache folder), "
             f"or use --init base (shipped, offline) or --init PATH") from e
-    from byol.checkpoint import file_sha256
+    from byol.fileio import file_sha256
 
     sha = file_sha256(cached) if cached.is_file() else ""
     return state, {"source": str(weights), "sha256": sha}
@@ -200,7 +200,8 @@ def export_base(checkpoint: str | Path, dest: str | Path, card: dict) -> dict:
     The encoder is stored in fp32 (a resnet-tiny is 4.9 MB); the card gets sha256, size, step and the
     training plan from the checkpoint, plus `card` (data, command, machine, date).
     """
-    from byol.checkpoint import atomic_write, load_checkpoint
+    from byol.checkpoint import load_checkpoint
+    from byol.fileio import atomic_write
 
     ckpt = load_checkpoint(checkpoint)
     mc = ckpt["model_config"]

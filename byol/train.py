@@ -91,6 +91,7 @@ from byol.cpu import (
     use_gemm_weight_grads,
 )
 from byol.curves import plot_curves, read_log
+from byol.fileio import core_count
 from byol.init import resolve_init, start_from
 from byol.loss import byol_loss, collapse_std
 from byol.model import BYOL, ModelConfig
@@ -305,7 +306,7 @@ def _processes(cfg: TrainConfig, compiled: bool) -> _Processes:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         else:  # processes on one CPU share its cores
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+            torch.set_num_threads(max(1, core_count() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     amp_dtype = _choose_precision(cfg, device)
     if cfg.threads > 0 or ddp or device.type != "cpu" or compiled:  # compiled kernels fix their thread count
         if cfg.threads > 0:

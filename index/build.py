@@ -24,13 +24,13 @@ import os
 import time
 from pathlib import Path
 
+from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
 from index.embed import Embedder
 from index.store import (
     THUMB_SIDE,
     EncoderMismatch,
     Store,
-    atomic_write_bytes,
     rebuild_hint,
     thumbnail_jpeg,
 )
@@ -220,18 +220,10 @@ def _hash_and_thumb(path: Path, data: bytes, image) -> tuple[str, bytes]:
     return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image)
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _hash_files(paths: list[str], workers, decode_many, desc: str) -> dict[str, str]:
     """path -> sha256 on a thread pool (unreadable files are left out: they are dealt with when embedding)."""
     out = {}
-    for i, h in decode_many(paths, _file_sha256, workers, desc=desc):
+    for i, h in decode_many(paths, file_sha256, workers, desc=desc):
         if isinstance(h, str):
             out[paths[i]] = h
     return out

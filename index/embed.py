@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from byol.export import INPUT_NAME, read_metadata
+from byol.fileio import core_count
 from byol.images import BadImage, load_rgb, photo_formats
 from byol.preprocess import Preprocess
 
@@ -84,7 +84,7 @@ class Embedder:
         self.sha256 = hashlib.sha256(data).hexdigest()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads or _cores()
+        opts.intra_op_num_threads = threads or core_count()
         # decode threads share the cores: spinning inference threads would steal their time between batches
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(data, opts, providers=list(providers or default_providers()))
@@ -203,6 +203,3 @@ def photo_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
     except Exception:  # an odd header that still decoded: the decoded size is the best we know
         return decoded.size
 
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

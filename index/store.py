@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from PIL import Image
 
 from byol import __version__
 from byol.data import mark_artifact_folder
+from byol.fileio import atomic_write_bytes, atomic_write_path
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,6 @@ _ROW_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "added_a
 _SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
 _LOAD_ATTEMPTS = 40  # reads of the newest generation while a writer replaces vector files under us
 _GONE_KEPT_S = 60.0  # seconds a read-only store still answers get_vectors for ids a refresh dropped
-_umask = os.umask(0)
-os.umask(_umask)
-_FILE_MODE = 0o666 & ~_umask  # what open() would give: mkstemp's 0600 would hide thumbnails from a web server
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -672,15 +669,7 @@ class Store:
         path = self.thumbnail_path(image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = image if isinstance(image, bytes) else thumbnail_jpeg(image)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, data, durable=False)  # a lost thumbnail is made again; no fsync per photo
         return path
 
     def save(self) -> int:
@@ -933,48 +922,14 @@ def _take_writer_lock(index_dir: Path) -> int:
     return fd
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_faiss(index: faiss.Index, path: Path) -> None:
     """Write a FAISS index to a temporary file, fsync it, rename it over `path`, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         faiss.write_index(index, tmp)
         _save_step("faiss_tmp_written")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    # byol.checkpoint.atomic_write does the same but would pull torch into every reader of the index
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write_path(path, write)
 
 
 def _chunks(seq: list, n: int):
