@@ -2,7 +2,14 @@
 
 Public API
     epoch_batches(n, epoch, seed, rank, world, local_batch) -> batches x local_batch image indices
-    Batches(images, ...).views(step, gen) -> 2B,3,S,S    both augmented views of the batch of `step`
+    Batches(images, ...).views(step, gen, side) -> 2B,3,S,S   both augmented views of the batch of `step`
+    stage_sides(start, end, stages) -> [S0, ..., end]      the view sides of progressive resizing
+    side_schedule(total, plan, sides) -> [S per step]      the side of each step's views
+
+Progressive resizing (Touvron et al. 2019, "FixRes"; Tan & Le 2021, EfficientNetV2): the views start small
+and grow in equal stages to their full side, so the early steps (which learn coarse features) are cheap and
+the late ones see detail. The stages follow the schedules' virtual step (byol.optim.virtual_step), so a
+budget re-plan stretches them with the lr and tau, and a resumed run draws the same sides.
 
 Every epoch is a fresh permutation of the images that depends only on (seed, epoch), so the data order
 needs no saved state: step s reads batch s % per_epoch of epoch s // per_epoch, and a resumed run reads
@@ -13,11 +20,12 @@ Under torchrun each process takes a distinct shard of each permutation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from byol.augment import AugmentConfig, two_views
+from byol.optim import virtual_step
 
 ViewsFn = Callable[[torch.Tensor, AugmentConfig, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -28,6 +36,26 @@ def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, local_ba
     shard = perm[rank::world]
     per_epoch = len(shard) // local_batch
     return shard[: per_epoch * local_batch].view(per_epoch, local_batch)
+
+
+def stage_sides(start: int, end: int, stages: int) -> list[int]:
+    """The view sides of `stages` equal stages from `start` to `end` px (multiples of 4 between them);
+    [end] when start is 0 (fixed views) or not smaller than end."""
+    if start <= 0 or start >= end or stages <= 1:
+        return [end]
+    sides = [start + (end - start) * k / (stages - 1) for k in range(stages)]
+    return sorted({int(round(x / 4) * 4) for x in sides[1:-1]} | {start, end})
+
+
+def side_schedule(total: int, plan: dict, sides: list[int]) -> list[int]:
+    """The side of the views of steps 0..total-1: stage k of len(sides) covers the k-th equal share of the
+    schedules' virtual steps (plan as in byol.optim.schedules)."""
+    if len(sides) == 1:
+        return sides * total
+    t = int(plan.get("schedule_total", total))
+    replans = plan.get("replans", [])
+    return [sides[min(len(sides) - 1, int(virtual_step(s, t, replans) * len(sides) / max(1, t)))]
+            for s in range(total)]
 
 
 @dataclass
@@ -64,9 +92,11 @@ class Batches:
         epoch = epoch_batches(self.n, step // self.per_epoch, self.seed, self.rank, self.world, self.local_batch)
         return epoch[step % self.per_epoch]
 
-    def views(self, step: int, gen: torch.Generator) -> torch.Tensor:
-        """Both augmented views of the batch of `step`: 2B,3,S,S (the first views, then the second)."""
+    def views(self, step: int, gen: torch.Generator, side: int = 0) -> torch.Tensor:
+        """Both augmented views of the batch of `step`: 2B,3,S,S (the first views, then the second), S =
+        `side` (progressive resizing) or, when 0, the augmentation's image_size."""
         idx = self.indices(step)
         x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)  # B, side, side, 3 uint8
-        v1, v2 = self.views_fn(x, self.augment, gen)  # B,3,S,S each
+        augment = self.augment if side in (0, self.augment.image_size) else replace(self.augment, image_size=side)
+        v1, v2 = self.views_fn(x, augment, gen)  # B,3,S,S each
         return torch.cat([v1, v2]).contiguous(memory_format=self.fmt)

@@ -4,6 +4,7 @@ Public API
     time_steps(run_step, tuner, budget) -> s      seconds per training step, from timed throwaway steps
     steps_in(time_left, step_seconds, ...) -> n   the steps (and evaluations) that fit in the time left
     replan_due(done, start, total, log_every)     whether the loop measures the speed again after `done`
+    side_costs(sides, first, last) -> {side: s}   seconds per step at each view side (progressive resizing)
     fit_steps(done, start, total, ...) -> (n, s)  where the run must end to finish within the budget
     replan(plan, done, fit) -> bool               moves the plan's end to `fit` when it drifted enough
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,6 +69,16 @@ def steps_in(time_left: float, step_seconds: float, eval_seconds: float = 0.0, e
     return int((left - (DEFAULT_EVALS * eval_seconds if evaluating else 0)) / step_seconds)
 
 
+def side_costs(sides: Sequence[int], first: float, last: float) -> dict[int, float]:
+    """Seconds per step at each view side of progressive resizing, from the step times timed at the first
+    (smallest) and the last (largest) side: linear in the pixels of a view, as the convolutions' work is,
+    through both measurements (the fixed part, e.g. the optimiser step, stays in the intercept)."""
+    a, b = sides[0] ** 2, sides[-1] ** 2
+    if b == a:
+        return {s: last for s in sides}
+    return {s: max(1e-9, first + (last - first) * (s * s - a) / (b - a)) for s in sides}
+
+
 def replan_due(done: int, start: int, total: int, log_every: int) -> bool:
     """Measure the speed again after step `done`: every log_every steps (at most 10 times per run), once
     the steps taken in this call (from `start`) are enough to time: 3, and 5% of the run."""
@@ -76,15 +87,24 @@ def replan_due(done: int, start: int, total: int, log_every: int) -> bool:
 
 
 def fit_steps(done: int, start: int, total: int, train_seconds: float, time_left: float,
-              eval_seconds: float = 0.0, eval_every: int = 1, evaluating: bool = False) -> tuple[int, float]:
+              eval_seconds: float = 0.0, eval_every: int = 1, evaluating: bool = False,
+              weights: Sequence[float] | None = None) -> tuple[int, float]:
     """(where the run must end, seconds per step): the steps after `done` at the speed measured since
     `start` (train_seconds over done - start steps) that fit in time_left, keeping REPLAN_MARGIN back and
     eval_seconds for each evaluation still due every eval_every steps before the current `total`. At least
-    one more step."""
+    one more step.
+
+    weights: the relative cost of each step 0..total-1 (progressive resizing: later steps see larger views);
+    the speed is then measured per unit of cost and the steps left cost what the current plan says they do.
+    The seconds per step returned are those of a step of weight 1."""
     per_step = train_seconds / (done - start)
+    future = 1.0
+    if weights is not None:
+        per_step = train_seconds / max(1e-9, float(sum(weights[start:done])))
+        future = float(np.mean(weights[done:total])) if total > done else float(weights[-1])
     evals_left = math.ceil((total - done) / eval_every) if evaluating else 0
     left = time_left * REPLAN_MARGIN - evals_left * eval_seconds
-    return done + max(1, int(left / per_step)), per_step
+    return done + max(1, int(left / (per_step * future))), per_step
 
 
 def replan(plan: dict, done: int, fit: int) -> bool:

@@ -80,7 +80,7 @@ from tqdm import tqdm
 
 from byol import planner
 from byol.augment import AugmentConfig, two_views, write_preview
-from byol.batches import Batches
+from byol.batches import Batches, side_schedule, stage_sides
 from byol.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from byol.cpu import (
     GemmGradConv2d,
@@ -139,6 +139,11 @@ class TrainConfig:
     # 2019, "FixRes": train 128, test 224 was best there). On CIFAR-10 views of 20-24 px learn as much per
     # step as 32 px views for 0.4-0.56x the FLOPs (BENCHMARKS.md). crop_size = image_size: no shrinking
     crop_size: int = 0
+    # progressive resizing: the views start at this side and grow in view_stages equal stages to the view
+    # size (small views early are cheap steps that learn coarse features; late ones see detail: FixRes,
+    # EfficientNetV2). 0 = every step at the view size. The budget planner times both ends
+    view_start: int = 0
+    view_stages: int = 4  # stages of progressive resizing (sides between the ends are multiples of 4)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the two views (image_size follows model)
     batch_size: int = 256  # global batch (all processes); shrunk with a message when the folder is smaller
     steps: int = 0  # optimiser steps; 0 = plan them from `budget`
@@ -184,6 +189,11 @@ class TrainConfig:
     def view_size(self) -> int:
         """Side of the training views in px (crop_size, or its default)."""
         return self.crop_size or max(8, round(CROP_FRACTION * self.model.image_size / 4) * 4)
+
+    @property
+    def view_sides(self) -> list[int]:
+        """The sides of the views, stage by stage (one side without progressive resizing)."""
+        return stage_sides(self.view_start, self.view_size, self.view_stages)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -266,6 +276,9 @@ def _settings(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         raise ValueError("give a photo folder or an HF dataset (hf) to learn from")
     if cfg.steps <= 0 and cfg.budget <= 0 and ckpt is None:
         raise ValueError("give a number of steps or a time budget")
+    if cfg.view_start and not 8 <= cfg.view_start <= cfg.view_size:
+        raise ValueError(f"view_start {cfg.view_start}: give 0 (fixed views) or a side from 8 px to the view "
+                         f"size ({cfg.view_size} px)")
     cfg.augment.image_size = cfg.view_size
     return cfg, ckpt
 
@@ -528,13 +541,21 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
     """The plan of a fresh run: cfg.steps, or the steps that fit in cfg.budget (byol.planner), timed on
     throwaway batches whose updates are undone."""
     cfg, procs = run.cfg, run.procs
-    total, step_seconds = cfg.steps, None
+    total, step_seconds, sides = cfg.steps, None, cfg.view_sides
+    costs: dict[int, float] = {}  # seconds per step at each view side (progressive resizing)
     if total <= 0:
         snapshot = train_step.snapshot()
         plan_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-        step_seconds = planner.time_steps(
-            lambda i: train_step(run.data.views(i, plan_gen), lr_peak / 100, cfg.base_tau, check_finite=False)[0].item(),
-            procs.tuner, cfg.budget)
+
+        def timed(side: int, tuner: ThreadTuner) -> float:
+            return planner.time_steps(
+                lambda i: train_step(run.data.views(i, plan_gen, side), lr_peak / 100, cfg.base_tau,
+                                     check_finite=False)[0].item(), tuner, cfg.budget)
+
+        step_seconds = timed(sides[-1], procs.tuner)
+        if len(sides) > 1:  # progressive resizing: the smallest views too, at the thread count just chosen
+            costs = planner.side_costs(sides, timed(sides[0], ThreadTuner([procs.tuner.best()])), step_seconds)
+            step_seconds = float(np.mean([costs[x] for x in sides]))  # equal stages: the mean step
         train_step.restore(snapshot)
         total = planner.steps_in(cfg.budget - run.elapsed(), step_seconds, eval_seconds, cfg.eval_every,
                                  evaluating=bool(cfg.eval_folder))
@@ -546,6 +567,7 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
             raise ValueError(f"budget {cfg.budget:.0f} s is too short: one step takes {step_seconds:.2f} s "
                              f"and {run.elapsed():.0f} s are already spent (cache, evaluation, planning)")
     return {"total_steps": total, "schedule_total": total, "replans": [], "batch_size": run.data.batch,
+            "view_sides": sides, "side_seconds": {str(x): c for x, c in costs.items()} or None,
             "step_seconds": step_seconds, "budget": cfg.budget, "images": run.data.n, "world_size": procs.world,
             "device": str(procs.device), "precision": procs.precision, "compiled": train_step.compiled}
 
@@ -572,11 +594,13 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
     total = int(plan["total_steps"])
     end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
     lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)  # per-step schedules
+    sides = side_schedule(total, plan, cfg.view_sides)  # per-step view sides (progressive resizing)
     eval_every = cfg.eval_every or max(1, math.ceil(int(plan["schedule_total"]) / planner.DEFAULT_EVALS))
     budgeted = cfg.budget > 0 and cfg.steps <= 0 and cfg.stop_at <= 0
     with _ctrl_c() as stop:
         if procs.main:
-            crop = f" (views {cfg.augment.image_size} px)" if cfg.augment.image_size != cfg.model.image_size else ""
+            crop = (f" (views {'-'.join(map(str, cfg.view_sides))} px)"
+                    if cfg.view_sides != [cfg.model.image_size] else "")
             print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px{crop} on {data.n} images: steps "
                   f"{start}-{end} of {total}, batch {data.batch}, {procs.precision} on {procs.device}"
                   + (f" x {procs.world}" if procs.ddp else "") + (", compiled" if train_step.compiled else ""),
@@ -589,7 +613,7 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
             while step < end:
                 procs.tuner.next()
                 ts = time.perf_counter()
-                loss, z = train_step(data.views(step, run.aug_gen), lrs[step], taus[step])
+                loss, z = train_step(data.views(step, run.aug_gen, sides[step]), lrs[step], taus[step])
                 if torch.isfinite(loss):
                     w.bad_in_row = 0
                     w.losses.append(loss.item())
@@ -612,6 +636,7 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
                         and _replan(run, w, done, start, eval_every)):
                     total = end = int(plan["total_steps"])
                     lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
+                    sides = side_schedule(total, plan, cfg.view_sides)
                     bar.total = total
                 if done % cfg.checkpoint_every == 0 and done < end:
                     run.save(done)
@@ -662,10 +687,13 @@ def _log_window(run: _Run, w: _Window, bar: tqdm, done: int, lr: float, tau: flo
 def _replan(run: _Run, w: _Window, done: int, start: int, eval_every: int) -> bool:
     """Budget runs: the machine got slower or faster than planned; move the end (byol.planner.replan) so the
     run, lr and tau still complete within the budget. Returns whether the plan changed (then logged)."""
-    cfg, procs = run.cfg, run.procs
-    fit, per_step = planner.fit_steps(done, start, int(run.plan["total_steps"]), w.train_seconds,
-                                      cfg.budget - run.elapsed(), w.eval_last, eval_every,
-                                      evaluating=bool(cfg.eval_folder))
+    cfg, procs, total = run.cfg, run.procs, int(run.plan["total_steps"])
+    weights = None
+    if run.plan.get("side_seconds"):  # progressive resizing: steps cost what their views' sides do
+        costs = {int(k): v for k, v in run.plan["side_seconds"].items()}
+        weights = [costs[x] / costs[cfg.view_sides[-1]] for x in side_schedule(total, run.plan, cfg.view_sides)]
+    fit, per_step = planner.fit_steps(done, start, total, w.train_seconds, cfg.budget - run.elapsed(),
+                                      w.eval_last, eval_every, evaluating=bool(cfg.eval_folder), weights=weights)
     if procs.ddp:  # rank 0 decides for everybody
         t = torch.tensor([fit if procs.main else 0], device=procs.device)
         dist.all_reduce(t)

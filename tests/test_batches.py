@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from byol.augment import AugmentConfig
-from byol.batches import Batches, epoch_batches
+from byol.batches import Batches, epoch_batches, side_schedule, stage_sides
 
 
 def test_an_epoch_is_a_permutation_without_the_leftovers():
@@ -49,3 +49,28 @@ def test_real_views_have_the_view_size():
     images = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8)
     batches = Batches(images, local_batch=2, augment=AugmentConfig(image_size=20))
     assert batches.views(0, torch.Generator().manual_seed(0)).shape == (4, 3, 20, 20)
+
+
+def test_stage_sides_grow_in_multiples_of_four_from_start_to_end():
+    assert stage_sides(16, 32, 4) == [16, 20, 28, 32]
+    assert stage_sides(16, 24, 3) == [16, 20, 24]
+    assert stage_sides(0, 20, 4) == [20]  # fixed views
+    assert stage_sides(20, 20, 4) == [20]
+
+
+def test_side_schedule_gives_each_stage_an_equal_share_and_follows_replans():
+    sides = side_schedule(8, {"schedule_total": 8, "replans": []}, [16, 20, 24, 28])
+    assert sides == [16, 16, 20, 20, 24, 24, 28, 28]
+    assert side_schedule(3, {}, [20]) == [20, 20, 20]
+    # a re-plan at step 2 stretches the rest of the run from 8 to 14 steps: the stages stretch with it
+    stretched = side_schedule(14, {"schedule_total": 8, "replans": [[2, 2.0, 14]]}, [16, 20, 24, 28])
+    assert stretched == [16, 16] + [20] * 4 + [24] * 4 + [28] * 4
+
+
+def test_views_take_the_side_of_their_step():
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    b = Batches(images, 4, AugmentConfig(image_size=20))
+    gen = torch.Generator().manual_seed(0)
+    assert b.views(0, gen).shape == (8, 3, 20, 20)
+    assert b.views(0, gen, 16).shape == (8, 3, 16, 16)
+    assert b.augment.image_size == 20  # the batches' own settings are not changed

@@ -93,3 +93,20 @@ def test_a_replanned_schedule_is_continuous_and_completes_at_the_new_end():
     assert lrs[:41] == pytest.approx(before_lr[:41]) and taus[:41] == pytest.approx(before_tau[:41])
     assert lrs[-1] == pytest.approx(before_lr[-1], abs=0.01) and taus[-1] == pytest.approx(before_tau[-1], abs=1e-3)
     assert all(a >= b for a, b in zip(lrs[40:], lrs[41:]))  # still decaying
+
+
+def test_side_costs_are_linear_in_pixels_through_both_timed_sides():
+    costs = planner.side_costs([16, 20, 24], first=1.0, last=2.0)
+    assert costs[16] == 1.0 and costs[24] == 2.0
+    assert costs[20] == pytest.approx(1.0 + (400 - 256) / (576 - 256))
+    assert planner.side_costs([20], first=3.0, last=3.0) == {20: 3.0}
+
+
+def test_fit_steps_with_weights_prices_the_steps_left_at_their_sides():
+    # 10 steps of weight 0.5 took 5 s: 1 s per unit of cost. The 10 steps left weigh 1 each under the plan.
+    weights = [0.5] * 10 + [1.0] * 10
+    fit, per_unit = planner.fit_steps(10, 0, 20, 5.0, time_left=10.0 / planner.REPLAN_MARGIN, weights=weights)
+    assert per_unit == pytest.approx(1.0)
+    assert fit == 20  # 10 s left buy 10 steps of weight 1
+    # without weights the same measurement would have promised twice as many
+    assert planner.fit_steps(10, 0, 20, 5.0, time_left=10.0 / planner.REPLAN_MARGIN)[0] == 30

@@ -344,3 +344,26 @@ def test_ddp_two_processes_gloo(shapes_folder, tmp_path):
     assert ckpt["step"] == 2 and ckpt["extra"]["plan"]["world_size"] == 2
     assert records(out, "plan")[0]["batch_size"] == 8  # global batch: 4 per process
     assert len(records(out, "train")) == 2  # only rank 0 logs
+
+
+def test_progressive_resizing_grows_the_views_stage_by_stage(shapes_folder, tmp_path, monkeypatch):
+    seen = []
+    two_views = train_mod.two_views
+    monkeypatch.setattr(train_mod, "two_views", lambda x, cfg, gen: seen.append(cfg.image_size) or two_views(x, cfg, gen))
+    path = train(tiny(shapes_folder, tmp_path / "run", steps=6, crop_size=24, view_start=16, view_stages=3))
+    assert seen == [16, 16, 20, 20, 24, 24]
+    ckpt = load_checkpoint(path)
+    assert ckpt["preprocess"]["size"] == 32 and ckpt["extra"]["plan"]["view_sides"] == [16, 20, 24]
+    with pytest.raises(ValueError, match="view_start"):
+        train(tiny(shapes_folder, tmp_path / "bad", crop_size=24, view_start=28))
+
+
+def test_progressive_budget_run_times_both_ends(shapes_folder, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(shapes_folder, out, steps=0, budget=4.0, log_every=100, crop_size=24, view_start=16,
+               view_stages=2))
+    plan = records(out, "plan")[0]
+    costs = plan["side_seconds"]
+    assert set(costs) == {"16", "24"} and all(c > 0 for c in costs.values())
+    assert plan["step_seconds"] == pytest.approx((costs["16"] + costs["24"]) / 2)
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == ([plan] + records(out, "replan"))[-1]["total_steps"]
