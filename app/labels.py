@@ -1,4 +1,4 @@
-"""Labels in SQLite next to the index, the linear probe that labels the rest, and the exports.
+"""Labels in SQLite next to the index, and the linear probe that labels the rest (exports: app/exports.py).
 
 INDEX_DIR/labels.sqlite holds
   label_names(name, at)                                   the label vocabulary
@@ -24,13 +24,8 @@ per class; its weights and bias are stored as a LinearProbe's.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import unicodedata
@@ -75,12 +70,10 @@ INSERT INTO labels (image_id, label, source, at) SELECT image_id, label, source,
 DROP TABLE labels_v1;
 """
 _ATTACHED = "image_id IS NOT NULL"
-_STALE_EXPORT_S = 6 * 3600  # a half-written export folder this old was left by a killed process
-_NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 Progress = Callable[[float, str], None]
 
 
-def _no_progress(fraction: float, desc: str) -> None:
+def no_progress(fraction: float, desc: str) -> None:
     pass
 
 
@@ -323,7 +316,7 @@ class Labels:
         return out
 
     # ---------------------------------------------------------------- the probe
-    def train(self, store, weight_decay: float | None = None, progress: Progress = _no_progress) -> ProbeReport:
+    def train(self, store, weight_decay: float | None = None, progress: Progress = no_progress) -> ProbeReport:
         """Fit the probe on every labelled photo still in the index, estimate its accuracy, predict all.
 
         The probe is byol.probe.fit_fewshot (logistic regression whose penalty follows the number of labels
@@ -382,7 +375,7 @@ class Labels:
                             np.frombuffer(b, np.float32).copy())
         return version, classes, probe, accuracy
 
-    def predict(self, store, chunk: int = 65536, progress: Progress = _no_progress) -> int:
+    def predict(self, store, chunk: int = 65536, progress: Progress = no_progress) -> int:
         """Predict every photo in the index with the newest probe; replaces all earlier predictions."""
         last = self.last_probe()
         if last is None:
@@ -492,7 +485,7 @@ class Labels:
                     "UPDATE labels SET sha256 = ?, path = ? WHERE image_id = ?",
                     [(h, db_path(p), i) for i, (h, p, _) in photo.items()]))
 
-    # ---------------------------------------------------------------- exports
+    # ---------------------------------------------------------------- the rows every export writes
     def table(self, store, include_predictions: bool = True, min_confidence: float = 0.0) -> list[dict]:
         """One dict per photo in the index: id, path, label, source, predicted, confidence.
 
@@ -514,202 +507,3 @@ class Labels:
                 out.append({"id": i, "path": str(row["path"]), "label": label, "source": source,
                             "predicted": pred, "confidence": "" if conf is None else round(conf, 4)})
         return out
-
-    def export_csv(self, store, path: str | Path) -> int:
-        """Every photo with its label and prediction as CSV; returns the number of rows."""
-        from byol.checkpoint import atomic_write
-        from byol.data import display_path
-
-        rows = [{**r, "path": display_path(r["path"])} for r in self.table(store, include_predictions=False)]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["id", "path", "label", "source", "predicted", "confidence"])
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
-        return len(rows)
-
-    def export_imagefolder(self, store, out_dir: str | Path, copy: bool = False, include_predictions: bool = False,
-                           min_confidence: float = 0.0, progress: Progress = _no_progress) -> dict[str, int]:
-        """out_dir/<label>/<id>_<file name>: symbolic links to the photos (or copies). Returns counts per label.
-
-        Built in a temporary folder and renamed into place, so a failure leaves no half-written tree;
-        an existing non-empty out_dir is refused rather than mixed into. Copies of photos unchanged since an
-        earlier copies export beside out_dir are hard links to that export's files: a photo's bytes are
-        copied once, however many times one exports (each export stays a complete folder of its own).
-        Names too long for the file system are shortened, keeping the id and the extension.
-        """
-        out_dir = Path(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise ValueError(f"{out_dir} already exists and is not empty: choose another folder")
-        rows = [r for r in self.table(store, include_predictions, min_confidence) if r["label"]]
-        if not rows:
-            raise ValueError("nothing to export: no photo has a label yet")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_exports(out_dir.parent)
-        earlier = _earlier_copies(out_dir.parent) if copy else {}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=_PARTIAL, dir=out_dir.parent))
-        counts: dict[str, int] = {}
-        made: dict[str, list] = {}
-        try:
-            for n, r in enumerate(rows):
-                src = Path(r["path"]).resolve()
-                try:
-                    st = src.stat()
-                except OSError:
-                    continue  # moved or deleted since indexing; the next index update drops it
-                rel = f"{r['label']}/{export_name(r['id'], src.name)}"
-                dst = tmp / rel
-                dst.parent.mkdir(exist_ok=True)
-                if copy:
-                    stamp = [st.st_size, st.st_mtime_ns]
-                    if not _link_earlier(earlier.get(str(r["id"])), stamp, dst):
-                        shutil.copy2(src, dst)
-                    made[str(r["id"])] = [rel, *stamp]
-                else:
-                    os.symlink(src, dst)
-                counts[r["label"]] = counts.get(r["label"], 0) + 1
-                if n % 500 == 0:
-                    progress(n / len(rows), f"{n} of {len(rows)} photos")
-            if copy:  # what the next copies export may link to instead of copying again
-                (tmp / _EXPORT_RECORD).write_text(json.dumps({"format": 1, "files": made}))
-            if out_dir.exists():
-                out_dir.rmdir()
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return counts
-
-    def export_hf(self, store, out_dir: str | Path, include_predictions: bool = False,
-                  min_confidence: float = 0.0) -> int:
-        """A `datasets.Dataset` (image, label as ClassLabel, id, path, source, confidence) saved to disk.
-
-        save_to_disk embeds the image bytes, so the saved dataset does not depend on the photo folder.
-        """
-        import datasets
-
-        out_dir = Path(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise ValueError(f"{out_dir} already exists and is not empty: choose another folder")
-        rows = [r for r in self.table(store, include_predictions, min_confidence)
-                if r["label"] and Path(r["path"]).is_file()]
-        if not rows:
-            raise ValueError("nothing to export: no photo has a label yet")
-        names = sorted({r["label"] for r in rows})
-        features = datasets.Features({
-            "image": datasets.Image(), "label": datasets.ClassLabel(names=names), "id": datasets.Value("int64"),
-            "path": datasets.Value("string"), "source": datasets.Value("string"),
-            "confidence": datasets.Value("float32")})
-        from byol.data import display_path
-
-        ds = datasets.Dataset.from_dict({
-            # a name that is not UTF-8 cannot go into Arrow as text: such a photo goes in as its bytes
-            "image": [{"path": str(Path(r["path"]).resolve()), "bytes": None} if display_path(r["path"]) == r["path"]
-                      else {"path": None, "bytes": Path(r["path"]).read_bytes()} for r in rows],
-            "label": [names.index(r["label"]) for r in rows],
-            "id": [r["id"] for r in rows],
-            "path": [display_path(r["path"]) for r in rows],
-            "source": [r["source"] for r in rows],
-            "confidence": [float(r["confidence"]) if r["confidence"] != "" else float("nan") for r in rows],
-        }, features=features)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_exports(out_dir.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=_PARTIAL, dir=out_dir.parent))
-        try:
-            ds.save_to_disk(str(tmp / "ds"))
-            if out_dir.exists():
-                out_dir.rmdir()
-            os.replace(tmp / "ds", out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return len(rows)
-
-
-# ---------------------------------------------------------------- export files
-_PARTIAL = ".partial"  # suffix of an export folder being written
-_EXPORT_RECORD = ".export.json"  # in a copies export: {id: [relative path, size, mtime_ns]} of its files
-
-
-def export_name(image_id: int, name: str) -> str:
-    """`<id>_<name>`, shortened to the file system's 255 bytes by cutting the end of the name's stem (the
-    id keeps names unique, the extension keeps the type)."""
-    out = f"{image_id}_{name}"
-    raw = os.fsencode(out)
-    if len(raw) <= _NAME_MAX:
-        return out
-    stem, dot, ext = name.rpartition(".")
-    ext_b = os.fsencode(dot + ext) if dot and len(os.fsencode(ext)) <= 16 else b""
-    head = os.fsencode(f"{image_id}_")
-    stem_b = os.fsencode(stem if ext_b else name)[: _NAME_MAX - len(head) - len(ext_b)]
-    stem_b = stem_b.decode("utf-8", "ignore").encode() if _is_utf8(os.fsencode(name)) else stem_b
-    return os.fsdecode(head + stem_b + ext_b)
-
-
-def _is_utf8(b: bytes) -> bool:
-    try:
-        b.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-def _earlier_copies(parent: Path) -> dict[str, tuple[Path, list]]:
-    """{id: (file, [size, mtime_ns] of the photo when copied)} from the newest copies export in parent."""
-    records = []
-    for rec in parent.glob(f"*/{_EXPORT_RECORD}"):
-        try:
-            records.append((rec.stat().st_mtime_ns, rec))
-        except OSError:
-            continue
-    for _, rec in sorted(records, reverse=True):
-        try:
-            files = json.loads(rec.read_text())["files"]
-            return {i: (rec.parent / v[0], v[1:3]) for i, v in files.items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            continue
-    return {}
-
-
-def _link_earlier(earlier: tuple[Path, list] | None, stamp: list, dst: Path) -> bool:
-    """Hard-link an earlier export's copy of an unchanged photo to dst; False when there is none to link."""
-    if earlier is None or earlier[1] != stamp:
-        return False
-    try:
-        if earlier[0].stat().st_size != stamp[0]:
-            return False
-        os.link(earlier[0], dst)
-        return True
-    except OSError:  # gone, another file system, or links not allowed: copy instead
-        return False
-
-
-def remove_stale_exports(parent: Path, older_than: float = _STALE_EXPORT_S) -> int:
-    """Delete half-written export folders in parent left by a process killed while exporting."""
-    n = 0
-    for p in parent.glob(f".*{_PARTIAL}"):
-        try:
-            if p.is_dir() and time.time() - p.stat().st_mtime > older_than:
-                shutil.rmtree(p)
-                n += 1
-        except OSError:
-            pass
-    return n
-
-
-_DOWNLOADS_KEPT_S = 3600.0  # how long a download copy stays in the temp folder: time enough to click it
-
-
-def download_copy(path: str | Path, keep_s: float = _DOWNLOADS_KEPT_S) -> Path:
-    """A copy of an export in one folder of the system temp folder (gradio hands out files only from there
-    or the cwd), removing the copies made more than keep_s seconds ago: the temp folder never fills up."""
-    folder = Path(tempfile.gettempdir()) / f"byol-search-downloads-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    now = time.time()
-    for old in folder.iterdir():
-        try:
-            if now - old.stat().st_mtime > keep_s:
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-        except OSError:
-            pass
-    d = Path(tempfile.mkdtemp(prefix="export-", dir=folder))
-    return Path(shutil.copy2(path, d / Path(path).name))

@@ -24,7 +24,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from app import search
+from app import exports, search
 from app.files import (
     MAX_UPLOAD,
     UPLOAD_REFUSED,
@@ -528,18 +528,18 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
             conf = float(conf) if with_preds else 0.0
             if kind == "CSV":
                 path = out / f"labels-{stamp}.csv"
-                n = page.labels.export_csv(st, path)
+                n = exports.export_csv(page.labels, st, path)
                 return f"Wrote {n:,} rows to `{path}`", gr.File(value=str(_download_copy(path)), visible=True)
             if kind.startswith("ImageFolder"):
                 path = out / f"imagefolder-{stamp}"
-                counts = page.labels.export_imagefolder(st, path, copy="copies" in kind, include_predictions=with_preds,
+                counts = exports.export_imagefolder(page.labels, st, path, copy="copies" in kind, include_predictions=with_preds,
                                                         min_confidence=conf,
                                                         progress=lambda f, d: progress(f, desc=d))
                 per = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(counts.items()))
                 return f"Wrote `{path}` ({per})", gr.File(visible=False)
             path = out / f"hf-dataset-{stamp}"
             progress(0.1, desc="building the dataset")
-            n = page.labels.export_hf(st, path, include_predictions=with_preds, min_confidence=conf)
+            n = exports.export_hf(page.labels, st, path, include_predictions=with_preds, min_confidence=conf)
             return (f"Saved a `datasets` dataset of {n:,} photos to `{path}` (load it with "
                     f"`datasets.load_from_disk`)", gr.File(visible=False))
 
@@ -591,10 +591,8 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
 
 def _download_copy(path: Path) -> Path:
     """A copy of an export in the system temp folder (gradio hands out files only from there or the cwd);
-    copies older than an hour are removed on the way (app.labels.download_copy)."""
-    from app.labels import download_copy
-
-    return download_copy(path)
+    copies older than an hour are removed on the way (app.exports.download_copy)."""
+    return exports.download_copy(path)
 
 
 def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860,

@@ -1,10 +1,6 @@
-"""app/labels.py: the label database, the probe that labels the rest, and the exports."""
+"""app/labels.py: the label database and the probe that labels the rest (exports: test_exports.py)."""
 
 from __future__ import annotations
-
-import csv
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,39 +175,6 @@ def test_labels_survive_an_index_update(tmp_path):
     labels.close()
 
 
-def test_exports(setup, tmp_path):
-    import datasets
-
-    store, labels, by_class, _ = setup
-    labels.assign(by_class["circle"][:2], "round")
-    labels.assign(by_class["square"][:2], "boxy")
-    labels.train(store)
-
-    n = labels.export_csv(store, tmp_path / "out" / "labels.csv")
-    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
-    assert n == len(rows) == store.count
-    row = next(r for r in rows if int(r["id"]) == by_class["circle"][0])
-    assert row["label"] == "round" and row["source"] == "human" and row["predicted"] == "round"
-
-    counts = labels.export_imagefolder(store, tmp_path / "links")
-    assert counts == {"round": 2, "boxy": 2}
-    files = sorted((tmp_path / "links" / "round").iterdir())
-    assert all(f.is_symlink() and Image.open(f).size == (64, 48) for f in files)
-    with pytest.raises(ValueError, match="not empty"):
-        labels.export_imagefolder(store, tmp_path / "links")
-    counts = labels.export_imagefolder(store, tmp_path / "copies", copy=True, include_predictions=True)
-    assert sum(counts.values()) == store.count
-    assert not any(f.is_symlink() for f in (tmp_path / "copies").rglob("*"))
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary folder left behind
-
-    n = labels.export_hf(store, tmp_path / "hf", include_predictions=True, min_confidence=0.0)
-    ds = datasets.load_from_disk(str(tmp_path / "hf"))
-    assert n == len(ds) == store.count
-    assert ds.features["label"].names == ["boxy", "round"]
-    first = ds[0]
-    assert first["image"].size == (64, 48) and first["source"] in ("human", "predicted")
-
-
 # ---------------------------------------------------------------- labels follow photos (issue 11)
 def index_photos(index_dir, paths) -> dict[str, int]:
     """An index of these files, in this order, as `byol-search index` makes it (content hashes included)."""
@@ -329,43 +292,3 @@ def test_label_names_with_control_characters_are_refused():
         with pytest.raises(ValueError, match="control characters"):
             check_label_name(bad)
     assert check_label_name("  café au lait  ") == "café au lait"
-
-
-def test_copies_exports_copy_each_photo_once_and_shorten_long_names(setup, tmp_path, monkeypatch):
-    from app import labels as labels_module
-
-    store, labels, by_class, _ = setup
-    long_name = Path(store.rows([by_class["circle"][0]])[0]["path"])
-    labels.assign(by_class["circle"][:3], "round")
-    target = long_name.with_name("x" * 250 + ".png")  # <id>_ + 254 bytes: over the 255-byte limit
-    long_name.rename(target)
-    with Store.open(store.index_dir, writable=True) as w:
-        w.update([by_class["circle"][0]], [{"path": str(target)}])
-        w.save()
-    store.refresh()
-    copied = []
-    real_copy = labels_module.shutil.copy2
-    monkeypatch.setattr(labels_module.shutil, "copy2", lambda s, d: copied.append(s) or real_copy(s, d))
-    out = tmp_path / "exports"
-    assert labels.export_imagefolder(store, out / "one", copy=True) == {"round": 3}
-    names = [f.name for f in (out / "one" / "round").iterdir()]
-    assert len(copied) == 3 and all(len(os.fsencode(n)) <= 255 for n in names)
-    assert any(n.endswith(".png") and n.startswith(f"{by_class['circle'][0]}_xxx") for n in names)
-    assert labels.export_imagefolder(store, out / "two", copy=True) == {"round": 3}
-    assert len(copied) == 3  # nothing copied again: unchanged photos are linked to the first export
-    a, b = sorted((out / "one" / "round").iterdir()), sorted((out / "two" / "round").iterdir())
-    assert [f.read_bytes() for f in a] == [f.read_bytes() for f in b]
-
-
-def test_partial_exports_and_download_copies_are_cleaned_up(setup, tmp_path):
-    from app.labels import download_copy, remove_stale_exports
-
-    stale = tmp_path / ".imagefolder-1.abc.partial"
-    (stale / "round").mkdir(parents=True)
-    os.utime(stale, (0, 0))
-    assert remove_stale_exports(tmp_path) == 1 and not stale.exists()
-    (tmp_path / "labels.csv").write_text("id\n")
-    first = download_copy(tmp_path / "labels.csv")
-    os.utime(first.parent, (0, 0))
-    second = download_copy(tmp_path / "labels.csv")
-    assert second.is_file() and not first.exists()

@@ -190,12 +190,13 @@ def _worker(kind: str, d: Path, rnd: int, ack: int) -> None:
                 labels.create(f"extra-{rnd}-{i}")
             done(str(i))
     if kind == "export":
+        from app.exports import export_imagefolder
         from app.labels import Labels
         from index.store import Store
 
         labels, store = Labels(d / "exp"), Store.open(d / "exp")
         for k in range(10**9):
-            labels.export_imagefolder(store, d / "exports" / f"r{rnd}-{k}", copy=k % 3 != 2)
+            export_imagefolder(labels, store, d / "exports" / f"r{rnd}-{k}", copy=k % 3 != 2)
             done(f"r{rnd}-{k}")
     raise AssertionError(kind)
 
@@ -254,7 +255,7 @@ def _check(kind: str, d: Path, acked: list[str], state: dict) -> list[str]:
         if missing:
             problems.append(f"{len(missing)} labels reported saved are missing, e.g. {missing[:3]}")
     elif kind == "export":
-        from app.labels import remove_stale_exports
+        from app.exports import remove_stale_exports
 
         done = set(acked) | state.setdefault("exports", set())
         state["exports"] = done
