@@ -28,9 +28,9 @@ re-encoding, and even an index built again from nothing (app/labels.py).
 
 Index type follows the collection's size: exact search (IndexIDMap2 over IndexFlatIP) below `exact_limit`
 vectors, and an inverted file (IndexIVFFlat, inner product, spherical k-means) at or above it, with `nprobe`
-raised until recall@10 against exact search, measured on the stored vectors, reaches `target_recall`.
-IVF rather than HNSW because the store must delete and replace vectors (HNSW cannot remove), and because it
-trains and adds a million vectors in seconds on a small CPU (see scripts/bench_index.py for both).
+raised until recall@10 against exact search, measured on the stored vectors, reaches `target_recall`
+(index/ivf.py builds and tunes it; the store decides when and saves it). Near-duplicate groups are
+index/duplicates.py's rule over the store's search.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import fcntl
 import io
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -54,13 +53,29 @@ from PIL import Image
 from byol import __version__
 from byol.data import mark_artifact_folder
 from byol.fileio import atomic_write_bytes, atomic_write_path
+from index.duplicates import duplicate_groups
+from index.ivf import (
+    TARGET_RECALL,
+    build_ivf,
+    ivf_nlist,
+    new_exact,
+    recall_at_k,
+    reshape,
+    without_self,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "EXACT_LIMIT", "STORE_FORMAT", "THUMB_SIDE", "EncoderMismatch", "Store", "StoreError", "StoreInconsistent",
+    "StoreLocked", "db_path", "path_from_db", "rebuild_hint", "thumbnail_jpeg",
+    # importable from here as before they moved to index/ivf.py and byol/fileio.py
+    "TARGET_RECALL", "atomic_write_bytes", "build_ivf", "ivf_nlist", "recall_at_k", "without_self",
+]
 
 STORE_FORMAT = "byol-search/index/1"
 THUMB_SIDE = 256  # thumbnails: longest side in pixels (the page never serves full-size photos)
 EXACT_LIMIT = 50_000  # below this many vectors, exact search is fast enough (~5 ms per query on 2 cores at d=256)
-TARGET_RECALL = 0.96  # nprobe is tuned to this on 500 stored vectors: ~3 standard errors above the required 0.95
 _ROW_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "added_at")
 _SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
 _LOAD_ATTEMPTS = 40  # reads of the newest generation while a writer replaces vector files under us
@@ -187,7 +202,7 @@ class Store:
                 "created_at": repr(now), "updated_at": repr(now), "version": __version__,
             }
             # the vectors file exists before the database says it does: a crash here leaves no half index
-            _write_faiss(_new_exact(int(dim)), index_dir / "vectors.0.faiss")
+            _write_faiss(new_exact(int(dim)), index_dir / "vectors.0.faiss")
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
             conn.execute("COMMIT")
@@ -275,7 +290,7 @@ class Store:
                         "updated_at": now, "version": __version__}
             store = cls(index_dir, conn, True, lock_fd)
             store._meta = {**defaults, **meta}
-            store._index = _new_exact(int(store._meta["dim"]))
+            store._index = new_exact(int(store._meta["dim"]))
             return store
         except (StoreError, sqlite3.DatabaseError, ValueError) as e:
             if conn is not None:
@@ -535,35 +550,12 @@ class Store:
     def duplicates(self, threshold: float = 0.95, k: int = 16, batch: int = 4096) -> list[list[int]]:
         """Groups of near-duplicates: images linked by cosine >= threshold, joined transitively.
 
-        Each image's k nearest neighbours are searched and pairs at or above the threshold are merged with
-        union-find (single linkage: A~B and B~C group A, B, C even when A and C are further apart). Groups
-        have at least two ids, each sorted ascending; the largest group comes first.
+        Each image's k nearest neighbours are searched and pairs at or above the threshold are merged
+        (index/duplicates.py: single linkage, groups of at least two ids sorted ascending, largest first).
         """
-        ids = self.all_ids()
-        parent = {int(i): int(i) for i in ids}
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        for start in range(0, len(ids), batch):
-            chunk = ids[start:start + batch]
-            scores, nbrs = self.search(self.get_vectors(chunk), min(k + 1, max(self.count, 1)))
-            for a, srow, nrow in zip(chunk, scores, nbrs):
-                for s, b in zip(srow, nrow):
-                    if b < 0 or s < threshold:
-                        break  # neighbours come best first
-                    if b != a and int(b) in parent:
-                        ra, rb = find(int(a)), find(int(b))
-                        if ra != rb:
-                            parent[max(ra, rb)] = min(ra, rb)
-        groups: dict[int, list[int]] = {}
-        for i in parent:
-            groups.setdefault(find(i), []).append(i)
-        out = [sorted(g) for g in groups.values() if len(g) > 1]
-        return sorted(out, key=lambda g: (-len(g), g[0]))
+        k1 = min(k + 1, max(self.count, 1))  # the image itself comes back too
+        return duplicate_groups(self.all_ids(), lambda chunk: self.search(self.get_vectors(chunk), k1),
+                                threshold, batch)
 
     # ---------------------------------------------------------------- changing
     def add(self, rows: list[dict], vectors: np.ndarray) -> np.ndarray:
@@ -646,7 +638,7 @@ class Store:
             self._meta.update(dim=str(int(dim)), model_sha256=model_sha256, index_type="exact", nprobe="0",
                               model_path=str(Path(model_path).absolute()), preprocess=json.dumps(preprocess),
                               trained_on="0")
-            self._index = _new_exact(int(dim))
+            self._index = new_exact(int(dim))
             self._changed()
 
     def release_reservations(self, keep_paths=(), under: str | Path | None = None) -> None:
@@ -759,23 +751,13 @@ class Store:
 
     def _reshape(self) -> None:
         """Switch between exact and IVF as the collection crosses `exact_limit` (with hysteresis), and retrain
-        IVF when the collection has grown 4x since its centroids were trained."""
-        n, limit = self.count, int(self._meta["exact_limit"])
-        kind, trained = self.index_type, int(self._meta["trained_on"])
-        if kind == "exact" and n >= limit or kind == "ivf" and n > 4 * trained:
-            ids = self.all_ids()
-            x = self._index.reconstruct_batch(ids) if n else np.zeros((0, self.dim), np.float32)
-            index, nprobe, recall = build_ivf(x, ids, target_recall=float(self._meta["target_recall"]))
-            log.info("index: IVF with %d lists, nprobe %d, recall@10 %.3f on %d vectors", index.nlist, nprobe, recall, n)
-            self._index = index
-            self._meta.update(index_type="ivf", nprobe=str(nprobe), trained_on=str(n), ivf_recall_at_10=f"{recall:.4f}")
-        elif kind == "ivf" and n < limit // 2:
-            ids = self.all_ids()
-            x = self._index.reconstruct_batch(ids) if n else np.zeros((0, self.dim), np.float32)
-            self._index = _new_exact(self.dim)
-            if n:
-                self._index.add_with_ids(x, ids)
-            self._meta.update(index_type="exact", nprobe="0", trained_on="0")
+        IVF when the collection has grown 4x since its centroids were trained (index/ivf.py: reshape)."""
+        m = self._meta
+        new = reshape(self._index, self.all_ids(), self.dim, self.index_type, int(m["trained_on"]),
+                      int(m["exact_limit"]), float(m["target_recall"]))
+        if new is not None:
+            self._index, changes = new
+            m.update(changes)
 
     def _manifest_dict(self) -> dict:
         m = self._meta
@@ -808,75 +790,6 @@ class Store:
                 p.unlink(missing_ok=True)
         for p in self.index_dir.glob(".vectors.*.tmp"):
             p.unlink(missing_ok=True)
-
-
-# -------------------------------------------------------------------- index construction (pure)
-def _new_exact(dim: int) -> faiss.Index:
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-
-
-def ivf_nlist(n: int) -> int:
-    """Inverted lists for n vectors: about 4 sqrt(n) (the FAISS guideline), a power of two, with at least 39
-    training points per centroid (FAISS's own minimum)."""
-    nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
-    return int(max(1, min(nlist, n // 39)))
-
-
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of the exact top-k found in the approximate top-k."""
-    hits = [len(set(a[:k].tolist()) & set(e[:k].tolist()) - {-1}) for a, e in zip(approx_ids, exact_ids)]
-    return float(np.mean(hits) / k)
-
-
-def build_ivf(x: np.ndarray, ids: np.ndarray, target_recall: float = TARGET_RECALL, n_queries: int = 500,
-              seed: int = 0) -> tuple[faiss.Index, int, float]:
-    """An IVF-Flat inner-product index over unit vectors x with `ids`, and the smallest nprobe whose recall@10
-    against exact search reaches `target_recall` on `n_queries` stored vectors. Returns (index, nprobe, recall)."""
-    n, d = x.shape
-    rng = np.random.default_rng(seed)
-    nlist = ivf_nlist(n)
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.spherical = True  # centroids on the unit sphere: the right k-means for cosine
-    index.cp.seed = seed
-    # 12 k-means iterations on 40 points per centroid (FAISS asks for >= 39): recall after nprobe tuning is
-    # the same as with FAISS's 25 x 256 here, at a tenth of the training time (3 minutes at 1M on 2 cores)
-    index.cp.niter = 12
-    sample = x[rng.choice(n, nlist * 40, replace=False)] if n > nlist * 40 else x
-    index.train(sample)
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by arbitrary id
-    index.add_with_ids(x, ids)
-    # tune nprobe against exact search, querying with stored vectors (a click on a photo, what the page does
-    # most) and leaving each query's own id out of both result lists: it is always found, a free hit
-    pick = rng.choice(n, min(n, n_queries), replace=False)
-    q, own = x[pick], ids[pick]
-    k = min(10, n - 1)
-    if k < 1:
-        return index, 1, 1.0
-    exact = faiss.IndexFlatIP(d)
-    exact.add(x)
-    gt = without_self(ids[exact.search(q, k + 1)[1]], own, k)
-    recall, nprobe = 0.0, 1
-    for nprobe in _nprobe_steps(nlist):
-        index.nprobe = nprobe
-        recall = recall_at_k(without_self(index.search(q, k + 1)[1], own, k), gt, k)
-        if recall >= target_recall:
-            break
-    return index, nprobe, recall
-
-
-def without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Each row's first k ids other than its own query's id."""
-    return np.stack([r[r != o][:k] for r, o in zip(found, own)])
-
-
-def _nprobe_steps(nlist: int):
-    p = 1
-    while p < nlist:
-        yield p
-        yield from ([int(p * 1.5)] if p >= 2 and int(p * 1.5) < nlist else [])
-        p *= 2
-    yield nlist
 
 
 # -------------------------------------------------------------------- files

@@ -141,16 +141,22 @@ def test_inconsistent_files_are_refused(tmp_path):
 
 def test_duplicates_groups(tmp_path):
     rng = np.random.default_rng(1)
-    x = clustered(40, clusters=40, spread=0.0)  # 40 distinct directions (some clusters repeat)
-    base = x[:10]
-    near = base[:3] + 0.01 * rng.standard_normal((3, DIM)).astype(np.float32)
+    # 10 orthonormal directions: unrelated photos are at cosine 0, so which groups are right is known
+    base = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].T[:10].astype(np.float32)
+    near = base[:3] + 0.01 * rng.standard_normal((3, DIM)).astype(np.float32)  # cosine ~0.998 to its original
+    similar = base[3] + 0.5 * base[9]  # cosine 0.89 to photo 3: alike, but below the threshold
     with new_store(tmp_path / "idx") as s:
-        ids = s.add(rows_for(13), np.concatenate([base, near]))
+        ids = s.add(rows_for(14), np.concatenate([base, near, similar[None]]))
         groups = s.duplicates(threshold=0.99)
+        looser = s.duplicates(threshold=0.85)
     exact_dupes = {tuple(sorted(g)) for g in groups}
     for j in range(3):
         assert any(ids[j] in g and ids[10 + j] in g for g in exact_dupes)
     assert all(len(g) >= 2 for g in groups)
+    # exactly the three pairs: the seven unrelated photos and the merely similar one stay out
+    assert groups == [[int(ids[j]), int(ids[10 + j])] for j in range(3)]
+    assert {int(i) for g in groups for i in g}.isdisjoint(int(i) for i in [*ids[3:10], ids[13]])
+    assert looser == [[int(ids[j]), int(ids[10 + j])] for j in range(3)] + [[int(ids[3]), int(ids[13])]]
 
 
 def test_ivf_above_the_limit_recall_vs_exact(tmp_path):
