@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from byol import probe
+from byol.precision import resolve_precision
 from byol.preprocess import Preprocess
 
 LAYOUT = "FOLDER/train/<class>/<images> and FOLDER/test/<class>/<images> (or FOLDER/val/<class>/<images>)"
@@ -135,29 +137,11 @@ def _decode(paths: list[str], preprocess: Preprocess, workers: int | None) -> tu
     return result
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """'auto' -> 'bf16' where the hardware runs bfloat16 natively (CUDA, CPUs with AVX-512 BF16 / AMX), else 'fp32'.
-
-    bfloat16 features of a frozen encoder agree with fp32 ones to a cosine above 0.9999, which moves no
-    kNN vote, and run 2-3x faster on such CPUs; pass 'fp32' for bit-for-bit reference numbers.
-    """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision {precision!r}: choose auto, fp32 or bf16")
-    if precision != "auto":
-        return precision
-    if torch.device(device).type == "cuda":
-        return "bf16"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
-
-
 @torch.inference_mode()
 def embed_folder(
     encoder: nn.Module,
     preprocess: Preprocess,
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     workers: int | None = None,
@@ -169,7 +153,7 @@ def embed_folder(
     Files that cannot be decoded are skipped and returned as (path, reason); `kept` maps rows back to
     `paths`. The encoder runs in eval mode (BatchNorm uses its running statistics) and is restored to
     its previous mode afterwards, so a training loop can call this as a monitor. precision: see
-    `resolve_precision`.
+    `byol.precision.resolve_precision`.
     """
     paths = [str(p) for p in paths]
     pixels, kept, bad = _decode(paths, preprocess, workers)
@@ -246,8 +230,12 @@ def evaluate_encoder(
     t0 = time.perf_counter()
     train_paths, train_y, test_paths, test_y, classes = load_labelled(labelled_folder)
     precision = resolve_precision(precision, device)
-    tr = embed_folder(encoder, preprocess, train_paths, batch_size, device, workers, progress, precision)
-    te = embed_folder(encoder, preprocess, test_paths, batch_size, device, workers, progress, precision)
+
+    def embed(paths: list[str]) -> Embedded:
+        return embed_folder(encoder, preprocess, paths, batch_size=batch_size, device=device,
+                            workers=workers, progress=progress, precision=precision)
+
+    tr, te = embed(train_paths), embed(test_paths)
     train_y, test_y = train_y[tr.kept], test_y[te.kept]
     if not len(tr.kept) or not len(te.kept):
         raise ValueError(f"{labelled_folder}: no readable images in {'train' if not len(tr.kept) else 'test'}/")
@@ -313,8 +301,9 @@ def evaluate(
     load_labelled(labelled_folder)  # fail on a bad layout before the slow part
     encoder, preprocess, info = load_encoder(checkpoint_path)
     encoder.to(device)
-    result = evaluate_encoder(encoder, preprocess, labelled_folder, knn_k, knn_t, shots, draws, True,
-                              batch_size, device, workers, seed, progress, weight_decay, precision)
+    result = evaluate_encoder(encoder, preprocess, labelled_folder, knn_k=knn_k, knn_t=knn_t, shots=shots,
+                              draws=draws, linear=True, batch_size=batch_size, device=device, workers=workers,
+                              seed=seed, progress=progress, weight_decay=weight_decay, precision=precision)
     result["checkpoint"] = {
         "path": str(checkpoint_path),
         "sha256": info["sha256"],

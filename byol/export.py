@@ -79,10 +79,10 @@ def export_onnx(
 ) -> dict:
     """Export the checkpoint's online encoder to `out_path` (atomically) and verify it.
 
-    Parity: onnxruntime against torch on real images (the first images of `check_folder`, else generated ones)
-    at batch sizes 1, 7 and 64; raises ExportError when the max abs difference exceeds 1e-4 or a cosine falls
-    below 0.9999 (nothing is written then). `quantize="int8"` also writes an int8 model (to `int8_path`,
-    default <out>.int8.onnx) and measures its cost (see `quantize_int8`).
+    Parity: onnxruntime against torch on real images (an even spread over the sorted files of `check_folder`,
+    see `sample_images`; else generated ones) at batch sizes 1, 7 and 64; raises ExportError when the max abs
+    difference exceeds 1e-4 or a cosine falls below 0.9999 (nothing is written then). `quantize="int8"` also
+    writes an int8 model (to `int8_path`, default <out>.int8.onnx) and measures its cost (see `quantize_int8`).
 
     Returns {"path", "metadata" (as read_metadata gives it), "parity" (per batch size), "int8" (when asked)}.
     """

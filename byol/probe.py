@@ -73,8 +73,10 @@ class LinearProbe:
 def fit_linear(x, y, num_classes: int | None = None, weight_decay: float = 1e-4, max_iter: int = 200) -> LinearProbe:
     """Fit a logistic regression with full-batch L-BFGS on L2-normalised features.
 
-    The features are scaled by 10 internally-equivalent via an unpenalised temperature: a cosine in [-1, 1]
-    needs large weights to give confident predictions, and L-BFGS finds them in a few dozen iterations.
+    Minimises cross-entropy(x W^T + b) + weight_decay * ||W||^2 (the bias is not penalised), from zero
+    weights, on the unit-length features as they are: no scaling or temperature. A cosine in [-1, 1] needs
+    large weights for confident predictions, which the weak penalty allows; L-BFGS with a strong-Wolfe line
+    search reaches them in a few dozen iterations (at most max_iter).
     """
     x = F.normalize(_tensor(x), dim=1)
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)

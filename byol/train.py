@@ -241,16 +241,10 @@ def _want_compile(cfg: TrainConfig) -> bool:
 
 
 def _choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
-    if cfg.precision == "fp32":
-        return None
-    if cfg.precision == "bf16":
-        return torch.bfloat16
-    if cfg.precision != "auto":
-        raise ValueError(f"precision {cfg.precision!r}: choose auto, fp32 or bf16")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    """The autocast dtype, or None for fp32 (byol.precision: the rule evaluation uses too)."""
+    from byol.precision import autocast_dtype
+
+    return autocast_dtype(cfg.precision, device)
 
 
 # ----------------------------------------------------------------------------------------------------------

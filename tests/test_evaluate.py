@@ -167,3 +167,63 @@ def test_cli_errors_exit_2_without_traceback(case, checkpoint, labelled_folder, 
     expected = {"missing": "no such checkpoint", "not_a_checkpoint": "not a readable checkpoint",
                 "bad_layout": "expected", "bad_shots": "--shots"}[case]
     assert expected in err
+
+
+class MeanColour(torch.nn.Module):
+    """An 'encoder' whose feature is the mean normalised colour: the answer on solid colours is known."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().mean(dim=(2, 3))  # B, 3
+
+
+_SOLID = {"red": (0, 0), "green": (1, 1), "blue": (2, 2)}
+
+
+def solid_colours(root: Path, test_green_in_red: int = 2) -> Path:
+    """train/<colour>/ of 6 solid images each and test/<colour>/ of 4, except that the last
+    `test_green_in_red` images of test/red are green: a colour encoder must get exactly those wrong."""
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 4)):
+        for name, (channel, _) in _SOLID.items():
+            (root / split / name).mkdir(parents=True)
+            for j in range(n):
+                c = 1 if split == "test" and name == "red" and j >= n - test_green_in_red else channel
+                px = np.zeros((32, 32, 3), np.uint8)
+                px[..., c] = 200 + 10 * j  # a little brightness variation
+                Image.fromarray(px).save(root / split / name / f"{j}.png")
+    return root
+
+
+def test_evaluate_encoder_exact_on_constructed_colours(tmp_path):
+    folder = solid_colours(tmp_path / "solid")
+    r = evaluate_encoder(MeanColour(), Preprocess.for_size(32), folder, knn_k=200, shots=(1, 3), draws=3,
+                         progress=False, weight_decay=1e-4, precision="fp32")
+    want = 10 / 12  # every image right but the two green ones filed under test/red
+    assert r["knn_top1"] == pytest.approx(want) and r["linear_top1"] == pytest.approx(want)
+    for shots in ("1", "3"):
+        assert r["few_shot"][shots] == pytest.approx({"mean": want, "std": 0.0})
+        assert r["few_shot_classifier"][shots] == pytest.approx({"mean": want, "std": 0.0})
+    assert (r["n_train"], r["n_test"], r["dim"], r["draws"]) == (18, 12, 3, 3)
+    assert r["classes"] == ["blue", "green", "red"] and r["precision"] == "fp32"
+    assert (r["knn_k"], r["knn_t"], r["linear_weight_decay"]) == (200, 0.1, 1e-4)
+    perfect = evaluate_encoder(MeanColour(), Preprocess.for_size(32), solid_colours(tmp_path / "p", 0),
+                               shots=(1,), draws=2, progress=False, weight_decay=1e-4, precision="fp32")
+    assert perfect["knn_top1"] == perfect["linear_top1"] == perfect["few_shot"]["1"]["mean"] == 1.0
+
+
+def test_evaluate_passes_every_option_to_evaluate_encoder(checkpoint, labelled_folder):
+    """evaluate() is evaluate_encoder() on the checkpoint's encoder with the same options, plus provenance."""
+    from byol.checkpoint import load_encoder
+
+    opts = {"knn_k": 7, "knn_t": 0.2, "shots": (2,), "draws": 3, "batch_size": 5, "seed": 4, "progress": False,
+            "weight_decay": 1e-3, "precision": "fp32"}
+    r = evaluate(checkpoint, labelled_folder, **opts)
+    encoder, pre, _ = load_encoder(checkpoint)
+    direct = evaluate_encoder(encoder, pre, labelled_folder, linear=True, **opts)
+    for key in ("knn_top1", "knn_k", "knn_t", "linear_top1", "linear_weight_decay", "few_shot",
+                "few_shot_classifier", "draws", "precision", "classes", "n_train", "n_test", "dim"):
+        assert r[key] == direct[key], key
+    assert (r["knn_k"], r["knn_t"], r["draws"], r["precision"]) == (7, 0.2, 3, "fp32")
+    assert set(r["few_shot"]) == {"2"} and r["linear_weight_decay"] == 1e-3
+    assert r["labelled_folder"] == str(labelled_folder) and r["checkpoint"]["path"] == str(checkpoint)
