@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from app.flags import AT_LEAST_ONE, INIT_HELP, add_config_flags, backbones, config_from_args
 
 DESCRIPTION = """\
 Learn an image encoder from your own photo folder with BYOL, index the folder with FAISS,
@@ -55,11 +60,9 @@ def _run_evaluate(args) -> int:
     try:
         shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
     except ValueError:
-        print(f"error: --shots {args.shots!r}: expected comma-separated whole numbers, e.g. 1,5,10", file=sys.stderr)
-        return 2
+        raise UsageError(f"--shots {args.shots!r}: expected comma-separated whole numbers, e.g. 1,5,10") from None
     if any(n < 1 for n in shots) or args.draws < 1 or args.k < 1 or args.t <= 0 or args.batch_size < 1:
-        print("error: --shots, --draws, --k and --batch-size must be positive, --t above 0", file=sys.stderr)
-        return 2
+        raise UsageError("--shots, --draws, --k and --batch-size must be positive, --t above 0")
 
     import torch
 
@@ -67,26 +70,16 @@ def _run_evaluate(args) -> int:
     from byol.evaluate import evaluate, format_table
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        result = evaluate(args.checkpoint, args.folder, knn_k=args.k, knn_t=args.t, shots=shots,
-                          draws=args.draws, batch_size=args.batch_size, device=device, workers=args.workers,
-                          weight_decay=args.weight_decay, precision=args.precision)
-    except ValueError as e:  # a missing/invalid checkpoint (CheckpointError) or a bad folder layout
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # a missing/invalid checkpoint (CheckpointError) or a bad folder layout: ValueError, reported by main()
+    result = evaluate(args.checkpoint, args.folder, knn_k=args.k, knn_t=args.t, shots=shots,
+                      draws=args.draws, batch_size=args.batch_size, device=device, workers=args.workers,
+                      weight_decay=args.weight_decay, precision=args.precision)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write(args.out, lambda f: f.write(text.encode() + b"\n"))
     print(text if args.json else format_table(result))
     return 0
 
-
-INIT_HELP = ("where the encoder starts: auto (the default: base when one is shipped for the backbone and image "
-             "size, i.e. resnet-tiny at 64 px or less, else none), base (shipped with the package, pretrained by "
-             "this project on public photos; offline; +12 points over random weights on unseen photo classes "
-             "after 15 minutes), none (random weights), imagenet (torchvision's weights for resnet18/34/50, "
-             "downloaded once when online), or PATH (an earlier run's checkpoint.pt, to continue on a new or "
-             "grown folder, or a torchvision-style state dict)")
 
 PRETRAIN_EPILOG = """\
 examples:
@@ -114,126 +107,52 @@ def _add_pretrain(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", metavar="FOLDER", nargs="?", help="photo folder (not needed with --hf or --resume)")
-    p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder for the checkpoint, log and plots")
-    p.add_argument("--budget", metavar="TIME",
-                   help="wall-clock time for the whole run, e.g. 90s, 20m, 1.5h (default 20m when --steps is not given)")
-    p.add_argument("--steps", type=int, help="train exactly this many steps instead of planning from --budget")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly, with its saved settings")
-    p.add_argument("--preview", action="store_true",
-                   help="write RUN_DIR/preview.png (images and their two augmented views) and exit without training")
-    p.add_argument("--eval-folder", metavar="DIR",
-                   help="labelled folder (train/<class>/, test/<class>/) for a kNN top-1 monitor during training")
-    p.add_argument("--eval-every", type=int, metavar="N", help="steps between kNN evaluations (default: 5 per run)")
-    p.add_argument("--hf", metavar="NAME_OR_PATH", help="learn from an HF datasets image dataset instead of FOLDER")
-    p.add_argument("--hf-split", help="split of the --hf dataset (default train)")
-    g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=("resnet-tiny", "resnet-small", "resnet18", "resnet34", "resnet50"),
-                   help="encoder (default resnet-tiny: learns most per CPU minute; resnet18/50 want a GPU)")
-    g.add_argument("--image-size", type=int,
-                   help="training resolution in px (default 32; 64-128 for photos when time allows, 224 on a GPU)")
-    g.add_argument("--crop-size", type=int,
-                   help="side of the training views in px (default 5/8 of --image-size: 20 for 32, 2.5x faster "
-                        "steps at the same accuracy per step on CIFAR-10); the encoder is evaluated, exported and "
-                        "searched at --image-size. Give the image size itself to train on full-size views")
-    g.add_argument("--proj-hidden", type=int, help="projector/predictor hidden width (default 4096, the paper's)")
-    g.add_argument("--init", metavar="auto|none|base|imagenet|PATH", help=INIT_HELP)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, help="images per step, all processes together (default 256)")
-    g.add_argument("--optimizer", choices=("lars", "adamw"), help="lars (default, the paper's) or adamw")
-    g.add_argument("--base-lr", type=float,
-                   help="lr = base x batch/256 (default 1.0 for LARS; use about 2e-3 with adamw)")
-    g.add_argument("--warmup", type=float, help="linear warm-up as a fraction of the steps (default 0.05)")
-    g.add_argument("--weight-decay", type=float, help="default 1.5e-6 (the paper's, LARS); about 1e-4 with adamw")
-    g.add_argument("--base-tau", type=float,
-                   help="target EMA rate at the start, rising to 1 (default 0.98, for runs of minutes to hours; "
-                        "the paper's 0.996 suits runs of days)")
-    g = p.add_argument_group("machine")
-    g.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:1")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="auto (default): bf16 autocast where the hardware has it (CUDA, AVX-512 BF16/AMX CPUs), else fp32")
-    g.add_argument("--no-channels-last", action="store_true", help="keep the NCHW layout (default: channels-last)")
-    g.add_argument("--compile", choices=("auto", "on", "off"),
-                   help="torch.compile the networks: auto (default) for runs of 5+ minutes or 500+ steps, where "
-                        "the ~30-60 s it takes pays back (1.25x on resnet-tiny on a CPU; needs a C++ compiler, "
-                        "else training goes on without it)")
-    g.add_argument("--threads", type=int,
-                   help="CPU threads (default: auto, the faster of all cores or one, re-checked as the load changes; "
-                        "a fixed number makes runs bitwise reproducible)")
-    g.add_argument("--workers", type=int, help="processes decoding photos into the cache (default: one per core)")
-    g.add_argument("--cache-dir", help="decoded-image cache (default RUN_DIR/cache; share it between runs)")
-    g.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation (default 0)")
-    g.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
-    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500, and at the end)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # every other flag is a TrainConfig field: its comment in byol/train.py is its help (app/flags.py)
+    add_config_flags(p, after={"resume": lambda g: g.add_argument(
+        "--preview", action="store_true",
+        help="write RUN_DIR/preview.png (images and their two augmented views) and exit without training")})
     p.set_defaults(func=_run_pretrain)
 
 
 def _run_pretrain(args) -> int:
-    import os
-    from pathlib import Path
-
-    def fail(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-
     out = Path(args.out)
-    if args.resume:
-        if not (out / "checkpoint.pt").is_file():
-            return fail(f"--resume: no checkpoint in {out} (expected {out / 'checkpoint.pt'}); start a run without --resume")
-    elif args.hf is None:
-        if args.folder is None:
-            return fail("give a photo FOLDER (or --hf NAME_OR_PATH)")
-        if not Path(args.folder).is_dir():
-            return fail(f"{args.folder}: no such folder")
-    if args.steps is not None and args.steps < 1:
-        return fail("--steps must be at least 1")
-    for name in ("batch_size", "image_size", "eval_every", "log_every", "checkpoint_every", "proj_hidden", "threads",
-                 "crop_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            return fail(f"--{name.replace('_', '-')} must be at least 1")
-    if args.eval_folder and not Path(args.eval_folder).is_dir():
-        return fail(f"--eval-folder {args.eval_folder}: no such folder")
-
-    from byol.train import TrainConfig, parse_duration
+    _check_pretrain_args(args, out)
+    from byol.train import TrainConfig, parse_duration, preview, train
 
     budget = 0.0
     if args.steps is None:
-        try:
-            budget = parse_duration(args.budget or "20m")
-        except ValueError as e:
-            return fail(str(e))
+        budget = parse_duration(args.budget or "20m")  # ValueError: a bad TIME, reported by main()
     elif args.budget:
-        return fail("give --budget or --steps, not both")
-    cfg = TrainConfig(folder=args.folder, hf=args.hf, out=str(out), steps=args.steps or 0, budget=budget,
-                      resume=args.resume, eval_folder=args.eval_folder, progress=not args.no_progress,
-                      channels_last=not args.no_channels_last)
-    for name in ("backbone", "image_size", "proj_hidden"):
-        if getattr(args, name) is not None:
-            setattr(cfg.model, name, getattr(args, name))
-    for name in ("hf_split", "eval_every", "batch_size", "optimizer", "base_lr", "warmup", "weight_decay", "base_tau",
-                 "device", "precision", "workers", "cache_dir", "seed", "log_every", "checkpoint_every", "threads",
-                 "crop_size", "compile", "init"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-
-    from byol.train import TrainingDiverged, TrainingInterrupted, preview, train
-
-    try:
-        if args.preview:
-            print(f"wrote {preview(cfg)}")
-            return 0
-        path = train(cfg)
-    except TrainingInterrupted as e:
-        print(f"\n{e} (byol-search pretrain --out {out} --resume)", file=sys.stderr)
-        return 130
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # bad input: folder, dataset, checkpoint, budget
-        return fail(str(e))
+        raise UsageError("give --budget or --steps, not both")
+    cfg = TrainConfig(folder=args.folder, out=str(out), steps=args.steps or 0, budget=budget)
+    config_from_args(args, cfg)
+    if args.preview:
+        print(f"wrote {preview(cfg)}")
+        return 0
+    path = train(cfg)  # bad input (folder, dataset, checkpoint, budget): ValueError or OSError, see main()
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
         print(f"wrote {path}; log {out / 'log.jsonl'}, curves {out / 'curves.png'}")
     return 0
+
+
+def _check_pretrain_args(args, out: Path) -> None:
+    """Mistakes found before any work starts (UsageError)."""
+    if args.resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise UsageError(f"--resume: no checkpoint in {out} (expected {out / 'checkpoint.pt'}); "
+                             "start a run without --resume")
+    elif args.hf is None:
+        if args.folder is None:
+            raise UsageError("give a photo FOLDER (or --hf NAME_OR_PATH)")
+        if not Path(args.folder).is_dir():
+            raise UsageError(f"{args.folder}: no such folder")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    for name in (n.split(".")[-1] for n in AT_LEAST_ONE):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.eval_folder and not Path(args.eval_folder).is_dir():
+        raise UsageError(f"--eval-folder {args.eval_folder}: no such folder")
 
 
 def _add_export(sub) -> None:
@@ -265,24 +184,16 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     import json
-    from pathlib import Path
 
-    from byol.export import ExportError, export_onnx
+    from byol.export import export_onnx
 
     for name, d in (("--check-folder", args.check_folder), ("--labelled-folder", args.labelled_folder)):
         if d is not None and not Path(d).is_dir():
-            print(f"error: {name} {d}: no such folder", file=sys.stderr)
-            return 2
+            raise UsageError(f"{name} {d}: no such folder")
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
-    try:
-        report = export_onnx(args.checkpoint, args.out, opset=args.opset, quantize=args.quantize,
-                             check_folder=args.check_folder, labelled_folder=args.labelled_folder, log=log)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as e:  # a missing/invalid checkpoint (CheckpointError), a bad folder
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # ExportError (the parity check failed): exit 1; a missing/invalid checkpoint, a bad folder: 2 (main())
+    report = export_onnx(args.checkpoint, args.out, opset=args.opset, quantize=args.quantize,
+                         check_folder=args.check_folder, labelled_folder=args.labelled_folder, log=log)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -318,21 +229,14 @@ def _add_index(sub) -> None:
 
 def _run_index(args) -> int:
     import json
-    from pathlib import Path
 
     from index.build import build_index
-    from index.store import StoreError
 
     if args.batch_size < 1 or args.save_every < 1 or (args.workers is not None and args.workers < 0):
-        print("error: --batch-size and --save-every must be positive, --workers 0 or more", file=sys.stderr)
-        return 2
+        raise UsageError("--batch-size and --save-every must be positive, --workers 0 or more")
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
-    try:
-        s = build_index(args.folder, args.model, args.out, batch_size=args.batch_size, workers=args.workers,
-                        rebuild=args.rebuild, save_every=args.save_every, log=log)
-    except (StoreError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    s = build_index(args.folder, args.model, args.out, batch_size=args.batch_size, workers=args.workers,
+                    rebuild=args.rebuild, save_every=args.save_every, log=log)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -363,31 +267,21 @@ def _add_search(sub) -> None:
 
 def _run_search(args) -> int:
     import json
-    from pathlib import Path
 
     from byol.data import display_path
-    from byol.images import BadImage
     from index.embed import Embedder
-    from index.store import Store, StoreError
+    from index.store import Store
 
     if args.k < 1:
-        print("error: -k must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        store = Store.open(args.index_dir)
-        model = args.model or store.model_path
-        if not Path(model).is_file():
-            raise ValueError(f"the index's encoder {model} is missing; point to it with --model ENCODER.onnx")
-        embedder = Embedder(model)
-        store.close()
-        store = Store.open(args.index_dir, model_sha256=embedder.sha256)
-        query = embedder.embed_file(args.image)
-    except BadImage as e:
-        print(f"error: {e.path}: {e.reason}", file=sys.stderr)
-        return 2
-    except (StoreError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("-k must be at least 1")
+    store = Store.open(args.index_dir)
+    model = args.model or store.model_path
+    if not Path(model).is_file():
+        raise UsageError(f"the index's encoder {model} is missing; point to it with --model ENCODER.onnx")
+    embedder = Embedder(model)
+    store.close()
+    store = Store.open(args.index_dir, model_sha256=embedder.sha256)
+    query = embedder.embed_file(args.image)  # BadImage: reported by main() with the file and the reason
     scores, ids = store.search(query, args.k)
     rows = {r["id"]: r for r in store.rows(ids[0])}
     results = [{"rank": n + 1, "cosine": round(float(s), 6), "id": int(i), "path": rows[i]["path"]}
@@ -420,16 +314,11 @@ def _run_duplicates(args) -> int:
     import json
 
     from byol.data import display_path
-    from index.store import Store, StoreError
+    from index.store import Store
 
     if not -1.0 <= args.threshold <= 1.0:
-        print("error: --threshold is a cosine similarity between -1 and 1", file=sys.stderr)
-        return 2
-    try:
-        store = Store.open(args.index_dir)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("--threshold is a cosine similarity between -1 and 1")
+    store = Store.open(args.index_dir)
     groups = store.duplicates(args.threshold)
     out = [[{"id": r["id"], "path": r["path"]} for r in store.rows(g)] for g in groups]
     if args.json:
@@ -462,38 +351,25 @@ def _add_serve_options(p) -> None:
 
 
 def _serve_index(index_dir, args) -> int:
-    """Open the page on INDEX_DIR until Ctrl-C; user mistakes become one-line errors."""
-    from pathlib import Path
-
+    """Open the page on INDEX_DIR until Ctrl-C; user mistakes become one-line errors (main())."""
     from app.files import check_bind, resolve_auth
 
-    try:
-        auth = resolve_auth(args.auth, args.auth_file)
-        check_bind(args.host, auth)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    auth = resolve_auth(args.auth, args.auth_file)
+    check_bind(args.host, auth)
     if not 1 <= args.port <= 65535:
-        print(f"error: --port {args.port}: give a port between 1 and 65535", file=sys.stderr)
-        return 2
+        raise UsageError(f"--port {args.port}: give a port between 1 and 65535")
     if not (Path(index_dir) / "meta.sqlite").is_file():
-        print(f"error: {index_dir}: not an index; build one with "
-              f"`byol-search index FOLDER --model encoder.onnx --out {index_dir}`", file=sys.stderr)
-        return 2
+        raise UsageError(f"{index_dir}: not an index; build one with "
+                         f"`byol-search index FOLDER --model encoder.onnx --out {index_dir}`")
     from app.ui import build_app, launch
-    from index.store import StoreError
 
-    try:
-        demo = build_app(index_dir)  # refuses an encoder that is not the index's (EncoderMismatch)
-    except (StoreError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # refuses an encoder that is not the index's (EncoderMismatch), or a gradio too old (ImportError)
+    demo = build_app(index_dir)
     print(f"serving {index_dir} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
         launch(demo, index_dir, host=args.host, port=args.port, auth=auth, allow_hosts=args.allow_host)
     except OSError as e:  # the port is taken
-        print(f"error: cannot listen on {args.host}:{args.port}: {e}; try another --port", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}; try another --port") from e
     return 0
 
 
@@ -532,7 +408,7 @@ def _add_run(sub) -> None:
                    help="pretraining time, e.g. 90s, 20m, 1.5h (default 5m on a CPU, 15m with a GPU; more time, "
                         "better search: 20m+ for a few thousand photos)")
     p.add_argument("--backbone", default="resnet-tiny",
-                   choices=("resnet-tiny", "resnet-small", "resnet18", "resnet34", "resnet50"),
+                   choices=backbones(),
                    help="encoder (default resnet-tiny for CPUs; resnet18 or larger want a GPU)")
     p.add_argument("--image-size", type=int, default=32,
                    help="training resolution in px (default 32; 64 or more for detailed photos with a GPU)")
@@ -546,25 +422,8 @@ def _run_pipeline(call, args) -> int:
     from app.files import check_bind, resolve_auth
 
     if not args.no_serve:  # refuse an unsafe --host or a bad login before minutes of training, not after
-        try:
-            check_bind(args.host, resolve_auth(args.auth, args.auth_file))
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    from byol.train import TrainingDiverged, TrainingInterrupted
-    from index.store import StoreError
-
-    try:
-        result = call()
-    except (TrainingInterrupted, KeyboardInterrupt):
-        print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
-        return 130
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        check_bind(args.host, resolve_auth(args.auth, args.auth_file))
+    result = call()  # interrupted: 130 (run it again to continue); diverged: 1; bad input: 2 (main())
     print(f"\nphotos      {result['folder']} ({result['photos']})\ncheckpoint  {result['checkpoint']}\n"
           f"encoder     {result['model']}\nindex       {result['index_dir']}")
     print("stages      " + ", ".join(f"{k} {result[k]}" for k in ("pretrain", "export", "index")))
@@ -576,16 +435,10 @@ def _run_pipeline(call, args) -> int:
 
 def _run_run(args) -> int:
     from app.pipeline import RunConfig, run
-    from byol.train import parse_duration
 
-    try:
-        budget = parse_duration(args.budget) if args.budget else 0.0
-    except ValueError as e:
-        print(f"error: --budget: {e}", file=sys.stderr)
-        return 2
+    budget = _duration("--budget", args.budget) if args.budget else 0.0
     if args.image_size < 8:
-        print("error: --image-size must be at least 8", file=sys.stderr)
-        return 2
+        raise UsageError("--image-size must be at least 8")
     cfg = RunConfig(folder=args.folder, out=args.out, budget=budget, backbone=args.backbone,
                     image_size=args.image_size, init=args.init)
     return _run_pipeline(lambda: run(cfg), args)
@@ -613,13 +466,8 @@ def _add_demo(sub) -> None:
 
 def _run_demo(args) -> int:
     from app.demo import demo
-    from byol.train import parse_duration
 
-    try:
-        budget = parse_duration(args.budget)
-    except ValueError as e:
-        print(f"error: --budget: {e}", file=sys.stderr)
-        return 2
+    budget = _duration("--budget", args.budget)
     return _run_pipeline(lambda: demo(args.out, budget=budget), args)
 
 
@@ -643,6 +491,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A mistake in the command line, found by the command itself (exit status 2)."""
+
+
+def _duration(flag: str, text: str) -> float:
+    from byol.train import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from e
+
+
+def _interrupted(e: BaseException, args) -> str:
+    if args.command in ("run", "demo"):
+        return "\ninterrupted: run the same command again to continue where it stopped"
+    if args.command == "pretrain" and isinstance(e, _error_type("byol.train:TrainingInterrupted")):
+        return f"\n{e} (byol-search pretrain --out {args.out} --resume)"
+    return "interrupted"
+
+
+# Every error a command reports, mapped once: (exception type, exit status, message). The first match wins.
+# Types are named by "module:Name" and looked up only among the modules already imported: an exception from
+# a module that was never imported cannot be raised, and `--help` imports no torch.
+ERRORS: tuple[tuple[str, int, Callable[[BaseException, argparse.Namespace], str]], ...] = (
+    ("byol.train:TrainingInterrupted", 130, _interrupted),  # Ctrl-C during training: the checkpoint is saved
+    ("builtins:KeyboardInterrupt", 130, _interrupted),
+    ("byol.train:TrainingDiverged", 1, lambda e, a: f"error: {e}"),  # the loss stayed non-finite
+    ("byol.export:ExportError", 1, lambda e, a: f"error: {e}"),  # ONNX and torch disagree
+    ("byol.images:BadImage", 2, lambda e, a: f"error: {e.path}: {e.reason}"),  # a query photo we cannot read
+    ("index.store:StoreError", 2, lambda e, a: f"error: {e}"),  # not an index, another encoder, locked
+    # user mistakes: UsageError, bad TIME, checkpoint, folder, dataset, login; files missing or unreadable;
+    # a gradio too old for the page
+    ("builtins:ValueError", 2, lambda e, a: f"error: {e}"),
+    ("builtins:OSError", 2, lambda e, a: f"error: {e}"),
+    ("builtins:ImportError", 2, lambda e, a: f"error: {e}"),
+)
+
+
+def _error_type(name: str) -> type | None:
+    module, attr = name.split(":")
+    return getattr(sys.modules.get(module), attr, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -651,9 +543,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except BaseException as e:
+        for name, status, message in ERRORS:
+            kind = _error_type(name)
+            if kind is not None and isinstance(e, kind):
+                print(message(e, args), file=sys.stderr)
+                return status
+        raise
 
 
 if __name__ == "__main__":
