@@ -1,0 +1,89 @@
+"""app/review.py: duplicate groups with facts and decisions, persisted, exported; no photo is ever touched."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+from PIL import Image
+from test_search import make_index
+
+from app.review import Decisions, default_keep, export_csv, group_kind, review_groups
+from index.photoinfo import PhotoInfo, PhotoInfoCache
+from index.store import Store
+
+
+def info(i, w=10, h=10, size=100, taken="2020-01-01T00:00:00", source="exif"):
+    return PhotoInfo(i, f"/p/{i}.jpg", f"{i}.jpg", "", size, 0, w, h, taken, source)
+
+
+@pytest.fixture
+def index(tmp_path):
+    index_dir, by_class = make_index(tmp_path, per_class=4, duplicates=2)
+    store = Store.open(index_dir)
+    yield store, tmp_path / "photos"
+    store.close()
+
+
+def test_default_keeps_most_pixels_then_bytes_then_oldest():
+    assert default_keep([(1, info(1, 10, 10)), (2, info(2, 20, 10))]) == 2
+    assert default_keep([(1, info(1, size=5)), (2, info(2, size=9))]) == 2
+    assert default_keep([(1, info(1, taken="2021-01-01T00:00:00")), (2, info(2, taken="2020-01-01T00:00:00"))]) == 2
+    assert default_keep([(3, info(3)), (2, info(2))]) == 2
+
+
+def test_group_kind_tells_copies_resizes_and_bursts_apart():
+    assert group_kind([info(1), info(2)], ["a", "a"]) == "identical files"
+    assert group_kind([info(1, 10, 10), info(2, 20, 20)], ["a", "b"]) == "same photo, other sizes"
+    assert group_kind([info(1), info(2, taken="2020-01-01T00:00:04")], ["a", "b"]) == "burst"
+    assert group_kind([info(1), info(2, taken="2020-03-01T00:00:04")], ["a", "b"]) == "similar"
+
+
+def test_groups_decisions_persist_and_export_without_touching_photos(index, tmp_path):
+    store, photos = index
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
+    with PhotoInfoCache(store) as infos:
+        dec = Decisions(store.index_dir)
+        groups = review_groups(store, infos, dec, threshold=0.999)
+        copies = [g for g in groups if g.kind == "identical files"]
+        assert len(copies) == 2 and all(len(g.members) == 2 for g in copies)
+        g = copies[0]
+        assert [m.decision for m in g.members].count("keep") == 1 and not any(m.decided for m in g.members)
+        m0 = g.members[0]
+        assert m0.info.size and m0.info.width == 64 and m0.info.folder == "circle"
+        dec.keep_only(store, g.ids, [g.ids[1]])
+        dec.close()
+        dec = Decisions(store.index_dir)  # a new page sees the decisions
+        g2 = next(x for x in review_groups(store, infos, dec, threshold=0.999) if x.ids == g.ids)
+        assert [m.decision for m in g2.members] == ["drop", "keep"] and all(m.decided for m in g2.members)
+        with pytest.raises(ValueError, match="keep, drop"):
+            dec.set(store, g.ids, "delete")
+        out = tmp_path / "out" / "decisions.csv"
+        n = export_csv(review_groups(store, infos, dec, threshold=0.999), out)
+        rows = list(csv.DictReader(out.open()))
+        assert n == len(rows) >= 4
+        mine = {int(r["id"]): r for r in rows}
+        assert mine[g.ids[0]]["decision"] == "drop" and mine[g.ids[0]]["decided_by"] == "person"
+        assert mine[g.ids[0]]["path"] == g2.members[0].info.path and mine[g.ids[0]]["kind"] == "identical files"
+        assert int(mine[g.ids[0]]["size_bytes"]) > 0 and mine[g.ids[0]]["date_source"] == "mtime"
+        dec.close()
+    after = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_decision_does_not_follow_changed_content(index):
+    store, photos = index
+    i = int(store.all_ids()[0])
+    dec = Decisions(store.index_dir)
+    dec.set(store, [i], "drop")
+    assert dec.get(store, [i]) == {i: "drop"}
+    row = store.rows([i])[0]
+    store.close()
+    with Store.open(store.index_dir, writable=True) as w:
+        w.update([i], [{**{k: row[k] for k in ("path", "width", "height", "size", "mtime_ns")}, "sha256": "other"}])
+        w.save()
+    with Store.open(store.index_dir) as s2:
+        assert dec.get(s2, [i]) == {}
+    dec.close()
+    assert os.path.exists(row["path"]) and Image.open(row["path"]).size
