@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from imagegen import shape_image
 from test_search import ColourEmbedder, make_index
+from test_ui import on_free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,12 +24,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_upload_label_train_predict(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -37,7 +31,7 @@ def test_upload_label_train_predict(tmp_path):
 
     index_dir, _ = make_index(tmp_path, per_class=8)
     demo = build_app(index_dir, embedder=ColourEmbedder(), page_size=8)
-    _, url, _ = launch(demo, index_dir, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
     queries = {}
     for cls, seed in (("triangle", 3), ("circle", 4)):
         queries[cls] = tmp_path / f"{cls}-query.png"

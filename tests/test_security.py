@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from imagegen import shape_image
 from test_search import ColourEmbedder, make_index
-from test_ui import free_port
+from test_ui import on_free_port
 
 from app import files
 from app.files import UPLOAD_REFUSED
@@ -52,7 +52,7 @@ def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("security")
     index_dir, _ = make_index(root, per_class=4)
     demo = build_app(index_dir, embedder=ColourEmbedder(), page_size=PAGE)
-    _, url, _ = launch(demo, index_dir, port=free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
     planted = Path(_upload_dir(demo)) / f"planted-{uuid.uuid4().hex}"  # files put there by hand, never uploaded
     planted.mkdir(parents=True)
     yield demo, url, root, planted
@@ -163,7 +163,7 @@ def test_never_a_public_link(tmp_path, monkeypatch):
     index_dir, _ = make_index(tmp_path, per_class=1)
     demo = build_app(index_dir, embedder=ColourEmbedder())
     try:
-        launch(demo, index_dir, port=free_port(), prevent_thread_lock=True, quiet=True)
+        on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
         assert tunnels == [] and not demo.share and demo.share_url is None
     finally:
         demo.close()
@@ -175,7 +175,7 @@ def test_failed_logins_slow_down_and_the_page_keeps_answering(tmp_path, monkeypa
     monkeypatch.setattr(files, "LOGIN_DELAY", 0.7)
     index_dir, _ = make_index(tmp_path, per_class=1)
     demo = build_app(index_dir, embedder=ColourEmbedder())
-    _, url, _ = launch(demo, index_dir, port=free_port(), auth=("alice", "pw"), prevent_thread_lock=True, quiet=True)
+    _, url, _ = on_free_port(launch, demo, index_dir, auth=("alice", "pw"), prevent_thread_lock=True, quiet=True)
     try:
         def login(password: str) -> tuple[int, float]:
             t0 = time.perf_counter()

@@ -150,11 +150,35 @@ def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch):
     assert load_checkpoint(train(cfg))["step"] == 5
 
 
-def test_budget_plans_the_steps(shapes_folder, tmp_path):
+class FakeClock:
+    """perf_counter for byol.train and its planner: every reading advances `tick` seconds, so a budget run
+    plans and re-plans the same way however busy the machine is."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def __getattr__(self, name):  # the rest of the time module, as it is
+        import time
+
+        return getattr(time, name)
+
+
+def test_budget_plans_the_steps(shapes_folder, tmp_path, monkeypatch):
+    from byol import planner
+
+    clock = FakeClock(tick=0.05)
+    monkeypatch.setattr(train_mod, "time", clock)
+    real_time_steps = planner.time_steps
+    monkeypatch.setattr(planner, "time_steps", lambda run_step, tuner, budget, clock=clock.perf_counter:
+                        real_time_steps(run_step, tuner, budget, clock=clock))
     out = tmp_path / "run"
     train(tiny(shapes_folder, out, steps=0, budget=4.0, log_every=100))
     plan = records(out, "plan")[0]
-    assert plan["total_steps"] >= 1 and plan["step_seconds"] > 0
+    assert plan["total_steps"] >= 1 and plan["step_seconds"] == pytest.approx(clock.tick)  # one reading a step
     # the run ends where it was planned to, or where the last re-plan moved the end (the speed drifted)
     total = ([plan] + records(out, "replan"))[-1]["total_steps"]
     ckpt = load_checkpoint(out / "checkpoint.pt")

@@ -5,6 +5,7 @@ file-access rules of the server (traversal, absolute paths, the index's own file
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import socket
@@ -24,10 +25,20 @@ from index.store import EncoderMismatch, Store
 PAGE = 8
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def held_port():
+    """A free port, held bound by this process (SO_REUSEADDR, not listening) until the block ends: a server
+    started inside the block binds it, and no other process can take it in between (bind-and-release races)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
+
+
+def on_free_port(start, *args, **kwargs):
+    """start(*args, port=P, **kwargs) on a free port P held until start returns (the server then listens)."""
+    with held_port() as port:
+        return start(*args, port=port, **kwargs)
 
 
 class Session:
@@ -67,7 +78,7 @@ def served(tmp_path_factory):
     index_dir, by_class = make_index(root, per_class=10, duplicates=2)
     (index_dir / "checkpoint.pt").write_bytes(b"secret weights")  # someone copied a checkpoint in
     demo = build_app(index_dir, embedder=ColourEmbedder(), page_size=PAGE)
-    _, url, _ = launch(demo, index_dir, port=free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
     client = Client(url, verbose=False, download_files=False)
     yield demo, url, client, Session(demo, url, client.session_hash), by_class, root
     client.close()
@@ -243,7 +254,7 @@ def test_empty_index_warns(tmp_path):
 
     Store.create(tmp_path / "empty", 8, "0" * 64, tmp_path / "m.onnx", Preprocess().to_dict()).close()
     demo = build_app(tmp_path / "empty", embedder=ColourEmbedder())
-    _, url, _ = launch(demo, tmp_path / "empty", port=free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = on_free_port(launch, demo, tmp_path / "empty", prevent_thread_lock=True, quiet=True)
     try:
         session = Session(demo, url, "empty-session")
         for name in ("random_photos", "train"):
@@ -288,7 +299,7 @@ def test_only_thumbnails_are_served(served, tmp_path):
 def test_auth_protects_files_and_page(tmp_path):
     index_dir, by_class = make_index(tmp_path, per_class=2)
     demo = build_app(index_dir, embedder=ColourEmbedder())
-    _, url, _ = launch(demo, index_dir, port=free_port(), auth=("alice", "pw"), prevent_thread_lock=True, quiet=True)
+    _, url, _ = on_free_port(launch, demo, index_dir, auth=("alice", "pw"), prevent_thread_lock=True, quiet=True)
     try:
         thumb = index_dir / "thumbs" / "0" / f"{by_class['circle'][0]}.jpg"
         assert httpx.get(url + "gradio_api/file=" + str(thumb)).status_code in (401, 403)
