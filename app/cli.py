@@ -66,8 +66,8 @@ def _run_evaluate(args) -> int:
 
     import torch
 
-    from byol.checkpoint import atomic_write
     from byol.evaluate import evaluate, format_table
+    from byol.fileio import atomic_write_bytes
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # a missing/invalid checkpoint (CheckpointError) or a bad folder layout: ValueError, reported by main()
@@ -76,7 +76,7 @@ def _run_evaluate(args) -> int:
                       weight_decay=args.weight_decay, precision=args.precision)
     text = json.dumps(result, indent=2)
     if args.out:
-        atomic_write(args.out, lambda f: f.write(text.encode() + b"\n"))
+        atomic_write_bytes(args.out, text + "\n")
     print(text if args.json else format_table(result))
     return 0
 

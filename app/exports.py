@@ -7,7 +7,7 @@
     remove_stale_exports(parent), download_copy(path)       cleaning up after killed exports and downloads
 
 All three read the rows of app.labels.Labels.table(). Every export lands whole or not at all: the CSV through
-byol.checkpoint.atomic_write (temporary file, fsync, rename), the folders through write_folder (a temporary
+byol.fileio.atomic_write (temporary file, fsync, rename), the folders through write_folder (a temporary
 folder beside the target, renamed into place), so a failure or a kill never leaves a half-written export
 under its real name; what a killed process leaves (`.<name>.*.partial`) is removed by a later export.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from app.labels import Progress, no_progress
+from byol.fileio import fsync_dir
 
 if TYPE_CHECKING:
     from app.labels import Labels
@@ -42,15 +43,15 @@ CSV_FIELDS = ["id", "path", "label", "source", "predicted", "confidence"]
 # ---------------------------------------------------------------- the three formats
 def export_csv(labels: Labels, store, path: str | Path) -> int:
     """Every photo with its label and prediction as CSV; returns the number of rows."""
-    from byol.checkpoint import atomic_write
     from byol.data import display_path
+    from byol.fileio import atomic_write_bytes
 
     rows = [{**r, "path": display_path(r["path"])} for r in labels.table(store, include_predictions=False)]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
     w.writerows(rows)
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    atomic_write_bytes(path, buf.getvalue())
     return len(rows)
 
 
@@ -162,18 +163,10 @@ def write_folder(out_dir: str | Path, fill: Callable[[Path], T]) -> T:
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp / out_dir.name, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_stale_exports(parent: Path, older_than: float = _STALE_EXPORT_S) -> int:

@@ -75,9 +75,9 @@ def read_state(path: Path) -> dict:
 
 
 def write_state(path: Path, state: dict) -> None:
-    from byol.checkpoint import atomic_write
+    from byol.fileio import atomic_write_bytes
 
-    atomic_write(path, lambda f: f.write((json.dumps(state, indent=2) + "\n").encode()))
+    atomic_write_bytes(path, json.dumps(state, indent=2) + "\n")
 
 
 @dataclass
@@ -135,7 +135,7 @@ def run(cfg: RunConfig, log=print) -> dict:
 
 def _pretrain(w: _Work, log) -> str:
     """The pretraining stage: skipped, resumed or done (a fresh run)."""
-    from byol.checkpoint import file_sha256
+    from byol.fileio import file_sha256
     from byol.train import TrainConfig, train
 
     cfg, n = w.cfg, w.photos
@@ -162,8 +162,8 @@ def _pretrain(w: _Work, log) -> str:
 
 def _export(w: _Work, log) -> tuple[str, Path]:
     """The export stage: (skipped or done, the encoder file in encoders/ the index is to use)."""
-    from byol.checkpoint import file_sha256
     from byol.export import export_onnx
+    from byol.fileio import file_sha256
 
     ckpt_sha = w.state["pretrain"]["sha256"]
     done = w.state.get("export", {})
@@ -205,15 +205,20 @@ def _index(w: _Work, encoder: Path, log, out: dict) -> str:
 
 
 def _link_atomically(src: Path, dst: Path) -> None:
-    """Make `dst` the same file as `src` (a hard link, else a copy), switched in one rename."""
+    """Make `dst` the same file as `src` (a hard link, else a copy), switched in one rename
+    (byol.fileio.atomic_write_path: the link or copy is fsynced, then renamed over dst)."""
     import shutil
+
+    from byol.fileio import atomic_write_path
 
     if dst.exists() and dst.samefile(src):
         return
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+
+    def link(tmp: str) -> None:
+        os.unlink(tmp)  # the empty temporary file, replaced by the link
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+
+    atomic_write_path(dst, link)
