@@ -15,6 +15,7 @@ A checkpoint is a plain dict (loadable with `weights_only=True`):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-def save_checkpoint(path: str | Path, ckpt: dict) -> None:
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     """Atomically save a checkpoint dict (see module docstring)."""
     ckpt = {"format": CHECKPOINT_FORMAT, **ckpt}
     atomic_write(path, lambda f: torch.save(ckpt, f))
@@ -41,7 +42,7 @@ class CheckpointError(ValueError):
     """A file that is not a usable byol-search checkpoint; the message says why."""
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (`weights_only=True`: no arbitrary code runs)."""
     path = Path(path)
     if not path.is_file():
@@ -55,7 +56,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, Preprocess, dict]:
+def load_encoder(path: str | Path) -> tuple[nn.Module, Preprocess, dict[str, Any]]:
     """Rebuild the online encoder f from a checkpoint alone.
 
     Returns (encoder in eval mode mapping B,3,H,W -> B,D pooled features, its Preprocess, info) where

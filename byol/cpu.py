@@ -14,6 +14,8 @@ reproducible, the tuner may switch counts, which changes float rounding).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -43,13 +45,13 @@ def conv_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, stride: int, pad:
 
 class _GemmGradConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.pad = stride, pad
         return F.conv2d(x, weight, None, stride, pad)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, w = ctx.saved_tensors
         s, p = ctx.stride, ctx.pad
         gx = gw = None
@@ -75,7 +77,8 @@ class GemmGradConv2d(nn.Conv2d):
             dt = torch.get_autocast_dtype("cpu")
             x, w = x.to(dt), w.to(dt)
         with torch.autocast("cpu", enabled=False):
-            return _GemmGradConvFn.apply(x, w, self.stride[0], self.padding[0])
+            out: torch.Tensor = _GemmGradConvFn.apply(x, w, self.stride[0], self.padding[0])
+            return out
 
 
 def cpu_has_amx() -> bool:

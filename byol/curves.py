@@ -6,11 +6,12 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from byol.fileio import atomic_write
 
 
-def read_log(path: str | Path) -> list[dict]:
+def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The records of log.jsonl in order; [] for a missing file; a torn last line (a crash) is skipped."""
     path = Path(path)
     if not path.is_file():

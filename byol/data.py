@@ -24,16 +24,20 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from byol.fileio import atomic_write, core_count
 from byol.images import IMAGE_EXTENSIONS, BadImage, decode_square
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_FORMAT = "byol-search/image-cache/1"
 
@@ -70,7 +74,7 @@ def mark_artifact_folder(folder: str | Path, what: str) -> None:
         pass
 
 
-def display_path(path: str | os.PathLike) -> str:
+def display_path(path: str | os.PathLike[str]) -> str:
     """A path as text that always prints and encodes: name bytes that are not UTF-8 are shown as \\xNN.
 
     File names are bytes on Linux; Python hands those that are not UTF-8 (old cameras, zip extractions:
@@ -80,7 +84,7 @@ def display_path(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def bad_file_record(path: str, reason: str, **extra) -> dict:
+def bad_file_record(path: str, reason: str, **extra: Any) -> dict[str, Any]:
     """One line of a bad_files.jsonl report: the printable path, the reason, and when the name is not
     UTF-8 its exact bytes in hex (`path_bytes`), so a program can still find the file."""
     out = {"path": display_path(path), "reason": reason, **extra}
@@ -89,10 +93,10 @@ def bad_file_record(path: str, reason: str, **extra) -> dict:
     return out
 
 
-def record_path(record: dict) -> str:
+def record_path(record: dict[str, Any]) -> str:
     """The path a bad_file_record names, as the str a scan of the folder gives for that file."""
     raw = record.get("path_bytes")
-    return os.fsdecode(bytes.fromhex(raw)) if isinstance(raw, str) else record["path"]
+    return os.fsdecode(bytes.fromhex(raw)) if isinstance(raw, str) else str(record["path"])
 
 
 def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
@@ -144,7 +148,7 @@ def default_workers() -> int:
     return core_count()
 
 
-def _call(fn: Callable, item) -> object:
+def _call(fn: Callable[[Any], object], item: Any) -> object:
     try:
         return fn(item)
     except BadImage as e:
@@ -154,8 +158,9 @@ def _call(fn: Callable, item) -> object:
 
 
 def decode_many(
-    items: Iterable, fn: Callable, workers: int | None = None, desc: str = "decoding", total: int | None = None
-) -> Iterator[tuple[int, object]]:
+    items: Iterable[Any], fn: Callable[[Any], object], workers: int | None = None, desc: str = "decoding",
+    total: int | None = None,
+) -> Generator[tuple[int, object], None, None]:
     """Yield (i, fn(items[i])) in order, computed on a thread pool with a progress bar.
 
     A result is fn's value, or a BadFile when fn raised (BadImage: its path and reason; anything else:
@@ -163,7 +168,7 @@ def decode_many(
     no more memory than a few dozen decoded images. workers=0 runs inline (handy when debugging).
     """
     workers = default_workers() if workers is None else workers
-    if total is None and hasattr(items, "__len__"):
+    if total is None and isinstance(items, Sized):
         total = len(items)
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=total == 0)
     try:
@@ -175,7 +180,7 @@ def decode_many(
             return
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         try:
-            pending: deque[Future] = deque()
+            pending: deque[Future[object]] = deque()
             i = 0
             for item in items:
                 pending.append(pool.submit(_call, fn, item))
@@ -205,8 +210,8 @@ class _Source:
     id: str  # folder's absolute path, or "hf:<fingerprint>"; a cache is only reused for the same source
     keys: list[str]  # one per candidate image, in row order
     stamps: list[tuple[int, int]]  # (size, mtime_ns) per key; rows with the same key and stamp are reused
-    items: list  # what `decode` is called with, per key
-    decode: Callable  # item -> side x side x 3 uint8 (may raise BadImage)
+    items: list[Any]  # what `decode` is called with, per key
+    decode: Callable[[Any], object]  # item -> side x side x 3 uint8 (may raise BadImage)
     label_prefix: str  # prefix + key is the path people see in reports and `.paths`
 
 
@@ -219,16 +224,16 @@ class ImageCache:
     bad: list[BadFile]  # unreadable files, with reasons
     side: int  # pixels per side of each crop
     cache_dir: Path  # where the files live
-    stats: dict = field(default_factory=dict)  # last build: decoded / reused / bad / removed counts
+    stats: dict[str, Any] = field(default_factory=dict)  # last build: decoded / reused / bad / removed counts
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def tensor(self):
+    def tensor(self) -> torch.Tensor:
         """torch.uint8 (N, side, side, 3) sharing memory with the file (a private copy-on-write mapping)."""
         import torch
 
-        cow = np.memmap(self.array.filename, dtype=np.uint8, mode="c", shape=self.array.shape)
+        cow = np.memmap(cast(str, self.array.filename), dtype=np.uint8, mode="c", shape=self.array.shape)
         return torch.from_numpy(cow)
 
     # ------------------------------------------------------------------ opening
@@ -242,7 +247,7 @@ class ImageCache:
         return cls._from_index(cache_dir, index)
 
     @classmethod
-    def _from_index(cls, cache_dir: Path, index: dict, stats: dict | None = None) -> ImageCache:
+    def _from_index(cls, cache_dir: Path, index: dict[str, Any], stats: dict[str, Any] | None = None) -> ImageCache:
         side, n = index["side"], len(index["rows"])
         array = np.memmap(cache_dir / index["array"], dtype=np.uint8, mode="r", shape=(n, side, side, 3))
         label = index.get("label_prefix", "")
@@ -337,7 +342,8 @@ class ImageCache:
 
     @classmethod
     def _build(
-        cls, source: _Source, cache_dir: Path, side: int, workers: int | None, report, what: str
+        cls, source: _Source, cache_dir: Path, side: int, workers: int | None, report: str | Path | None,
+        what: str,
     ) -> ImageCache:
         cache_dir.mkdir(parents=True, exist_ok=True)
         mark_artifact_folder(cache_dir, "decoded-image cache")
@@ -345,9 +351,9 @@ class ImageCache:
         old = _read_index(cache_dir, side)
         if old is not None and old.get("source") != source.id:
             old = None  # another folder or dataset: nothing is reusable
-        old_rows: dict[tuple, int] = {}
-        old_bad: dict[tuple, str] = {}
-        old_array = None
+        old_rows: dict[tuple[str, int, int], int] = {}
+        old_bad: dict[tuple[str, int, int], str] = {}
+        old_array: np.memmap[Any, np.dtype[np.uint8]] | None = None
         if old is not None:
             old_rows = {(k, s, m): i for i, (k, s, m) in enumerate(old["rows"])}
             old_bad = {(k, s, m): r for k, s, m, r in old["bad"]}
@@ -362,8 +368,8 @@ class ImageCache:
         gen = secrets.token_hex(4)
         array_name = f"images-{side}-{gen}.u8"
         tmp = cache_dir / f".{array_name}.tmp"
-        rows: list[list] = []
-        bad: list[list] = []
+        rows: list[list[Any]] = []
+        bad: list[list[Any]] = []
         n_decoded = n_reused = 0
         try:
             with open(tmp, "wb") as f:
@@ -375,7 +381,7 @@ class ImageCache:
                             continue
                         f.write(np.ascontiguousarray(out, dtype=np.uint8).tobytes())
                         n_decoded += 1
-                    elif (k, size, mtime) in old_rows:
+                    elif (k, size, mtime) in old_rows and old_array is not None:  # old_rows: from old_array
                         f.write(old_array[old_rows[(k, size, mtime)]].tobytes())
                         n_reused += 1
                     else:  # unchanged and known to be unreadable
@@ -424,7 +430,7 @@ def _index_path(cache_dir: Path, side: int) -> Path:
     return cache_dir / f"index-{side}.json"
 
 
-def _read_index(cache_dir: Path, side: int) -> dict | None:
+def _read_index(cache_dir: Path, side: int) -> dict[str, Any] | None:
     """The committed index, or None when absent, unreadable, or not matching its array file."""
     path = _index_path(cache_dir, side)
     try:
@@ -442,7 +448,7 @@ def _read_index(cache_dir: Path, side: int) -> dict | None:
     return index
 
 
-def _commit(cache_dir: Path, side: int, index: dict) -> None:
+def _commit(cache_dir: Path, side: int, index: dict[str, Any]) -> None:
     """Atomically replace the index: the one step that switches readers from the old array to the new."""
 
     atomic_write(_index_path(cache_dir, side), lambda f: f.write(json.dumps(index).encode()))

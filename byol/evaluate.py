@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3)
 FEW_SHOT_WEIGHT_DECAY = 1e-4  # with 1-10 labels per class there is nothing to hold out: byol.probe's default
 # decoded pixels of the last folders embedded, kept in memory so evaluating several encoders on the
 # same folder (the benchmark, the kNN monitor) decodes its images once
-_DECODED: dict[tuple, tuple[np.ndarray, np.ndarray, list]] = {}
+_DECODED: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]] = {}
 _DECODED_MAX_BYTES = 1 << 30
 
 
@@ -108,7 +108,8 @@ def _stamp(path: str) -> tuple[str, int, int]:
         return path, -1, -1
 
 
-def _decode(paths: list[str], preprocess: Preprocess, workers: int | None) -> tuple[np.ndarray, np.ndarray, list]:
+def _decode(paths: list[str], preprocess: Preprocess,
+            workers: int | None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode and resize/crop every image to uint8 N,H,W,3 with the evaluation transform; bad files skipped."""
     from byol.data import BadFile, decode_many
     from byol.images import load_rgb
@@ -122,12 +123,13 @@ def _decode(paths: list[str], preprocess: Preprocess, workers: int | None) -> tu
         return preprocess.to_uint8(load_rgb(path, min_side=preprocess.resize))
 
     pixels = np.empty((len(paths), preprocess.size, preprocess.size, 3), np.uint8)
-    kept, bad = [], []
+    kept: list[int] = []
+    bad: list[tuple[str, str]] = []
     for i, out in decode_many(paths, one, workers, desc="decoding"):
         if isinstance(out, BadFile):
             bad.append((str(out.path), str(out.reason)))
         else:
-            pixels[len(kept)] = out
+            pixels[len(kept)] = cast(np.ndarray, out)
             kept.append(i)
     result = (pixels[: len(kept)], np.asarray(kept, dtype=np.int64), bad)
     if pixels.nbytes <= _DECODED_MAX_BYTES:
@@ -155,8 +157,7 @@ def embed_folder(
     its previous mode afterwards, so a training loop can call this as a monitor. precision: see
     `byol.precision.resolve_precision`.
     """
-    paths = [str(p) for p in paths]
-    pixels, kept, bad = _decode(paths, preprocess, workers)
+    pixels, kept, bad = _decode([str(p) for p in paths], preprocess, workers)
     device = torch.device(device)
     bf16 = resolve_precision(precision, device) == "bf16"
     was_training = encoder.training
@@ -220,7 +221,7 @@ def evaluate_encoder(
     progress: bool = True,
     weight_decay: float | None = None,
     precision: str = "auto",
-) -> dict:
+) -> dict[str, Any]:
     """kNN, linear-probe and few-shot top-1 of a frozen encoder on a labelled folder (see module docstring).
 
     Any encoder mapping B,3,H,W to B,D works: a checkpoint's, a randomly initialised one, a baseline's.
@@ -243,7 +244,7 @@ def evaluate_encoder(
     c = len(classes)
     x, xt = tr.features, te.features  # the probes L2-normalise
 
-    result: dict = {
+    result: dict[str, Any] = {
         "knn_top1": probe.knn_top1(x, train_y, xt, test_y, k=knn_k, t=knn_t),
         "knn_k": knn_k,
         "knn_t": knn_t,
@@ -289,7 +290,7 @@ def evaluate(
     progress: bool = True,
     weight_decay: float | None = None,
     precision: str = "auto",
-) -> dict:
+) -> dict[str, Any]:
     """Evaluate a checkpoint's online encoder on a labelled folder; `evaluate_encoder` plus where it came from.
 
     Raises byol.checkpoint.CheckpointError (a ValueError) for a file that is not a checkpoint, and
@@ -316,7 +317,7 @@ def evaluate(
     return result
 
 
-def format_table(result: dict) -> str:
+def format_table(result: dict[str, Any]) -> str:
     """A readable summary of an evaluation result."""
     rows = [("kNN top-1", f"{result['knn_top1']:.2%}", f"k={result['knn_k']}, t={result['knn_t']}")]
     if "linear_top1" in result:

@@ -25,13 +25,22 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from byol import __version__
 from byol.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+    import torch.nn as nn
+
+_T = TypeVar("_T")
 
 # torch is imported inside the functions that export: reading metadata and quantising stay light, so the
 # embedding side (index/embed.py) can use this module without loading torch
@@ -49,7 +58,7 @@ class ExportError(RuntimeError):
     """The exported model does not reproduce the checkpoint (the message has the numbers)."""
 
 
-def normalized_encoder(encoder):
+def normalized_encoder(encoder: nn.Module) -> nn.Module:
     """f_theta followed by L2 normalisation, as a module: B,3,H,W -> B,D unit vectors."""
     import torch.nn as nn
     import torch.nn.functional as F
@@ -59,7 +68,7 @@ def normalized_encoder(encoder):
             super().__init__()
             self.encoder = encoder
 
-        def forward(self, images):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
             return F.normalize(self.encoder(images), dim=1)
 
     return NormalizedEncoder(encoder).eval()
@@ -75,8 +84,8 @@ def export_onnx(
     labelled_folder: str | Path | None = None,
     int8_path: str | Path | None = None,
     quantize_method: str = "static",
-    log=print,
-) -> dict:
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Export the checkpoint's online encoder to `out_path` (atomically) and verify it.
 
     Parity: onnxruntime against torch on real images (an even spread over the sorted files of `check_folder`,
@@ -138,7 +147,7 @@ def export_onnx(
     return report
 
 
-def to_onnx(model, example, opset: int = DEFAULT_OPSET):
+def to_onnx(model: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """torch module -> onnx.ModelProto with the exporter and settings chosen above (dynamic batch axis)."""
     import torch
 
@@ -147,10 +156,12 @@ def to_onnx(model, example, opset: int = DEFAULT_OPSET):
         model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False,
         optimize=True, verbose=False))
-    return program.model_proto
+    assert program is not None  # dynamo=True always returns the program
+    proto: onnx.ModelProto = program.model_proto
+    return proto
 
 
-def _metadata(preprocess: Preprocess, info: dict, quantization: str) -> dict[str, str]:
+def _metadata(preprocess: Preprocess, info: dict[str, Any], quantization: str) -> dict[str, str]:
     return {
         "format": EXPORT_FORMAT,
         "preprocess": json.dumps(preprocess.to_dict()),
@@ -174,7 +185,7 @@ def _metadata(preprocess: Preprocess, info: dict, quantization: str) -> dict[str
     }
 
 
-def _set_metadata(proto, metadata: dict[str, str]) -> None:
+def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for k, v in metadata.items():
         entry = proto.metadata_props.add()
@@ -183,7 +194,7 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
     proto.doc_string = "BYOL online encoder with L2-normalised output; see metadata_props byol_search.*"
 
 
-def read_metadata(onnx_path: str | Path) -> dict:
+def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
     """The byol-search metadata of an exported model, decoded.
 
     Keys: format, size, resize, mean, std, resize_rule (so Preprocess.from_dict(meta) works), preprocess
@@ -228,8 +239,8 @@ def quantize_int8(
     method: str = "static",
     n_calibration: int = 128,
     n_overlap: int = 512,
-    log=print,
-) -> dict:
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Write an int8 copy of an exported encoder and measure what it costs.
 
     method "static": QDQ (int8 weights per channel, uint8 activations) calibrated with MinMax on
@@ -261,11 +272,11 @@ def quantize_int8(
     images = sample_images(check_folder, max(n_calibration, n_overlap), pre.size)
     x = pre.batch(images)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime has no type information
+        def __init__(self) -> None:
             self.batches = iter([{INPUT_NAME: x[i:i + 32]} for i in range(0, min(len(x), n_calibration), 32)])
 
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
     tmp_dir = int8_path.parent
@@ -322,7 +333,7 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     if k < 1:
         return 1.0
 
-    def knn(x):
+    def knn(x: np.ndarray) -> np.ndarray:
         sim = x @ x.T
         np.fill_diagonal(sim, -np.inf)
         return np.argpartition(-sim, k - 1, axis=1)[:, :k]
@@ -363,11 +374,11 @@ def generated_images(n: int, side: int = 64, seed: int = 0) -> list[Image.Image]
     for _ in range(n):
         w, h = int(side * rng.uniform(1.0, 1.5)), int(side * rng.uniform(1.0, 1.5))
         low = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-        img = Image.fromarray(low).resize((w, h), Image.BICUBIC)
+        img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
         d = ImageDraw.Draw(img)
         for _ in range(rng.integers(1, 4)):
             x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-            box = (x0, y0, x0 + rng.integers(8, w // 2 + 9), y0 + rng.integers(8, h // 2 + 9))
+            box = (int(x0), int(y0), int(x0 + rng.integers(8, w // 2 + 9)), int(y0 + rng.integers(8, h // 2 + 9)))
             fill = tuple(int(c) for c in rng.integers(0, 256, 3))
             (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=fill)
         out.append(img)
@@ -388,7 +399,7 @@ def _load_batch(paths: list[str], pre: Preprocess) -> tuple[np.ndarray, np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------ runtime
-def _session(model: bytes | str | Path):
+def _session(model: bytes | str | Path) -> Any:  # an onnxruntime.InferenceSession
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -397,11 +408,11 @@ def _session(model: bytes | str | Path):
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def _run(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
+def _run(session: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def _quiet(fn):
+def _quiet(fn: Callable[[], _T]) -> _T:
     """Run the exporter without its progress chatter on stdout (errors still raise)."""
     import contextlib
     import warnings

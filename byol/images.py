@@ -17,7 +17,7 @@ import io
 import threading
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -64,7 +64,7 @@ class BadImage(Exception):
         self.path = path
         self.reason = reason
 
-    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+    def __reduce__(self) -> tuple[type[BadImage], tuple[str, str]]:  # picklable across processes despite the two-argument constructor
         return (BadImage, (self.path, self.reason))
 
 
@@ -164,7 +164,7 @@ def _grey_to_8bit(img: Image.Image) -> Image.Image:
     100-megapixel 16-bit PNG); strips keep the extra memory to a few MB whatever the photo's size.
     """
     w, h = img.size
-    lo, hi = img.getextrema()
+    lo, hi = cast(tuple[float, float], img.getextrema())  # one band: (min, max)
     if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535):
         def convert(a: np.ndarray) -> np.ndarray:
             return (a.astype(np.uint32) * 255 + 32767) // 65535  # 0..65535 -> 0..255, rounded
@@ -192,7 +192,7 @@ def _decode(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int) -> I
     if _looks_heif(head) or name.lower().endswith((".heic", ".heif")):
         _register_heif()
 
-    img = Image.open(fp, formats=photo_formats())  # reads the header only; other formats are refused
+    img: Image.Image = Image.open(fp, formats=photo_formats())  # reads the header only; other formats are refused
     w, h = img.size
     if w * h > max_pixels:
         raise BadImage(name, _too_large(w, h, max_pixels))

@@ -25,9 +25,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from byol.model import BYOL
 
 ENCODER_FORMAT = "byol-search/encoder/1"
 BASE_DIR = Path(__file__).resolve().parent / "weights"
@@ -43,14 +47,14 @@ class InitError(ValueError):
 @dataclass
 class Init:
     state: dict[str, torch.Tensor] | None  # encoder state dict (None: random weights)
-    info: dict = field(default_factory=dict)  # kind, source, sha256, loaded, skipped: stored with the run
+    info: dict[str, Any] = field(default_factory=dict)  # kind, source, sha256, loaded, skipped: stored with the run
 
 
 def base_path(backbone: str) -> Path:
     return BASE_DIR / f"base-{backbone}.pt"
 
 
-def base_card(backbone: str = "resnet-tiny") -> dict | None:
+def base_card(backbone: str = "resnet-tiny") -> dict[str, Any] | None:
     """The shipped base's model card (data, command, budget, sha256, ...), or None when none is shipped."""
     card = BASE_DIR / f"base-{backbone}.json"
     return json.loads(card.read_text()) if card.is_file() else None
@@ -60,7 +64,7 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _load_file(path: Path) -> tuple[dict, str]:
+def _load_file(path: Path) -> tuple[dict[str, Any], str]:
     """torch.load with weights_only (no code runs); returns (object, sha256 of the file)."""
     if not path.is_file():
         raise InitError(f"--init {path}: no such file (give none, base, imagenet or a checkpoint/state dict)")
@@ -74,7 +78,7 @@ def _load_file(path: Path) -> tuple[dict, str]:
     return obj, _sha256_bytes(data)
 
 
-def _encoder_state(obj: dict, path: Path) -> tuple[dict, dict]:
+def _encoder_state(obj: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The encoder's tensors out of any accepted file, with what the file says it was (backbone, size)."""
     if obj.get("format") == ENCODER_FORMAT:
         return obj["encoder"], {"backbone": obj.get("backbone"), "image_size": obj.get("image_size")}
@@ -99,7 +103,7 @@ def _encoder_state(obj: dict, path: Path) -> tuple[dict, dict]:
     return state, {}
 
 
-def apply_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict:
+def apply_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
     """Copy every tensor of `state` whose name and shape match into `encoder`; returns {loaded, skipped}.
 
     Names that differ only by a classifier (fc.*) or a stem of another shape (ImageNet's 7x7 stem for a
@@ -122,7 +126,7 @@ def apply_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str)
     return {"loaded": hit, "of": len(weights), "skipped": sorted(skipped)}
 
 
-def start_from(model: nn.Module, init: Init) -> dict:
+def start_from(model: BYOL, init: Init) -> dict[str, Any]:
     """Start a BYOL model (byol.model.BYOL) from `init`: online and target encoders get its weights; the
     projector and predictor keep their fresh ones. Returns the info to record with the run."""
     if init.state is None:
@@ -132,7 +136,7 @@ def start_from(model: nn.Module, init: Init) -> dict:
     return {**init.info, **report}
 
 
-def _imagenet_state(backbone: str) -> tuple[dict, dict]:
+def _imagenet_state(backbone: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """torchvision's ImageNet weights for `backbone`: from torch's cache, else downloaded once into it."""
     if backbone not in IMAGENET_BACKBONES:
         raise InitError(f"--init imagenet: torchvision has ImageNet weights for {', '.join(IMAGENET_BACKBONES)}, "
@@ -194,7 +198,7 @@ def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
     return Init(state, {"kind": "path", "source": str(path.resolve()), "sha256": sha})
 
 
-def export_base(checkpoint: str | Path, dest: str | Path, card: dict) -> dict:
+def export_base(checkpoint: str | Path, dest: str | Path, card: dict[str, Any]) -> dict[str, Any]:
     """Write a run's online encoder as the shipped base (`base-BACKBONE.pt`) and its card (`.json`, `.md`).
 
     The encoder is stored in fp32 (a resnet-tiny is 4.9 MB); the card gets sha256, size, step and the

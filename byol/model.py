@@ -8,6 +8,7 @@ y = f(x) is the representation, z = g(y) the projection, p = q(z) the prediction
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
@@ -97,7 +98,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(din, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class BYOL(nn.Module):
@@ -114,11 +116,11 @@ class BYOL(nn.Module):
         for p in self.target_parameters():
             p.requires_grad_(False)
 
-    def online_parameters(self):
+    def online_parameters(self) -> Iterator[nn.Parameter]:
         for m in (self.online_encoder, self.online_projector, self.predictor):
             yield from m.parameters()
 
-    def target_parameters(self):
+    def target_parameters(self) -> Iterator[nn.Parameter]:
         for m in (self.target_encoder, self.target_projector):
             yield from m.parameters()
 
@@ -130,7 +132,8 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """x: B,3,H,W -> z': B,proj_dim target projection (no gradient: stop-gradient)."""
-        return self.target_projector(self.target_encoder(x))
+        z: torch.Tensor = self.target_projector(self.target_encoder(x))
+        return z
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
@@ -144,8 +147,8 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
     tau = 1 leaves the target unchanged; tau = 0 makes it a copy of the online network.
     """
-    t_params = [p for p in target.parameters()]
-    o_params = [p for p in online.parameters()]
+    t_params: list[torch.Tensor] = [p for p in target.parameters()]
+    o_params: list[torch.Tensor] = [p for p in online.parameters()]
     if tau == 0.0:
         torch._foreach_copy_(t_params, o_params)
     elif tau != 1.0:

@@ -9,15 +9,17 @@ decay rate tau rises from 0.996 to 1 as 1 - (1 - tau_base)(cos(pi k / K) + 1) / 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import ParamsT
 
 OPTIMIZERS = ("lars", "adamw")
 
 
-def cosine_lr(step: int, total: int, base_lr: float, warmup: int) -> float:
+def cosine_lr(step: float, total: int, base_lr: float, warmup: int) -> float:
     """Learning rate at 0-based `step` of `total`: linear warm-up over `warmup` steps, then cosine to 0.
 
     Warm-up reaches base_lr at step warmup - 1 (step 0 already moves: lr = base_lr / warmup); the cosine
@@ -29,12 +31,12 @@ def cosine_lr(step: int, total: int, base_lr: float, warmup: int) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def cosine_tau(step: int, total: int, base_tau: float = 0.996) -> float:
+def cosine_tau(step: float, total: int, base_tau: float = 0.996) -> float:
     """Target decay rate at `step` of `total` (paper section 3.3): base_tau at 0, rising to 1 at total."""
     return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * min(step, total) / max(1, total)) + 1.0) / 2.0
 
 
-def virtual_step(step: int, schedule_total: int, replans: list) -> float:
+def virtual_step(step: int, schedule_total: int, replans: Sequence[Sequence[float]]) -> float:
     """Where `step` falls on the schedules planned for `schedule_total` steps, after budget re-plans.
 
     A re-plan [s0, v0, new_total] at step s0 (then at virtual step v0) stretches or squeezes the rest of
@@ -48,7 +50,8 @@ def virtual_step(step: int, schedule_total: int, replans: list) -> float:
     return v
 
 
-def schedules(total: int, plan: dict, lr_peak: float, warmup_fraction: float, base_tau: float) -> tuple[list, list]:
+def schedules(total: int, plan: dict[str, Any], lr_peak: float, warmup_fraction: float,
+              base_tau: float) -> tuple[list[float], list[float]]:
     """Per-step lr and tau for steps 0..total-1: cosine_lr and cosine_tau at the virtual steps.
 
     plan: {"schedule_total": steps the schedules were planned for, "replans": [[s0, v0, new_total], ...]}
@@ -70,10 +73,11 @@ def excluded(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1
 
 
-def param_groups(model: nn.Module | Iterable[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module | Iterable[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: conv/linear weights (decay + adaptation) and biases/BatchNorm (neither), trainable only."""
     named = model.named_parameters() if isinstance(model, nn.Module) else model
-    adapt, plain = [], []
+    adapt: list[torch.Tensor] = []
+    plain: list[torch.Tensor] = []
     for name, p in named:
         if p.requires_grad:
             (plain if excluded(name, p) else adapt).append(p)
@@ -96,18 +100,18 @@ class LARS(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params,
+        params: ParamsT,
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 1.5e-6,
         trust_coefficient: float = 1e-3,
-    ):
+    ) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, lars_adapt=True)
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

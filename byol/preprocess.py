@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -30,20 +31,20 @@ class Preprocess:
         """The evaluation transform for a training resolution; crop_ratio 0.875 is the ImageNet habit."""
         return cls(size=size, resize=max(size, round(size / crop_ratio)))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict | str) -> Preprocess:
+    def from_dict(cls, d: dict[str, Any] | str) -> Preprocess:
         if isinstance(d, str):
-            d = json.loads(d)
+            d = cast(dict[str, Any], json.loads(d))
         return cls(
             size=int(d["size"]),
             resize=int(d["resize"]),
-            mean=tuple(float(x) for x in d["mean"]),
-            std=tuple(float(x) for x in d["std"]),
+            mean=cast(tuple[float, float, float], tuple(float(x) for x in d["mean"])),
+            std=cast(tuple[float, float, float], tuple(float(x) for x in d["std"])),
             resize_rule=d.get("resize_rule", cls.resize_rule),
         )
 
@@ -53,7 +54,7 @@ class Preprocess:
         s = self.resize / min(w, h)
         nw, nh = max(self.size, round(w * s)), max(self.size, round(h * s))
         if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+            img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
 
@@ -63,7 +64,7 @@ class Preprocess:
 
     def normalize(self, hwc_uint8: np.ndarray) -> np.ndarray:
         """(N,)H,W,3 uint8 -> (N,)3,H,W float32, normalised."""
-        x = np.asarray(hwc_uint8, dtype=np.float32) * (1.0 / 255.0)
+        x: np.ndarray = np.asarray(hwc_uint8, dtype=np.float32) * (1.0 / 255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 

@@ -13,20 +13,35 @@ boundary where the data says. Every classifier here is a `LinearProbe`: the page
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+Features: TypeAlias = "npt.ArrayLike | torch.Tensor"  # N, D embeddings (normalised here where it matters)
+Labels: TypeAlias = "npt.ArrayLike"  # N class indices
 
-def _tensor(x) -> torch.Tensor:
+
+class Classifier(Protocol):
+    """What every few-shot method returns: LinearProbe or KnnClassifier."""
+
+    def predict_proba(self, x: Features) -> np.ndarray: ...
+
+    def predict(self, x: Features) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _tensor(x: Features) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)) if not torch.is_tensor(x) else x.float()
 
 
 @torch.no_grad()
 def knn_predict(
-    train_x, train_y, test_x, num_classes: int, k: int = 200, t: float = 0.1, chunk: int = 1024
+    train_x: Features, train_y: Labels, test_x: Features, num_classes: int, k: int = 200, t: float = 0.1,
+    chunk: int = 1024,
 ) -> np.ndarray:
     """Weighted kNN class scores: N_test x num_classes (higher is more likely)."""
     train_x = F.normalize(_tensor(train_x), dim=1)
@@ -43,7 +58,7 @@ def knn_predict(
     return torch.cat(out).numpy()
 
 
-def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, t: float = 0.1) -> float:
+def knn_top1(train_x: Features, train_y: Labels, test_x: Features, test_y: Labels, k: int = 200, t: float = 0.1) -> float:
     num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
     scores = knn_predict(train_x, train_y, test_x, num_classes, k, t)
     return float((scores.argmax(1) == np.asarray(test_y)).mean())
@@ -57,20 +72,21 @@ class LinearProbe:
     bias: np.ndarray  # C
 
     @torch.no_grad()
-    def predict_proba(self, x, chunk: int = 65536) -> np.ndarray:
+    def predict_proba(self, x: Features, chunk: int = 65536) -> np.ndarray:
         """N,D features -> N,C probabilities."""
         x = _tensor(x)
         w, b = torch.as_tensor(self.weight), torch.as_tensor(self.bias)
         out = [torch.softmax(F.normalize(x[i : i + chunk], dim=1) @ w.T + b, dim=1) for i in range(0, len(x), chunk)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.bias)), np.float32)
 
-    def predict(self, x) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: Features) -> tuple[np.ndarray, np.ndarray]:
         """N,D -> (class index, confidence = max probability)."""
         p = self.predict_proba(x)
         return p.argmax(1), p.max(1)
 
 
-def fit_linear(x, y, num_classes: int | None = None, weight_decay: float = 1e-4, max_iter: int = 200) -> LinearProbe:
+def fit_linear(x: Features, y: Labels, num_classes: int | None = None, weight_decay: float = 1e-4,
+               max_iter: int = 200) -> LinearProbe:
     """Fit a logistic regression with full-batch L-BFGS on L2-normalised features.
 
     Minimises cross-entropy(x W^T + b) + weight_decay * ||W||^2 (the bias is not penalised), from zero
@@ -85,7 +101,7 @@ def fit_linear(x, y, num_classes: int | None = None, weight_decay: float = 1e-4,
     b = torch.zeros(c, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
 
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = F.cross_entropy(x @ w.T + b, y) + weight_decay * (w * w).sum()
         loss.backward()
@@ -96,7 +112,7 @@ def fit_linear(x, y, num_classes: int | None = None, weight_decay: float = 1e-4,
     return LinearProbe(w.detach().numpy().copy(), b.detach().numpy().copy())
 
 
-def linear_top1(train_x, train_y, test_x, test_y, weight_decay: float = 1e-4) -> float:
+def linear_top1(train_x: Features, train_y: Labels, test_x: Features, test_y: Labels, weight_decay: float = 1e-4) -> float:
     num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
     probe = fit_linear(train_x, train_y, num_classes, weight_decay)
     return float((probe.predict(test_x)[0] == np.asarray(test_y)).mean())
@@ -115,16 +131,17 @@ class KnnClassifier:
     k: int = 200
     t: float = 0.1
 
-    def predict_proba(self, x, chunk: int = 4096) -> np.ndarray:
+    def predict_proba(self, x: Features, chunk: int = 4096) -> np.ndarray:
         votes = knn_predict(self.x, self.y, x, self.num_classes, self.k, self.t, chunk)  # N, C
-        return votes / votes.sum(1, keepdims=True).clip(min=1e-30)
+        proba: np.ndarray = votes / votes.sum(1, keepdims=True).clip(min=1e-30)
+        return proba
 
-    def predict(self, x) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: Features) -> tuple[np.ndarray, np.ndarray]:
         p = self.predict_proba(x)
         return p.argmax(1), p.max(1)
 
 
-def fit_knn(x, y, num_classes: int | None = None, k: int = 200, t: float = 0.1) -> KnnClassifier:
+def fit_knn(x: Features, y: Labels, num_classes: int | None = None, k: int = 200, t: float = 0.1) -> KnnClassifier:
     y = np.asarray(y, dtype=np.int64)
     c = int(num_classes if num_classes is not None else y.max() + 1)
     return KnnClassifier(F.normalize(_tensor(x), dim=1).numpy(), y, c, k, t)
@@ -152,7 +169,8 @@ def _prototype_weights(xn: torch.Tensor, y: torch.Tensor, c: int, centre: bool) 
     return w, b
 
 
-def fit_prototypes(x, y, num_classes: int | None = None, temperature: float = 0.05, centre: bool = True) -> LinearProbe:
+def fit_prototypes(x: Features, y: Labels, num_classes: int | None = None, temperature: float = 0.05,
+                   centre: bool = True) -> LinearProbe:
     """Nearest class mean on L2-normalised features (Snell et al. 2017), centred (SimpleShot, Wang et al. 2019).
 
     Logits are cosine-like scores divided by `temperature`, so softmax gives probabilities.
@@ -164,7 +182,7 @@ def fit_prototypes(x, y, num_classes: int | None = None, temperature: float = 0.
     return LinearProbe((w / temperature).numpy().copy(), (b / temperature).numpy().copy())
 
 
-def fit_proto_linear(x, y, num_classes: int | None = None, anchor: float = 1e-2, temperature: float = 0.05,
+def fit_proto_linear(x: Features, y: Labels, num_classes: int | None = None, anchor: float = 1e-2, temperature: float = 0.05,
                      centre: bool = True, max_iter: int = 100) -> LinearProbe:
     """Logistic regression started at the prototypes and pulled toward them.
 
@@ -182,7 +200,7 @@ def fit_proto_linear(x, y, num_classes: int | None = None, anchor: float = 1e-2,
     b = b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
 
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = F.cross_entropy(xn @ w.T + b, y) + anchor * ((w - w0) ** 2).sum()
         loss.backward()
@@ -193,7 +211,7 @@ def fit_proto_linear(x, y, num_classes: int | None = None, anchor: float = 1e-2,
     return LinearProbe(w.detach().numpy().copy(), b.detach().numpy().copy())
 
 
-FEW_SHOT_METHODS = {
+FEW_SHOT_METHODS: dict[str, Callable[[Features, Labels, int | None], Classifier]] = {
     "logistic": fit_linear,
     "prototype": fit_prototypes,
     "proto-logistic": fit_proto_linear,
@@ -209,7 +227,7 @@ def _draw(train_y: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarr
     )
 
 
-def fewshot_weight_decay(y) -> float:
+def fewshot_weight_decay(y: Labels) -> float:
     """The few-shot probe's L2 penalty: 1e-2 / (labels per class), never below fit_linear's 1e-4.
 
     Measured (scripts/bench_fewshot.py, 5 held-out Imagenette classes and CIFAR-10, 20 draws): at 1-10
@@ -226,7 +244,7 @@ def fewshot_weight_decay(y) -> float:
     return max(1e-4, 1e-2 / max(per_class, 1.0))
 
 
-def fit_fewshot(x, y, num_classes: int | None = None, max_iter: int = 200) -> LinearProbe:
+def fit_fewshot(x: Features, y: Labels, num_classes: int | None = None, max_iter: int = 200) -> LinearProbe:
     """The classifier of the page and of `evaluate`'s few-shot rows: logistic regression whose penalty
     follows the number of labels per class (`fewshot_weight_decay`), so its confidence stays calibrated."""
     return fit_linear(x, y, num_classes, weight_decay=fewshot_weight_decay(y), max_iter=max_iter)
@@ -235,7 +253,8 @@ def fit_fewshot(x, y, num_classes: int | None = None, max_iter: int = 200) -> Li
 FEW_SHOT_METHODS["fewshot"] = fit_fewshot
 
 
-def fit_method(method: str, x, y, num_classes: int | None = None, weight_decay: float = 1e-4):
+def fit_method(method: str, x: Features, y: Labels, num_classes: int | None = None,
+               weight_decay: float = 1e-4) -> Classifier:
     """Fit one of FEW_SHOT_METHODS; `weight_decay` is the plain logistic probe's."""
     if method == "logistic":
         return fit_linear(x, y, num_classes, weight_decay)
@@ -245,7 +264,7 @@ def fit_method(method: str, x, y, num_classes: int | None = None, weight_decay: 
 
 
 def few_shot_top1(
-    train_x, train_y, test_x, test_y, shots: int, draws: int = 5, seed: int = 0, weight_decay: float = 1e-4,
+    train_x: Features, train_y: Labels, test_x: Features, test_y: Labels, shots: int, draws: int = 5, seed: int = 0, weight_decay: float = 1e-4,
     method: str = "logistic",
 ) -> tuple[float, float]:
     """A classifier trained on `shots` random labelled images per class; (mean, std) top-1 over draws.
@@ -264,7 +283,7 @@ def few_shot_top1(
     return float(np.mean(accs)), float(np.std(accs))
 
 
-def cross_val_accuracy(x, y, folds: int = 5, seed: int = 0, weight_decay: float = 1e-4,
+def cross_val_accuracy(x: Features, y: Labels, folds: int = 5, seed: int = 0, weight_decay: float = 1e-4,
                        method: str = "logistic") -> float | None:
     """k-fold (leave-one-out when there are few labels) accuracy estimate of a classifier (see few_shot_top1).
 

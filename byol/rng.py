@@ -10,22 +10,23 @@ rng_state(aug_gen) -> dict holds plain values and tensors only (loadable with `w
 from __future__ import annotations
 
 import random
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 
-def rng_state(aug_gen: torch.Generator) -> dict:
+def rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
     """The state of every generator a training step may draw from (see module docstring)."""
-    st = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state(), "python": random.getstate(),
-           "numpy": [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]}
+    st = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # the legacy tuple form
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state(), "python": random.getstate(),
+                           "numpy": [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
 
 
-def set_rng_state(rng: dict, aug_gen: torch.Generator) -> None:
+def set_rng_state(rng: dict[str, Any], aug_gen: torch.Generator) -> None:
     """Restore what rng_state saved (after a round trip through a checkpoint: tuples come back as lists)."""
     torch.set_rng_state(rng["torch"])
     aug_gen.set_state(rng["augment"])

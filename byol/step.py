@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,14 +60,14 @@ class TrainStep:
     """
 
     def __init__(self, model: BYOL, online: nn.Module, optimizer: torch.optim.Optimizer,
-                 amp: Callable[[], AbstractContextManager], loss_fn: LossFn = byol_loss, compile: bool = False,
+                 amp: Callable[[], AbstractContextManager[Any]], loss_fn: LossFn = byol_loss, compile: bool = False,
                  distributed: bool = False, on_compile_failure: Callable[[str], None] | None = None) -> None:
         self.model, self.online, self.optimizer, self.amp = model, online, optimizer, amp
         self.loss_fn, self.distributed, self.on_compile_failure = loss_fn, distributed, on_compile_failure
         self.compiled = compile  # whether the forwards run compiled (False after a failed compile)
         self._compile_tried = False  # the first call compiles: only its failure means "no compile"
-        self._forward_online: Callable = online
-        self._forward_target: Callable = model.target
+        self._forward_online: Callable[..., Any] = online
+        self._forward_target: Callable[..., Any] = model.target
         if compile:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
             self._forward_online, self._forward_target = torch.compile(online), torch.compile(model.target)
@@ -117,11 +118,11 @@ class TrainStep:
             self.compiled, self._forward_online, self._forward_target = False, self.online, self.model.target
             return self.forward(x)
 
-    def snapshot(self) -> tuple[dict, dict]:
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """A deep copy of (model state, optimizer state)."""
         return copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict()))
 
-    def restore(self, state: tuple[dict, dict]) -> None:
+    def restore(self, state: tuple[dict[str, Any], dict[str, Any]]) -> None:
         """Load what snapshot() returned: the model and optimiser continue from there."""
         self.model.load_state_dict(state[0])
         self.optimizer.load_state_dict(state[1])

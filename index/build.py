@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
@@ -34,6 +36,11 @@ from index.store import (
     rebuild_hint,
     thumbnail_jpeg,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from byol.data import BadFile
 
 SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewrites the vector file: ~1 s per 250k)
 
@@ -47,8 +54,8 @@ def build_index(
     rebuild: bool = False,
     save_every: int = SAVE_EVERY,
     embedder: Embedder | None = None,
-    log=print,
-) -> dict:
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Build or update the index of `folder` in `index_dir` with the ONNX encoder `model_path`.
 
     Refuses (EncoderMismatch) an index made with another encoder unless `rebuild`, which re-embeds every
@@ -70,20 +77,21 @@ def build_index(
                             "init": meta.get("init", {"kind": "none"})})
     paths += [Path(p) for p in sorted(others) if os.path.isfile(p)]  # a rebuild keeps other folders' photos
     try:
-        summary = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)
+        summary: dict[str, Any] = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)
         bad: dict[str, BadFile] = {}
         prev_bad = _read_bad(index_dir)
 
         # -- compare the folder with the index
         known = {p: r for p, r in store.files().items() if _under(p, folder)}
         stats: dict[str, tuple[int, int]] = {}
-        for p in paths:
+        for path in paths:
             try:
-                st = p.stat()
-                stats[str(p)] = (st.st_size, st.st_mtime_ns)
+                st = path.stat()
+                stats[str(path)] = (st.st_size, st.st_mtime_ns)
             except OSError as e:
-                bad[str(p)] = BadFile(str(p), f"cannot read ({e.strerror})")
-        new, changed = [], []
+                bad[str(path)] = BadFile(str(path), f"cannot read ({e.strerror})")
+        new: list[str] = []
+        changed: list[str] = []
         for p, (size, mtime) in stats.items():
             row = known.get(p)
             if row is None:
@@ -109,18 +117,18 @@ def build_index(
 
         # -- moves and renames: a new path with the bytes of a vanished one
         if gone and new:
-            by_hash = {}
+            by_hash: dict[str | None, list[str]] = {}  # rows without a hash share the key None
             for p in gone:
                 by_hash.setdefault(known[p]["sha256"], []).append(p)
             hashes = _hash_files(new, workers, decode_many, "hashing new")
-            moved = []
+            moved: list[str] = []
             for p in new:
                 olds = by_hash.get(hashes.get(p))
                 if olds:
-                    old = olds.pop()
+                    was = olds.pop()
                     moved.append(p)
-                    store.update([known[old]["id"]], [{"path": p, **_stat_row(p, stats)}])
-                    gone.remove(old)
+                    store.update([known[was]["id"]], [{"path": p, **_stat_row(p, stats)}])
+                    gone.remove(was)
             summary["moved"] = len(moved)
             new = [p for p in new if p not in set(moved)]
 
@@ -179,7 +187,8 @@ def build_index(
         store.close()
 
 
-def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path, log) -> tuple[Store, list]:
+def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path,
+                log: Callable[[str], object]) -> tuple[Store, list[str]]:
     """The store, writable, and on a rebuild the rows it held outside `folder` (re-embedded as well)."""
     meta = (embedder.dim, embedder.sha256, embedder.model_path, embedder.preprocess.to_dict())
     if not Store.exists(index_dir):
@@ -203,12 +212,12 @@ def _under(path: str, folder: Path) -> bool:
     return path.startswith(str(folder).rstrip("/") + "/")
 
 
-def _stat_row(path: str, stats: dict) -> dict:
+def _stat_row(path: str, stats: dict[str, tuple[int, int]]) -> dict[str, Any]:
     size, mtime = stats[path]
     return {"size": size, "mtime_ns": mtime}
 
 
-def _hash_and_thumb(path: Path, data: bytes, image) -> tuple[str, bytes]:
+def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, bytes]:
     """Run in the decode threads: the content hash and the thumbnail's JPEG bytes.
 
     The embedding is made from a decode at the encoder's size (draft mode), exactly as a query or an
@@ -220,19 +229,20 @@ def _hash_and_thumb(path: Path, data: bytes, image) -> tuple[str, bytes]:
     return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image)
 
 
-def _hash_files(paths: list[str], workers, decode_many, desc: str) -> dict[str, str]:
+def _hash_files(paths: list[str], workers: int | None,
+                decode_many: Callable[..., Iterator[tuple[int, object]]], desc: str) -> dict[str, str]:
     """path -> sha256 on a thread pool (unreadable files are left out: they are dealt with when embedding)."""
-    out = {}
+    out: dict[str, str] = {}
     for i, h in decode_many(paths, file_sha256, workers, desc=desc):
         if isinstance(h, str):
             out[paths[i]] = h
     return out
 
 
-def _read_bad(index_dir: Path) -> dict[str, dict]:
+def _read_bad(index_dir: Path) -> dict[str, dict[str, Any]]:
     from byol.data import record_path
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     try:
         for line in (index_dir / "bad_files.jsonl").read_text().splitlines():
             d = json.loads(line)
@@ -242,7 +252,7 @@ def _read_bad(index_dir: Path) -> dict[str, dict]:
     return out
 
 
-def _write_bad(index_dir: Path, bad, stats: dict) -> None:
+def _write_bad(index_dir: Path, bad: Iterable[BadFile], stats: dict[str, tuple[int, int]]) -> None:
     from byol.data import bad_file_record
 
     lines = []

@@ -18,15 +18,18 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from byol.export import INPUT_NAME, read_metadata
 from byol.fileio import core_count
-from byol.images import BadImage, load_rgb, photo_formats
+from byol.images import BadImage, Source, load_rgb, photo_formats
 from byol.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from byol.data import BadFile
 
 log = logging.getLogger(__name__)
 _QUEUE_BATCHES = 2  # decoded batches waiting for the model: enough to hide decoding jitter, little memory
@@ -49,8 +52,8 @@ class EmbeddedBatch:
     indices: list[int]  # positions in the input list of the images embedded in this batch
     vectors: np.ndarray  # len(indices) x dim float32 unit vectors
     sizes: list[tuple[int, int]]  # (width, height) of each embedded photo
-    extras: list  # `also(...)` result per embedded photo (None without `also`)
-    bad: list  # (position, byol.data.BadFile) for each file in this stretch that could not be decoded
+    extras: list[Any]  # `also(...)` result per embedded photo (None without `also`)
+    bad: list[tuple[int, BadFile]]  # (position, byol.data.BadFile) for each file in this stretch that could not be decoded
 
 
 def default_providers() -> list[str]:
@@ -106,9 +109,10 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_array(self.preprocess.batch([im.convert("RGB") for im in images]), batch_size)
 
-    def embed_file(self, source) -> np.ndarray:
+    def embed_file(self, source: Source) -> np.ndarray:
         """One photo (path, bytes or file object) -> (dim,) unit vector; raises byol.images.BadImage."""
-        return self.embed_images([load_rgb(source, min_side=self.preprocess.resize)])[0]
+        vector: np.ndarray = self.embed_images([load_rgb(source, min_side=self.preprocess.resize)])[0]
+        return vector
 
     # ------------------------------------------------------------------ files, pipelined
     def embed_paths(
@@ -133,7 +137,7 @@ class Embedder:
         min_side = min_side or self.preprocess.resize
         pre = self.preprocess
 
-        def decode(path) -> Decoded:
+        def decode(path: str | Path) -> Decoded:
             path = Path(path)
             try:
                 data = path.read_bytes()
@@ -146,7 +150,7 @@ class Embedder:
             w, h = photo_size(data, img)
             return Decoded(pre.to_uint8(img), w, h, also(path, data, img) if also else None)
 
-        ready: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
+        ready: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)  # chunks, then `done` or an exception
         stop = threading.Event()
         done = object()
 

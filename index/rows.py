@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from index.store import _SQL_CHUNK, _chunks, db_path, path_from_db
@@ -56,7 +57,7 @@ class Rows:
                 self.close()
                 return None
 
-    def by_id(self, ids) -> dict[int, tuple[str | None, str, float | None]]:
+    def by_id(self, ids: Iterable[int]) -> dict[int, tuple[str | None, str, float | None]]:
         """{id: (sha256, path, added_at)} of those ids in the index now."""
         out: dict[int, tuple[str | None, str, float | None]] = {}
         with self._lock:
@@ -68,7 +69,8 @@ class Rows:
                 out.update({i: (h, path_from_db(p), a) for i, h, p, a in conn.execute(q, chunk)})
         return out
 
-    def ids_of(self, sha256s=(), paths=()) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int]]:
+    def ids_of(self, sha256s: Iterable[str] = (),
+               paths: Iterable[str] = ()) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int]]:
         """({sha256: [(id, path), ...]}, {path: id}) of the rows with those contents or paths."""
         by_hash: dict[str, list[tuple[int, str]]] = {}
         by_path: dict[str, int] = {}
@@ -80,12 +82,12 @@ class Rows:
                 q = f"SELECT sha256, id, path FROM images WHERE sha256 IN ({','.join('?' * len(chunk))}) ORDER BY id"
                 for h, i, p in conn.execute(q, chunk):
                     by_hash.setdefault(h, []).append((i, path_from_db(p)))
-            for chunk in _chunks(sorted({db_path(p) for p in paths}, key=repr), _SQL_CHUNK):
-                q = f"SELECT path, id FROM images WHERE path IN ({','.join('?' * len(chunk))})"
-                by_path.update({path_from_db(p): i for p, i in conn.execute(q, chunk)})
+            for names in _chunks(sorted({db_path(p) for p in paths}, key=repr), _SQL_CHUNK):
+                q = f"SELECT path, id FROM images WHERE path IN ({','.join('?' * len(names))})"
+                by_path.update({path_from_db(p): i for p, i in conn.execute(q, names)})
         return by_hash, by_path
 
-    def snapshot(self):
+    def snapshot(self) -> _RowsSnapshot:
         """A context in which every read sees one committed state of the database."""
         return _RowsSnapshot(self)
 
@@ -104,11 +106,11 @@ class _RowsSnapshot:
         self.rows._lock.acquire()
         conn = self.rows._connection()
         self.began = conn is not None
-        if self.began:
+        if conn is not None:
             conn.execute("BEGIN")
         return self.rows
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             if self.began and self.rows._conn is not None and self.rows._conn.in_transaction:
                 self.rows._conn.execute("COMMIT")

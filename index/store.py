@@ -44,10 +44,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from byol import __version__
@@ -65,6 +68,7 @@ from index.ivf import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 __all__ = [
     "EXACT_LIMIT", "STORE_FORMAT", "THUMB_SIDE", "EncoderMismatch", "Store", "StoreError", "StoreInconsistent",
@@ -98,7 +102,7 @@ CREATE TABLE IF NOT EXISTS reserved (path TEXT PRIMARY KEY, id INTEGER NOT NULL)
 """
 
 
-def db_path(path: str | os.PathLike) -> str | bytes:
+def db_path(path: str | os.PathLike[str]) -> str | bytes:
     """A path as the database stores it: text when it is UTF-8, else the name's bytes (a BLOB).
 
     Names that are not UTF-8 reach Python as lone surrogates, which SQLite refuses ("surrogates not
@@ -163,8 +167,8 @@ class Store:
         self._lock_fd = lock_fd
         self._lock = threading.RLock()
         self._meta: dict[str, str] = {}
-        self._index: faiss.Index | None = None
-        self._gpu_index = None
+        self._index: faiss.Index = None  # set by _load(), or by create() through it
+        self._gpu_index: faiss.Index | bool | None = None  # None: not tried; False: no GPU search
         self._dirty = False
         self._thumbs_to_delete: set[int] = set()
         self._ids: np.ndarray | None = None  # read-only stores: the ids of the loaded generation
@@ -178,7 +182,7 @@ class Store:
         dim: int,
         model_sha256: str,
         model_path: str | Path,
-        preprocess: dict,
+        preprocess: dict[str, Any],
         exact_limit: int = EXACT_LIMIT,
         target_recall: float = TARGET_RECALL,
     ) -> Store:
@@ -247,7 +251,7 @@ class Store:
 
     @classmethod
     def open_for_rebuild(cls, index_dir: str | Path, dim: int, model_sha256: str, model_path: str | Path,
-                         preprocess: dict) -> Store:
+                         preprocess: dict[str, Any]) -> Store:
         """Open (or create) an index to re-embed with an encoder, emptied by `reset`, ready for writing.
 
         Also works on the indexes `open` refuses (vectors missing or from another save, an older format):
@@ -259,6 +263,7 @@ class Store:
         meta = (dim, model_sha256, model_path, preprocess)
         if not cls.exists(index_dir):
             return cls.create(index_dir, *meta)
+        store: Store | None
         try:
             store = cls.open(index_dir, writable=True)
         except StoreLocked:
@@ -387,7 +392,7 @@ class Store:
             now = time.monotonic()
             self._gone = [g for g in self._gone if g[2] > now]
             if old_ids is not None:
-                dropped = np.setdiff1d(old_ids, self._ids, assume_unique=True)
+                dropped = np.setdiff1d(old_ids, cast(np.ndarray, self._ids), assume_unique=True)
                 if len(dropped):
                     self._gone.append((dropped, old_index.reconstruct_batch(dropped), now + _GONE_KEPT_S))
             return True
@@ -398,7 +403,7 @@ class Store:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 self._conn.close()
-                self._conn = None
+                self._conn = None  # type: ignore[assignment]  # closed: any later use fails
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -406,7 +411,7 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---------------------------------------------------------------- properties
@@ -436,9 +441,9 @@ class Store:
         return self._meta["model_path"]
 
     @property
-    def preprocess(self) -> dict:
+    def preprocess(self) -> dict[str, Any]:
         """Preprocess.to_dict() of the encoder (Preprocess.from_dict(store.preprocess) rebuilds it)."""
-        return json.loads(self._meta["preprocess"])
+        return cast(dict[str, Any], json.loads(self._meta["preprocess"]))
 
     @property
     def index_type(self) -> str:
@@ -446,7 +451,7 @@ class Store:
         return self._meta["index_type"]
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> dict[str, Any]:
         return self._manifest_dict()
 
     def thumbnail_path(self, image_id: int) -> Path:
@@ -481,14 +486,15 @@ class Store:
         s, i = scores[0][keep][:k], ids[0][keep][:k]
         return s, i
 
-    def get_vectors(self, ids) -> np.ndarray:
+    def get_vectors(self, ids: npt.ArrayLike) -> np.ndarray:
         """The stored unit vectors of `ids` (n,d) float32; KeyError for an id not in the index."""
         ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
         with self._lock:
             if len(ids) == 0:
                 return np.zeros((0, self.dim), np.float32)
             try:
-                return self._index.reconstruct_batch(ids)
+                vectors: np.ndarray = self._index.reconstruct_batch(ids)
+                return vectors
             except RuntimeError as e:
                 out = self._vectors_across_refresh(ids)
                 if out is not None:
@@ -514,11 +520,11 @@ class Store:
         out[~here] = gone_vecs[[pos[int(i)] for i in ids[~here]]]
         return out
 
-    def rows(self, ids) -> list[dict]:
+    def rows(self, ids: npt.ArrayLike) -> list[dict[str, Any]]:
         """Metadata of `ids` in the order given: dicts with id, path, width, height, size, mtime_ns, sha256,
         added_at. Ids not in the store (e.g. removed by an update saved since) are left out: match by r['id']."""
         ids = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64)) if i >= 0]
-        found: dict[int, dict] = {}
+        found: dict[int, dict[str, Any]] = {}
         cols = "id, " + ", ".join(_ROW_FIELDS)
         with self._lock:
             for chunk in _chunks(ids, _SQL_CHUNK):
@@ -535,7 +541,7 @@ class Store:
                 return self._ids.copy()
             return np.array([r[0] for r in self._conn.execute("SELECT id FROM images ORDER BY id")], np.int64)
 
-    def files(self) -> dict[str, dict]:
+    def files(self) -> dict[str, dict[str, Any]]:
         """path -> {id, size, mtime_ns, sha256}: what an update compares the folder against."""
         with self._lock:
             q = "SELECT path, id, size, mtime_ns, sha256 FROM images"
@@ -558,7 +564,7 @@ class Store:
                                 threshold, batch)
 
     # ---------------------------------------------------------------- changing
-    def add(self, rows: list[dict], vectors: np.ndarray) -> np.ndarray:
+    def add(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> np.ndarray:
         """Add images (rows: path plus any of size, mtime_ns, sha256, width, height) with their vectors.
 
         Returns the new ids (int64). A path reserved by `reset` gets its old id back. Paths are stored absolute.
@@ -581,13 +587,13 @@ class Store:
                 else:
                     cur = self._conn.execute(f"INSERT INTO images({', '.join(_ROW_FIELDS)}) VALUES (?,?,?,?,?,?,?)",
                                              vals)
-                    ids[j] = cur.lastrowid
+                    ids[j] = cast(int, cur.lastrowid)  # an INSERT always sets it
             self._index.add_with_ids(x, ids)
             self._changed()
             self._thumbs_to_delete.difference_update(ids.tolist())
             return ids
 
-    def update(self, ids, rows: list[dict], vectors: np.ndarray | None = None) -> None:
+    def update(self, ids: npt.ArrayLike, rows: list[dict[str, Any]], vectors: np.ndarray | None = None) -> None:
         """Change stored images in place, keeping their ids (so their labels): new metadata (any of path, size,
         mtime_ns, sha256, width, height) and, when given, new vectors."""
         ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
@@ -608,7 +614,7 @@ class Store:
                 self._index.add_with_ids(x, ids)
             self._changed()
 
-    def remove(self, ids) -> int:
+    def remove(self, ids: npt.ArrayLike) -> int:
         """Remove images (rows, vectors, and thumbnails after the next save); returns how many were removed."""
         ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
         with self._lock:
@@ -620,13 +626,13 @@ class Store:
             self._changed()
             return int(n)
 
-    def set_encoder_info(self, info: dict) -> None:
+    def set_encoder_info(self, info: dict[str, Any]) -> None:
         """Where the index's encoder came from (checkpoint sha256, step, init: byol.init), for the manifest;
         written by the next save()."""
         with self._lock:
             self._meta["encoder"] = json.dumps(info, sort_keys=True, default=str)
 
-    def reset(self, dim: int, model_sha256: str, model_path: str | Path, preprocess: dict) -> None:
+    def reset(self, dim: int, model_sha256: str, model_path: str | Path, preprocess: dict[str, Any]) -> None:
         """Empty the index for a new encoder, reserving every path's id: re-adding a path gives it its old id.
 
         Committed by the next `save()`; until then other processes still see the old encoder's index.
@@ -641,7 +647,7 @@ class Store:
             self._index = new_exact(int(dim))
             self._changed()
 
-    def release_reservations(self, keep_paths=(), under: str | Path | None = None) -> None:
+    def release_reservations(self, keep_paths: Iterable[str | Path] = (), under: str | Path | None = None) -> None:
         """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder);
         with `under`, only for paths inside that folder (other folders keep theirs until they are indexed)."""
         with self._lock:
@@ -709,7 +715,7 @@ class Store:
         return self._conn.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is not None
 
     @contextlib.contextmanager
-    def _read_txn(self):
+    def _read_txn(self) -> Iterator[None]:
         """A consistent snapshot for several SELECTs (the writer's own open transaction already is one)."""
         if self._conn.in_transaction:
             yield
@@ -759,7 +765,7 @@ class Store:
             self._index, changes = new
             m.update(changes)
 
-    def _manifest_dict(self) -> dict:
+    def _manifest_dict(self) -> dict[str, Any]:
         m = self._meta
         out = {
             "format": m["format"], "version": m["version"], "generation": int(m["generation"]),
@@ -796,14 +802,14 @@ class Store:
 def thumbnail_jpeg(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
     """JPEG bytes of `image` shrunk to `side` on its longest side (never enlarged)."""
     img = image.convert("RGB") if image.mode != "RGB" else image.copy()
-    img.thumbnail((side, side), Image.BILINEAR, reducing_gap=2.0)
+    img.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 
 @contextlib.contextmanager
-def _omp_threads(n: int | None):
+def _omp_threads(n: int | None) -> Iterator[None]:
     """Run a few queries on one thread: a single query has nothing to share between threads, and OpenMP's
     waiting threads only slow it down (3x measured on a busy 2-core machine) while other requests run."""
     if n is None:
@@ -845,7 +851,7 @@ def _write_faiss(index: faiss.Index, path: Path) -> None:
     atomic_write_path(path, write)
 
 
-def _chunks(seq: list, n: int):
+def _chunks(seq: Sequence[_T], n: int) -> Iterator[Sequence[_T]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
 
