@@ -144,6 +144,12 @@ def test_payload_round_trips_ids_positions_colours_and_slots(index):
     assert inline["thumbs"]["sheets"][0].startswith("data:image/jpeg;base64,")
 
 
+def test_layout_is_reused_within_a_generation(index):
+    store, _ = index
+    assert build_map(store) is build_map(store)
+    assert build_map(store, max_points=5) is not build_map(store)
+
+
 def test_draw_times_each_stage_and_includes_labelled_photos(index):
     store, by_class = index
     pm, text, times = draw(store, labelled={by_class["square"][2]: "box"}, max_points=5)
