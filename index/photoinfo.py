@@ -29,10 +29,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
 from index.store import db_path, path_from_db
+
+if TYPE_CHECKING:
+    from index.store import Store
 
 INFO_FILE = "photo_info.sqlite"
 _SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
@@ -92,18 +96,19 @@ class PhotoInfo:
 
 
 def human_size(n: int) -> str:
+    x: float = n
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
+        if x < 1000 or unit == "GB":
+            return f"{x} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1000
+    return f"{x} B"
 
 
 def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def exif_datetime(value) -> str | None:
+def exif_datetime(value: object) -> str | None:
     """EXIF 'YYYY:MM:DD HH:MM:SS' (often NUL-padded, sometimes blank or zero) -> ISO text, or None."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
@@ -118,7 +123,7 @@ def exif_datetime(value) -> str | None:
     return None
 
 
-def read_header(path: str) -> dict:
+def read_header(path: str) -> dict[str, Any]:
     """Pixel size (upright), EXIF DateTimeOriginal and stat of one photo, from its header only.
 
     Returns {size, mtime_ns, width, height, taken, taken_source, error}; `error` is a reason for a person
@@ -126,7 +131,7 @@ def read_header(path: str) -> dict:
     """
     from byol.images import photo_formats
 
-    out = {"size": None, "mtime_ns": None, "width": None, "height": None, "taken": None, "taken_source": None,
+    out: dict[str, Any] = {"size": None, "mtime_ns": None, "width": None, "height": None, "taken": None, "taken_source": None,
            "error": None}
     try:
         st = os.stat(path)
@@ -183,7 +188,7 @@ class PhotoInfoCache:
     root: the folder names are relative to; default: the deepest folder holding every indexed photo.
     """
 
-    def __init__(self, store, root: str | Path | None = None):
+    def __init__(self, store: Store, root: str | Path | None = None) -> None:
         self.store = store
         self.db = Path(store.index_dir) / INFO_FILE
         self._root = str(Path(root).absolute()) if root is not None else None
@@ -196,12 +201,12 @@ class PhotoInfoCache:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
-                self._conn = None
+                self._conn = None  # type: ignore[assignment]  # closed: any later use fails
 
     def __enter__(self) -> PhotoInfoCache:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---------------------------------------------------------------- names
@@ -225,7 +230,7 @@ class PhotoInfoCache:
             parent = "" if parent == "." else parent
         return _printable(parent)
 
-    def _info(self, image_id: int, path: str, facts: dict) -> PhotoInfo:
+    def _info(self, image_id: int, path: str, facts: dict[str, Any]) -> PhotoInfo:
         return PhotoInfo(int(image_id), path, _printable(os.path.basename(path)), self.folder_of(path),
                          facts["size"], facts["mtime_ns"], facts["width"], facts["height"], facts["taken"],
                          facts["taken_source"], facts["error"])
@@ -309,7 +314,8 @@ class PhotoInfoCache:
     def count(self) -> int:
         """Rows in the cache (photos read at least once)."""
         with self._lock:
-            return self._conn.execute("SELECT count(*) FROM info").fetchone()[0]
+            n: int = self._conn.execute("SELECT count(*) FROM info").fetchone()[0]
+            return n
 
     # ---------------------------------------------------------------- writing
     def _write(self, infos: list[PhotoInfo]) -> None:

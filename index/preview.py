@@ -22,8 +22,12 @@ import math
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from byol.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from index.store import Store
 
 PREVIEW_SIDE = 1024  # longest side in pixels: a photo's detail at a glance on a laptop screen
 PREVIEW_QUALITY = 85
@@ -59,7 +63,7 @@ def _cached_tag(preview: Path) -> bytes | None:
     return head[at:at + n]
 
 
-def is_fresh(store, image_id: int, side: int = PREVIEW_SIDE) -> bool:
+def is_fresh(store: Store, image_id: int, side: int = PREVIEW_SIDE) -> bool:
     """True when the cached preview exists and was made from the original as it is now."""
     rows = store.rows([int(image_id)])
     if not rows:
@@ -93,13 +97,13 @@ def make_preview_jpeg(path: str, side: int = PREVIEW_SIDE, comment: bytes = b"")
     except Exception:  # load_rgb names the reason
         pass
     img = load_rgb(path, min_side=min_side)
-    img.thumbnail((side, side), Image.LANCZOS, reducing_gap=3.0)
+    img.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=PREVIEW_QUALITY, comment=comment)
     return buf.getvalue()
 
 
-def preview(store, image_id: int, side: int = PREVIEW_SIDE) -> Path:
+def preview(store: Store, image_id: int, side: int = PREVIEW_SIDE) -> Path:
     """The path of the photo's cached preview, made (or made again, when the original changed) first.
 
     Raises KeyError for an id not in the index, and byol.images.BadImage (with a reason for a person: no
@@ -135,7 +139,7 @@ def preview(store, image_id: int, side: int = PREVIEW_SIDE) -> Path:
     return out
 
 
-def remove_stale(store) -> int:
+def remove_stale(store: Store) -> int:
     """Delete cached previews of photos no longer in the index; returns how many (the originals are never
     touched: only files under INDEX_DIR/previews)."""
     import numpy as np
