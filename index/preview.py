@@ -12,8 +12,8 @@ mtime of the original it was made from and its side; a preview whose original ha
 made at another side) is made again. Written atomically (byol.fileio, temporary file then rename) without
 fsync: a preview lost in a power cut is simply made again.
 
-Cost (scripts/bench_app.py, 2 cores): a 12 MP JPEG takes ~0.1-0.2 s cold (draft-mode decode at 1/2 or 1/4
-scale, resize, encode); a cached preview is a stat and a 128-byte read, well under a millisecond.
+Cost (scripts/bench_app.py, 2 busy cores): a 12 MP JPEG takes ~0.1-0.2 s cold (draft-mode decode at 1/2
+scale, resize, encode); a cached preview is two stats and a 128-byte read, well under a millisecond.
 """
 
 from __future__ import annotations
