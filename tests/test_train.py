@@ -347,27 +347,40 @@ def test_ddp_two_processes_gloo(shapes_folder, tmp_path):
     """Two CPU processes (gloo) with torchrun's environment: each trains on its own shard, rank 0 writes.
 
     The processes are started directly with the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR/PORT), which saves the launcher's own start-up.
+    MASTER_ADDR/PORT), which saves the launcher's own start-up. Rank 0 binds MASTER_PORT itself, so a port
+    that another program takes first makes it fail with "address already in use": the pair is then started
+    again on another port (the kernel hands out ephemeral ports in turn, so a second clash is unlikely).
     """
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "app.cli", *_cli(shapes_folder, "--out", out, "--steps", "2", "--log-every", "1")]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = [p.communicate(timeout=120) for p in procs]
+    for _attempt in range(3):
+        port = _unused_port()
+        procs = []
+        for rank in range(2):
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RANK": str(rank),
+                   "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port)}
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+        results = [p.communicate(timeout=120) for p in procs]
+        clash = any("address already in use" in err.lower() for _, err in results)
+        if not clash:
+            break
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 2 and ckpt["extra"]["plan"]["world_size"] == 2
     assert records(out, "plan")[0]["batch_size"] == 8  # global batch: 4 per process
     assert len(records(out, "train")) == 2  # only rank 0 logs
+
+
+def _unused_port() -> int:
+    """A port no one listens on now (rank 0 binds it later; see the DDP test for a clash)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_progressive_resizing_grows_the_views_stage_by_stage(shapes_folder, tmp_path, monkeypatch):
