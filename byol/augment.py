@@ -24,6 +24,7 @@ Per view, in the paper's order:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,7 +173,7 @@ def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def _apply(x: torch.Tensor, sel: torch.Tensor, op, *args: torch.Tensor) -> torch.Tensor:
+def _apply(x: torch.Tensor, sel: torch.Tensor, op: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
     """x[sel] = op(x[sel], args[sel]...) for a bool mask `sel` (on x's device); a no-op when none selected."""
     idx = sel.nonzero().flatten()
     if idx.numel():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def stage_sides(start: int, end: int, stages: int) -> list[int]:
     return sorted({int(round(x / 4) * 4) for x in sides[1:-1]} | {start, end})
 
 
-def side_schedule(total: int, plan: dict, sides: list[int]) -> list[int]:
+def side_schedule(total: int, plan: dict[str, Any], sides: list[int]) -> list[int]:
     """The side of the views of steps 0..total-1: stage k of len(sides) covers the k-th equal share of the
     schedules' virtual steps (plan as in byol.optim.schedules)."""
     if len(sides) == 1:

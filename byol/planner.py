@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def fit_steps(done: int, start: int, total: int, train_seconds: float, time_left
     return done + max(1, int(left / (per_step * future))), per_step
 
 
-def replan(plan: dict, done: int, fit: int) -> bool:
+def replan(plan: dict[str, Any], done: int, fit: int) -> bool:
     """Move the plan's end from plan["total_steps"] to `fit` after step `done`, when they differ by 2 steps
     and 10% of the steps left; the rest of the schedules is then stretched or squeezed to end at `fit`
     (a [done, virtual step, fit] entry in plan["replans"]). Returns whether the plan changed."""

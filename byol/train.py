@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -196,13 +196,13 @@ class TrainConfig:
         return stage_sides(self.view_start, self.view_size, self.view_stages)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         m, a = ModelConfig(**d.pop("model", {})), d.pop("augment", {})
         if "crop_size" not in d and "image_size" in a:  # saved before crop_size: views at the stored size
             d["crop_size"] = a["image_size"]
-        a = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()})
+        a = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()})  # type: ignore[arg-type]
         return cls(model=m, augment=a, **d)
 
 
@@ -250,7 +250,7 @@ def _choose_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
 # ----------------------------------------------------------------------------------------------------------
 # what a run is built from: settings, processes, data
 # ----------------------------------------------------------------------------------------------------------
-def _settings(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+def _settings(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     """(the run's config, the checkpoint to resume or None). The caller's config is not changed; on
     resume the saved settings win, except those that say how to run this call."""
     cfg = copy.deepcopy(cfg)
@@ -340,6 +340,7 @@ def _open_images(cfg: TrainConfig, run_dir: Path, side: int, build: bool = True)
     if cfg.hf:
         return ImageCache.from_hf(cfg.hf, cache_dir, side, split=cfg.hf_split, image_column=cfg.hf_image_column,
                                   workers=cfg.workers, report=report)
+    assert cfg.folder is not None  # _settings: a folder or an HF dataset
     return ImageCache.build(cfg.folder, cache_dir, side, workers=cfg.workers, report=report)
 
 
@@ -383,11 +384,11 @@ class _Run:
     model: BYOL
     optimizer: torch.optim.Optimizer
     aug_gen: torch.Generator  # this process's augmentation draws
-    init_info: dict  # where the encoder started (byol.init), stored in the checkpoint
+    init_info: dict[str, Any]  # where the encoder started (byol.init), stored in the checkpoint
     t0: float  # perf_counter() at the start of this call
     preprocess: Preprocess = field(init=False)
     elapsed_before: float = 0.0  # seconds spent by the earlier calls of a resumed run
-    plan: dict = field(default_factory=dict)  # see byol.planner
+    plan: dict[str, Any] = field(default_factory=dict)  # see byol.planner
 
     def __post_init__(self) -> None:
         self.preprocess = Preprocess.for_size(self.cfg.model.image_size)
@@ -404,7 +405,7 @@ class _Run:
         """Seconds of the whole run so far, over all its calls."""
         return self.elapsed_before + time.perf_counter() - self.t0
 
-    def log(self, rec: dict) -> None:
+    def log(self, rec: dict[str, Any]) -> None:
         """One record in log.jsonl (rank 0 writes)."""
         if self.procs.main:
             with open(self.log_path, "a") as f:
@@ -416,7 +417,7 @@ class _Run:
         if self.procs.main:
             tqdm.write(f"warning: {msg}", file=sys.stderr)
 
-    def restore(self, ckpt: dict | None) -> int:
+    def restore(self, ckpt: dict[str, Any] | None) -> int:
         """The step to start from: 0 with a fresh log, or the checkpoint's step with everything as saved
         (model, optimiser, plan, elapsed time, RNGs; log lines written after it are dropped)."""
         if ckpt is None:
@@ -449,6 +450,7 @@ class _Run:
     def evaluate(self, step: int) -> tuple[float, float]:
         """(kNN top-1, seconds) of the online encoder on cfg.eval_folder after `step` steps, logged."""
         te = time.perf_counter()
+        assert self.cfg.eval_folder is not None
         acc = _knn_monitor(self.model.online_encoder, self.cfg.eval_folder, self.preprocess, self.procs.device,
                            self.procs.amp)
         seconds = time.perf_counter() - te
@@ -457,7 +459,7 @@ class _Run:
 
 
 def _knn_monitor(encoder: nn.Module, folder: str, preprocess: Preprocess, device: torch.device,
-                 amp: Callable[[], AbstractContextManager]) -> float:
+                 amp: Callable[[], AbstractContextManager[Any]]) -> float:
     """Weighted kNN top-1 (k=200, t=0.1) of the online encoder on a labelled folder, eval mode."""
     from byol import probe
     from byol.evaluate import embed_folder, load_labelled
@@ -491,9 +493,9 @@ def train(cfg: TrainConfig) -> Path:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.gemm_weight_grads and procs.device.type == "cpu" and procs.amp_dtype is not None and cpu_has_amx():
             use_gemm_weight_grads(model.online_encoder, cfg.augment.image_size)
-        model = model.to(procs.device, memory_format=procs.fmt)
+        model = model.to(procs.device).to(memory_format=procs.fmt)
         online = Online(model)  # what the optimiser steps, and (wrapped under torchrun) what runs forward
-        runs_online = online
+        runs_online: nn.Module = online
         if procs.ddp:
             device_ids = [procs.device] if procs.device.type == "cuda" else None
             runs_online = nn.parallel.DistributedDataParallel(online, device_ids=device_ids)
@@ -531,7 +533,7 @@ def train(cfg: TrainConfig) -> Path:
             dist.destroy_process_group()
 
 
-def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float) -> dict:
+def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float) -> dict[str, Any]:
     """The plan of a fresh run: cfg.steps, or the steps that fit in cfg.budget (byol.planner), timed on
     throwaway batches whose updates are undone."""
     cfg, procs = run.cfg, run.procs
@@ -570,7 +572,7 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
 class _Window:
     """The loop's record of the steps since the last log line, and what it keeps across lines."""
 
-    good: tuple[dict, dict]  # the last model and optimiser state known finite
+    good: tuple[dict[str, Any], dict[str, Any]]  # the last model and optimiser state known finite
     t: float  # when the window started (perf_counter)
     eval_last: float  # seconds of the last kNN evaluation
     steps: int = 0
@@ -665,15 +667,15 @@ def _log_window(run: _Run, w: _Window, bar: tqdm, done: int, lr: float, tau: flo
     """The "train" record of the window ending at step `done` (and the collapse warning); a new window."""
     dt = time.perf_counter() - w.t
     ips = w.steps * run.data.batch / max(dt, 1e-9)
-    rec = {"kind": "train", "step": done, "epoch": (done - 1) // run.data.per_epoch,
-           "loss": float(np.mean(w.losses)) if w.losses else float("nan"), "lr": lr, "tau": tau,
-           "collapse_std": collapse_std(z.detach()), "img_per_s": ips, "elapsed": run.elapsed()}
+    loss, spread = float(np.mean(w.losses)) if w.losses else float("nan"), collapse_std(z.detach())
+    rec = {"kind": "train", "step": done, "epoch": (done - 1) // run.data.per_epoch, "loss": loss, "lr": lr,
+           "tau": tau, "collapse_std": spread, "img_per_s": ips, "elapsed": run.elapsed()}
     run.log(rec)
-    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{ips:.0f}", refresh=False)
+    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{ips:.0f}", refresh=False)
     healthy = 1 / math.sqrt(run.cfg.model.proj_dim)
-    if rec["collapse_std"] < 0.2 * healthy and not w.warned and run.procs.main:
+    if spread < 0.2 * healthy and not w.warned and run.procs.main:
         w.warned = True
-        run.warn(done, f"collapse: std of normalised projections {rec['collapse_std']:.4f} "
+        run.warn(done, f"collapse: std of normalised projections {spread:.4f} "
                        f"(healthy ~{healthy:.3f}); outputs are becoming constant")
     w.losses, w.t, w.steps = [], time.perf_counter(), 0
 
