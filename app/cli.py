@@ -18,8 +18,14 @@ Pipeline: pretrain -> export -> index -> serve (or `run` to do all four, `demo` 
 """
 
 
+def _command(sub: argparse._SubParsersAction, name: str, **kw: object) -> argparse.ArgumentParser:
+    """A subcommand whose description keeps its line breaks."""
+    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "evaluate",
         help="score a checkpoint's encoder on a labelled folder (kNN, linear probe, few-shot)",
         description=(
@@ -29,7 +35,6 @@ def _add_evaluate(sub) -> None:
             "train/<class>/* and test/<class>/* (val/ is accepted for test/). Class names come from the folders;\n"
             "files that cannot be read are skipped and listed."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `byol-search pretrain`")
     p.add_argument("folder", metavar="LABELLED_FOLDER", help="folder with train/<class>/ and test/<class>/")
@@ -94,7 +99,8 @@ Several GPUs or machines: torchrun --nproc_per_node N -m app.cli pretrain ... (D
 
 
 def _add_pretrain(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "pretrain",
         help="learn an image encoder from a photo folder with BYOL (writes RUN_DIR/checkpoint.pt)",
         description=(
@@ -104,7 +110,6 @@ def _add_pretrain(sub) -> None:
             "of steps is planned so the learning-rate and target schedules finish in time) or a number of --steps."
         ),
         epilog=PRETRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", metavar="FOLDER", nargs="?", help="photo folder (not needed with --hf or --resume)")
     # every other flag is a TrainConfig field: its comment in byol/train.py is its help (app/flags.py)
@@ -156,7 +161,8 @@ def _check_pretrain_args(args, out: Path) -> None:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
         help="turn a checkpoint's encoder into a portable ONNX model (optionally int8)",
         description=(
@@ -165,7 +171,6 @@ def _add_export(sub) -> None:
             "config in the model's metadata. The export checks itself against torch on images (batches 1, 7\n"
             "and 64: max abs difference <= 1e-4, cosine >= 0.9999) and writes nothing when they disagree."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `byol-search pretrain`")
     p.add_argument("-o", "--out", default="encoder.onnx", help="where to write the model (default encoder.onnx)")
@@ -202,7 +207,8 @@ def _run_export(args) -> int:
 
 
 def _add_index(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "index",
         help="embed a photo folder into a searchable index (builds it, or updates it incrementally)",
         description=(
@@ -212,7 +218,6 @@ def _add_index(sub) -> None:
             "ones never read. Unreadable files are listed in INDEX_DIR/bad_files.jsonl and skipped.\n"
             "Progress is saved every --save-every photos: an interrupted run resumes where it stopped."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", metavar="FOLDER", help="the photo folder (searched recursively)")
     p.add_argument("--model", required=True, metavar="ENCODER.onnx", help="model written by `byol-search export`")
@@ -295,14 +300,14 @@ def _run_search(args) -> int:
 
 
 def _add_duplicates(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "duplicates",
         help="list groups of near-duplicate photos in an index",
         description=(
             "Group photos whose embeddings have cosine >= THRESHOLD (joined transitively). 0.98 or more finds\n"
             "copies and re-encodes; 0.9-0.95 also finds bursts and small edits, depending on the encoder."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("index_dir", metavar="INDEX_DIR", help="index folder written by `byol-search index`")
     p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity threshold (default 0.95)")
@@ -374,7 +379,8 @@ def _serve_index(index_dir, args) -> int:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "serve",
         help="open the search and labelling page on an index",
         description=(
@@ -383,7 +389,6 @@ def _add_serve(sub) -> None:
             "labels (CSV, ImageFolder, HF datasets). Labels live in INDEX_DIR/labels.sqlite and survive index\n"
             "updates. Only thumbnails are served; the page listens on 127.0.0.1 unless --host and --auth are given."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("index_dir", metavar="INDEX_DIR", help="index folder written by `byol-search index`")
     _add_serve_options(p)
@@ -391,7 +396,8 @@ def _add_serve(sub) -> None:
 
 
 def _add_run(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "run",
         help="pretrain, export, index and serve a photo folder in one command",
         description=(
@@ -400,7 +406,6 @@ def _add_run(sub) -> None:
             "not changed are skipped (WORK_DIR/run.json records them), an interrupted pretraining resumes, and\n"
             "indexing only embeds new or changed photos. Your labels (WORK_DIR/index/labels.sqlite) are kept."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", metavar="FOLDER", help="the photo folder (read recursively)")
     p.add_argument("--out", metavar="WORK_DIR", default="byol-work", help="working folder (default ./byol-work)")
@@ -445,7 +450,8 @@ def _run_run(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "demo",
         help="try it: draw a small example photo set, then pretrain, export, index and serve it",
         description=(
@@ -454,7 +460,6 @@ def _add_demo(sub) -> None:
             "on them with a short budget: the page is up within a few minutes. Then search by clicking a photo,\n"
             "label two or three photos of two kinds and press Train."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", metavar="DIR", default="byol-demo", help="where everything goes (default ./byol-demo)")
     p.add_argument("--budget", metavar="TIME", default="60s",
