@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
-from index.embed import Embedder
+from index.embed import EmbeddedBatch, Embedder
 from index.store import (
     THUMB_SIDE,
     EncoderMismatch,
@@ -63,7 +63,7 @@ def build_index(
     content, re-embedded), moved, touched (metadata only), removed, unchanged, bad (counts), bad_files
     (path, reason), count, generation, index_type, provider, seconds, embed_rate (photos/s).
     """
-    from byol.data import BadFile, decode_many, display_path, scan_folder
+    from byol.data import scan_folder
 
     t0 = time.perf_counter()
     folder, index_dir = Path(folder).absolute(), Path(index_dir).absolute()
@@ -77,103 +77,151 @@ def build_index(
                             "init": meta.get("init", {"kind": "none"})})
     paths += [Path(p) for p in sorted(others) if os.path.isfile(p)]  # a rebuild keeps other folders' photos
     try:
-        summary: dict[str, Any] = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)
-        bad: dict[str, BadFile] = {}
-        prev_bad = _read_bad(index_dir)
+        update = _Update(store, folder, index_dir, workers, log)
+        update.compare(paths)
+        update.keep_touched()
+        update.follow_moves()
+        update.remove_gone()
+        store.release_reservations(keep_paths=update.stats, under=None if others else folder)
+        embed_seconds = update.embed(embedder, batch_size, save_every)
+        return update.finish(embedder, t0, embed_seconds)
+    finally:
+        store.close()
 
-        # -- compare the folder with the index
-        known = {p: r for p, r in store.files().items() if _under(p, folder)}
-        stats: dict[str, tuple[int, int]] = {}
+
+class _Update:
+    """One run of build_index on an open, writable store: its phases, in the order build_index calls them.
+
+    compare sorts the folder's files into unchanged, new, changed and gone; keep_touched and follow_moves
+    settle by content hash the files that need no embedding; remove_gone drops the rest of the gone rows;
+    embed re-embeds changed and embeds new photos, saving every `save_every`; finish saves and reports.
+    """
+
+    def __init__(self, store: Store, folder: Path, index_dir: Path, workers: int | None,
+                 log: Callable[[str], object]) -> None:
+        self.store, self.folder, self.index_dir, self.workers, self.log = store, folder, index_dir, workers, log
+        self.summary: dict[str, Any] = dict(added=0, updated=0, moved=0, touched=0, removed=0, unchanged=0, bad=0)
+        self.bad: dict[str, BadFile] = {}  # path -> why it could not be indexed
+        self.prev_bad = _read_bad(index_dir)
+        self.known: dict[str, dict[str, Any]] = {}  # the index's rows of photos under `folder`, by path
+        self.stats: dict[str, tuple[int, int]] = {}  # (size, mtime_ns) of every readable file to index
+        self.new: list[str] = []  # paths without a row
+        self.changed: list[str] = []  # paths whose row has another size or mtime
+        self.gone: list[str] = []  # rows whose file is no longer in the folder
+
+    # -- compare the folder with the index
+    def compare(self, paths: list[Path]) -> None:
+        from byol.data import BadFile
+
+        self.known = {p: r for p, r in self.store.files().items() if _under(p, self.folder)}
         for path in paths:
             try:
                 st = path.stat()
-                stats[str(path)] = (st.st_size, st.st_mtime_ns)
+                self.stats[str(path)] = (st.st_size, st.st_mtime_ns)
             except OSError as e:
-                bad[str(path)] = BadFile(str(path), f"cannot read ({e.strerror})")
-        new: list[str] = []
-        changed: list[str] = []
-        for p, (size, mtime) in stats.items():
-            row = known.get(p)
+                self.bad[str(path)] = BadFile(str(path), f"cannot read ({e.strerror})")
+        for p, (size, mtime) in self.stats.items():
+            row = self.known.get(p)
             if row is None:
-                old = prev_bad.get(p)
+                old = self.prev_bad.get(p)
                 if old and (old.get("size"), old.get("mtime_ns")) == (size, mtime):
-                    bad[p] = BadFile(p, old["reason"])  # unchanged and still bad: not decoded again
+                    self.bad[p] = BadFile(p, old["reason"])  # unchanged and still bad: not decoded again
                 else:
-                    new.append(p)
+                    self.new.append(p)
             elif (row["size"], row["mtime_ns"]) == (size, mtime):
-                summary["unchanged"] += 1
+                self.summary["unchanged"] += 1
             else:
-                changed.append(p)
-        gone = [p for p in known if p not in stats]
+                self.changed.append(p)
+        self.gone = [p for p in self.known if p not in self.stats]
 
-        # -- changed size/mtime: same bytes only need the row updated
-        if changed:
-            hashes = _hash_files(changed, workers, decode_many, "hashing changed")
-            same = [p for p in changed if hashes.get(p) == known[p]["sha256"]]
-            if same:
-                store.update([known[p]["id"] for p in same], [_stat_row(p, stats) for p in same])
-                summary["touched"] = len(same)
-            changed = [p for p in changed if p not in set(same)]
+    # -- changed size/mtime: same bytes only need the row updated
+    def keep_touched(self) -> None:
+        if not self.changed:
+            return
+        known, changed = self.known, self.changed
+        hashes = self._hash(changed, "hashing changed")
+        same = [p for p in changed if hashes.get(p) == known[p]["sha256"]]
+        if same:
+            self.store.update([known[p]["id"] for p in same], [_stat_row(p, self.stats) for p in same])
+            self.summary["touched"] = len(same)
+        self.changed = [p for p in changed if p not in set(same)]
 
-        # -- moves and renames: a new path with the bytes of a vanished one
-        if gone and new:
-            by_hash: dict[str | None, list[str]] = {}  # rows without a hash share the key None
-            for p in gone:
-                by_hash.setdefault(known[p]["sha256"], []).append(p)
-            hashes = _hash_files(new, workers, decode_many, "hashing new")
-            moved: list[str] = []
-            for p in new:
-                olds = by_hash.get(hashes.get(p))
-                if olds:
-                    was = olds.pop()
-                    moved.append(p)
-                    store.update([known[was]["id"]], [{"path": p, **_stat_row(p, stats)}])
-                    gone.remove(was)
-            summary["moved"] = len(moved)
-            new = [p for p in new if p not in set(moved)]
+    # -- moves and renames: a new path with the bytes of a vanished one
+    def follow_moves(self) -> None:
+        if not (self.gone and self.new):
+            return
+        known = self.known
+        by_hash: dict[str | None, list[str]] = {}  # rows without a hash share the key None
+        for p in self.gone:
+            by_hash.setdefault(known[p]["sha256"], []).append(p)
+        hashes = self._hash(self.new, "hashing new")
+        moved: list[str] = []
+        for p in self.new:
+            olds = by_hash.get(hashes.get(p))
+            if olds:
+                was = olds.pop()
+                moved.append(p)
+                self.store.update([known[was]["id"]], [{"path": p, **_stat_row(p, self.stats)}])
+                self.gone.remove(was)
+        self.summary["moved"] = len(moved)
+        self.new = [p for p in self.new if p not in set(moved)]
 
-        if gone:
-            summary["removed"] = store.remove([known[p]["id"] for p in gone])
-        store.release_reservations(keep_paths=stats, under=None if others else folder)
+    def remove_gone(self) -> None:
+        if self.gone:
+            self.summary["removed"] = self.store.remove([self.known[p]["id"] for p in self.gone])
 
-        # -- embed new and changed photos, pipelined, saving every `save_every`
-        todo = changed + new
-        n_changed = len(changed)
+    def _hash(self, paths: list[str], desc: str) -> dict[str, str]:
+        from byol.data import decode_many
+
+        return _hash_files(paths, self.workers, decode_many, desc)
+
+    # -- embed new and changed photos, pipelined, saving every `save_every`
+    def embed(self, embedder: Embedder, batch_size: int, save_every: int) -> float:
+        """Embed changed then new photos; returns the seconds spent. Ctrl-C saves what is done, then raises."""
+        todo = self.changed + self.new
         since_save, t_embed = 0, time.perf_counter()
         try:
-            for batch in embedder.embed_paths(todo, batch_size=batch_size, workers=workers, also=_hash_and_thumb,
-                                              desc="embedding"):
-                for i, b in batch.bad:
-                    bad[b.path] = b
-                    if i < n_changed:  # an indexed photo that turned unreadable: its old vector is stale
-                        summary["removed"] += store.remove([known[todo[i]]["id"]])
-                rows = [{**_stat_row(todo[i], stats), "path": todo[i], "sha256": ex[0], "width": w, "height": h}
-                        for i, (w, h), ex in zip(batch.indices, batch.sizes, batch.extras)]
-                upd = [j for j, i in enumerate(batch.indices) if i < n_changed]
-                add = [j for j, i in enumerate(batch.indices) if i >= n_changed]
-                if upd:
-                    ids = [known[todo[batch.indices[j]]]["id"] for j in upd]
-                    store.update(ids, [rows[j] for j in upd], batch.vectors[upd])
-                    summary["updated"] += len(upd)
-                else:
-                    ids = []
-                if add:
-                    ids = list(ids) + store.add([rows[j] for j in add], batch.vectors[add]).tolist()
-                    summary["added"] += len(add)
-                for image_id, j in zip(ids, upd + add):
-                    store.put_thumbnail(image_id, batch.extras[j][1])
+            for batch in embedder.embed_paths(todo, batch_size=batch_size, workers=self.workers,
+                                              also=_hash_and_thumb, desc="embedding"):
+                self._store_batch(batch, todo)
                 since_save += len(batch.indices)
                 if since_save >= save_every:
-                    store.save()
+                    self.store.save()
                     since_save = 0
         except KeyboardInterrupt:
-            store.save()
-            log(f"interrupted: {summary['added'] + summary['updated']} photos embedded so far are saved; "
-                "run the same command again to finish")
+            self.store.save()
+            self.log(f"interrupted: {self.summary['added'] + self.summary['updated']} photos embedded so far "
+                     "are saved; run the same command again to finish")
             raise
-        embed_seconds = time.perf_counter() - t_embed
+        return time.perf_counter() - t_embed
 
-        # -- save and report
+    def _store_batch(self, batch: EmbeddedBatch, todo: list[str]) -> None:
+        """Rows, vectors and thumbnails of one batch: todo[:len(changed)] keep their ids, the rest get new ones."""
+        store, known, n_changed = self.store, self.known, len(self.changed)
+        for i, b in batch.bad:
+            self.bad[b.path] = b
+            if i < n_changed:  # an indexed photo that turned unreadable: its old vector is stale
+                self.summary["removed"] += store.remove([known[todo[i]]["id"]])
+        rows = [{**_stat_row(todo[i], self.stats), "path": todo[i], "sha256": ex[0], "width": w, "height": h}
+                for i, (w, h), ex in zip(batch.indices, batch.sizes, batch.extras)]
+        upd = [j for j, i in enumerate(batch.indices) if i < n_changed]
+        add = [j for j, i in enumerate(batch.indices) if i >= n_changed]
+        ids: list[int] = []
+        if upd:
+            ids = [known[todo[batch.indices[j]]]["id"] for j in upd]
+            store.update(ids, [rows[j] for j in upd], batch.vectors[upd])
+            self.summary["updated"] += len(upd)
+        if add:
+            ids = list(ids) + store.add([rows[j] for j in add], batch.vectors[add]).tolist()
+            self.summary["added"] += len(add)
+        for image_id, j in zip(ids, upd + add):
+            store.put_thumbnail(image_id, batch.extras[j][1])
+
+    # -- save and report
+    def finish(self, embedder: Embedder, t0: float, embed_seconds: float) -> dict[str, Any]:
+        from byol.data import display_path
+
+        store, summary, bad = self.store, self.summary, self.bad
         store.save()
         summary.update(
             bad=len(bad), bad_files=[{"path": display_path(b.path), "reason": b.reason} for b in bad.values()],
@@ -181,10 +229,8 @@ def build_index(
             provider=embedder.provider, seconds=time.perf_counter() - t0,
             embed_rate=(summary["added"] + summary["updated"]) / embed_seconds if embed_seconds > 0 else 0.0,
         )
-        _write_bad(index_dir, bad.values(), stats)
+        _write_bad(self.index_dir, bad.values(), self.stats)
         return summary
-    finally:
-        store.close()
 
 
 def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path,
