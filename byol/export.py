@@ -253,6 +253,33 @@ def quantize_int8(
     of both models on it. Returns {"path", "method", "top10_overlap", "n_images", "knn_top1_fp32",
     "knn_top1_int8", "knn_top1_change", "seconds"} (kNN keys only with a labelled folder).
     """
+    from byol.fileio import atomic_write
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    pre = Preprocess.from_dict(read_metadata(fp32_path))
+    t0 = time.perf_counter()
+    images = sample_images(check_folder, max(n_calibration, n_overlap), pre.size)
+    x = pre.batch(images)
+    proto = _quantized(fp32_path, int8_path, x, n_calibration, method)
+    _set_metadata(proto, {**_own_metadata(fp32_path), "quantization": f"int8-{method}"})
+    data = proto.SerializeToString()
+
+    report = {"path": str(int8_path), "method": method,
+              **_quantization_cost(fp32_path.read_bytes(), data, x[:n_overlap], pre, labelled_folder)}
+    atomic_write(int8_path, lambda f: f.write(data))
+    report["seconds"] = time.perf_counter() - t0
+    log(f"int8 ({method}) -> {int8_path}: top-10 overlap with fp32 {report['top10_overlap']:.3f} on "
+        f"{report['n_images']} images"
+        + (f"; kNN top-1 {report['knn_top1_fp32']:.3f} -> {report['knn_top1_int8']:.3f}" if labelled_folder else ""))
+    return report
+
+
+def _quantized(fp32_path: Path, int8_path: Path, x: np.ndarray, n_calibration: int,
+               method: str) -> onnx.ModelProto:
+    """The quantised model, made through temporary files beside `int8_path` (removed whatever happens).
+
+    Static quantisation calibrates on batches of 32 of `x`: its first `n_calibration`, rounded up to whole
+    batches."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -262,15 +289,6 @@ def quantize_int8(
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from byol.fileio import atomic_write
-
-    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
-    meta = read_metadata(fp32_path)
-    pre = Preprocess.from_dict(meta)
-    t0 = time.perf_counter()
-    images = sample_images(check_folder, max(n_calibration, n_overlap), pre.size)
-    x = pre.batch(images)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime has no type information
         def __init__(self) -> None:
@@ -293,23 +311,31 @@ def quantize_int8(
             quantize_dynamic(str(prepared), str(raw_out), weight_type=QuantType.QInt8, per_channel=True)
         else:
             raise ValueError(f"quantize method {method!r}: choose static or dynamic")
-        proto = onnx.load(str(raw_out))
+        proto: onnx.ModelProto = onnx.load(str(raw_out))
+        return proto
     finally:
         prepared.unlink(missing_ok=True)
         raw_out.unlink(missing_ok=True)
         for p in tmp_dir.glob(f".{int8_path.name}.*"):
             p.unlink(missing_ok=True)
-    src = onnx.load(str(fp32_path))
-    _set_metadata(proto, {**{p.key[len(_PREFIX):]: p.value for p in src.metadata_props if p.key.startswith(_PREFIX)},
-                          "quantization": f"int8-{method}"})
-    data = proto.SerializeToString()
 
-    # -- cost in retrieval quality
-    fp32, int8 = _session(fp32_path.read_bytes()), _session(data)
-    a, b = _run(fp32, x[:n_overlap]), _run(int8, x[:n_overlap])
-    overlap = top_k_overlap(a, b, k=10)
-    report = {"path": str(int8_path), "method": method, "top10_overlap": overlap, "n_images": len(a),
-              "max_cosine_drift": float(1 - (a * b).sum(1).min())}
+
+def _own_metadata(onnx_path: Path) -> dict[str, str]:
+    """byol-search's metadata entries of an ONNX file, without their prefix, as stored (strings)."""
+    import onnx
+
+    src = onnx.load(str(onnx_path))
+    return {p.key[len(_PREFIX):]: p.value for p in src.metadata_props if p.key.startswith(_PREFIX)}
+
+
+def _quantization_cost(fp32_model: bytes, int8_model: bytes, x: np.ndarray, pre: Preprocess,
+                       labelled_folder: str | Path | None) -> dict[str, Any]:
+    """What int8 costs in retrieval quality: top10_overlap, n_images, max_cosine_drift on the images `x`,
+    and with a labelled folder knn_top1_fp32, knn_top1_int8, knn_top1_change."""
+    fp32, int8 = _session(fp32_model), _session(int8_model)
+    a, b = _run(fp32, x), _run(int8, x)
+    cost: dict[str, Any] = {"top10_overlap": top_k_overlap(a, b, k=10), "n_images": len(a),
+                            "max_cosine_drift": float(1 - (a * b).sum(1).min())}
     if labelled_folder is not None:
         from byol.evaluate import load_labelled
         from byol.probe import knn_top1
@@ -319,12 +345,8 @@ def quantize_int8(
         te_x, te_keep = _load_batch(te_p, pre)
         k = min(200, len(tr_keep))
         acc = [knn_top1(_run(s, tr_x), tr_y[tr_keep], _run(s, te_x), te_y[te_keep], k=k) for s in (fp32, int8)]
-        report.update(knn_top1_fp32=acc[0], knn_top1_int8=acc[1], knn_top1_change=acc[1] - acc[0])
-    atomic_write(int8_path, lambda f: f.write(data))
-    report["seconds"] = time.perf_counter() - t0
-    log(f"int8 ({method}) -> {int8_path}: top-10 overlap with fp32 {overlap:.3f} on {len(a)} images"
-        + (f"; kNN top-1 {report['knn_top1_fp32']:.3f} -> {report['knn_top1_int8']:.3f}" if labelled_folder else ""))
-    return report
+        cost.update(knn_top1_fp32=acc[0], knn_top1_int8=acc[1], knn_top1_change=acc[1] - acc[0])
+    return cost
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:

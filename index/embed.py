@@ -10,6 +10,7 @@ overlap and memory stays flat however many files there are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -132,69 +133,99 @@ class Embedder:
         image)` runs in the decode thread on the file's bytes and the decoded upright RGB image (the index
         uses it for the content hash and the thumbnail). A progress bar shows rate and ETA.
         """
+        decode = functools.partial(_decode_file, pre=self.preprocess, min_side=min_side or self.preprocess.resize,
+                                   also=also)
+        ahead = _DecodeAhead(paths, decode, workers, batch_size, desc)
+        try:
+            for chunk in ahead:
+                yield self._embed_chunk(chunk, batch_size)
+        finally:
+            ahead.close()
+
+    def _embed_chunk(self, chunk: list[tuple[int, Any]], batch_size: int) -> EmbeddedBatch:
+        """One chunk of (position, Decoded or BadFile) -> its EmbeddedBatch (the bad files passed along)."""
+        from byol.data import BadFile
+
+        good = [(i, r) for i, r in chunk if not isinstance(r, BadFile)]
+        bad = [(i, r) for i, r in chunk if isinstance(r, BadFile)]
+        if good:
+            vectors = self.embed_array(self.preprocess.normalize(np.stack([r.pixels for _, r in good])), batch_size)
+        else:
+            vectors = np.zeros((0, self.dim), np.float32)
+        return EmbeddedBatch([i for i, _ in good], vectors, [(r.width, r.height) for _, r in good],
+                             [r.extra for _, r in good], bad)
+
+
+def _decode_file(path: str | Path, pre: Preprocess, min_side: int,
+                 also: Callable[[Path, bytes, Image.Image], Any] | None) -> Decoded:
+    """Run in a decode thread: read and decode one file, ready for the encoder; raises BadImage naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadImage(str(path), f"cannot read ({e.strerror or type(e).__name__})") from e
+    try:
+        img = load_rgb(data, min_side=min_side)
+    except BadImage as e:
+        raise BadImage(str(path), e.reason) from e
+    w, h = photo_size(data, img)
+    return Decoded(pre.to_uint8(img), w, h, also(path, data, img) if also else None)
+
+
+class _DecodeAhead:
+    """Chunks of decoded files, made by a producer thread while the consumer embeds the previous chunk.
+
+    Iterating yields, in input order, lists of (position, Decoded or byol.data.BadFile) holding `batch_size`
+    decoded photos each (the last may hold fewer); at most _QUEUE_BATCHES wait, so memory stays flat. An
+    exception in the producer is raised in the consumer. close() stops the producer and waits for it.
+    """
+
+    _DONE = object()  # put after the last chunk
+
+    def __init__(self, paths: Sequence[str | Path], decode: Callable[[str | Path], Decoded],
+                 workers: int | None, batch_size: int, desc: str) -> None:
+        self.ready: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)  # chunks, then _DONE or an exception
+        self.stop = threading.Event()
+        self.producer = threading.Thread(target=self._produce, args=(paths, decode, workers, batch_size, desc),
+                                         name="embed-decode", daemon=True)
+        self.producer.start()
+
+    def _produce(self, paths: Sequence[str | Path], decode: Callable[[str | Path], Decoded],
+                 workers: int | None, batch_size: int, desc: str) -> None:
         from byol.data import BadFile, decode_many
 
-        min_side = min_side or self.preprocess.resize
-        pre = self.preprocess
-
-        def decode(path: str | Path) -> Decoded:
-            path = Path(path)
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise BadImage(str(path), f"cannot read ({e.strerror or type(e).__name__})") from e
-            try:
-                img = load_rgb(data, min_side=min_side)
-            except BadImage as e:
-                raise BadImage(str(path), e.reason) from e
-            w, h = photo_size(data, img)
-            return Decoded(pre.to_uint8(img), w, h, also(path, data, img) if also else None)
-
-        ready: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)  # chunks, then `done` or an exception
-        stop = threading.Event()
-        done = object()
-
-        def produce() -> None:
-            try:
-                chunk, good = [], 0
-                for i, r in decode_many(paths, decode, workers, desc=desc):
-                    if stop.is_set():
-                        return
-                    chunk.append((i, r))
-                    good += not isinstance(r, BadFile)
-                    if good >= batch_size:
-                        ready.put(chunk)
-                        chunk, good = [], 0
-                if chunk:
-                    ready.put(chunk)
-                ready.put(done)
-            except BaseException as e:  # handed to the consumer, which raises it
-                ready.put(e)
-
-        producer = threading.Thread(target=produce, name="embed-decode", daemon=True)
-        producer.start()
         try:
-            while True:
-                chunk = ready.get()
-                if chunk is done:
+            chunk, good = [], 0
+            for i, r in decode_many(paths, decode, workers, desc=desc):
+                if self.stop.is_set():
                     return
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                good = [(i, r) for i, r in chunk if not isinstance(r, BadFile)]
-                bad = [(i, r) for i, r in chunk if isinstance(r, BadFile)]
-                if good:
-                    vectors = self.embed_array(pre.normalize(np.stack([r.pixels for _, r in good])), batch_size)
-                else:
-                    vectors = np.zeros((0, self.dim), np.float32)
-                yield EmbeddedBatch([i for i, _ in good], vectors, [(r.width, r.height) for _, r in good],
-                                    [r.extra for _, r in good], bad)
-        finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue, then let it finish
-                try:
-                    ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+                chunk.append((i, r))
+                good += not isinstance(r, BadFile)
+                if good >= batch_size:
+                    self.ready.put(chunk)
+                    chunk, good = [], 0
+            if chunk:
+                self.ready.put(chunk)
+            self.ready.put(self._DONE)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self.ready.put(e)
+
+    def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
+        while True:
+            chunk = self.ready.get()
+            if chunk is self._DONE:
+                return
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.producer.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            try:
+                self.ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
 
 
 def photo_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
