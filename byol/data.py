@@ -28,7 +28,7 @@ from collections.abc import Callable, Generator, Iterable, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -367,29 +367,31 @@ class ImageCache:
 
         gen = secrets.token_hex(4)
         array_name = f"images-{side}-{gen}.u8"
-        tmp = cache_dir / f".{array_name}.tmp"
         rows: list[list[Any]] = []
         bad: list[list[Any]] = []
         n_decoded = n_reused = 0
-        try:
-            with open(tmp, "wb") as f:
-                for i, (k, (size, mtime)) in enumerate(zip(source.keys, source.stamps)):
-                    if i in todo_set:
-                        _, out = next(decoded)
-                        if isinstance(out, BadFile):
-                            bad.append([k, size, mtime, out.reason])
-                            continue
-                        f.write(np.ascontiguousarray(out, dtype=np.uint8).tobytes())
-                        n_decoded += 1
-                    elif (k, size, mtime) in old_rows and old_array is not None:  # old_rows: from old_array
-                        f.write(old_array[old_rows[(k, size, mtime)]].tobytes())
-                        n_reused += 1
-                    else:  # unchanged and known to be unreadable
-                        bad.append([k, size, mtime, old_bad[(k, size, mtime)]])
+
+        def write_rows(f: BinaryIO) -> None:
+            nonlocal n_decoded, n_reused
+            for i, (k, (size, mtime)) in enumerate(zip(source.keys, source.stamps)):
+                if i in todo_set:
+                    _, out = next(decoded)
+                    if isinstance(out, BadFile):
+                        bad.append([k, size, mtime, out.reason])
                         continue
-                    rows.append([k, size, mtime])
-                f.flush()
-                os.fsync(f.fileno())
+                    f.write(np.ascontiguousarray(out, dtype=np.uint8).tobytes())
+                    n_decoded += 1
+                elif (k, size, mtime) in old_rows and old_array is not None:  # old_rows: from old_array
+                    f.write(old_array[old_rows[(k, size, mtime)]].tobytes())
+                    n_reused += 1
+                else:  # unchanged and known to be unreadable
+                    bad.append([k, size, mtime, old_bad[(k, size, mtime)]])
+                    continue
+                rows.append([k, size, mtime])
+
+        try:
+            # a new generation's name: readers of the committed index never see this file until _commit
+            atomic_write(cache_dir / array_name, write_rows)
             decoded.close()
 
             bad_files = [BadFile(_label(source.label_prefix, b[0]), b[3]) for b in bad]
@@ -397,7 +399,6 @@ class ImageCache:
                 (json.dumps(bad_file_record(b.path, b.reason)) + "\n").encode() for b in bad_files))
             if not rows:
                 raise ValueError(f"no readable images in {what} ({len(bad)} files skipped, see {report})")
-            os.replace(tmp, cache_dir / array_name)
             index = {"format": INDEX_FORMAT, "side": side, "source": source.id, "array": array_name,
                      "label_prefix": source.label_prefix, "rows": rows, "bad": bad}
             _commit(cache_dir, side, index)
@@ -406,8 +407,7 @@ class ImageCache:
             raise
         finally:
             decoded.close()
-            tmp.unlink(missing_ok=True)
-            del old_array
+            old_array = None  # unmaps the previous array (write_rows shares this variable, so not `del`)
         _remove_stale(cache_dir, side, keep=array_name)
 
         gone = set() if old is None else {r[0] for r in old["rows"] + old["bad"]} - set(source.keys)
@@ -459,7 +459,9 @@ def _remove_stale(cache_dir: Path, side: int, keep: str) -> None:
     for p in cache_dir.glob(f"images-{side}-*.u8"):
         if p.name != keep:
             p.unlink(missing_ok=True)
-    for p in cache_dir.glob(f".images-{side}-*.u8.tmp"):  # left by a killed build; spare a running one
+    # temporary arrays left by a killed build (atomic_write's `.NAME.XXXX.tmp`; `.NAME.tmp` from older
+    # versions); spare a running one
+    for p in cache_dir.glob(f".images-{side}-*.u8*.tmp"):
         try:
             if time.time() - p.stat().st_mtime > 3600:
                 p.unlink()
