@@ -5,8 +5,10 @@ runs the one-command pipeline (app/pipeline.py) on it with a short budget.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -18,11 +20,11 @@ DEMO_BUDGET = 60.0  # seconds of pretraining for the demo: about two minutes end
 DEMO_CLASSES = ("sunset", "ocean", "forest", "night_sky", "brick_wall", "flower_field", "checkerboard", "stripes")
 
 
-def _jitter(rng: np.random.Generator, rgb, amount: int = 30) -> tuple[int, int, int]:
+def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = 30) -> tuple[int, int, int]:
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
 
 
-def _gradient(w: int, h: int, top, bottom) -> Image.Image:
+def _gradient(w: int, h: int, top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     arr = (1 - t) * np.asarray(top, np.float32) + t * np.asarray(bottom, np.float32)
     return Image.fromarray(np.broadcast_to(arr, (h, w, 3)).astype(np.uint8))
@@ -122,7 +124,8 @@ def make_example_photos(folder: str | Path, per_class: int = 40, seed: int = 0) 
     return folder
 
 
-def demo(out: str | Path = "byol-demo", budget: float = DEMO_BUDGET, per_class: int = 40, log=print) -> dict:
+def demo(out: str | Path = "byol-demo", budget: float = DEMO_BUDGET, per_class: int = 40,
+         log: Callable[[str], object] = print) -> dict[str, Any]:
     """Draw the example photos into OUT/photos and run the pipeline on them into OUT."""
     out = Path(out)
     t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from byol.fileio import fsync_dir
 
 if TYPE_CHECKING:
     from app.labels import Labels
+    from index.store import Store
 
 T = TypeVar("T")
 _PARTIAL = ".partial"  # suffix of an export folder being written
@@ -41,7 +42,7 @@ CSV_FIELDS = ["id", "path", "label", "source", "predicted", "confidence"]
 
 
 # ---------------------------------------------------------------- the three formats
-def export_csv(labels: Labels, store, path: str | Path) -> int:
+def export_csv(labels: Labels, store: Store, path: str | Path) -> int:
     """Every photo with its label and prediction as CSV; returns the number of rows."""
     from byol.data import display_path
     from byol.fileio import atomic_write_bytes
@@ -55,7 +56,7 @@ def export_csv(labels: Labels, store, path: str | Path) -> int:
     return len(rows)
 
 
-def export_imagefolder(labels: Labels, store, out_dir: str | Path, copy: bool = False,
+def export_imagefolder(labels: Labels, store: Store, out_dir: str | Path, copy: bool = False,
                        include_predictions: bool = False, min_confidence: float = 0.0,
                        progress: Progress = no_progress) -> dict[str, int]:
     """out_dir/<label>/<id>_<file name>: symbolic links to the photos (or copies). Returns counts per label.
@@ -103,7 +104,7 @@ def export_imagefolder(labels: Labels, store, out_dir: str | Path, copy: bool = 
     return write_folder(out_dir, fill)
 
 
-def export_hf(labels: Labels, store, out_dir: str | Path, include_predictions: bool = False,
+def export_hf(labels: Labels, store: Store, out_dir: str | Path, include_predictions: bool = False,
               min_confidence: float = 0.0) -> int:
     """A `datasets.Dataset` (image, label as ClassLabel, id, path, source, confidence) saved to disk.
 

@@ -20,8 +20,12 @@ import importlib.util
 import io
 import re
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from byol.train import TrainConfig
 
 # fields that are not flags, and why (everything else in TrainConfig and ModelConfig is one)
 NOT_FLAGS = {
@@ -200,7 +204,8 @@ def _constant(m: re.Match) -> str:
     return m.group(0)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, after: dict | None = None) -> None:
+def add_config_flags(parser: argparse.ArgumentParser,
+                     after: dict[str, Callable[[Any], object]] | None = None) -> None:
     """The pretraining flags, grouped as GROUPS; every default is None, so that a flag not given leaves the
     TrainConfig default in place (config_from_args). after: {field name: add(parser)} for flags of the
     command's own, placed after that field's flag."""
@@ -224,7 +229,7 @@ def add_config_flags(parser: argparse.ArgumentParser, after: dict | None = None)
             after[f.name](target)
 
 
-def config_from_args(args: argparse.Namespace, cfg) -> None:
+def config_from_args(args: argparse.Namespace, cfg: TrainConfig) -> None:
     """Copy every flag given on the command line onto cfg (a TrainConfig); bools are set either way."""
     for f in pretrain_fields():
         if f.name in ("budget", "steps"):

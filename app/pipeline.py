@@ -27,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ENCODERS = "encoders"  # WORK_DIR/encoders/: one file per exported encoder, named by its hash
 
@@ -66,7 +68,7 @@ def folder_listing(folder: str | Path) -> tuple[str, int]:
     return h.hexdigest(), len(paths)
 
 
-def read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict[str, Any]:
     """A small JSON state file ({} when missing or unreadable: the stages then run again)."""
     try:
         return json.loads(path.read_text())
@@ -74,7 +76,7 @@ def read_state(path: Path) -> dict:
         return {}
 
 
-def write_state(path: Path, state: dict) -> None:
+def write_state(path: Path, state: dict[str, Any]) -> None:
     from byol.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(state, indent=2) + "\n")
@@ -103,12 +105,12 @@ class _Work:
     def index_dir(self) -> Path:
         return self.work / "index"
 
-    def save(self, stage: str, value: dict) -> None:
+    def save(self, stage: str, value: dict[str, Any]) -> None:
         self.state[stage] = value
         write_state(self.work / "run.json", self.state)
 
 
-def run(cfg: RunConfig, log=print) -> dict:
+def run(cfg: RunConfig, log: Callable[[str], object] = print) -> dict[str, Any]:
     """Pretrain, export and index as needed.
 
     Returns the paths (folder, checkpoint, model, index_dir), the number of photos, and per stage
@@ -133,7 +135,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     return out
 
 
-def _pretrain(w: _Work, log) -> str:
+def _pretrain(w: _Work, log: Callable[[str], object]) -> str:
     """The pretraining stage: skipped, resumed or done (a fresh run)."""
     from byol.fileio import file_sha256
     from byol.train import TrainConfig, train
@@ -160,7 +162,7 @@ def _pretrain(w: _Work, log) -> str:
     return "resumed" if resume else "done"
 
 
-def _export(w: _Work, log) -> tuple[str, Path]:
+def _export(w: _Work, log: Callable[[str], object]) -> tuple[str, Path]:
     """The export stage: (skipped or done, the encoder file in encoders/ the index is to use)."""
     from byol.export import export_onnx
     from byol.fileio import file_sha256
@@ -183,7 +185,7 @@ def _export(w: _Work, log) -> tuple[str, Path]:
     return "done", encoder
 
 
-def _index(w: _Work, encoder: Path, log, out: dict) -> str:
+def _index(w: _Work, encoder: Path, log: Callable[[str], object], out: dict[str, Any]) -> str:
     """The index stage: skipped, or done (incremental; a new encoder re-embeds in place). Adds the build's
     summary to out["index_summary"]."""
     from index.build import build_index
