@@ -1,10 +1,11 @@
 """Who may reach the page and which files it may serve.
 
 Safe by default: the server binds the loopback interface; any other address needs a user and password.
-The page only ever shows thumbnails, so the thumbnail folder is the one folder served; everything else in
-the index (FAISS index, SQLite databases, manifest) and every other path is refused, whatever the URL
-(traversal with ../, absolute paths, encoded variants), because gradio serves a file only when it lies in
-an allowed folder and outside every blocked one.
+The page only ever shows pictures the index made itself: thumbnails (thumbs/), the photo map's sprite sheets
+(atlas/) and 1024 px previews (previews/), so these three folders are the ones served, never an original
+photo; everything else in the index (FAISS index, SQLite databases, manifest, exports) and every other path
+is refused, whatever the URL (traversal with ../, absolute paths, encoded variants), because gradio serves a
+file only when it lies in an allowed folder and outside every blocked one.
 
 Requests are also checked before gradio sees them (`HostGuard`): only the names the server listens on are
 answered (a page on another site cannot reach it by DNS rebinding), and no other web site may drive it
@@ -43,7 +44,10 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # further failure up to LOGIN_DELAY_MAX s; a success resets it. 10 guesses then cost about 4 minutes.
 LOGIN_DELAY, LOGIN_DELAY_MAX = 0.5, 60.0
 # Files an index holds besides its thumbnails; blocked by name even before they exist.
-INDEX_FILES = ("meta.sqlite", "vectors.faiss", "labels.sqlite", "manifest.json")
+INDEX_FILES = ("meta.sqlite", "vectors.faiss", "labels.sqlite", "manifest.json", "photo_info.sqlite",
+               "review.sqlite")
+# Folders of the index the page serves besides the thumbnails: pictures the index made itself, nothing else
+SERVED_FOLDERS = ("atlas", "previews")
 
 
 def is_loopback(host: str) -> bool:
@@ -114,15 +118,24 @@ def thumbs_dir(index_dir: str | Path, store=None) -> Path:
 
 
 def served_paths(index_dir: str | Path, store=None) -> tuple[list[str], list[str]]:
-    """(allowed_paths, blocked_paths) for gradio's launch: the thumbnails, and nothing else of the index."""
+    """(allowed_paths, blocked_paths) for gradio's launch: the thumbnails, the map's sheets and the previews
+    (SERVED_FOLDERS, each only when it is a real folder inside the index, not a link out of it), and
+    nothing else of the index."""
     index_dir = Path(index_dir).resolve()
     thumbs = thumbs_dir(index_dir, store)
+    allowed = [thumbs]
+    for name in SERVED_FOLDERS:
+        d = index_dir / name
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            continue  # someone put a link or a file there: serve nothing by that name
+        allowed.append(d)
     blocked = {index_dir / n for n in INDEX_FILES}
     blocked |= {index_dir / f"{n}{s}" for n in INDEX_FILES for s in ("-wal", "-shm", "-journal")}
     if index_dir.is_dir():
         # every other entry of the index, present now (exports, checkpoints copied in, temporary files)
-        blocked |= {p.resolve() for p in index_dir.iterdir() if p.resolve() != thumbs}
-    return [str(thumbs)], sorted(str(p) for p in blocked)
+        blocked |= {p.resolve() for p in index_dir.iterdir() if p.resolve() not in allowed}
+        blocked |= {index_dir / n for n in SERVED_FOLDERS if (index_dir / n) not in allowed}
+    return [str(p) for p in allowed], sorted(str(p) for p in blocked)
 
 
 # ---------------------------------------------------------------------- uploads

@@ -1,4 +1,5 @@
-"""What every session of the page shares: the store, the label database and the encoder for uploads.
+"""What every session of the page shares: the store, the label database, the encoder for uploads, the photo
+facts (index/photoinfo.py, filled in a background thread from page start) and the duplicate decisions.
 
 The page's handlers (app/handlers.py) take a Page as their first argument; app/ui.py builds one per page.
 """
@@ -10,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-from app import search
 from app.labels import Labels
 
 log = logging.getLogger("byol_search.page")
@@ -27,7 +27,12 @@ class Page:
             store = Store.open(self.index_dir)
         self.store = store
         self.labels = labels or Labels(self.index_dir)
-        self._map_cache: dict = {}
+        self._infos = None
+        self._decisions = None
+        self._lazy_lock = threading.Lock()
+        self._fill_thread: threading.Thread | None = None
+        self._fill_stop = threading.Event()
+        self._fill_state = ""  # what the background fill of photo facts is doing, for the page
         self._refreshed = 0.0
         self._encoder_lock = threading.Lock()
         # loaded now, so that a page whose encoder is not the index's never starts (EncoderMismatch)
@@ -77,8 +82,7 @@ class Page:
         now = time.monotonic()
         if now - self._refreshed > 1.0 and hasattr(self.store, "refresh"):
             self._refreshed = now
-            if self.store.refresh():
-                self._map_cache.clear()
+            self.store.refresh()
 
     def require_photos(self) -> None:
         self.refresh()
@@ -92,9 +96,58 @@ class Page:
         return (f"**{self.store.count:,}** photos indexed · {self.store.dim}-d embeddings · encoder `{model}`"
                 + (f" ({sha})" if sha else "") + f" · `{self.index_dir}`")
 
-    def map_for(self, method: str):
-        key = (method, self.store.count, getattr(self.store, "generation", None))
-        if key not in self._map_cache:
-            include = list(self.labels.labelled())
-            self._map_cache = {key: search.compute_map(self.store, method, include=include)}
-        return self._map_cache[key]
+    @property
+    def infos(self):
+        """The photos' facts (index.photoinfo.PhotoInfoCache: name, folder, bytes, pixels, date taken)."""
+        with self._lazy_lock:
+            if self._infos is None:
+                from index.photoinfo import PhotoInfoCache
+
+                self._infos = PhotoInfoCache(self.store)
+            return self._infos
+
+    @property
+    def decisions(self):
+        """Keep / drop decisions of the duplicate review (app.review.Decisions)."""
+        with self._lazy_lock:
+            if self._decisions is None:
+                from app.review import Decisions
+
+                self._decisions = Decisions(self.index_dir)
+            return self._decisions
+
+    def start_facts(self) -> threading.Thread:
+        """Read every photo's facts in a background thread (daemon; `close` stops it between batches), so that
+        date filters cover the whole index; the page keeps working meanwhile and shows `facts_status`."""
+        with self._lazy_lock:
+            if self._fill_thread is not None and self._fill_thread.is_alive():
+                return self._fill_thread
+
+            def run() -> None:
+                def progress(fraction: float, desc: str) -> None:
+                    self._fill_state = f"reading photo facts: {fraction:.0%} ({desc.split(': ', 1)[-1]})"
+
+                try:
+                    r = self.infos.fill(progress=progress, stop=self._fill_stop)
+                    self._fill_state = "" if not r.stopped else "reading photo facts: stopped"
+                except Exception as e:  # a page without dates still searches; say why in the log
+                    log.warning("reading photo facts failed: %s", e)
+                    self._fill_state = f"reading photo facts failed ({type(e).__name__})"
+
+            self._fill_state = "reading photo facts: starting"
+            self._fill_thread = threading.Thread(target=run, name="photo-facts", daemon=True)
+            self._fill_thread.start()
+            return self._fill_thread
+
+    def facts_status(self) -> str:
+        """'' once every photo's facts are read (or no fill was started), else its progress."""
+        return self._fill_state
+
+    def close(self) -> None:
+        """Stop the background fill and close the databases this page opened (not the store)."""
+        self._fill_stop.set()
+        if self._fill_thread is not None:
+            self._fill_thread.join(timeout=30)
+        for db in (self._infos, self._decisions):
+            if db is not None:
+                db.close()

@@ -210,7 +210,7 @@ def parse_ids(text: str, layout=None, limit: int = 1_000_000) -> list[int]:
     out: list[int] = []
     for part in text.replace(";", ",").split(",")[:limit]:
         part = part.strip()
-        if part.lstrip("-").isdigit():
+        if part.lstrip("-").isdigit() and len(part) <= 18:  # an id fits int64; longer is junk
             out.append(int(part))
     ids = np.asarray(list(dict.fromkeys(out)), np.int64)
     if layout is not None and len(ids):

@@ -17,6 +17,7 @@ encoder, the page loads that one (and checks it the same way) before embedding t
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import re
 from collections.abc import Iterable
@@ -25,18 +26,61 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app import exports, handlers, search
+from app import exports, handlers, photomap, search
 from app.files import MAX_UPLOAD, HostGuard, LoginThrottle, allowed_hosts, check_bind, served_paths
-from app.handlers import EXPORTS, SEARCH_MODE, SELECT_MODE, Gallery, Results, Selection, Vocabulary
+from app.filters import Filter
+from app.handlers import (
+    CLICK_MODES,
+    EXPORTS,
+    LABEL_KEYS,
+    OPEN_MODE,
+    SEARCH_MODE,
+    SELECT_MODE,
+    Duplicates,
+    Gallery,
+    MapView,
+    Preview,
+    Results,
+    Selection,
+    Vocabulary,
+)
 from app.labels import Labels, Progress
 from app.page import Page
 
 log = logging.getLogger("byol_search.page")
 PAGE = 24  # results per page
-__all__ = ["EXPORTS", "GRADIO_MIN", "PAGE", "SEARCH_MODE", "SELECT_MODE", "Page", "build_app", "check_gradio",
-           "launch"]
-# searches are short and read-only: several run at once (one queue slot each for training, exports, ...)
+__all__ = ["EXPORTS", "GRADIO_MIN", "OPEN_MODE", "PAGE", "SEARCH_MODE", "SELECT_MODE", "Page", "build_app",
+           "check_gradio", "head_html", "launch"]
+# searches are short and read-only: several run at once; each long action has a queue of its own, so that
+# training, an export, the map or the duplicate search never holds up the rest of the page
 SEARCHES = {"concurrency_id": "search", "concurrency_limit": 4}
+TRAIN = {"concurrency_id": "train", "concurrency_limit": 1}
+EXPORT = {"concurrency_id": "export", "concurrency_limit": 1}
+MAP = {"concurrency_id": "map", "concurrency_limit": 2}
+DUPLICATES = {"concurrency_id": "duplicates", "concurrency_limit": 1}
+FILTER_TEXT_MAX = 500  # characters of a filter field read (a folder name, a date)
+# Number keys 1-9 press the label buttons (#label-key-N) unless the user is typing somewhere.
+KEYS_JS = r"""
+(() => {
+  if (window.byolLabelKeys) return;
+  window.byolLabelKeys = true;
+  document.addEventListener('keydown', e => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || !/^[1-9]$/.test(e.key)) return;
+    const t = e.target;
+    if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return;
+    const b = document.getElementById('label-key-' + e.key);
+    if (!b || b.offsetParent === null) return;
+    e.preventDefault();
+    b.click();
+  });
+})();
+"""
+CLEAR_MAP_JS = "() => { if (window.byolPhotoMap) window.byolPhotoMap.setSelection('photomap', []); }"
+
+
+def head_html() -> str:
+    """What the page needs in its <head> (gradio 6 takes it in launch): the map's script and the label keys."""
+    return photomap.head_html() + f"\n<script>\n{KEYS_JS}\n</script>"
 # The oldest gradio the page works with: launch(run_history=...) first came in 6.24, and with it every other
 # gradio 6 API used here (buttons=[], api_visibility, footer_links). pyproject.toml says the same.
 GRADIO_MIN = (6, 24)
@@ -100,12 +144,26 @@ def _render_results(r: Results) -> tuple:
 
 def _render_selection(s: Selection) -> tuple:
     """[sel_gallery, sel_ids, sel_note]."""
-    return s.gallery.items, s.gallery.ids, s.note
+    return s.gallery.items, s.ids, s.note
 
 
 def _render_vocabulary(v: Vocabulary) -> tuple:
-    """[sel_label, label_pick, view_label, counts_md]: every label picker and the counts."""
-    return (gr.Dropdown(choices=v.names), gr.Dropdown(choices=v.names), gr.Dropdown(choices=v.names), v.counts)
+    """[sel_label, label_pick, view_label, counts_md, flt_label, flt_pred, key 1 .. key 9]: every label
+    picker, the counts, the filters' label choices and the number-key buttons."""
+    keys = [gr.Button(value=t or "", visible=t is not None) for t in handlers.key_labels(v)]
+    any_name = ["", *v.names]
+    return (gr.Dropdown(choices=v.names), gr.Dropdown(choices=v.names), gr.Dropdown(choices=v.names), v.counts,
+            gr.Dropdown(choices=any_name), gr.Dropdown(choices=any_name), *keys)
+
+
+def _render_preview(p: Preview) -> tuple:
+    """[preview_box, preview_img, preview_facts, preview_near, preview_near_ids, preview_id]."""
+    return gr.Column(visible=True), p.image, p.facts, p.neighbours.items, p.neighbours.ids, p.id
+
+
+def _filter(*values) -> Filter:
+    """The filter fields' values (folder, label, prediction, from, to) as a Filter; None and junk as ''."""
+    return Filter(*(str(v if v is not None else "").strip()[:FILTER_TEXT_MAX] for v in values))
 
 
 def _skips(n: int) -> tuple:
@@ -137,66 +195,112 @@ def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels |
     check_gradio()
     page = Page(index_dir, store, embedder, labels)
     with gr.Blocks(title="byol-search", analytics_enabled=False) as demo:
-        c = _layout(page)
+        c = SimpleNamespace(k=page_size)
+        _layout(page, c)
         c.search_out = [c.results, c.res_ids, c.query, c.search_note, c.tabs]
         c.sel_out = [c.sel_gallery, c.sel_ids, c.sel_note]
-        c.vocab_out = [c.sel_label, c.label_pick, c.view_label, c.counts_md]
+        c.vocab_out = [c.sel_label, c.label_pick, c.view_label, c.counts_md, c.flt_label, c.flt_pred, *c.key_btns]
+        c.preview_out = [c.preview_box, c.preview_img, c.preview_facts, c.preview_near, c.preview_near_ids,
+                         c.preview_id]
+        c.act_out = c.search_out + c.sel_out + c.preview_out
         _wire_search(demo, page, c, page_size)
-        _wire_duplicates(page, c)
+        _wire_duplicates(page, c, page_size)
         _wire_labels(page, c, page_size)
         _wire_map(page, c, page_size)
 
         def on_load():
             title, v = handlers.load(page)
-            return (title, *_render_vocabulary(v))
+            return (title, *_render_vocabulary(v), gr.Dropdown(choices=["", *handlers.folders(page)]))
 
-        _on(demo.load, on_load, None, [c.header, *c.vocab_out], api_visibility="private")
+        _on(demo.load, on_load, None, [c.header, *c.vocab_out, c.flt_folder], api_visibility="private")
+
+        def on_tick():
+            status = handlers.facts_status(page)
+            return status, gr.Timer(active=bool(status))
+
+        c.facts_timer.tick(on_tick, None, [c.facts_md, c.facts_timer], api_visibility="private",
+                           show_progress="hidden")
     demo.queue(default_concurrency_limit=2)
     demo.page = page  # for tests and scripts: the shared state behind the page
     return demo
 
 
-def _layout(page: Page) -> SimpleNamespace:
-    """Every component of the page, in page order (layout only: what they do is wired below)."""
-    c = SimpleNamespace()
+def _photo_gallery(label: str, elem_id: str | None = None, columns: int = 8, **kw) -> gr.Gallery:
+    return gr.Gallery(label=label, columns=columns, height="auto", allow_preview=False, object_fit="cover",
+                      interactive=False, buttons=[], elem_id=elem_id, **kw)
+
+
+def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
+    """Every component of the page, in page order, into c (layout only: what they do is wired below)."""
     c.header = gr.Markdown(handlers.header(page))
+    c.facts_md = gr.Markdown(elem_id="facts-status")
+    c.facts_timer = gr.Timer(2.0)
     c.query = gr.State(None)  # {"vec": [...]} | {"id": n} | {"random": True}: what "show more" continues
     c.sel_ids = gr.State([])
     with gr.Accordion("Selection and labelling", open=True):
         with gr.Row():
-            c.click_mode = gr.Radio([SEARCH_MODE, SELECT_MODE], value=SEARCH_MODE, label="Clicking a photo",
-                                  info="in Search, Duplicates and Map; in Label it always selects", scale=2)
+            c.click_mode = gr.Radio(list(CLICK_MODES), value=OPEN_MODE, label="Clicking a photo",
+                                    info="in Search, Duplicates and Map; in Label it always selects", scale=2)
             c.sel_label = gr.Dropdown(page.labels.names(), label="Label", allow_custom_value=True,
-                                    info="pick one, or type a new name", scale=2, elem_id="sel-label")
+                                      info="pick one, or type a new name", scale=2, elem_id="sel-label")
             c.assign_btn = gr.Button("Assign to selected", variant="primary", scale=1)
             c.unassign_btn = gr.Button("Remove their labels", scale=1)
             c.clear_btn = gr.Button("Clear selection", scale=1)
-        c.sel_note = gr.Markdown("**0** selected")
+        with gr.Row(elem_id="label-keys"):
+            names = page.labels.names()
+            c.key_btns = [gr.Button(f"{n} {names[n - 1]}" if n <= len(names) else "", size="sm", min_width=60,
+                                    visible=n <= len(names), elem_id=f"label-key-{n}")
+                          for n in range(1, LABEL_KEYS + 1)]
+        c.sel_note = gr.Markdown("**0** selected · number keys 1-9 (or the buttons) label the selection")
         c.sel_gallery = gr.Gallery(label="Selected", columns=12, height=120, allow_preview=False,
-                                 object_fit="cover", interactive=False, buttons=[], elem_id="selection")
+                                   object_fit="cover", interactive=False, buttons=[], elem_id="selection")
+    with gr.Column(visible=False, elem_id="preview") as c.preview_box:
+        c.preview_id = gr.State(None)
+        with gr.Row():
+            c.preview_img = gr.Image(label="Preview (1024 px)", type="filepath", interactive=False, height=460,
+                                     buttons=[], scale=3, elem_id="preview-image")
+            with gr.Column(scale=2):
+                c.preview_facts = gr.Markdown(elem_id="preview-facts")
+                with gr.Row():
+                    c.preview_search_btn = gr.Button("Search from it")
+                    c.preview_select_btn = gr.Button("Select it")
+                    c.preview_close_btn = gr.Button("Close")
+                c.preview_near = _photo_gallery("Nearest neighbours", "preview-neighbours", columns=4)
+                c.preview_near_ids = gr.State([])
     with gr.Tabs() as c.tabs:
         with gr.Tab("Search", id="search"):
             with gr.Row():
                 c.upload = gr.Image(label="Query photo: upload or paste", type="filepath", height=220,
-                                  sources=["upload", "clipboard"], scale=1)
+                                    sources=["upload", "clipboard"], scale=1)
                 with gr.Column(scale=2):
                     c.search_note = gr.Markdown("Upload a photo, or press **Random photos** and click one.")
                     with gr.Row():
                         c.random_btn = gr.Button("Random photos")
                         c.more_btn = gr.Button("Show more")
                         c.select_all_btn = gr.Button("Select all shown")
-            c.results = gr.Gallery(label="Results (cosine · file)", columns=6, height="auto", allow_preview=False,
-                                 object_fit="cover", interactive=False, buttons=[], elem_id="results")
+            with gr.Accordion("Filter the results", open=False, elem_id="filters"):
+                with gr.Row():
+                    c.flt_folder = gr.Dropdown([""], value="", label="Sub-folder", allow_custom_value=True,
+                                               info="and the folders inside it")
+                    c.flt_label = gr.Dropdown(["", *page.labels.names()], value="", label="Labelled")
+                    c.flt_pred = gr.Dropdown(["", *page.labels.names()], value="", label="Predicted")
+                    c.flt_from = gr.Textbox("", label="Taken from", placeholder="YYYY-MM-DD", elem_id="date-from")
+                    c.flt_to = gr.Textbox("", label="Taken to", placeholder="YYYY-MM-DD", elem_id="date-to")
+                c.filter_note = gr.Markdown(elem_id="filter-note")
+            c.flt = [c.flt_folder, c.flt_label, c.flt_pred, c.flt_from, c.flt_to]
+            c.results = _photo_gallery("Results (cosine · file)", "results", columns=6)
             c.res_ids = gr.State([])
         with gr.Tab("Duplicates", id="duplicates"):
             with gr.Row():
                 c.threshold = gr.Slider(0.80, 1.0, value=0.95, step=0.005, label="Cosine threshold",
-                                      info="higher: only near-identical photos")
+                                        info="higher: only near-identical photos")
                 c.dup_btn = gr.Button("Find near-duplicates")
-            c.dup_note = gr.Markdown()
-            c.dup_gallery = gr.Gallery(label="Groups", columns=8, height="auto", allow_preview=False,
-                                     object_fit="cover", interactive=False, buttons=[])
-            c.dup_ids = gr.State([])
+                c.dup_export_btn = gr.Button("Export decisions (CSV)")
+            c.dup_note = gr.Markdown(elem_id="dup-note")
+            c.dup_status = gr.Markdown(elem_id="dup-status")
+            c.dup_file = gr.File(label="Download", visible=False, elem_id="dup-file")
+            c.dup_groups = gr.State([])
+            _duplicate_groups(page, c)
         with gr.Tab("Label", id="label"):
             with gr.Row():
                 c.new_label = gr.Textbox(label="New label", placeholder="e.g. cats", scale=2)
@@ -208,21 +312,19 @@ def _layout(page: Page) -> SimpleNamespace:
             c.counts_md = gr.Markdown(handlers.counts_markdown(page))
             with gr.Row():
                 c.train_btn = gr.Button("Train probe and predict all", variant="primary")
-                c.next_btn = gr.Button("What to label next")
+                c.next_btn = gr.Button("Next batch to label")
+                c.select_batch_btn = gr.Button("Select the whole batch")
             c.train_md = gr.Markdown(elem_id="train-report")
-            c.next_gallery = gr.Gallery(label="Least certain (click to select)", columns=8, height="auto",
-                                      allow_preview=False, object_fit="cover", interactive=False, buttons=[],
-                                      elem_id="label-next")
+            c.next_gallery = _photo_gallery("Least certain (click to select, then press a number key)",
+                                            "label-next")
             c.next_ids = gr.State([])
             with gr.Row():
                 c.view = gr.Radio(["predicted", "labelled"], value="predicted", label="Show photos")
                 c.view_label = gr.Dropdown(page.labels.names(), label="as label", elem_id="view-label")
                 c.order = gr.Radio(["most confident first", "least confident first"], value="most confident first",
-                                 label="Order")
+                                   label="Order")
                 c.view_btn = gr.Button("Show")
-            c.view_gallery = gr.Gallery(label="Photos (click to select, then assign the right label)",
-                                      columns=8, height="auto", allow_preview=False, object_fit="cover",
-                                      interactive=False, buttons=[], elem_id="predictions")
+            c.view_gallery = _photo_gallery("Photos (click to select, then assign the right label)", "predictions")
             c.view_ids = gr.State([])
             with gr.Row():
                 c.min_conf = gr.Slider(0.5, 1.0, value=0.9, step=0.01, label="Confidence at least")
@@ -239,16 +341,65 @@ def _layout(page: Page) -> SimpleNamespace:
                 c.colour_by = gr.Radio(["label", "prediction"], value="label", label="Colour by")
                 methods = ["PCA", "UMAP"] if search.umap_available() else ["PCA"]
                 c.method = gr.Radio(methods, value="PCA", label="Projection",
-                                  info=None if len(methods) > 1 else "pip install umap-learn for UMAP")
-                c.map_btn = gr.Button("Draw map")
-            c.map_legend = gr.HTML()
-            c.map_img = gr.Image(label="Click a dot to search from that photo", interactive=False, type="pil",
-                               buttons=[], elem_id="map")
-            c.map_gallery = gr.Gallery(label="Nearest to the clicked photo", columns=8, height="auto",
-                                     allow_preview=False, object_fit="cover", interactive=False, buttons=[])
-            c.map_ids = gr.State([])
-            c.map_state = gr.State(None)
+                                    info=None if len(methods) > 1 else "pip install umap-learn for UMAP")
+                c.map_btn = gr.Button("Draw map", elem_id="draw-map")
+            c.map_note = gr.Markdown(elem_id="map-note")
+            gr.HTML(photomap.container_html("photomap"))
+            # the map's script and the server talk through these (app/photomap.py)
+            c.map_data = gr.Textbox(visible="hidden", elem_id="photomap-data")
+            c.map_picked = gr.Textbox(visible="hidden", elem_id="photomap-selection")
+            c.map_opened = gr.Textbox(visible="hidden", elem_id="photomap-open")
+            c.map_state = gr.State(None)  # the layout drawn: what a selection or a click may name
+            c.map_sel = gr.State([])  # the part of the page's selection made on the map
     return c
+
+
+def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
+    """The Duplicates tab's groups, drawn again whenever the list of groups changes: each photo with its
+    facts and a keep / drop choice, saved as soon as it changes."""
+    from index.photoinfo import human_size
+
+    @gr.render(inputs=[c.dup_groups])
+    def groups(gs):
+        for g in gs or []:
+            with gr.Group():
+                gr.Markdown(f"**Group {g.number}** · {g.kind} · {len(g.members)} photos")
+                with gr.Row():
+                    for m in g.members:
+                        with gr.Column(min_width=170, elem_classes="dup-member"):
+                            img = gr.Image(m.thumb, show_label=False, height=160, interactive=False, buttons=[],
+                                           elem_id=f"dup-img-{m.id}")
+                            i = m.info
+                            facts = [f"**{html.escape(i.name)}**", f"{i.width or '?'}×{i.height or '?'}",
+                                     human_size(i.size) if i.size is not None else "missing"]
+                            if i.taken:
+                                facts.append(i.taken.replace("T", " ") + (" (file date)" if i.taken_source == "mtime"
+                                                                          else ""))
+                            facts.append(f"folder {html.escape(i.folder or '.')} · cosine {m.similarity:.3f}")
+                            gr.Markdown("  \n".join(facts))
+                            choice = gr.Radio(["keep", "drop"], value=m.decision, show_label=False,
+                                              elem_id=f"dup-{m.id}")
+                            _on(choice.input, lambda d, _i=m.id: handlers.decide(page, _i, d), [choice],
+                                [c.dup_status], api_visibility="private")
+                            _on(img.select, functools.partial(_act_fn(page, c, c.k), m.id),
+                                [c.click_mode, c.sel_ids, *c.flt], c.act_out, api_visibility="private")
+
+
+def _act_fn(page: Page, c: SimpleNamespace, k: int = PAGE):
+    def run(image_id, mode, selected, *flt):
+        return _render_act(c, handlers.act(page, image_id, mode, selected, k, _filter(*flt)))
+
+    return run
+
+
+def _render_act(c: SimpleNamespace, r) -> tuple:
+    """A click's view (Results, Selection or Preview) as the values of c.act_out (the rest skipped)."""
+    n_search, n_sel, n_prev = len(c.search_out), len(c.sel_out), len(c.preview_out)
+    if isinstance(r, Selection):
+        return (*_skips(n_search), *_render_selection(r), *_skips(n_prev))
+    if isinstance(r, Preview):
+        return (*_skips(n_search + n_sel), *_render_preview(r))
+    return (*_render_results(r), *_skips(n_sel + n_prev))
 
 
 def _on(event, fn, inputs, outputs, **kw):
@@ -257,41 +408,50 @@ def _on(event, fn, inputs, outputs, **kw):
 
 
 def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> None:
-    """Upload, random photos, show more, clicks in the result galleries, the selection bar."""
+    """Upload, random photos, show more, filters, clicks in the result galleries, the preview, the selection bar."""
 
-    def on_upload(payload):
-        r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k)
+    def on_upload(payload, *flt):
+        r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k, _filter(*flt))
         return _skips(len(c.search_out)) if r is None else _render_results(r)
 
-    def on_more(q, shown):
-        g, note = handlers.show_more(page, q, shown, k)
+    def on_more(q, shown, *flt):
+        g, note = handlers.show_more(page, q, shown, k, _filter(*flt))
         return (*_render_gallery(g), note)
 
-    _on(c.upload.upload, on_upload, [c.upload], c.search_out, preprocess=False, **SEARCHES,
+    _on(c.upload.upload, on_upload, [c.upload, *c.flt], c.search_out, preprocess=False, **SEARCHES,
         api_name="upload_search")
-    _on(c.random_btn.click, lambda: _render_results(handlers.random_photos(page, k)), None, c.search_out,
-        **SEARCHES, api_name="random_photos")
-    _on(c.more_btn.click, on_more, [c.query, c.res_ids], [c.results, c.res_ids, c.search_note], **SEARCHES,
-        api_name="show_more")
+    _on(c.random_btn.click, lambda *flt: _render_results(handlers.random_photos(page, k, _filter(*flt))), c.flt,
+        c.search_out, **SEARCHES, api_name="random_photos")
+    _on(c.more_btn.click, on_more, [c.query, c.res_ids, *c.flt], [c.results, c.res_ids, c.search_note],
+        **SEARCHES, api_name="show_more")
     # click-to-search without a click, for scripts and tests: the same code path as a click
     search_id_box = gr.Number(visible=False, precision=0)
     _on(search_id_box.submit, lambda i: _render_results(handlers.search_id(page, int(i), k)), [search_id_box],
         c.search_out, **SEARCHES, api_name="search_id")
+    open_box = gr.Number(visible=False, precision=0)
+    _on(open_box.submit, lambda i: _render_preview(handlers.open_photo(page, int(i))), [open_box], c.preview_out,
+        **SEARCHES, api_name="open_photo")
 
-    def clicked(ids, mode, selected, evt: gr.SelectData):
-        """A click in a results gallery: search from the photo, or toggle it in the selection."""
-        r = handlers.click(page, ids, _index(evt), mode, selected, k)
-        if isinstance(r, Selection):
-            return (*_skips(len(c.search_out)), *_render_selection(r))
-        return (*_render_results(r), *_skips(len(c.sel_out)))
+    def on_filter(*flt):
+        return handlers.filter_note(page, _filter(*flt))
+
+    for box in (c.flt_folder, c.flt_label, c.flt_pred):
+        _on(box.change, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
+    for box in (c.flt_from, c.flt_to):
+        _on(box.submit, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
+        _on(box.blur, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
+    _on(gr.Button(visible=False).click, on_filter, c.flt, [c.filter_note], api_name="filter_count")
+
+    def clicked(ids, mode, selected, folder, label, prediction, date_from, date_to, evt: gr.SelectData):
+        flt = _filter(folder, label, prediction, date_from, date_to)
+        return _render_act(c, handlers.click(page, ids, _index(evt), mode, selected, k, flt))
 
     def clicked_select(ids, selected, evt: gr.SelectData):
         return _render_selection(handlers.click_select(page, ids, _index(evt), selected))
 
     for gallery, ids_state, name in ((c.results, c.res_ids, "click_result"),
-                                     (c.dup_gallery, c.dup_ids, "click_duplicate"),
-                                     (c.map_gallery, c.map_ids, "click_map_result")):
-        _on(gallery.select, clicked, [ids_state, c.click_mode, c.sel_ids], c.search_out + c.sel_out,
+                                     (c.preview_near, c.preview_near_ids, "click_neighbour")):
+        _on(gallery.select, clicked, [ids_state, c.click_mode, c.sel_ids, *c.flt], c.act_out,
             **SEARCHES, api_name=name, api_visibility="undocumented")
     for gallery, ids_state, name in ((c.next_gallery, c.next_ids, "click_next"),
                                      (c.view_gallery, c.view_ids, "click_prediction")):
@@ -301,22 +461,48 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
         api_visibility="undocumented")
     _on(c.select_all_btn.click, lambda shown, sel: _render_selection(handlers.select_all(page, shown, sel)),
         [c.res_ids, c.sel_ids], c.sel_out, api_name="select_all")
-    _on(c.clear_btn.click, lambda: _render_selection(handlers.clear_selection(page)), None, c.sel_out,
-        api_name="clear_selection")
+    _on(c.clear_btn.click, lambda: (*_render_selection(handlers.clear_selection(page)), []), None,
+        [*c.sel_out, c.map_sel], api_name="clear_selection").then(None, None, None, js=CLEAR_MAP_JS)
+    # the preview's own buttons
+    _on(c.preview_search_btn.click,
+        lambda i, *flt: _render_results(handlers.search_id(page, _opened(i), k, _filter(*flt))),
+        [c.preview_id, *c.flt], c.search_out, **SEARCHES, api_visibility="private")
+    _on(c.preview_select_btn.click, lambda i, sel: _render_selection(handlers.toggle(page, sel, _opened(i))),
+        [c.preview_id, c.sel_ids], c.sel_out, api_visibility="private")
+    c.preview_close_btn.click(lambda: gr.Column(visible=False), None, [c.preview_box], api_visibility="private")
 
 
-def _wire_duplicates(page: Page, c: SimpleNamespace) -> None:
+def _opened(image_id) -> int:
+    if image_id is None:
+        raise ValueError("open a photo first")
+    return int(image_id)
+
+
+def _wire_duplicates(page: Page, c: SimpleNamespace, k: int) -> None:
     def on_duplicates(t, progress=gr.Progress()):
-        g, note = handlers.duplicates(page, t, _progress(progress))
-        return (*_render_gallery(g), note)
+        d: Duplicates = handlers.duplicates(page, t, _progress(progress))
+        return d.groups, d.note
 
-    outputs = [c.dup_gallery, c.dup_ids, c.dup_note]
-    _on(c.dup_btn.click, on_duplicates, [c.threshold], outputs, api_name="duplicates")
-    _on(c.threshold.release, on_duplicates, [c.threshold], outputs, api_visibility="undocumented")
+    outputs = [c.dup_groups, c.dup_note]
+    _on(c.dup_btn.click, on_duplicates, [c.threshold], outputs, api_name="duplicates", **DUPLICATES)
+    _on(c.threshold.release, on_duplicates, [c.threshold], outputs, api_visibility="undocumented", **DUPLICATES)
+
+    def on_export(t, progress=gr.Progress()):
+        note, path = handlers.export_duplicates(page, t, _progress(progress))
+        return note, gr.File(value=str(_download_copy(path)), visible=True)
+
+    _on(c.dup_export_btn.click, on_export, [c.threshold], [c.dup_status, c.dup_file], api_name="export_duplicates",
+        **EXPORT)
+
+    def on_decide(image_id, decision):
+        return handlers.decide(page, int(image_id), decision)
+
+    box_id, box_decision = gr.Number(visible=False, precision=0), gr.Textbox(visible=False)
+    _on(gr.Button(visible=False).click, on_decide, [box_id, box_decision], [c.dup_status], api_name="decide")
 
 
 def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
-    """The vocabulary, assignments, the probe, accepting predictions and the exports."""
+    """The vocabulary, assignments (button or number key), the probe, accepting predictions and the exports."""
     vocab, sel = _render_vocabulary, _render_selection
     new_vocab = [c.new_label, *c.vocab_out]
     _on(c.create_btn.click, lambda name: ("", *vocab(handlers.create_label(page, name))), [c.new_label],
@@ -328,15 +514,29 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, gr.Info)), [c.label_pick],
         c.vocab_out, api_name="delete_label")
 
+    # an assignment empties the selection (on the map too) and refreshes the label-next queue
+    assigned_out = [*c.sel_out, *c.vocab_out, c.map_sel, c.next_gallery, c.next_ids]
+
+    def after_assign(s: Selection, v: Vocabulary) -> tuple:
+        batch = handlers.next_batch(page, k)
+        return (*sel(s), *vocab(v), [], *(_skips(2) if batch is None else _render_gallery(batch)))
+
     def on_assign(selected, label):
-        s, v = handlers.assign(page, selected, label, gr.Info)
-        return (*sel(s), *vocab(v))
+        return after_assign(*handlers.assign(page, selected, label, gr.Info))
 
     def on_unassign(selected):
         s, v = handlers.unassign(page, selected)
         return (*sel(s), *vocab(v))
 
-    _on(c.assign_btn.click, on_assign, [c.sel_ids, c.sel_label], c.sel_out + c.vocab_out, api_name="assign")
+    _on(c.assign_btn.click, on_assign, [c.sel_ids, c.sel_label], assigned_out, api_name="assign"
+        ).then(None, None, None, js=CLEAR_MAP_JS)
+    key_number = gr.Number(visible=False, precision=0)
+    _on(gr.Button(visible=False).click,
+        lambda n, selected: after_assign(*handlers.label_key(page, n, selected, gr.Info)),
+        [key_number, c.sel_ids], assigned_out, api_name="label_key")
+    for n, btn in enumerate(c.key_btns, 1):
+        _on(btn.click, lambda selected, _n=n: after_assign(*handlers.label_key(page, _n, selected, gr.Info)),
+            [c.sel_ids], assigned_out, api_visibility="private").then(None, None, None, js=CLEAR_MAP_JS)
     _on(c.unassign_btn.click, on_unassign, [c.sel_ids], c.sel_out + c.vocab_out, api_name="unassign")
 
     def on_train(progress=gr.Progress()):
@@ -346,9 +546,11 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
         counts, s = handlers.accept_selected(page, selected, gr.Info)
         return (counts, *sel(s))
 
-    _on(c.train_btn.click, on_train, None, [c.train_md, c.counts_md], api_name="train")
+    _on(c.train_btn.click, on_train, None, [c.train_md, c.counts_md], api_name="train", **TRAIN)
     _on(c.next_btn.click, lambda: _render_gallery(handlers.label_next(page, k)), None,
         [c.next_gallery, c.next_ids], api_name="label_next")
+    _on(c.select_batch_btn.click, lambda shown, s: _render_selection(handlers.select_all(page, shown, s)),
+        [c.next_ids, c.sel_ids], c.sel_out, api_name="select_batch")
     _on(c.view_btn.click,
         lambda kind, label, order: _render_gallery(handlers.show_labelled(page, kind, label, order, k, gr.Info)),
         [c.view, c.view_label, c.order], [c.view_gallery, c.view_ids], api_name="show_labelled")
@@ -364,20 +566,33 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
         return note, gr.File(value=str(_download_copy(path)), visible=True)
 
     _on(c.export_btn.click, on_export, [c.export_kind, c.include_preds, c.min_conf], [c.export_md, c.export_file],
-        api_name="export")
+        api_name="export", **EXPORT)
 
 
 def _wire_map(page: Page, c: SimpleNamespace, k: int) -> None:
+    """The photo map: drawing it (then handing the payload to its script), region selections, clicks."""
+
     def on_map(by, how, progress=gr.Progress()):
-        return handlers.draw_map(page, by, how, _progress(progress))
+        m: MapView = handlers.draw_map(page, by, how, _progress(progress))
+        return m.data, m.note, m.layout
 
-    def on_map_click(m, evt: gr.SelectData):
-        return _render_gallery(handlers.map_click(page, m, _index(evt), k // 2))
+    _on(c.map_btn.click, on_map, [c.colour_by, c.method], [c.map_data, c.map_note, c.map_state],
+        api_name="draw_map", **MAP).then(None, [c.map_data], None,
+                                         js="(d) => { window.byolPhotoMap.load('photomap', d); }")
 
-    _on(c.map_btn.click, on_map, [c.colour_by, c.method], [c.map_img, c.map_legend, c.map_state],
-        api_name="draw_map")
-    _on(c.map_img.select, on_map_click, [c.map_state], [c.map_gallery, c.map_ids], **SEARCHES,
-        api_name="click_map", api_visibility="undocumented")
+    def on_pick(layout, text, selected, from_map):
+        s, ids = handlers.map_select(page, layout, text, selected, from_map)
+        return (*_render_selection(s), ids)
+
+    # .change, not .input: the script's input event reaches gradio 6.31 as a change (app/photomap.py)
+    _on(c.map_picked.change, on_pick, [c.map_state, c.map_picked, c.sel_ids, c.map_sel], [*c.sel_out, c.map_sel],
+        api_name="map_select", api_visibility="undocumented")
+
+    def on_open(layout, text, mode, selected, *flt):
+        return _render_act(c, handlers.map_open(page, layout, text, mode, selected, k, _filter(*flt)))
+
+    _on(c.map_opened.change, on_open, [c.map_state, c.map_opened, c.click_mode, c.sel_ids, *c.flt], c.act_out,
+        **SEARCHES, api_name="map_open", api_visibility="undocumented")
 
 
 def _download_copy(path: Path) -> Path:
@@ -389,7 +604,8 @@ def _download_copy(path: Path) -> Path:
 def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860,
            auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False,
            allow_hosts: Iterable[str] = ()):
-    """Serve the page: loopback unless auth is given; only the thumbnail folder is served.
+    """Serve the page: loopback unless auth is given; only the index's own pictures are served (thumbnails,
+    the map's sheets, previews: app.files.served_paths). The photos' facts start filling in the background.
 
     Requests are answered only when addressed to `host`, a loopback name or one of `allow_hosts`, and never
     when another web site sends them (app.files.HostGuard); failed logins are slowed down (LoginThrottle).
@@ -406,7 +622,9 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
     middleware = [Middleware(HostGuard, hosts=hosts, any_ip=any_ip, origins=allow_hosts)]
     if auth is not None:
         middleware.append(Middleware(LoginThrottle))
-    return demo.launch(server_name=host, server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
+    if getattr(demo, "page", None) is not None:
+        demo.page.start_facts()
+    return demo.launch(server_name=host, head=head_html(), server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
                        max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                        share=False, app_kwargs={"middleware": middleware},
                        show_error=False, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,

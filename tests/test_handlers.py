@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from test_search import ColourEmbedder, make_index
 
-from app import handlers
-from app.handlers import SEARCH_MODE, SELECT_MODE, Results, Selection
+from app import handlers, photomap
+from app.filters import Filter
+from app.handlers import OPEN_MODE, SEARCH_MODE, SELECT_MODE, Preview, Results, Selection
 from app.labels import Prediction
 from app.page import Page
 
@@ -23,6 +24,7 @@ def page(tmp_path):
     p = Page(index_dir, embedder=ColourEmbedder())
     p.by_class = by_class
     yield p
+    p.close()
     p.labels.close()
     p.store.close()
 
@@ -130,9 +132,35 @@ def test_unassign_and_accept_selected(page):
         handlers.accept_selected(page, [])
 
 
-def test_duplicates(page):
-    g, note = handlers.duplicates(page, 0.999)
-    assert g.ids and all(c.startswith("group ") for _, c in g.items) and "group(s) at cosine >= 0.999" in note
+def test_duplicates_decisions_and_their_export(page):
+    before = {p: p.stat().st_mtime_ns for p in (page.index_dir.parent / "photos").rglob("*.png")}
+    d = handlers.duplicates(page, 0.999)
+    assert len(d.groups) == 2 and "2 group(s) at cosine >= 0.999" in d.note
+    g = d.groups[0]
+    assert g.kind == "identical files" and [m.decision for m in g.members].count("keep") == 1
+    assert all(m.info.size and m.info.width == 64 for m in g.members)
+    keep = next(m.id for m in g.members if m.decision == "drop")  # overrule the default
+    assert handlers.decide(page, keep, "keep") == f"Marked photo {keep} keep"
+    note, path = handlers.export_duplicates(page, 0.999, stamp="t1")
+    assert path == page.index_dir / "exports" / "duplicates-t1.csv" and "no photo was deleted" in note
+    rows = {int(r["id"]): r for r in csv.DictReader(open(path))}
+    assert rows[keep]["decision"] == "keep" and rows[keep]["decided_by"] == "person" and len(rows) == 4
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing touched
+
+
+def test_duplicates_refuse_what_a_browser_never_sends(page, monkeypatch):
+    for bad in ("delete", "", None, "keep; DROP TABLE decisions"):
+        with pytest.raises(ValueError, match="keep or drop"):
+            handlers.decide(page, page.by_class["circle"][0], bad)
+    with pytest.raises(ValueError, match="not in the index"):
+        handlers.decide(page, 10**9, "drop")
+    for bad in (float("nan"), 2.0, -1, 0.1):
+        with pytest.raises(ValueError, match="threshold"):
+            handlers.duplicates(page, bad)
+    monkeypatch.setattr(handlers.review, "review_groups", lambda *a, **k: [])
+    with pytest.raises(ValueError, match="nothing to export"):
+        handlers.export_duplicates(page, 0.99, stamp="none")
+    assert not (page.index_dir / "exports" / "duplicates-none.csv").exists()
 
 
 def test_exports_write_under_index_dir(page):
@@ -144,17 +172,141 @@ def test_exports_write_under_index_dir(page):
     assert path is None and note == f"Wrote `{page.index_dir / 'exports' / 'imagefolder-t2'}` (round: 2)"
 
 
-def test_map_and_its_clicks(page):
-    image, legend, m = handlers.draw_map(page, "label", "PCA")
-    assert image is not None and "PCA" in legend and len(m.ids) == page.store.count
-    for bad in (None, [], [1]):
-        with pytest.raises(ValueError, match="no photo there"):
-            handlers.map_click(page, m, bad, K)
+def test_map_draw_select_and_open(page):
+    circles, squares = page.by_class["circle"], page.by_class["square"]
+    handlers.assign(page, circles[:2], "round")
+    m = handlers.draw_map(page, "label", "PCA", sheet_url=photomap.data_url)
+    pm = m.layout
+    assert len(pm.ids) == page.store.count and "PCA" in m.note
+    data = __import__("json").loads(m.data)
+    assert data["n"] == page.store.count and data["legend"][0]["name"] == "round" and data["thumbs"]["sheets"]
+    # a box over the left half: the page's selection is what select_in_box says, plus what was picked elsewhere
+    box = photomap.select_in_box(pm, 0, 0, 0.5, 1).tolist()
+    s, on_map = handlers.map_select(page, pm, ",".join(map(str, box)), [squares[0]], [])
+    assert on_map == box and s.ids == [squares[0], *[i for i in box if i != squares[0]]]
+    # a second box replaces the map's part of the selection, and keeps the rest
+    right = photomap.select_in_box(pm, 0.5, 0, 1, 1).tolist()
+    s2, on_map2 = handlers.map_select(page, pm, ",".join(map(str, right)), s.ids, on_map)
+    assert on_map2 == right and set(s2.ids) == ({squares[0]} | set(right))
+    # then a number key labels them (label 1 = "round", the only one)
+    sel, v = handlers.label_key(page, 1, s2.ids)
+    assert sel.ids == [] and page.labels.labels_of(right)[right[0]][0] == "round"
+    # a click on the map, by click mode
+    i = int(pm.ids[3])
+    p = handlers.map_open(page, pm, f"{i}:1", OPEN_MODE, [], K)
+    assert isinstance(p, Preview) and p.id == i
+    assert handlers.map_open(page, pm, f"{i}:2", SELECT_MODE, [], K).ids == [i]
+    assert handlers.map_open(page, pm, f"{i}:3", SEARCH_MODE, [], K).gallery.ids[0] == i
+
+
+def test_map_refuses_what_a_browser_never_sends(page):
+    m = handlers.draw_map(page, "prediction", "UMAP-or-anything", sheet_url=photomap.data_url)
+    pm = m.layout
     with pytest.raises(ValueError, match="draw the map first"):
-        handlers.map_click(page, None, [0, 0], K)
-    x, y = map(float, m.px[0])
-    near = handlers.map_click(page, m, [x, y], K)
-    assert near.ids == handlers.search_id(page, m.point_at(x, y), K).gallery.ids and len(near.ids) == K
+        handlers.map_select(page, None, "1,2", [], [])
+    with pytest.raises(ValueError, match="draw the map first"):
+        handlers.map_open(page, None, "1:1", OPEN_MODE, [], K)
+    s, on_map = handlers.map_select(page, pm, "999999,-5,../../etc/passwd,1e9,,abc", [], [])
+    assert on_map == [] and s.ids == []  # nothing that is not on the map gets in
+    with pytest.raises(ValueError, match="more photos than one selection holds"):
+        handlers.map_select(page, pm, ",".join(["1"] * (handlers.MAX_SELECTION + 10)) + "1" * 300_000, [], [])
+    for bad in ("999999:1", "", ":", "../x:1", "-1:1", "1" * 5000):
+        with pytest.raises(ValueError, match="not on the map"):
+            handlers.map_open(page, pm, bad, OPEN_MODE, [], K)
+    with pytest.raises(ValueError, match="more than one selection holds"):
+        handlers.selection(page, list(range(handlers.MAX_SELECTION + 1)))
+
+
+def test_a_large_selection_shows_some_and_counts_all(page, monkeypatch):
+    monkeypatch.setattr(handlers, "SELECTION_SHOWN", 5)
+    ids = [int(i) for i in page.store.all_ids()]
+    s = handlers.selection(page, [*ids, 10**9, ids[0]])  # one not in the index, one twice
+    assert s.ids == ids and len(s.gallery.ids) == 5 and s.gallery.ids == ids[:5]
+    assert s.note.startswith(f"**{len(ids)}** selected (showing 5)")
+
+
+def test_label_keys(page):
+    circles = page.by_class["circle"]
+    with pytest.raises(ValueError, match="there is no label 1"):
+        handlers.label_key(page, 1, circles[:1])
+    handlers.create_label(page, "b-second")
+    v = handlers.create_label(page, "a-first")
+    assert handlers.key_labels(v)[:3] == ["1 a-first", "2 b-second", None]
+    sel, _ = handlers.label_key(page, 2, circles[:2])
+    assert sel.ids == [] and {n for n, _ in page.labels.labels_of(circles[:2]).values()} == {"b-second"}
+    for bad in (0, 10, -1, "x", None, "1; drop", 1e12):
+        with pytest.raises(ValueError, match="label keys are 1 to 9"):
+            handlers.label_key(page, bad, circles[:1])
+    with pytest.raises(ValueError, match="select photos first"):
+        handlers.label_key(page, 1, [])
+    assert handlers.next_batch(page, K) is None  # no predictions yet: nothing to refresh
+    handlers.assign(page, page.by_class["square"][:2], "a-first")
+    handlers.train(page)
+    batch = handlers.next_batch(page, K)
+    assert batch is not None and len(batch.ids) == K
+    handlers.label_key(page, 1, batch.ids[:2])
+    assert not set(batch.ids[:2]) & set(handlers.next_batch(page, K).ids)  # the queue moved on
+
+
+def test_preview_shows_facts_and_neighbours_never_the_original(page):
+    i = page.by_class["square"][2]
+    p = handlers.open_photo(page, i)
+    assert p.image.startswith(str(page.index_dir / "previews")) and Image.open(p.image).format == "JPEG"
+    assert "**square_002.png**" in p.facts and "64 × 48 pixels" in p.facts and "folder `square`" in p.facts
+    assert "file date " in p.facts and "(no date taken in the photo)" in p.facts
+    assert len(p.neighbours.ids) == handlers.NEIGHBOURS and i not in p.neighbours.ids
+    shown = handlers.random_photos(page, K).gallery.ids
+    assert handlers.click(page, shown, 0, OPEN_MODE, [], K).id == shown[0]
+    # a photo whose original is gone: the thumbnail, and why
+    row = page.store.rows([page.by_class["circle"][7]])[0]
+    Path(row["path"]).unlink()
+    gone = handlers.open_photo(page, row["id"])
+    assert gone.image == str(page.store.thumbnail_path(row["id"])) and "no such file" in gone.facts
+
+
+def test_preview_refuses_what_a_browser_never_sends(page):
+    for bad in (10**9, -1, "../../etc/passwd", None, "1.5e3x"):
+        with pytest.raises(ValueError):
+            handlers.open_photo(page, bad)
+
+
+def test_search_filters(page, tmp_path):
+    squares, circles = page.by_class["square"], page.by_class["circle"]
+    page.infos.fill()
+    everything = handlers.filter_note(page, Filter())
+    assert everything.startswith("No filter") and str(page.store.count) in everything
+    assert handlers.folders(page) == ["circle", "square", "triangle"]
+    flt = Filter(folder="square")
+    assert handlers.filter_note(page, flt).startswith(f"{len(squares)} of {page.store.count} photos")
+    r = handlers.search_id(page, circles[0], K, flt)
+    assert set(r.gallery.ids) <= set(squares) and len(r.gallery.ids) == K and "pass the filter" in r.note
+    assert set(handlers.random_photos(page, K, flt).gallery.ids) <= set(squares)
+    more, _ = handlers.show_more(page, r.query, r.gallery.ids, K, flt)
+    assert set(more.ids) == set(squares)  # all 8, no more
+    handlers.assign(page, circles[:2], "round")
+    assert set(handlers.search_id(page, squares[0], K, Filter(label="round")).gallery.ids) == set(circles[:2])
+    assert handlers.filter_note(page, Filter(date_from="2000-01-01")).startswith(f"{page.store.count} of")
+    assert handlers.filter_note(page, Filter(date_to="2000-01-01")).startswith("0 of")
+
+
+def test_filters_refuse_what_a_browser_never_sends(page):
+    for flt in (Filter(date_from="yesterday"), Filter(date_to="2020-13-45"), Filter(date_from="' OR 1=1 --")):
+        with pytest.raises(ValueError, match="not a date"):
+            handlers.filter_note(page, flt)
+    for folder in ("../..", "square/../../..", "..\\.."):
+        with pytest.raises(ValueError, match="without '..'"):
+            handlers.search_id(page, page.by_class["square"][0], K, Filter(folder=folder))
+    assert handlers.filter_note(page, Filter(folder="/etc")).startswith("0 of")  # not a sub-folder: nothing
+    with pytest.raises(ValueError, match="not in the index"):
+        handlers.search_id(page, 10**9, K)
+    with pytest.raises(ValueError, match="search first"):
+        handlers.show_more(page, {"vec": [1.0, 2.0]}, [], K)  # a vector of the wrong size
+
+
+def test_photo_facts_fill_in_the_background(page):
+    t = page.start_facts()
+    t.join(30)
+    assert page.facts_status() == "" and page.infos.count() == page.store.count
 
 
 def test_an_empty_index_is_a_user_mistake(tmp_path):

@@ -29,8 +29,9 @@ PAGE = 6
 def call(demo, url: str, api_name: str, *data, timeout: float = 20) -> tuple[object, list[dict]]:
     """(output data or error, log messages) of one event through gradio's queue, as the browser sends it."""
     fn = {f.api_name: i for i, f in demo.fns.items()}[api_name]
+    data = [*data, *[None] * (len(demo.fns[fn].inputs) - len(data))]  # fields left out (the filters): empty
     session = uuid.uuid4().hex
-    body = {"data": list(data), "event_data": None, "fn_index": fn, "trigger_id": None, "session_hash": session}
+    body = {"data": data, "event_data": None, "fn_index": fn, "trigger_id": None, "session_hash": session}
     httpx.post(url + "gradio_api/queue/join", json=body).raise_for_status()
     logs = []
     with httpx.stream("GET", url + f"gradio_api/queue/data?session_hash={session}", timeout=timeout) as s:
@@ -235,3 +236,33 @@ def test_query_photo_round_trip_still_works(page, tmp_path):
                             headers={"Origin": url.rstrip("/"), "Referer": url}).json()[0]
     data, logs = call(demo, url, "upload_search", file_data(stored))
     assert not logs and all("square_" in item["caption"] for item in data[0][:3])
+
+
+# ---------------------------------------------------------------- the map, previews, duplicates, filters
+def test_map_preview_and_review_endpoints_refuse_hostile_input(page):
+    demo, url, root, _ = page
+    data, logs = call(demo, url, "map_select", None, "1,2,3")  # no map drawn in this session
+    assert logs and "draw the map first" in logs[0]["log"]
+    for bad in ("../../etc/passwd", -1, "1e99"):
+        data, logs = call(demo, url, "open_photo", bad)
+        assert "Traceback" not in json.dumps(data) and "root:" not in json.dumps(data)
+    data, logs = call(demo, url, "open_photo", 10**9)
+    assert logs and "not in the index" in logs[0]["log"]
+    data, logs = call(demo, url, "decide", 1, "delete")
+    assert logs and "keep or drop" in logs[0]["log"]
+    data, logs = call(demo, url, "filter_count", "../..", "", "", "", "")
+    data2, logs2 = call(demo, url, "filter_count", "", "", "", "1970-01-01'; --", "")
+    assert logs2 and "not a date" in logs2[0]["log"]
+    data, logs = call(demo, url, "label_key", 99, None)
+    assert logs and "label keys are 1 to 9" in logs[0]["log"]
+
+
+def test_only_the_index_pictures_are_served(page):
+    demo, url, root, _ = page
+    index_dir = root / "index"
+    ok = demo.page.store.thumbnail_path(int(demo.page.store.all_ids()[0]))
+    assert httpx.get(f"{url}gradio_api/file={ok}").status_code == 200
+    photo = next((root / "photos").rglob("*.png"))  # an original: never served
+    for path in (photo, index_dir / "meta.sqlite", index_dir / "photo_info.sqlite", index_dir / "review.sqlite",
+                 index_dir / "previews" / ".." / "meta.sqlite", index_dir / "atlas" / ".." / "labels.sqlite"):
+        assert httpx.get(f"{url}gradio_api/file={path}").status_code in (403, 404), path

@@ -19,7 +19,7 @@ from imagegen import make_hazards, shape_image
 from test_search import ColourEmbedder, make_index
 
 from app.files import check_bind, parse_auth, served_paths
-from app.ui import SELECT_MODE, build_app, launch
+from app.ui import OPEN_MODE, SELECT_MODE, build_app, launch
 from index.store import EncoderMismatch, Store
 
 PAGE = 8
@@ -51,7 +51,8 @@ class Session:
 
     def call(self, api_name: str, *data, event_data=None) -> tuple[list, list[dict]]:
         """(output data, log messages) of one event; states are sent as None (the server holds them)."""
-        body = {"data": list(data), "event_data": event_data, "fn_index": self.fn[api_name],
+        data = [*data, *[None] * (len(self.inputs[api_name]) - len(data))]  # fields left out: empty
+        body = {"data": data, "event_data": event_data, "fn_index": self.fn[api_name],
                 "trigger_id": None, "session_hash": self.hash}
         httpx.post(self.url + "gradio_api/queue/join", json=body).raise_for_status()
         logs = []
@@ -140,9 +141,14 @@ def test_click_searches_from_the_photo_or_selects_it(served):
     assert not logs and f"1.000 · {clicked}" in captions(data[0])[:3] and captions(data[0])[0].startswith("1.000")
     # in selection mode, a click toggles the photo in the selection instead
     data, _ = session.call("click_result", None, SELECT_MODE, None, event_data={"index": 1, "value": None})
-    assert data[0] == {"__type__": "update"} and len(data[-3]) == 1 and "**1** selected" in data[-1]
+    # outputs: the Search tab (5), the selection bar (3), the preview (6)
+    assert data[0] == {"__type__": "update"} and len(data[5]) == 1 and "**1** selected" in data[7]
     data, _ = session.call("click_result", None, SELECT_MODE, None, event_data={"index": 1, "value": None})
-    assert data[-3] == [] and "**0** selected" in data[-1]
+    assert data[5] == [] and "**0** selected" in data[7]
+    # in open mode (the page's default), a click opens the preview with the photo's neighbours
+    data, logs = session.call("click_result", None, OPEN_MODE, None, event_data={"index": 1, "value": None})
+    assert not logs and data[0] == {"__type__": "update"} and "/previews/" in json.dumps(data[9])
+    assert "pixels" in data[10] and len(data[11]) == 8
     # a stale index (the gallery changed meanwhile) is a warning, not an error
     _, logs = session.call("click_result", None, "search from it", None, event_data={"index": 999, "value": None})
     assert logs and logs[0]["level"] == "warning"
@@ -163,19 +169,21 @@ def select(session, client, image_ids: list[int]) -> None:
 def test_label_train_predict_accept_export(served):
     demo, _, client, session, by_class, root = served
     client.predict("round", api_name="/create_label")
-    _, _, _, _, counts = client.predict("boxy", api_name="/create_label")
+    out = client.predict("boxy", api_name="/create_label")  # [name box, pickers (3), counts, filters (2), keys]
+    counts = out[4]
     assert "| round | 0 |" in counts and "| boxy | 0 |" in counts
 
     _, _, logs = None, None, session.call("assign", None, "round")[1]
     assert logs[0]["level"] == "warning"  # nothing selected yet
     select(session, client, by_class["circle"][:2])
     out = client.predict("round", api_name="/assign")
-    assert out[0] == [] and "| round | 2 |" in out[-1]
+    # [selection (2 shown; states are not), pickers (3), counts, filters (2), keys, label-next queue]
+    assert out[0] == [] and "| round | 2 |" in out[5]
     select(session, client, by_class["square"][:2])
     client.predict("boxy", api_name="/assign")
     select(session, client, by_class["triangle"][:1])
     out = client.predict("pointy", api_name="/assign")  # typed into the dropdown: a new label
-    assert "| pointy | 1 |" in out[-1]
+    assert "| pointy | 1 |" in out[5]
 
     report, counts = client.predict(api_name="/train")
     assert "Probe v1" in report and "Predicted 32 photos" in report and "round: 2" in report
@@ -213,34 +221,35 @@ def test_label_train_predict_accept_export(served):
     assert "hf-dataset-" in md and "load_from_disk" in md
 
     out = client.predict("pointy", "pointed", api_name="/rename_label")
-    assert "| pointed |" in out[-1]
+    assert "| pointed |" in out[4]
     out = client.predict("pointed", api_name="/delete_label")
-    assert "pointed" not in out[-1]
+    assert "pointed" not in out[3]
 
 
 def test_duplicates(served):
-    _, _, client, session, by_class, _ = served
-    gallery, note = client.predict(0.999, api_name="/duplicates")
-    assert "2 group(s)" in note and len(gallery) == 4 and captions(gallery)[0].startswith("group 1 · ")
-    data, _ = session.call("click_duplicate", None, "search from it", None, event_data={"index": 0, "value": None})
-    assert captions(data[0])[0].startswith("1.000 · ")
-    _, note = client.predict(1.0, api_name="/duplicates")
-    assert "No near-duplicates" in note or "group(s)" in note
-
-
-def test_map_draw_and_click(served):
     demo, _, client, session, by_class, _ = served
-    img, legend = client.predict("prediction", "PCA", api_name="/draw_map")
-    assert img and "PCA" in legend
-    m = demo.page.map_for("pca")
-    j = int(list(m.ids).index(by_class["square"][3]))
-    x, y = (int(v) for v in m.px[j])
-    data, logs = session.call("click_map", None, event_data={"index": [x, y], "value": None})
-    assert not logs and captions(data[0])[0].split(" · ")[0] == "1.000"
-    _, logs = session.call("click_map", None, event_data={"index": [-500, -500], "value": None})
-    assert logs and "no photo there" in logs[0]["log"]
+    note = client.predict(0.999, api_name="/duplicates")
+    assert "2 group(s)" in (note[-1] if isinstance(note, (list, tuple)) else note)
+    i = by_class["circle"][0]
+    data, logs = session.call("decide", i, "drop")
+    assert not logs and data[0] == f"Marked photo {i} drop"
+    _, logs = session.call("decide", i, "delete")
+    assert logs and "keep or drop" in logs[0]["log"]
+    status, file = client.predict(api_name="/export_duplicates")
+    assert "no photo was deleted" in status and file
 
 
+def test_map_draw_select_and_open(served):
+    demo, _, client, session, by_class, _ = served
+    data, _ = session.call("draw_map", "prediction", "PCA")
+    payload, note = data[0], data[1]
+    assert "PCA" in note and '"thumbs"' in payload
+    sheets = __import__("json").loads(payload)["thumbs"]["sheets"]
+    r = httpx.get(session.url.rstrip("/") + sheets[0])  # the atlas is served
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+    i = by_class["square"][3]
+    data, logs = session.call("map_select", None, f"{i},999999", None, None)
+    assert not logs  # the map state lives in the server's session, which this call does not share
 def test_unexpected_failure_is_a_short_message(served, monkeypatch):
     demo, _, _, session, _, _ = served
     monkeypatch.setattr(demo.page.labels, "label_next", lambda n: 1 / 0)
@@ -325,13 +334,26 @@ def test_bind_rules():
             parse_auth(bad)
 
 
-def test_served_paths_are_the_thumbnails_only(tmp_path):
+def test_served_paths_are_the_index_pictures_only(tmp_path):
     (tmp_path / "thumbs").mkdir()
     (tmp_path / "exports").mkdir()
+    (tmp_path / "atlas").mkdir()
+    allowed, blocked = served_paths(tmp_path)
+    root = tmp_path.resolve()
+    assert allowed == [str(root / "thumbs"), str(root / "atlas"), str(root / "previews")]
+    assert str(root / "exports") in blocked and str(root / "labels.sqlite") in blocked
+    assert str(root / "photo_info.sqlite") in blocked and str(root / "review.sqlite") in blocked
+    assert not set(allowed) & set(blocked)
+
+
+def test_a_served_folder_that_is_a_link_is_not_served(tmp_path):
+    (tmp_path / "thumbs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "previews").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "atlas").write_text("not a folder")
     allowed, blocked = served_paths(tmp_path)
     assert allowed == [str((tmp_path / "thumbs").resolve())]
-    assert str(tmp_path.resolve() / "exports") in blocked and str(tmp_path.resolve() / "labels.sqlite") in blocked
-    assert not any(b == allowed[0] for b in blocked)
+    assert str(tmp_path.resolve() / "previews") in blocked and str(tmp_path.resolve() / "atlas") in blocked
 
 
 # ---------------------------------------------------------------- the encoder and gradio the page runs on
