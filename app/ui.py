@@ -251,7 +251,8 @@ def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
             c.key_btns = [gr.Button(f"{n} {names[n - 1]}" if n <= len(names) else "", size="sm", min_width=60,
                                     visible=n <= len(names), elem_id=f"label-key-{n}")
                           for n in range(1, LABEL_KEYS + 1)]
-        c.sel_note = gr.Markdown("**0** selected · number keys 1-9 (or the buttons) label the selection")
+        c.sel_note = gr.Markdown("**0** selected · number keys 1-9 (or the buttons) label the selection",
+                                 elem_id="sel-note")
         c.sel_gallery = gr.Gallery(label="Selected", columns=12, height=120, allow_preview=False,
                                    object_fit="cover", interactive=False, buttons=[], elem_id="selection")
     with gr.Column(visible=False, elem_id="preview") as c.preview_box:
@@ -264,7 +265,7 @@ def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
                 with gr.Row():
                     c.preview_search_btn = gr.Button("Search from it")
                     c.preview_select_btn = gr.Button("Select it")
-                    c.preview_close_btn = gr.Button("Close")
+                    c.preview_close_btn = gr.Button("Close", elem_id="preview-close")
                 c.preview_near = _photo_gallery("Nearest neighbours", "preview-neighbours", columns=4)
                 c.preview_near_ids = gr.State([])
     with gr.Tabs() as c.tabs:
@@ -377,7 +378,7 @@ def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
                                                                           else ""))
                             facts.append(f"folder {html.escape(i.folder or '.')} · cosine {m.similarity:.3f}")
                             gr.Markdown("  \n".join(facts))
-                            choice = gr.Radio(["keep", "drop"], value=m.decision, show_label=False,
+                            choice = gr.Radio(["keep", "drop"], value=m.decision, show_label=False, interactive=True,
                                               elem_id=f"dup-{m.id}")
                             _on(choice.input, lambda d, _i=m.id: handlers.decide(page, _i, d), [choice],
                                 [c.dup_status], api_visibility="private")

@@ -4,6 +4,7 @@ two kinds, train, see predictions, and save a screenshot (also to $BYOL_SEARCH_S
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -85,3 +86,123 @@ def test_upload_label_train_predict(tmp_path):
         assert sorted(labelled.values()) == ["pointy", "pointy", "round", "round"]
     finally:
         demo.close()
+
+
+def _save_shot(page, name: str) -> None:
+    """A screenshot of the page as it is, into $BYOL_SEARCH_SCREENSHOT_DIR/<name> when set (PNG, 256 colours:
+    small enough to commit)."""
+    folder = os.environ.get("BYOL_SEARCH_SCREENSHOT_DIR")
+    if not folder:
+        return
+    from PIL import Image
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    raw = Path(folder) / f".{name}"
+    page.screenshot(path=str(raw))
+    Image.open(raw).convert("RGB").quantize(256).save(Path(folder) / name, optimize=True)
+    raw.unlink()
+
+
+def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
+    import csv
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from app import handlers, photomap
+    from app.ui import build_app, launch
+
+    index_dir, by_class = make_index(tmp_path, per_class=8, duplicates=2)
+    demo = build_app(index_dir, embedder=ColourEmbedder(), page_size=8)
+    demo.page.labels.create("boxy")  # label 1 (the vocabulary is in name order)
+    demo.page.labels.create("round")  # label 2
+    drop = next(m for g in handlers.duplicates(demo.page, 0.95).groups for m in g.members if m.decision == "drop")
+    _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            expect(page.get_by_text("photos indexed")).to_be_visible()
+            expect(page.locator("#label-key-1")).to_contain_text("1 boxy")
+
+            # Search: random photos, then a click opens the preview (the default click mode)
+            page.get_by_role("button", name="Random photos").click()
+            results = page.locator("#results button.thumbnail-item")
+            expect(results).to_have_count(8)
+            results.nth(0).click()
+            expect(page.locator("#preview-facts")).to_contain_text("pixels")
+            expect(page.locator("#preview-facts")).to_contain_text("file date")
+            src = page.locator("#preview-image img").get_attribute("src")
+            assert "/previews/" in src, src
+            expect(page.locator("#preview-neighbours button.thumbnail-item")).to_have_count(8)
+            _save_shot(page, "page-search.png")
+            page.locator("#preview-close").click()
+
+            # Map: draw, shift-drag a box: the page's selection is exactly the photos in the box
+            page.get_by_role("tab", name="Map").click()
+            page.locator("#draw-map").click()
+            page.wait_for_function("window.byolPhotoMap && window.byolPhotoMap.view('photomap') "
+                                   "&& window.byolPhotoMap.view('photomap').n > 0")
+            page.wait_for_function("window.byolPhotoMap.view('photomap').drawn.length > 0")
+            box = page.locator("#photomap canvas").bounding_box()
+            x0, y0 = box["x"] + 20, box["y"] + 20
+            x1, y1 = box["x"] + box["width"] * 0.5, box["y"] + box["height"] - 20
+            page.keyboard.down("Shift")
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move(x1, y1, steps=6)
+            page.mouse.up()
+            page.keyboard.up("Shift")
+            (u0, v0), (u1, v1) = page.evaluate(f"""() => {{ const v = window.byolPhotoMap.view('photomap'),
+                z = v.size(); return [v.toMap({x0 - box['x']}, {y0 - box['y']}, z),
+                                      v.toMap({x1 - box['x']}, {y1 - box['y']}, z)]; }}""")
+            layout = photomap.build_map(demo.page.store, "pca")  # the layout drawn (kept per index generation)
+            inside = sorted(photomap.select_in_box(layout, u0, v0, u1, v1).tolist())
+            assert inside
+            expect(page.locator("#sel-note")).to_have_text(re.compile(rf"^\s*{len(inside)} selected"))
+            _save_shot(page, "page-map.png")
+
+            # a number key labels the selection with label 1, and empties it
+            page.locator("#map-note").click()  # focus off any text field
+            page.keyboard.press("1")
+            expect(page.locator("#sel-note")).to_have_text(re.compile(r"^\s*0 selected"))
+            labelled = demo.page.labels.labelled()
+            assert sorted(i for i, n in labelled.items() if n == "boxy") == inside
+
+            # a click on a photo of the map opens it
+            i, x, y, side = page.evaluate("() => window.byolPhotoMap.view('photomap').drawn.at(-1)")
+            page.locator("#photomap canvas").scroll_into_view_if_needed()
+            box = page.locator("#photomap canvas").bounding_box()
+            page.mouse.click(box["x"] + x + side / 2, box["y"] + y + side / 2)
+            expect(page.locator("#preview-facts")).to_contain_text("pixels")
+            page.locator("#preview-close").click()
+
+            # Label tab (a second label, given elsewhere, so that the probe has two kinds to tell apart)
+            others = [i for i in demo.page.store.all_ids().tolist() if i not in inside][:3]
+            demo.page.labels.assign(others, "round")
+            page.get_by_role("tab", name="Label").click()
+            page.get_by_role("button", name="Train probe and predict all").click()
+            expect(page.locator("#train-report")).to_contain_text("Predicted", timeout=60_000)
+            page.get_by_role("button", name="Next batch to label").click()
+            expect(page.locator("#label-next button.thumbnail-item").first).to_be_visible()
+            _save_shot(page, "page-label.png")
+
+            # Duplicates: mark a photo the default drops as keep, export the decisions
+            page.get_by_role("tab", name="Duplicates").click()
+            page.get_by_role("button", name="Find near-duplicates").click()
+            choice = page.locator(f"#dup-{drop.id}")
+            expect(choice).to_be_visible()
+            choice.get_by_label("keep").check()
+            expect(page.locator("#dup-status")).to_contain_text(f"Marked photo {drop.id} keep")
+            page.get_by_role("button", name="Export decisions (CSV)").click()
+            expect(page.locator("#dup-status")).to_contain_text("no photo was deleted")
+            expect(page.locator("#dup-file")).to_be_visible()
+            _save_shot(page, "page-duplicates.png")
+            browser.close()
+        out = sorted((index_dir / "exports").glob("duplicates-*.csv"))[-1]
+        rows = {int(r["id"]): r for r in csv.DictReader(out.open())}
+        assert rows[drop.id]["decision"] == "keep" and rows[drop.id]["decided_by"] == "person"
+    finally:
+        demo.close()
+        demo.page.close()
