@@ -133,11 +133,17 @@ class EmbeddingMap:
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
-    """Project rows onto their top two principal components (eigenvectors of the d x d covariance)."""
-    x = np.asarray(x, np.float64)
-    x = x - x.mean(0)
-    _, vecs = np.linalg.eigh(x.T @ x)  # ascending eigenvalues
-    return (x @ vecs[:, ::-1][:, :2]).astype(np.float32)
+    """Project rows onto their top two principal components (eigenvectors of the d x d covariance).
+
+    The n x d work is float32 (the embeddings' own precision; half the memory and twice the BLAS speed of
+    float64: the centring and the covariance product were ~3 s of a first 100k map): the mean is summed in
+    float64, and only the small d x d eigenproblem runs in float64, where the two top eigenvectors of a
+    float32-accumulated covariance agree with float64's to ~1e-5 (tests/test_search.py: against an SVD).
+    """
+    x = np.asarray(x, np.float32)
+    xc = x - x.mean(0, dtype=np.float64).astype(np.float32)  # n, d
+    _, vecs = np.linalg.eigh((xc.T @ xc).astype(np.float64))  # ascending eigenvalues
+    return xc @ vecs[:, ::-1][:, :2].astype(np.float32)  # n, 2
 
 
 def umap_available() -> bool:

@@ -149,6 +149,20 @@ def test_pca_matches_svd():
     u, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
     ref = (x - x.mean(0)) @ vt[:2].T
     assert np.allclose(np.abs(xy), np.abs(ref), atol=1e-4)
+    assert xy.dtype == np.float32
+
+
+def test_pca_in_float32_matches_float64_on_embeddings():
+    """Unit vectors with an offset mean, as a trained encoder's: the float32 projection equals float64's."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20_000, 64)) * np.linspace(2, 0.2, 64) + 3.0
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    xy = search.pca_2d(x)
+    x64 = x.astype(np.float64) - x.astype(np.float64).mean(0)
+    _, _, vt = np.linalg.svd(x64, full_matrices=False)
+    ref = x64 @ vt[:2].T
+    scale = np.abs(ref).max()
+    assert np.allclose(np.abs(xy), np.abs(ref), atol=1e-4 * scale)
 
 
 # ---------------------------------------------------------------- query photos and odd names (issue 11)
