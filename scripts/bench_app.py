@@ -13,7 +13,10 @@
      .cache/bench_app_originals and the first --previews photos of the index are pointed at them.
 
 The index is built through the real Store API from synthetic clustered 256-d unit vectors, with small
-generated thumbnails (one per cluster, hard-linked per photo), and cached in .cache/bench_app_<n>.
+generated thumbnails (one per cluster, hard-linked per photo), and cached in .cache/bench_app_<n>. Its
+encoder (what `byol-search serve` loads and checks against the index's manifest) is an untrained resnet-tiny
+exported once with the project's own export (byol/export.py) into .cache/bench_app_encoder/: the page only
+needs it for uploads, which the bench does not make; its hash is the one the index is built with.
 
     .venv/bin/python scripts/bench_app.py                # the full run (about 5 minutes on 2 cores)
     .venv/bin/python scripts/bench_app.py --quick        # 20,000 photos, 10 s of concurrency
@@ -49,19 +52,48 @@ def clustered_unit_vectors(n: int, d: int, clusters: int, seed: int = 0) -> tupl
     return x / np.linalg.norm(x, axis=1, keepdims=True), c
 
 
+def bench_encoder(folder: Path) -> tuple[Path, str]:
+    """(encoder.onnx, its sha256): an untrained resnet-tiny (32 px) exported once by byol/export.py."""
+    from byol.fileio import file_sha256
+
+    onnx_path = folder / "encoder.onnx"
+    if not onnx_path.is_file():
+        from dataclasses import asdict
+
+        import torch
+
+        from byol.checkpoint import save_checkpoint
+        from byol.export import export_onnx
+        from byol.model import BYOL, ModelConfig
+        from byol.preprocess import Preprocess
+
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        cfg = ModelConfig(backbone="resnet-tiny", image_size=32, proj_hidden=64, proj_dim=32)
+        ckpt = folder / "checkpoint.pt"
+        save_checkpoint(ckpt, {"config": {"epochs": 0}, "model_config": asdict(cfg), "step": 0,
+                               "preprocess": Preprocess.for_size(32).to_dict(), "model": BYOL(cfg).state_dict()})
+        export_onnx(ckpt, onnx_path, log=lambda *a: None)
+    return onnx_path, file_sha256(onnx_path)
+
+
 def build_bench_index(index_dir: Path, n: int, d: int, clusters: int) -> np.ndarray:
-    """Create the index (once) and return each photo's cluster, in id order."""
+    """Create the index (once, again when the bench encoder changed) and return each photo's cluster, in id order."""
+    import json
+
     from PIL import Image
 
     from byol.preprocess import Preprocess
     from index.store import Store
 
+    encoder, sha = bench_encoder(ROOT / ".cache" / "bench_app_encoder")
     x, c = clustered_unit_vectors(n, d, clusters)
-    if (index_dir / "manifest.json").is_file():
+    manifest = index_dir / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("model_sha256") == sha:
         return c
     shutil.rmtree(index_dir, ignore_errors=True)
     t = time.perf_counter()
-    store = Store.create(index_dir, d, "b" * 64, index_dir / "bench.onnx", Preprocess().to_dict())
+    store = Store.create(index_dir, d, sha, encoder, Preprocess().to_dict())
     rng = np.random.default_rng(1)
     rows = [{"path": f"/photos/cluster_{c[i]:03d}/photo_{i:06d}.jpg", "width": 640, "height": 480} for i in range(n)]
     ids = store.add(rows, x)
@@ -394,7 +426,7 @@ def main() -> int:
     con = {"lat": [], "errors": [], "wall": 1.0}
     try:
         proc, url = start_server(index_dir)
-    except RuntimeError as e:  # e.g. the page now loads the index's encoder, which this synthetic index lacks
+    except RuntimeError as e:
         print(f"end-to-end measures skipped: {e}".strip())
         proc = None
     if proc is not None:
