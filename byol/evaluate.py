@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -205,36 +206,47 @@ def choose_weight_decay(x: np.ndarray, y: np.ndarray, num_classes: int, seed: in
     return max(wd for wd, s in scores.items() if s == best)  # ties: the stronger regulariser
 
 
-def evaluate_encoder(
-    encoder: nn.Module,
-    preprocess: Preprocess,
-    labelled_folder: str | Path,
-    knn_k: int = 200,
-    knn_t: float = 0.1,
-    shots: tuple[int, ...] = (1, 5, 10),
-    draws: int = 5,
-    linear: bool = True,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    workers: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    weight_decay: float | None = None,
-    precision: str = "auto",
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate` and `evaluate_encoder` measure (the field's protocol by default: module docstring)."""
+
+    knn_k: int = 200  # neighbours of the weighted kNN
+    knn_t: float = 0.1  # its temperature
+    shots: tuple[int, ...] = (1, 5, 10)  # labels per class of the few-shot probes
+    draws: int = 5  # random draws of those labels per shot count
+    linear: bool = True  # fit the linear probe on all train labels
+    batch_size: int = 256
+    device: str | torch.device = "cpu"
+    workers: int | None = None  # decoding processes; None = one per core
+    seed: int = 0  # the few-shot draws and the weight-decay split
+    progress: bool = True  # tqdm bars
+    weight_decay: float | None = None  # the probes'; None picks the linear probe's on held-out train images
+    precision: str = "auto"  # auto | fp32 | bf16 (byol.precision)
+
+
+def _options(options: EvalOptions | None, overrides: dict[str, Any]) -> EvalOptions:
+    """options (or the defaults) with keyword overrides; TypeError names an unknown one."""
+    return replace(options or EvalOptions(), **overrides)
+
+
+def evaluate_encoder(encoder: nn.Module, preprocess: Preprocess, labelled_folder: str | Path,
+                     options: EvalOptions | None = None, **overrides: Any) -> dict[str, Any]:
     """kNN, linear-probe and few-shot top-1 of a frozen encoder on a labelled folder (see module docstring).
 
     Any encoder mapping B,3,H,W to B,D works: a checkpoint's, a randomly initialised one, a baseline's.
     weight_decay: the linear probe's; None picks it on held-out train images (`choose_weight_decay`).
     Few-shot probes use it too when given, else FEW_SHOT_WEIGHT_DECAY (too few labels to pick one).
+    options (EvalOptions) and keyword overrides of its fields (evaluate_encoder(..., draws=10)) say how.
     """
+    o = _options(options, overrides)
+    knn_k, knn_t, draws, seed, weight_decay = o.knn_k, o.knn_t, o.draws, o.seed, o.weight_decay
     t0 = time.perf_counter()
     train_paths, train_y, test_paths, test_y, classes = load_labelled(labelled_folder)
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(o.precision, o.device)
 
     def embed(paths: list[str]) -> Embedded:
-        return embed_folder(encoder, preprocess, paths, batch_size=batch_size, device=device,
-                            workers=workers, progress=progress, precision=precision)
+        return embed_folder(encoder, preprocess, paths, batch_size=o.batch_size, device=o.device,
+                            workers=o.workers, progress=o.progress, precision=precision)
 
     tr, te = embed(train_paths), embed(test_paths)
     train_y, test_y = train_y[tr.kept], test_y[te.kept]
@@ -249,7 +261,7 @@ def evaluate_encoder(
         "knn_k": knn_k,
         "knn_t": knn_t,
     }
-    if linear:
+    if o.linear:
         wd = weight_decay if weight_decay is not None else choose_weight_decay(x, train_y, c, seed)
         clf = probe.fit_linear(x, train_y, c, weight_decay=wd)
         result["linear_top1"] = float((clf.predict(xt)[0] == test_y).mean())
@@ -257,7 +269,7 @@ def evaluate_encoder(
     result["few_shot"] = {}  # the plain logistic probe
     result["few_shot_classifier"] = {}  # byol.probe.fit_fewshot, what the page uses; same draws
     few_wd = weight_decay if weight_decay is not None else FEW_SHOT_WEIGHT_DECAY
-    for n in shots:
+    for n in o.shots:
         mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, weight_decay=few_wd)
         result["few_shot"][str(n)] = {"mean": mean, "std": std}
         mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, method="fewshot")
@@ -276,35 +288,23 @@ def evaluate_encoder(
     return result
 
 
-def evaluate(
-    checkpoint_path: str | Path,
-    labelled_folder: str | Path,
-    knn_k: int = 200,
-    knn_t: float = 0.1,
-    shots: tuple[int, ...] = (1, 5, 10),
-    draws: int = 5,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    workers: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    weight_decay: float | None = None,
-    precision: str = "auto",
-) -> dict[str, Any]:
+def evaluate(checkpoint_path: str | Path, labelled_folder: str | Path, options: EvalOptions | None = None,
+             **overrides: Any) -> dict[str, Any]:
     """Evaluate a checkpoint's online encoder on a labelled folder; `evaluate_encoder` plus where it came from.
 
     Raises byol.checkpoint.CheckpointError (a ValueError) for a file that is not a checkpoint, and
-    ValueError for a folder that is not laid out as train/<class>/, test/<class>/.
+    ValueError for a folder that is not laid out as train/<class>/, test/<class>/. options and overrides as
+    in evaluate_encoder (the linear probe is always fitted here).
     """
     from byol.checkpoint import load_encoder
+
+    o = replace(_options(options, overrides), linear=True)
 
     t0 = time.perf_counter()
     load_labelled(labelled_folder)  # fail on a bad layout before the slow part
     encoder, preprocess, info = load_encoder(checkpoint_path)
-    encoder.to(device)
-    result = evaluate_encoder(encoder, preprocess, labelled_folder, knn_k=knn_k, knn_t=knn_t, shots=shots,
-                              draws=draws, linear=True, batch_size=batch_size, device=device, workers=workers,
-                              seed=seed, progress=progress, weight_decay=weight_decay, precision=precision)
+    encoder.to(o.device)
+    result = evaluate_encoder(encoder, preprocess, labelled_folder, o)
     result["checkpoint"] = {
         "path": str(checkpoint_path),
         "sha256": info["sha256"],

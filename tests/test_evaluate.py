@@ -227,3 +227,12 @@ def test_evaluate_passes_every_option_to_evaluate_encoder(checkpoint, labelled_f
     assert (r["knn_k"], r["knn_t"], r["draws"], r["precision"]) == (7, 0.2, 3, "fp32")
     assert set(r["few_shot"]) == {"2"} and r["linear_weight_decay"] == 1e-3
     assert r["labelled_folder"] == str(labelled_folder) and r["checkpoint"]["path"] == str(checkpoint)
+
+
+def test_options_are_one_dataclass_and_unknown_ones_are_refused(checkpoint, labelled_folder):
+    from byol.evaluate import EvalOptions
+
+    with pytest.raises(TypeError, match="knn_kk"):
+        evaluate(checkpoint, labelled_folder, knn_kk=5)
+    r = evaluate(checkpoint, labelled_folder, EvalOptions(shots=(), knn_k=3, linear=False), progress=False)
+    assert r["knn_k"] == 3 and r["few_shot"] == {} and "linear_top1" in r  # evaluate always fits the probe
