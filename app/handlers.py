@@ -496,6 +496,16 @@ def draw_map(page: Page, colour_by: str, method: str, progress: Progress = no_pr
     return MapView(data, note, pm)
 
 
+def map_colours(page: Page, layout: photomap.PhotoMap | None, colour_by: str) -> str | None:
+    """The colours of the map shown, after labels or predictions changed (an assignment, number key, accept,
+    training): only the colour keys and the legend, no new layout or atlas; None when no map is shown."""
+    if layout is None:
+        return None
+    labelled = page.labels.labelled()
+    predicted = page.labels.all_predictions() if colour_by == "prediction" else None
+    return photomap.colours_json(layout, labelled, predicted)
+
+
 def map_select(page: Page, layout: photomap.PhotoMap | None, text: str, selected: list[int],
                from_map: list[int]) -> tuple[Selection, list[int]]:
     """A box or lasso on the map -> the page's selection: the photos selected on the map replace those the

@@ -45,7 +45,9 @@ into the component's `.change` event (not `.input`: checked in a browser, tests/
 selection twice is one change (nothing to do then); a click writes "id:n" with a click counter n, so the
 same photo clicked again is a change too: `parse_open` reads it. `load(containerId, data, opts)` takes the payload as a JSON
 string or object; opts may rename the boxes: {selectionId, openId, height}. `byolPhotoMap.setSelection(
-containerId, ids)` highlights ids chosen by the server (e.g. `[]` after labelling them).
+containerId, ids)` highlights ids chosen by the server (e.g. `[]` after labelling them);
+`byolPhotoMap.recolour(containerId, colours_json(...))` repaints the map shown with new colour keys (after
+labels or predictions changed), and ignores colours made for another layout.
 The sheets are served from INDEX_DIR/atlas/: add that folder to launch's allowed_paths (app/files.py serves
 only thumbs/ today), or pass `sheet_url=data_url` to inline them in the payload.
 """
@@ -344,16 +346,32 @@ def _b64(a: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode("ascii")
 
 
+def layout_token(pm: PhotoMap) -> str:
+    """A short name of the layout's photos and their order: colours sent later apply to this layout only."""
+    return hashlib.sha256(np.ascontiguousarray(pm.ids, np.int64).tobytes()).hexdigest()[:16]
+
+
+def colours(pm: PhotoMap, labelled: dict[int, str] | None = None, predicted: dict[int, str] | None = None) -> dict:
+    """Only the colours of a drawn map (the colour key per photo, who gave it, the legend), for the
+    browser to repaint after labels changed without a new layout or atlas (`byolPhotoMap.recolour`)."""
+    leg, key, human = colour_keys(pm.ids, labelled or {}, predicted)
+    return {"layout": layout_token(pm), "n": int(len(pm.ids)), "key": _b64(key, "<i2"), "human": _b64(human, "u1"),
+            "legend": [{"name": n, "colour": c, "count": k} for n, c, k in leg]}
+
+
+def colours_json(pm: PhotoMap, labelled: dict[int, str] | None = None,
+                 predicted: dict[int, str] | None = None) -> str:
+    return json.dumps(colours(pm, labelled, predicted), separators=(",", ":"))
+
+
 def payload(pm: PhotoMap, atlas: Atlas | None = None, labelled: dict[int, str] | None = None,
             predicted: dict[int, str] | None = None, sheet_url: Callable[[Path], str] = file_url) -> dict:
     """The browser's view of the map (see the module docstring); typed arrays are little-endian base64."""
-    leg, key, human = colour_keys(pm.ids, labelled or {}, predicted)
     out = {
-        "version": 1, "n": int(len(pm.ids)), "method": pm.method, "grids": list(GRIDS),
+        "version": 1, "method": pm.method, "grids": list(GRIDS),
         "ids": _b64(pm.ids, "<i4"),
         "pos": _b64(np.round(pm.pos * _Q), "<u2"),  # x0, y0, x1, y1, ...
-        "key": _b64(key, "<i2"), "human": _b64(human, "u1"),
-        "legend": [{"name": n, "colour": c, "count": k} for n, c, k in leg],
+        **colours(pm, labelled, predicted),
         "thumbs": None,
     }
     if atlas is not None and len(atlas.ids):
@@ -485,16 +503,8 @@ MAP_JS = r"""
       this.n = d.n;
       this.ids = decode(d.ids, Int32Array);
       this.pos = decode(d.pos, Uint16Array);
-      this.key = decode(d.key, Int16Array);
-      this.human = decode(d.human, Uint8Array);
-      this.legend = d.legend;
       this.grids = d.grids;
-      this.byColour = new Map();  // colour index -> point indices (-1: unlabelled, drawn first)
-      for (let i = 0; i < this.n; i++) {
-        const k = this.key[i];
-        if (!this.byColour.has(k)) this.byColour.set(k, []);
-        this.byColour.get(k).push(i);
-      }
+      this.setColours(d);
       this.thumbs = null;
       if (d.thumbs) {
         const t = d.thumbs;
@@ -504,6 +514,21 @@ MAP_JS = r"""
       }
       const keep = new Set(Array.from(this.ids));
       this.selected = new Set([...this.selected].filter(i => keep.has(i)));
+      this.fit();
+      this.redraw();
+    }
+
+    setColours(d) {  // the colour keys, who gave them and the legend (a whole payload, or colours() alone)
+      this.layout = d.layout;
+      this.key = decode(d.key, Int16Array);
+      this.human = decode(d.human, Uint8Array);
+      this.legend = d.legend;
+      this.byColour = new Map();  // colour index -> point indices (-1: unlabelled, drawn first)
+      for (let i = 0; i < this.n; i++) {
+        const k = this.key[i];
+        if (!this.byColour.has(k)) this.byColour.set(k, []);
+        this.byColour.get(k).push(i);
+      }
       this.legendEl.innerHTML = '';
       for (const l of this.legend) {
         const s = document.createElement('span');
@@ -512,8 +537,6 @@ MAP_JS = r"""
         s.appendChild(document.createTextNode(l.name + ' ' + l.count.toLocaleString()));
         this.legendEl.appendChild(s);
       }
-      this.fit();
-      this.redraw();
     }
 
     fit() { this.s = 1; this.ox = 0; this.oy = 0; }
@@ -711,6 +734,15 @@ MAP_JS = r"""
       if (!v || !document.body.contains(v.canvas)) v = views[containerId] = new View(root, opts);
       v.load(d);
       return v;
+    },
+    recolour(containerId, data) {  // new colours for the layout shown (ignored for another layout)
+      const v = views[containerId];
+      if (!v || data === null || data === undefined || data === '') return false;
+      const d = typeof data === 'string' ? JSON.parse(data) : data;
+      if (d.layout !== v.layout || d.n !== v.n) return false;
+      v.setColours(d);
+      v.redraw();
+      return true;
     },
     setSelection(containerId, ids) {
       const v = views[containerId];

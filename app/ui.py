@@ -76,6 +76,7 @@ KEYS_JS = r"""
 })();
 """
 CLEAR_MAP_JS = "() => { if (window.byolPhotoMap) window.byolPhotoMap.setSelection('photomap', []); }"
+RECOLOUR_MAP_JS = "(d) => { if (window.byolPhotoMap) window.byolPhotoMap.recolour('photomap', d); }"
 
 
 def head_html() -> str:
@@ -350,6 +351,7 @@ def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
             c.map_data = gr.Textbox(visible="hidden", elem_id="photomap-data")
             c.map_picked = gr.Textbox(visible="hidden", elem_id="photomap-selection")
             c.map_opened = gr.Textbox(visible="hidden", elem_id="photomap-open")
+            c.map_keys = gr.Textbox(visible="hidden", elem_id="photomap-keys")  # new colours, server -> page
             c.map_state = gr.State(None)  # the layout drawn: what a selection or a click may name
             c.map_sel = gr.State([])  # the part of the page's selection made on the map
     return c
@@ -515,7 +517,17 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, gr.Info)), [c.label_pick],
         c.vocab_out, api_name="delete_label")
 
-    # an assignment empties the selection (on the map too) and refreshes the label-next queue
+    def on_recolour(layout, by):
+        data = handlers.map_colours(page, layout, by)
+        return gr.skip() if data is None else data
+
+    def recolours(event):
+        """After labels or predictions changed: the map shown gets its new colours (keys only)."""
+        return event.then(_guard(1)(on_recolour), [c.map_state, c.colour_by], [c.map_keys],
+                          api_visibility="private", show_progress="hidden").then(
+            None, [c.map_keys], None, js=RECOLOUR_MAP_JS)
+
+    # an assignment empties the selection (on the map too), refreshes the label-next queue and the map's colours
     assigned_out = [*c.sel_out, *c.vocab_out, c.map_sel, c.next_gallery, c.next_ids]
 
     def after_assign(s: Selection, v: Vocabulary) -> tuple:
@@ -529,16 +541,16 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
         s, v = handlers.unassign(page, selected)
         return (*sel(s), *vocab(v))
 
-    _on(c.assign_btn.click, on_assign, [c.sel_ids, c.sel_label], assigned_out, api_name="assign"
-        ).then(None, None, None, js=CLEAR_MAP_JS)
+    recolours(_on(c.assign_btn.click, on_assign, [c.sel_ids, c.sel_label], assigned_out, api_name="assign"
+                  ).then(None, None, None, js=CLEAR_MAP_JS))
     key_number = gr.Number(visible=False, precision=0)
-    _on(gr.Button(visible=False).click,
-        lambda n, selected: after_assign(*handlers.label_key(page, n, selected, gr.Info)),
-        [key_number, c.sel_ids], assigned_out, api_name="label_key")
+    recolours(_on(gr.Button(visible=False).click,
+                  lambda n, selected: after_assign(*handlers.label_key(page, n, selected, gr.Info)),
+                  [key_number, c.sel_ids], assigned_out, api_name="label_key"))
     for n, btn in enumerate(c.key_btns, 1):
-        _on(btn.click, lambda selected, _n=n: after_assign(*handlers.label_key(page, _n, selected, gr.Info)),
-            [c.sel_ids], assigned_out, api_visibility="private").then(None, None, None, js=CLEAR_MAP_JS)
-    _on(c.unassign_btn.click, on_unassign, [c.sel_ids], c.sel_out + c.vocab_out, api_name="unassign")
+        recolours(_on(btn.click, lambda selected, _n=n: after_assign(*handlers.label_key(page, _n, selected, gr.Info)),
+                      [c.sel_ids], assigned_out, api_visibility="private").then(None, None, None, js=CLEAR_MAP_JS))
+    recolours(_on(c.unassign_btn.click, on_unassign, [c.sel_ids], c.sel_out + c.vocab_out, api_name="unassign"))
 
     def on_train(progress=gr.Progress()):
         return handlers.train(page, _progress(progress))
@@ -547,7 +559,7 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
         counts, s = handlers.accept_selected(page, selected, gr.Info)
         return (counts, *sel(s))
 
-    _on(c.train_btn.click, on_train, None, [c.train_md, c.counts_md], api_name="train", **TRAIN)
+    recolours(_on(c.train_btn.click, on_train, None, [c.train_md, c.counts_md], api_name="train", **TRAIN))
     _on(c.next_btn.click, lambda: _render_gallery(handlers.label_next(page, k)), None,
         [c.next_gallery, c.next_ids], api_name="label_next")
     _on(c.select_batch_btn.click, lambda shown, s: _render_selection(handlers.select_all(page, shown, s)),
@@ -555,10 +567,10 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.view_btn.click,
         lambda kind, label, order: _render_gallery(handlers.show_labelled(page, kind, label, order, k, gr.Info)),
         [c.view, c.view_label, c.order], [c.view_gallery, c.view_ids], api_name="show_labelled")
-    _on(c.accept_btn.click, lambda conf: handlers.accept(page, conf, gr.Info), [c.min_conf], [c.counts_md],
-        api_name="accept")
-    _on(c.accept_sel_btn.click, on_accept_selected, [c.sel_ids], [c.counts_md, *c.sel_out],
-        api_name="accept_selected")
+    recolours(_on(c.accept_btn.click, lambda conf: handlers.accept(page, conf, gr.Info), [c.min_conf],
+                  [c.counts_md], api_name="accept"))
+    recolours(_on(c.accept_sel_btn.click, on_accept_selected, [c.sel_ids], [c.counts_md, *c.sel_out],
+                  api_name="accept_selected"))
 
     def on_export(kind, with_preds, conf, progress=gr.Progress()):
         note, path = handlers.export(page, kind, with_preds, conf, _progress(progress))

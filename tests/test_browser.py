@@ -169,6 +169,10 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
             expect(page.locator("#sel-note")).to_have_text(re.compile(r"^\s*0 selected"))
             labelled = demo.page.labels.labelled()
             assert sorted(i for i, n in labelled.items() if n == "boxy") == inside
+            # ... and the map shown takes their new colour (a person's label) without being drawn again
+            page.wait_for_function("""(ids) => { const v = window.byolPhotoMap.view('photomap'), want = new Set(ids);
+                let n = 0; for (let i = 0; i < v.n; i++) if (want.has(v.ids[i]) && v.key[i] >= 0 && v.human[i]) n++;
+                return n === ids.length && v.legend.some(l => l.name === 'boxy'); }""", arg=inside)
 
             # a click on a photo of the map opens it
             i, x, y, side = page.evaluate("() => window.byolPhotoMap.view('photomap').drawn.at(-1)")

@@ -199,6 +199,30 @@ def test_map_draw_select_and_open(page):
     assert handlers.map_open(page, pm, f"{i}:3", SEARCH_MODE, [], K).gallery.ids[0] == i
 
 
+def test_map_colours_follow_labels_without_a_new_layout(page):
+    import base64
+    import json
+
+    import numpy as np
+
+    assert handlers.map_colours(page, None, "label") is None  # no map shown: nothing to send
+    pm = handlers.draw_map(page, "label", "PCA", sheet_url=photomap.data_url).layout
+    before = json.loads(handlers.map_colours(page, pm, "label"))
+    assert set(before) == {"layout", "n", "key", "human", "legend"}  # colours only: no positions, no sheets
+    page.labels.create("round")
+    circles = page.by_class["circle"][:3]
+    handlers.label_key(page, 1, circles)
+    d = json.loads(handlers.map_colours(page, pm, "label"))
+    assert d["layout"] == before["layout"] == photomap.layout_token(pm) and d["n"] == len(pm.ids)
+    key = np.frombuffer(base64.b64decode(d["key"]), "<i2")
+    human = np.frombuffer(base64.b64decode(d["human"]), "u1")
+    at = {int(i): j for j, i in enumerate(pm.ids.tolist())}
+    mine = [at[i] for i in circles]
+    assert (key[mine] == 0).all() and (human[mine] == 1).all()
+    assert (key == -1).sum() == len(pm.ids) - 3 and human.sum() == 3
+    assert d["legend"][0] == {"name": "round", "colour": photomap.legend(["round"])[0][1], "count": 3}
+
+
 def test_map_refuses_what_a_browser_never_sends(page):
     m = handlers.draw_map(page, "prediction", "UMAP-or-anything", sheet_url=photomap.data_url)
     pm = m.layout
