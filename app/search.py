@@ -13,7 +13,7 @@ images converted a strip at a time), never at full size.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,29 +107,11 @@ def duplicate_groups(store, threshold: float, max_groups: int = 60) -> list[list
 # ---------------------------------------------------------------- the map
 @dataclass
 class EmbeddingMap:
-    """A 2-D layout of (a sample of) the index, in data units and in the pixels of its rendering."""
+    """A 2-D layout of (a sample of) the index: app/photomap.py turns it into the page's photo map."""
 
     ids: np.ndarray  # n int64
-    xy: np.ndarray  # n, 2 float32: the projection
+    xy: np.ndarray  # n, 2 float32: the projection (y up)
     method: str  # "pca" or "umap"
-    size: tuple[int, int] = (880, 620)  # width, height of the rendered picture in pixels
-    margin: int = 16  # pixels kept free around the points
-    px: np.ndarray = field(init=False)  # n, 2 int: pixel position of each point (x right, y down)
-
-    def __post_init__(self):
-        lo, hi = self.xy.min(0), self.xy.max(0)
-        span = np.maximum(hi - lo, 1e-9)
-        w, h = self.size[0] - 2 * self.margin, self.size[1] - 2 * self.margin
-        t = (self.xy - lo) / span
-        self.px = np.stack([self.margin + t[:, 0] * w, self.margin + (1 - t[:, 1]) * h], 1).round().astype(int)
-
-    def point_at(self, x: float, y: float, radius: float = 24.0) -> int | None:
-        """The id of the point nearest pixel (x, y) of the picture, or None when none lies within radius."""
-        if not len(self.ids):
-            return None
-        d2 = ((self.px - np.array([x, y])) ** 2).sum(1)
-        j = int(d2.argmin())
-        return int(self.ids[j]) if d2[j] <= radius * radius else None
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
@@ -191,24 +173,3 @@ def legend(keys: Sequence[str]) -> list[tuple[str, str, int]]:
         counts[k] += 1
     out = [(n, PALETTE[j % len(PALETTE)], counts[n]) for j, n in enumerate(names)]
     return out + ([(UNLABELLED, GREY, counts[UNLABELLED])] if counts[UNLABELLED] else [])
-
-
-def render_map(m: EmbeddingMap, keys: Sequence[str], dot: int = 2):
-    """A PIL picture of the map, one dot per photo coloured by its key; unlabelled photos drawn underneath."""
-    from PIL import Image
-
-    w, h = m.size
-    canvas = np.full((h, w, 3), 255, np.uint8)
-    colours = {name: tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for name, c, _ in legend(keys)}
-    keys = np.asarray(keys, dtype=object)
-    for name in [UNLABELLED, *[n for n in colours if n != UNLABELLED]]:
-        sel = m.px[keys == name]
-        if not len(sel):
-            continue
-        r = dot if name == UNLABELLED else dot + 1
-        for dy in range(-r, r + 1):
-            for dx in range(-r, r + 1):
-                ys = np.clip(sel[:, 1] + dy, 0, h - 1)
-                xs = np.clip(sel[:, 0] + dx, 0, w - 1)
-                canvas[ys, xs] = colours[name]
-    return Image.fromarray(canvas)
