@@ -1,7 +1,7 @@
 """What every session of the page shares: the store, the label database, the encoder for uploads, the photo
 facts (index/photoinfo.py, filled in a background thread from page start) and the duplicate decisions.
 
-The page's handlers (app/handlers.py) take a Page as their first argument; app/ui.py builds one per page.
+The page's handlers (app/handlers/) take a Page as their first argument; app/ui.py builds one per page.
 """
 
 from __future__ import annotations

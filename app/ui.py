@@ -1,6 +1,6 @@
-"""The page: `build_app(index_dir) -> gr.Blocks`, the layout and its wiring to app/handlers.py.
+"""The page: `build_app(index_dir) -> gr.Blocks`, the layout and its wiring to app/handlers/.
 
-What each event does lives in app/handlers.py (plain functions of the shared Page and the inputs, tested
+What each event does lives in app/handlers/ (plain functions of the shared Page and the inputs, tested
 without a server); here each handler's view is turned into the values of its components (the render
 functions below) and wrapped by _guard.
 

@@ -1,4 +1,4 @@
-"""app/handlers.py: what each event of the page does, called directly on a Page (no server, no browser)."""
+"""app/handlers/: what each event of the page does, called directly on a Page (no server, no browser)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from test_search import ColourEmbedder, make_index
 
 from app import handlers, photomap
 from app.filters import Filter
-from app.handlers import OPEN_MODE, SEARCH_MODE, SELECT_MODE, Preview, Results, Selection
+from app.handlers import OPEN_MODE, SEARCH_MODE, SELECT_MODE, Preview, Results, Selection, selections
 from app.labels import Prediction
 from app.page import Page
 
@@ -242,7 +242,7 @@ def test_map_refuses_what_a_browser_never_sends(page):
 
 
 def test_a_large_selection_shows_some_and_counts_all(page, monkeypatch):
-    monkeypatch.setattr(handlers, "SELECTION_SHOWN", 5)
+    monkeypatch.setattr(selections, "SELECTION_SHOWN", 5)
     ids = [int(i) for i in page.store.all_ids()]
     s = handlers.selection(page, [*ids, 10**9, ids[0]])  # one not in the index, one twice
     assert s.ids == ids and len(s.gallery.ids) == 5 and s.gallery.ids == ids[:5]
