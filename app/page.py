@@ -1,5 +1,6 @@
 """What every session of the page shares: the store, the label database, the encoder for uploads, the photo
-facts (index/photoinfo.py, filled in a background thread from page start) and the duplicate decisions.
+facts (index/photoinfo.py, filled in a background thread from page start), the duplicate decisions, and the
+default photo map (laid out with its thumbnail sheets in a background thread from page start).
 
 The page's handlers (app/handlers/) take a Page as their first argument; app/ui.py builds one per page.
 """
@@ -33,6 +34,7 @@ class Page:
         self._fill_thread: threading.Thread | None = None
         self._fill_stop = threading.Event()
         self._fill_state = ""  # what the background fill of photo facts is doing, for the page
+        self._map_thread: threading.Thread | None = None
         self._refreshed = 0.0
         self._encoder_lock = threading.Lock()
         # loaded now, so that a page whose encoder is not the index's never starts (EncoderMismatch)
@@ -139,6 +141,34 @@ class Page:
             self._fill_thread.start()
             return self._fill_thread
 
+    def start_map(self) -> threading.Thread:
+        """Lay out the default photo map (PCA, every labelled photo included) and make its thumbnail sheets in
+        a background thread from launch, so that the first "Draw map" finds both ready (app/photomap.py keeps
+        layouts per index generation and the sheets in INDEX_DIR/atlas/); `wait_map` joins it."""
+        with self._lazy_lock:
+            if self._map_thread is not None:
+                return self._map_thread
+
+            def run() -> None:
+                from app import photomap
+
+                try:
+                    if self.store.count >= 2:
+                        pm = photomap.build_map(self.store, "pca", include=sorted(self.labels.labelled()))
+                        photomap.build_atlas(self.store, pm.sample)
+                except Exception as e:  # the map is then made on the first click instead; say why in the log
+                    log.warning("preparing the photo map failed: %s", e)
+
+            self._map_thread = threading.Thread(target=run, name="photo-map", daemon=True)
+            self._map_thread.start()
+            return self._map_thread
+
+    def wait_map(self, timeout: float = 120.0) -> None:
+        """Wait for the map being prepared since launch, if it still is: its work is the first draw's own."""
+        t = self._map_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
     def facts_status(self) -> str:
         """'' once every photo's facts are read (or no fill was started), else its progress."""
         return self._fill_state
@@ -146,8 +176,9 @@ class Page:
     def close(self) -> None:
         """Stop the background fill and close the databases this page opened (not the store)."""
         self._fill_stop.set()
-        if self._fill_thread is not None:
-            self._fill_thread.join(timeout=30)
+        for t in (self._fill_thread, self._map_thread):
+            if t is not None:
+                t.join(timeout=30)
         for db in (self._infos, self._decisions):
             if db is not None:
                 db.close()

@@ -618,7 +618,8 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
            auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False,
            allow_hosts: Iterable[str] = ()):
     """Serve the page: loopback unless auth is given; only the index's own pictures are served (thumbnails,
-    the map's sheets, previews: app.files.served_paths). The photos' facts start filling in the background.
+    the map's sheets, previews: app.files.served_paths). The photos' facts start filling in the background,
+    and the default photo map starts being laid out, so that the first "Draw map" finds it ready.
 
     Requests are answered only when addressed to `host`, a loopback name or one of `allow_hosts`, and never
     when another web site sends them (app.files.HostGuard); failed logins are slowed down (LoginThrottle).
@@ -637,6 +638,7 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
         middleware.append(Middleware(LoginThrottle))
     if getattr(demo, "page", None) is not None:
         demo.page.start_facts()
+        demo.page.start_map()
     return demo.launch(server_name=host, head=head_html(), server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
                        max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                        share=False, app_kwargs={"middleware": middleware},

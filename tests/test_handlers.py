@@ -199,6 +199,19 @@ def test_map_draw_select_and_open(page):
     assert handlers.map_open(page, pm, f"{i}:3", SEARCH_MODE, [], K).gallery.ids[0] == i
 
 
+def test_the_map_prepared_from_launch_is_the_first_draws(page):
+    page.labels.assign(page.by_class["square"][:2], "boxy")
+    page.start_map().join()  # what launch starts: the default layout and its thumbnail sheets
+    sheets = sorted((page.index_dir / photomap.ATLAS_DIR).glob("*/sheet_*.jpg"))
+    assert sheets
+    stamps = [p.stat().st_mtime_ns for p in sheets]
+    pm = photomap.build_map(page.store, "pca", include=sorted(page.labels.labelled()))
+    m = handlers.draw_map(page, "label", "PCA")
+    assert m.layout is pm  # the layout kept in memory, not made again
+    assert [p.stat().st_mtime_ns for p in sheets] == stamps  # nor the sheets
+    assert page.start_map() is page.start_map()  # once per page
+
+
 def test_map_colours_follow_labels_without_a_new_layout(page):
     import base64
     import json

@@ -28,6 +28,7 @@ def draw_map(page: Page, colour_by: str, method: str, progress: Progress = no_pr
              sheet_url=photomap.file_url) -> MapView:
     """The photo map: thumbnails at their 2-D places, framed by label (or prediction, thin frame)."""
     page.require_photos()
+    page.wait_map()  # the default map, prepared since launch: the same layout and sheets as below
     method = "umap" if str(method).lower() == "umap" and search.umap_available() else "pca"
     progress(0.05, f"laying out the photos ({method.upper()})")
     labelled = page.labels.labelled()
