@@ -18,6 +18,7 @@ class Duplicates:
     groups: list[review.Group]
     note: str
 
+
 def duplicates(page: Page, threshold: float, progress: Progress = no_progress) -> Duplicates:
     """Near-duplicate groups at cosine >= threshold, each photo with its bytes, pixels, date and decision."""
     page.require_photos()
@@ -29,11 +30,13 @@ def duplicates(page: Page, threshold: float, progress: Progress = no_progress) -
             else f"No near-duplicates at cosine >= {threshold:.3f}: lower the threshold to see looser matches")
     return Duplicates(groups, note)
 
+
 def _threshold(value) -> float:
     t = float(value)
     if not 0.5 <= t <= 1.0:  # NaN fails too
         raise ValueError("the threshold is a cosine between 0.5 and 1")
     return t
+
 
 def decide(page: Page, image_id: int, decision: str) -> str:
     """Record keep / drop for one photo of a group (kept in INDEX_DIR/review.sqlite)."""
@@ -42,6 +45,7 @@ def decide(page: Page, image_id: int, decision: str) -> str:
     if page.decisions.set(page.store, [int(image_id)], decision) != 1:
         raise ValueError(f"photo {int(image_id)} is not in the index")
     return f"Marked photo {int(image_id)} {decision}"
+
 
 def export_duplicates(page: Page, threshold: float, progress: Progress = no_progress,
                       stamp: str | None = None) -> tuple[str, Path]:

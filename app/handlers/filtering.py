@@ -22,11 +22,14 @@ def allowed_by(page: Page, flt: Filter | None) -> filters.Allowed | None:
     predicted = page.labels.all_predictions() if flt.prediction else None
     return filters.allowed(page.store, flt, page.infos, labelled, predicted)
 
+
 def filtered_note(note: str, allowed: filters.Allowed | None) -> str:
     return note if allowed is None else f"{note} · {allowed.summary}"
 
+
 def filtered_search(page: Page, vec: np.ndarray, k: int, allowed: filters.Allowed | None) -> list[search.Hit]:
     return filters.search_filtered(page.store, vec, None if allowed is None else allowed.ids, k)
+
 
 def filter_note(page: Page, flt: Filter) -> str:
     """How many photos the filter leaves (shown under the filter as it changes)."""
@@ -36,6 +39,7 @@ def filter_note(page: Page, flt: Filter) -> str:
         return f"No filter: searches cover all {page.store.count:,} photos"
     facts = page.facts_status()
     return allowed.summary + (f" · {facts}" if facts and (flt.date_from or flt.date_to) else "")
+
 
 def folders(page: Page, limit: int = 2000) -> list[str]:
     """The sub-folders of the indexed folder that hold photos (and their parents), for the folder filter."""
@@ -50,6 +54,7 @@ def folders(page: Page, limit: int = 2000) -> list[str]:
         if len(out) >= limit:
             break
     return sorted(os.fsencode(f).decode("utf-8", "backslashreplace") for f in out)[:limit]
+
 
 def facts_status(page: Page) -> str:
     """Progress of reading every photo's facts in the background (dates for the filters), or ''."""

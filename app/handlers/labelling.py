@@ -28,11 +28,13 @@ def create_label(page: Page, name: str) -> Vocabulary:
     page.labels.create(name)
     return vocabulary(page)
 
+
 def rename_label(page: Page, old: str, new: str) -> Vocabulary:
     if not old:
         raise ValueError("pick the label to rename")
     page.labels.rename(old, new)
     return vocabulary(page)
+
 
 def delete_label(page: Page, old: str, notify: Notify = _quiet) -> Vocabulary:
     if not old:
@@ -40,6 +42,7 @@ def delete_label(page: Page, old: str, notify: Notify = _quiet) -> Vocabulary:
     page.labels.delete(old)
     notify(f"Deleted label {old!r} with its assignments and predictions")
     return vocabulary(page)
+
 
 def assign(page: Page, selected: list[int], label: str, notify: Notify = _quiet) -> tuple[Selection, Vocabulary]:
     """Label the selected photos (the selection is then emptied)."""
@@ -50,6 +53,7 @@ def assign(page: Page, selected: list[int], label: str, notify: Notify = _quiet)
     n = page.labels.assign(selected, label)
     notify(f"Labelled {n} photo(s) {label!r}")
     return selection(page, []), vocabulary(page)
+
 
 def label_key(page: Page, number, selected: list[int], notify: Notify = _quiet) -> tuple[Selection, Vocabulary]:
     """Number key (or button) 1-9: label the selected photos with the label at that place in the vocabulary."""
@@ -64,20 +68,24 @@ def label_key(page: Page, number, selected: list[int], notify: Notify = _quiet) 
         raise ValueError(f"there is no label {n}: create one in the Label tab (there are {len(names)})")
     return assign(page, selected, names[n - 1], notify)
 
+
 def key_labels(v: Vocabulary) -> list[str | None]:
     """What each of the LABEL_KEYS buttons says ("1 cats"), None for a key with no label."""
     return [f"{j + 1} {v.names[j]}" if j < len(v.names) else None for j in range(LABEL_KEYS)]
+
 
 def next_batch(page: Page, k: int) -> Gallery | None:
     """The label-next queue after an assignment; None when there are no predictions yet (nothing to refresh)."""
     preds = page.labels.label_next(k)
     return prediction_gallery(page, preds, guess=True) if preds else None
 
+
 def unassign(page: Page, selected: list[int]) -> tuple[Selection, Vocabulary]:
     if not selected:
         raise ValueError("select photos first")
     page.labels.unassign(selected)
     return selection(page, selected), vocabulary(page)
+
 
 def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
     """(the training report, the counts table) after fitting the probe and predicting every photo."""
@@ -90,12 +98,14 @@ def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
               f"Predicted {r.predicted:,} photos in {r.seconds:.1f} s.")
     return report, counts_markdown(page)
 
+
 def label_next(page: Page, k: int) -> Gallery:
     """The unlabelled photos the probe is least sure about."""
     preds = page.labels.label_next(k)
     if not preds:
         raise ValueError("no predictions yet: label two kinds of photos and press Train")
     return prediction_gallery(page, preds, guess=True)
+
 
 def show_labelled(page: Page, kind: str, label: str, order: str, k: int, notify: Notify = _quiet) -> Gallery:
     """Photos predicted (kind "predicted") or labelled as `label`, most or least confident first."""
@@ -108,10 +118,12 @@ def show_labelled(page: Page, kind: str, label: str, order: str, k: int, notify:
         notify(f"No photos {kind} as {label!r} yet")
     return g
 
+
 def accept(page: Page, min_confidence: float, notify: Notify = _quiet) -> str:
     n = page.labels.accept(min_confidence=float(min_confidence))
     notify(f"Accepted {n} prediction(s) at confidence >= {min_confidence:.2f}")
     return counts_markdown(page)
+
 
 def accept_selected(page: Page, selected: list[int], notify: Notify = _quiet) -> tuple[str, Selection]:
     if not selected:
@@ -119,6 +131,7 @@ def accept_selected(page: Page, selected: list[int], notify: Notify = _quiet) ->
     n = page.labels.accept(ids=selected)
     notify(f"Accepted {n} prediction(s)")
     return counts_markdown(page), selection(page, [])
+
 
 def export(page: Page, kind: str, with_predictions: bool, min_confidence: float,
            progress: Progress = no_progress, stamp: str | None = None) -> tuple[str, Path | None]:

@@ -24,6 +24,7 @@ class MapView:
     note: str
     layout: photomap.PhotoMap
 
+
 def draw_map(page: Page, colour_by: str, method: str, progress: Progress = no_progress,
              sheet_url=photomap.file_url) -> MapView:
     """The photo map: thumbnails at their 2-D places, framed by label (or prediction, thin frame)."""
@@ -42,6 +43,7 @@ def draw_map(page: Page, colour_by: str, method: str, progress: Progress = no_pr
             "alt-drag a lasso to select (ctrl adds), click a photo to open it")
     return MapView(data, note, pm)
 
+
 def map_colours(page: Page, layout: photomap.PhotoMap | None, colour_by: str) -> str | None:
     """The colours of the map shown, after labels or predictions changed (an assignment, number key, accept,
     training): only the colour keys and the legend, no new layout or atlas; None when no map is shown."""
@@ -50,6 +52,7 @@ def map_colours(page: Page, layout: photomap.PhotoMap | None, colour_by: str) ->
     labelled = page.labels.labelled()
     predicted = page.labels.all_predictions() if colour_by == "prediction" else None
     return photomap.colours_json(layout, labelled, predicted)
+
 
 def map_select(page: Page, layout: photomap.PhotoMap | None, text: str, selected: list[int],
                from_map: list[int]) -> tuple[Selection, list[int]]:
@@ -66,6 +69,7 @@ def map_select(page: Page, layout: photomap.PhotoMap | None, text: str, selected
     before = {int(i) for i in from_map or []}
     kept = [int(i) for i in selected if int(i) not in before]
     return selection(page, [*kept, *ids]), ids
+
 
 def map_open(page: Page, layout: photomap.PhotoMap | None, text: str, mode: str, selected: list[int], k: int,
              flt: Filter | None = None) -> Results | Selection | Preview:

@@ -19,6 +19,7 @@ class Preview:
     facts: str  # markdown
     neighbours: Gallery
 
+
 def facts_markdown(info, problem: str | None = None) -> str:
     """File name, pixels, size, date taken (EXIF, or the file's date, said so) and folder, for a person."""
     from index.photoinfo import human_size
@@ -35,6 +36,7 @@ def facts_markdown(info, problem: str | None = None) -> str:
     if problem or info.error:
         lines.append(f"⚠ {html.escape(problem or info.error)}: showing the thumbnail")
     return "  \n".join(lines)
+
 
 def open_photo(page: Page, image_id: int, k: int = NEIGHBOURS) -> Preview:
     """The preview of one photo, with its facts and its k nearest neighbours."""

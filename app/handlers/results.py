@@ -29,6 +29,7 @@ def search_id(page: Page, image_id: int, k: int, flt: Filter | None = None) -> R
     name = search.hits(page.store, [int(image_id)])[0].name
     return Results(gallery(hits), {"id": int(image_id)}, filtered_note(f"Photos like **{html.escape(name)}**", allowed))
 
+
 def search_upload(page: Page, payload, upload_dir: str | Path, uploaded, k: int,
                   flt: Filter | None = None) -> Results | None:
     """Photos like an uploaded one; None when the upload was cleared. The file is read only when gradio
@@ -45,6 +46,7 @@ def search_upload(page: Page, payload, upload_dir: str | Path, uploaded, k: int,
     return Results(gallery(filtered_search(page, vec, k, allowed)), {"vec": vec[0].tolist()},
                    filtered_note("Photos like your upload", allowed))
 
+
 def random_photos(page: Page, k: int, flt: Filter | None = None) -> Results:
     page.require_photos()
     allowed = allowed_by(page, flt)
@@ -55,6 +57,7 @@ def random_photos(page: Page, k: int, flt: Filter | None = None) -> Results:
         hits = search.hits(page.store, pick)
     return Results(gallery(hits), {"random": True},
                    filtered_note("Random photos: click one to open it, search from it or select it", allowed))
+
 
 def show_more(page: Page, query: dict | None, shown: list[int], k: int,
               flt: Filter | None = None) -> tuple[Gallery, str]:
@@ -79,6 +82,7 @@ def show_more(page: Page, query: dict | None, shown: list[int], k: int,
     g = gallery(hits)
     return g, f"Showing {len(g.ids)} photos"
 
+
 def act(page: Page, image_id: int, mode: str, selected: list[int], k: int,
         flt: Filter | None = None) -> Results | Selection | Preview:
     """What a click on a photo does, by the page's click mode: open it, search from it, or toggle it."""
@@ -87,6 +91,7 @@ def act(page: Page, image_id: int, mode: str, selected: list[int], k: int,
     if mode == SEARCH_MODE:
         return search_id(page, image_id, k, flt)
     return open_photo(page, image_id)
+
 
 def click(page: Page, ids: list[int], index, mode: str, selected: list[int], k: int,
           flt: Filter | None = None) -> Results | Selection | Preview:

@@ -28,21 +28,26 @@ def selection(page: Page, ids: list[int]) -> Selection:
     more = f" (showing {len(g.ids)})" if len(ids) > len(g.ids) else ""
     return Selection(g, f"**{len(ids):,}** selected{more}" + (" · click a photo here to drop it" if ids else ""), ids)
 
+
 def clicked_id(ids: list[int], index, gone: str) -> int:
     if index is None or not (0 <= int(index) < len(ids)):
         raise ValueError(gone)
     return int(ids[int(index)])
 
+
 def toggle(page: Page, selected: list[int], image_id: int) -> Selection:
     selected = [i for i in selected if i != image_id] if image_id in selected else [*selected, image_id]
     return selection(page, selected)
+
 
 def click_select(page: Page, ids: list[int], index, selected: list[int]) -> Selection:
     """A click in a gallery that always selects (Label tab, the selection bar itself)."""
     return toggle(page, selected, clicked_id(ids, index, "that photo is no longer shown"))
 
+
 def select_all(page: Page, shown: list[int], selected: list[int]) -> Selection:
     return selection(page, [*selected, *[i for i in shown if i not in set(selected)]])
+
 
 def clear_selection(page: Page) -> Selection:
     return selection(page, [])

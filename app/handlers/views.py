@@ -23,12 +23,14 @@ Notify = Callable[[str], None]
 def _quiet(message: str) -> None:
     pass
 
+
 @dataclass
 class Gallery:
     """A gallery's value, (thumbnail, caption) per photo, and the photo ids clicks on it map back to."""
 
     items: list[tuple[str, str]]
     ids: list[int]
+
 
 @dataclass
 class Results:
@@ -37,6 +39,7 @@ class Results:
     gallery: Gallery
     query: dict  # {"vec": [...]} | {"id": n} | {"random": True}
     note: str
+
 
 @dataclass
 class Selection:
@@ -47,6 +50,7 @@ class Selection:
     note: str
     ids: list[int] = field(default_factory=list)
 
+
 @dataclass
 class Vocabulary:
     """The label names every label picker offers, and the table of counts."""
@@ -54,10 +58,12 @@ class Vocabulary:
     names: list[str]
     counts: str  # markdown
 
+
 def gallery(hits: list[search.Hit], captions: list[str] | None = None) -> Gallery:
     """Thumbnails with captions (the hits' own by default), and the ids clicks map back to."""
     caps = captions or [h.caption for h in hits]
     return Gallery([(h.thumb, c) for h, c in zip(hits, caps)], [h.id for h in hits])
+
 
 def caption(name: str, label: str | None = None, prediction: Prediction | None = None,
             guess: bool = True) -> str:
@@ -69,16 +75,19 @@ def caption(name: str, label: str | None = None, prediction: Prediction | None =
         return f"{prediction.label}{'?' if guess else ''} {prediction.confidence:.2f} · {name}"
     return name
 
+
 def label_captions(page: Page, hits: list[search.Hit]) -> list[str]:
     """The hits' captions with their label, or else the probe's prediction."""
     labelled = page.labels.labels_of(h.id for h in hits)
     preds = page.labels.predictions(h.id for h in hits if h.id not in labelled)
     return [caption(h.name, labelled[h.id][0] if h.id in labelled else None, preds.get(h.id)) for h in hits]
 
+
 def prediction_gallery(page: Page, preds: list[Prediction], guess: bool) -> Gallery:
     hits = search.hits(page.store, [p.id for p in preds])
     by_id = {p.id: p for p in preds}
     return gallery(hits, [caption(h.name, prediction=by_id[h.id], guess=guess) for h in hits])
+
 
 def counts_markdown(page: Page) -> str:
     counts = page.labels.counts()
@@ -88,8 +97,10 @@ def counts_markdown(page: Page) -> str:
     rows += [f"| {html.escape(n)} | {c['human']} | {c['accepted']} | {c['predicted']} |" for n, c in counts.items()]
     return "\n".join(rows)
 
+
 def vocabulary(page: Page) -> Vocabulary:
     return Vocabulary(page.labels.names(), counts_markdown(page))
+
 
 def header(page: Page) -> str:
     return "## byol-search\n" + page.summary()
