@@ -36,6 +36,7 @@ class Page:
         self._fill_state = ""  # what the background fill of photo facts is doing, for the page
         self._map_thread: threading.Thread | None = None
         self._refreshed = 0.0
+        self._last_request = 0.0  # when a handler last asked for the photos (background work gives way)
         self._encoder_lock = threading.Lock()
         # loaded now, so that a page whose encoder is not the index's never starts (EncoderMismatch)
         self._embedder = embedder if embedder is not None else self.load_encoder()
@@ -87,6 +88,7 @@ class Page:
             self.store.refresh()
 
     def require_photos(self) -> None:
+        self._last_request = time.monotonic()
         self.refresh()
         if self.store.count == 0:
             raise ValueError("the index is empty: index a folder first (byol-search index FOLDER --model "
@@ -128,6 +130,7 @@ class Page:
             def run() -> None:
                 def progress(fraction: float, desc: str) -> None:
                     self._fill_state = f"reading photo facts: {fraction:.0%} ({desc.split(': ', 1)[-1]})"
+                    self.give_way(self._fill_stop)
 
                 try:
                     r = self.infos.fill(progress=progress, stop=self._fill_stop)
@@ -168,6 +171,15 @@ class Page:
         t = self._map_thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
+
+    def give_way(self, stop: threading.Event | None = None, quiet: float = 0.25, longest: float = 1.0) -> None:
+        """Between two batches of background work: wait while the page answered a request in the last `quiet`
+        seconds (at most `longest`), so that searches do not share the interpreter with the work. A page in
+        constant use still reads one batch a `longest`."""
+        end = time.monotonic() + longest
+        while (time.monotonic() - self._last_request < quiet and time.monotonic() < end
+               and not (stop is not None and stop.is_set())):
+            time.sleep(0.02)
 
     def facts_status(self) -> str:
         """'' once every photo's facts are read (or no fill was started), else its progress."""

@@ -199,6 +199,28 @@ def test_map_draw_select_and_open(page):
     assert handlers.map_open(page, pm, f"{i}:3", SEARCH_MODE, [], K).gallery.ids[0] == i
 
 
+def test_background_work_gives_way_to_requests(page):
+    import threading
+    import time
+
+    t = time.monotonic()
+    page.give_way(quiet=0.3, longest=1.0)
+    assert time.monotonic() - t < 0.1  # no request yet: no wait
+    handlers.search_id(page, page.by_class["circle"][0], K)  # a request: the work waits until the page is quiet
+    t = time.monotonic()
+    page.give_way(quiet=0.3, longest=1.0)
+    assert 0.2 <= time.monotonic() - t < 0.9
+    handlers.search_id(page, page.by_class["circle"][0], K)
+    t = time.monotonic()
+    page.give_way(quiet=5.0, longest=0.2)  # never more than `longest`
+    assert time.monotonic() - t < 1.0
+    stop = threading.Event()
+    stop.set()
+    t = time.monotonic()
+    page.give_way(stop, quiet=5.0, longest=5.0)  # nor once stopped
+    assert time.monotonic() - t < 0.5
+
+
 def test_the_map_prepared_from_launch_is_the_first_draws(page):
     page.labels.assign(page.by_class["square"][:2], "boxy")
     page.start_map().join()  # what launch starts: the default layout and its thumbnail sheets

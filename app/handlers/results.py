@@ -21,12 +21,13 @@ from app.page import Page
 def search_id(page: Page, image_id: int, k: int, flt: Filter | None = None) -> Results:
     """Photos like the photo `image_id` (a click, or the hidden search_id box), among those `flt` leaves."""
     page.require_photos()
-    if not page.store.rows([int(image_id)]):
+    found = search.hits(page.store, [int(image_id)])  # one row read: the photo is there, and its name
+    if not found:
         raise ValueError(f"photo {int(image_id)} is not in the index")
     allowed = allowed_by(page, flt)
     vec = page.store.get_vectors(np.array([int(image_id)], np.int64))
     hits = filtered_search(page, vec, k, allowed)
-    name = search.hits(page.store, [int(image_id)])[0].name
+    name = found[0].name
     return Results(gallery(hits), {"id": int(image_id)}, filtered_note(f"Photos like **{html.escape(name)}**", allowed))
 
 
