@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +89,9 @@ def test_upload_label_train_predict(tmp_path):
         demo.close()
 
 
-def _save_shot(page, name: str) -> None:
-    """A screenshot of the page as it is, into $BYOL_SEARCH_SCREENSHOT_DIR/<name> when set (PNG, 256 colours:
-    small enough to commit)."""
+def _save_shot(page, name: str, full_page: bool = False) -> None:
+    """A screenshot of the page as it is (the whole page with full_page, else the window), into
+    $BYOL_SEARCH_SCREENSHOT_DIR/<name> when set (PNG, 256 colours: small enough to commit)."""
     folder = os.environ.get("BYOL_SEARCH_SCREENSHOT_DIR")
     if not folder:
         return
@@ -98,7 +99,7 @@ def _save_shot(page, name: str) -> None:
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     raw = Path(folder) / f".{name}"
-    page.screenshot(path=str(raw))
+    page.screenshot(path=str(raw), full_page=full_page)
     Image.open(raw).convert("RGB").quantize(256).save(Path(folder) / name, optimize=True)
     raw.unlink()
 
@@ -116,6 +117,9 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
     demo.page.labels.create("boxy")  # label 1 (the vocabulary is in name order)
     demo.page.labels.create("round")  # label 2
     drop = next(m for g in handlers.duplicates(demo.page, 0.95).groups for m in g.members if m.decision == "drop")
+    # the photo facts are read in the background from launch: held after the first batch until `facts_done`
+    facts_done = threading.Event()
+    demo.page.give_way = lambda stop=None, **kw: facts_done.wait(60)
     _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as p:
@@ -125,6 +129,11 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
             page.goto(url)
             expect(page.get_by_text("photos indexed")).to_be_visible()
             expect(page.locator("#label-key-1")).to_contain_text("1 boxy")
+            # the progress line of the photo facts, then nothing once they are all read
+            expect(page.locator("#facts-status")).to_contain_text("reading photo facts: 100%")
+            facts_done.set()
+            expect(page.locator("#facts-status")).not_to_contain_text("reading photo facts", timeout=10_000)
+            assert demo.page.infos.count() == demo.page.store.count
 
             # Search: random photos, then a click opens the preview (the default click mode)
             page.get_by_role("button", name="Random photos").click()
@@ -161,7 +170,8 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
             inside = sorted(photomap.select_in_box(layout, u0, v0, u1, v1).tolist())
             assert inside
             expect(page.locator("#sel-note")).to_have_text(re.compile(rf"^\s*{len(inside)} selected"))
-            _save_shot(page, "page-map.png")
+            page.locator("#photomap").scroll_into_view_if_needed()
+            _save_shot(page, "page-map.png", full_page=True)  # the whole map, with the selection bar above it
 
             # a number key labels the selection with label 1, and empties it
             page.locator("#map-note").click()  # focus off any text field
@@ -197,6 +207,11 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
             page.get_by_role("button", name="Find near-duplicates").click()
             choice = page.locator(f"#dup-{drop.id}")
             expect(choice).to_be_visible()
+            # a click on a photo of a group opens its preview (the default click mode)
+            page.locator(f"#dup-img-{drop.id} img").click()
+            expect(page.locator("#preview-facts")).to_contain_text(drop.info.name)
+            expect(page.locator("#preview-image img")).to_have_attribute("src", re.compile("/previews/"))
+            page.locator("#preview-close").click()
             choice.get_by_label("keep").check()
             expect(page.locator("#dup-status")).to_contain_text(f"Marked photo {drop.id} keep")
             page.get_by_role("button", name="Export decisions (CSV)").click()
