@@ -70,7 +70,10 @@ class TrainStep:
         self._forward_target: Callable[..., Any] = model.target
         if compile:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPUs
-            self._forward_online, self._forward_target = torch.compile(online), torch.compile(model.target)
+            # static shapes: progressive resizing (byol.batches) compiles once per view side instead of switching
+            # to slower shape-generic kernels at its second side; a fixed side compiles once, as before
+            self._forward_online = torch.compile(online, dynamic=False)
+            self._forward_target = torch.compile(model.target, dynamic=False)
 
     def __call__(self, x: torch.Tensor, lr: float, tau: float,
                  check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
