@@ -19,6 +19,8 @@ Rows (one after the other, on the same machine; --rows picks some):
 
     python scripts/bench_quality.py --budget 15m                    # ~40 minutes on 2 cores
     python scripts/bench_quality.py --budget 15m --rows base,base+adapt --extra-args="--warmup 0.1"
+    python scripts/bench_quality.py --steps 202 --rows base+adapt --tag=_64prog \
+        --extra-args="--image-size 64 --view-start 24 --view-stages 3"   # progressive resizing, equal compute
 
 Writes a markdown table to stdout and JSON to --out (default .cache/bench/quality.json), with the exact
 pretraining commands, machine and date.
@@ -86,8 +88,9 @@ def untrained_checkpoint(path: Path, init: str, backbone: str = "resnet-tiny", i
 
 def pretrain(photos: Path, out: Path, budget: str, init: str, extra: list[str]) -> tuple[list[str], dict]:
     """`byol-search pretrain` as a user runs it (a fresh process: no compile cache shared between rows)."""
-    cmd = [str(ROOT / ".venv" / "bin" / "byol-search"), "pretrain", str(photos), "--out", str(out),
-           "--budget", budget, "--init", init, "--cache-dir", str(CACHE / "heldout" / "cache-32"), "--no-progress",
+    length = ["--steps", budget[len("steps="):]] if budget.startswith("steps=") else ["--budget", budget]
+    cmd = [str(ROOT / ".venv" / "bin" / "byol-search"), "pretrain", str(photos), "--out", str(out), *length,
+           "--init", init, "--cache-dir", str(CACHE / "heldout" / "cache-32"), "--no-progress",
            *extra]
     if not Path(cmd[0]).exists():
         cmd[0:1] = [sys.executable, "-m", "app.cli"]
@@ -112,6 +115,9 @@ def imagenet_cached() -> bool:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", default="15m", help="adaptation budget per run (default 15m, what users run)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="train this many steps instead of a budget: rows of equal compute on a machine that other "
+                        "programs share (take the steps a budget run made alone, scaled by the step cost)")
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma list of {', '.join(ALL_ROWS)}")
     p.add_argument("--extra-args", default="", help="more `pretrain` options for the init+adapt rows")
     p.add_argument("--draws", type=int, default=10, help="few-shot draws per shot count (default 10)")
@@ -119,6 +125,8 @@ def main() -> int:
     p.add_argument("--tag", default="", help="suffix of the run folders and JSON (to keep variants apart)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.steps:
+        args.budget = f"steps={args.steps}"
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = set(rows) - set(ALL_ROWS)
     if unknown:
