@@ -26,7 +26,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from index.store import Store
 
 log = logging.getLogger("byol_search.page")
 
@@ -111,13 +115,13 @@ def check_bind(host: str, auth: tuple[str, str] | None) -> None:
             "default --host 127.0.0.1 (this machine only)")
 
 
-def thumbs_dir(index_dir: str | Path, store=None) -> Path:
+def thumbs_dir(index_dir: str | Path, store: Store | None = None) -> Path:
     """The folder of cached thumbnails: the store's own when it says, else INDEX_DIR/thumbs."""
     d = getattr(store, "thumbs_dir", None) if store is not None else None
     return Path(d if d is not None else Path(index_dir) / "thumbs").resolve()
 
 
-def served_paths(index_dir: str | Path, store=None) -> tuple[list[str], list[str]]:
+def served_paths(index_dir: str | Path, store: Store | None = None) -> tuple[list[str], list[str]]:
     """(allowed_paths, blocked_paths) for gradio's launch: the thumbnails, the map's sheets and the previews
     (SERVED_FOLDERS, each only when it is a real folder inside the index, not a link out of it), and
     nothing else of the index."""
@@ -139,7 +143,7 @@ def served_paths(index_dir: str | Path, store=None) -> tuple[list[str], list[str
 
 
 # ---------------------------------------------------------------------- uploads
-def read_upload(path, upload_dir: str | Path, uploaded: Collection[str], max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+def read_upload(path: object, upload_dir: str | Path, uploaded: Collection[str], max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
     """The bytes of an uploaded query photo, read only when gradio itself stored it.
 
     `path` comes from the browser, so it is a claim: it must be one of the paths gradio's upload route

@@ -19,10 +19,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.search import Hit, hits, unit
+
+if TYPE_CHECKING:
+    from index.photoinfo import PhotoInfoCache
+    from index.store import Store
 
 EXACT_MAX = 50_000  # allowed photos scored exactly: 50k x 256 floats is a ~10 ms product on 2 cores
 OVERFETCH = 2.0  # k asked of the index = wanted / (fraction allowed) * OVERFETCH, doubled per retry
@@ -66,8 +71,8 @@ def _bound(text: str, end: bool) -> str:
         raise ValueError(f"{text!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from e
 
 
-def allowed(store, f: Filter, infos=None, labelled: dict[int, str] | None = None,
-            predicted: dict[int, str] | None = None) -> Allowed:
+def allowed(store: Store, f: Filter, infos: PhotoInfoCache | None = None,
+            labelled: dict[int, str] | None = None, predicted: dict[int, str] | None = None) -> Allowed:
     """The photos of `store` that pass `f`. infos: an index.photoinfo.PhotoInfoCache (needed for dates, and
     to name folders relative to its root); labelled / predicted: {id: name}."""
     ids = np.asarray(store.all_ids(), np.int64)
@@ -106,7 +111,8 @@ def _common_root(store) -> str:
         return ""
 
 
-def search_filtered(store, query, allowed_ids: np.ndarray | None, k: int, offset: int = 0) -> list[Hit]:
+def search_filtered(store: Store, query: np.ndarray, allowed_ids: np.ndarray | None, k: int,
+                    offset: int = 0) -> list[Hit]:
     """Results offset .. offset+k of a search by one embedding among `allowed_ids` only (None: all).
 
     Every hit passes the filter; fewer than k come back only when fewer photos pass.

@@ -64,10 +64,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.search import GREY, UNLABELLED, EmbeddingMap, compute_map, legend
+
+if TYPE_CHECKING:
+    from index.store import Store
 
 THUMB_PX = 64  # side of a thumbnail in the atlas: sharp up to ~64 px on screen, 4 KB of JPEG each
 SHEET_SIDE = 2048  # pixels per sheet side (32 x 32 thumbnails): under every browser's canvas/texture limit
@@ -143,7 +147,7 @@ _LAYOUTS_KEPT = 4
 _layouts_lock = threading.Lock()
 
 
-def build_map(store, method: str = "pca", max_points: int = 100_000, include: Sequence[int] = (),
+def build_map(store: Store, method: str = "pca", max_points: int = 100_000, include: Sequence[int] = (),
               max_thumbs: int = MAX_THUMBS, seed: int = 0) -> PhotoMap:
     """Lay out up to max_points photos (app.search.compute_map: PCA, or UMAP when installed) and sample
     the thumbnails.
@@ -176,7 +180,7 @@ def _positions(layout) -> np.ndarray:
     return unit_positions(layout.xy)  # an EmbeddingMap
 
 
-def select_in_box(layout, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+def select_in_box(layout: PhotoMap | EmbeddingMap, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     """Ids whose map position lies in the box (corners in any order, edges included); map coordinates."""
     p = _positions(layout)
     xa, xb = sorted((x0, x1))
@@ -185,7 +189,7 @@ def select_in_box(layout, x0: float, y0: float, x1: float, y1: float) -> np.ndar
     return np.asarray(layout.ids, np.int64)[inside]
 
 
-def select_in_polygon(layout, points: Sequence[tuple[float, float]]) -> np.ndarray:
+def select_in_polygon(layout: PhotoMap | EmbeddingMap, points: Sequence[tuple[float, float]]) -> np.ndarray:
     """Ids inside a closed polygon (a lasso; even-odd rule, as the browser's), in map coordinates."""
     poly = np.asarray(points, np.float64).reshape(-1, 2)
     ids = np.asarray(layout.ids, np.int64)
@@ -205,7 +209,7 @@ def select_in_polygon(layout, points: Sequence[tuple[float, float]]) -> np.ndarr
     return ids[cand[inside]]
 
 
-def parse_ids(text: str, layout=None, limit: int = 1_000_000) -> list[int]:
+def parse_ids(text: str, layout: PhotoMap | EmbeddingMap | None = None, limit: int = 1_000_000) -> list[int]:
     """What the browser wrote ("12,13,99" or a JSON list) -> ids, in order, once each; only ids on the
     map when `layout` is given (the browser's word is a claim)."""
     text = (text or "").strip().strip("[]")
@@ -220,7 +224,7 @@ def parse_ids(text: str, layout=None, limit: int = 1_000_000) -> list[int]:
     return ids.tolist()
 
 
-def parse_open(text: str, layout=None) -> int | None:
+def parse_open(text: str, layout: PhotoMap | EmbeddingMap | None = None) -> int | None:
     """The id of a clicked photo from what the browser wrote ("id:n"), or None (on the map when `layout`)."""
     ids = parse_ids((text or "").split(":")[0], layout)
     return ids[0] if ids else None
@@ -274,7 +278,7 @@ def _square_thumb(path: Path, cell: int):
         return None
 
 
-def build_atlas(store, ids: Iterable[int], cell: int = THUMB_PX, sheet_side: int = SHEET_SIDE,
+def build_atlas(store: Store, ids: Iterable[int], cell: int = THUMB_PX, sheet_side: int = SHEET_SIDE,
                 kept: int = ATLASES_KEPT) -> Atlas:
     """Sprite sheets of the thumbnails of `ids` (in that order), made once and then read from
     INDEX_DIR/atlas/<key>/ (sheet_<k>.jpg, then atlas.json written last: its presence means complete)."""
@@ -403,7 +407,7 @@ class MapTimes:
         return self.layout_s + self.atlas_s + self.payload_s
 
 
-def draw(store, labelled: dict[int, str] | None = None, predicted: dict[int, str] | None = None,
+def draw(store: Store, labelled: dict[int, str] | None = None, predicted: dict[int, str] | None = None,
          method: str = "pca", max_points: int = 100_000, max_thumbs: int = MAX_THUMBS,
          sheet_url: Callable[[Path], str] = file_url, seed: int = 0) -> tuple[PhotoMap, str, MapTimes]:
     """Everything a click on "draw the map" does: layout (labelled photos always included), atlas, payload."""

@@ -25,9 +25,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from byol.fileio import atomic_write_bytes
 from index.photoinfo import PhotoInfo, PhotoInfoCache
+
+if TYPE_CHECKING:
+    from index.store import Store
 
 REVIEW_FILE = "review.sqlite"
 DECISIONS = ("keep", "drop")
@@ -152,7 +156,7 @@ class Decisions:
         return {i: d for i, (h, d) in got.items() if i in now and now[i] == h}
 
 
-def review_groups(store, infos: PhotoInfoCache, decisions: Decisions, threshold: float,
+def review_groups(store: Store, infos: PhotoInfoCache, decisions: Decisions, threshold: float,
                   max_groups: int = 60) -> list[Group]:
     """Near-duplicate groups (largest first) with each photo's facts and its decision (chosen or default)."""
     from app.search import duplicate_groups

@@ -15,8 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from byol.images import Source
+    from index.embed import Embedder
+    from index.store import Store
 
 UNLABELLED = "(none)"
 # Tableau 10: distinct at a glance, and readable for the common colour-vision deficiencies
@@ -37,7 +45,7 @@ class Hit:
         return self.name if self.score is None else f"{self.score:.3f} · {self.name}"
 
 
-def hits(store, ids: Iterable[int], scores: Iterable[float] | None = None) -> list[Hit]:
+def hits(store: Store, ids: Iterable[int], scores: Iterable[float] | None = None) -> list[Hit]:
     """Hits for ids in the given order; ids that have left the index (or are -1 padding) are dropped."""
     ids = [int(i) for i in ids]
     scores = [None] * len(ids) if scores is None else [float(s) for s in scores]
@@ -49,19 +57,19 @@ def hits(store, ids: Iterable[int], scores: Iterable[float] | None = None) -> li
             for i, s in keep if i in rows]
 
 
-def unit(v) -> np.ndarray:
+def unit(v: np.ndarray) -> np.ndarray:
     """(d,) or (n, d) -> (n, d) float32 rows of unit length (what the store searches with)."""
     v = np.atleast_2d(np.ascontiguousarray(v, dtype=np.float32))
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def search_vector(store, query, k: int, offset: int = 0) -> list[Hit]:
+def search_vector(store: Store, query: np.ndarray, k: int, offset: int = 0) -> list[Hit]:
     """Results offset .. offset+k of a search by one embedding; the next page is offset += k."""
     scores, ids = store.search(unit(query), offset + k)
     return hits(store, ids[0][offset:], scores[0][offset:])
 
 
-def search_id(store, image_id: int, k: int, offset: int = 0) -> list[Hit]:
+def search_id(store: Store, image_id: int, k: int, offset: int = 0) -> list[Hit]:
     """Search from a photo already in the index; the photo itself comes first (cosine 1)."""
     return search_vector(store, store.get_vectors(np.array([int(image_id)], np.int64)), k, offset)
 
@@ -69,7 +77,7 @@ def search_id(store, image_id: int, k: int, offset: int = 0) -> list[Hit]:
 QUERY_MIN_SIDE = 256  # decode size for an embedder that does not say its own (the thumbnails' size)
 
 
-def load_query(source, embedder=None):
+def load_query(source: Source, embedder: Embedder | None = None) -> Image.Image:
     """An uploaded photo (path, bytes or file object) -> RGB PIL image, decoded with the folder's guards
     and only as large as the encoder needs; raises byol.images.BadImage with a reason for a person."""
     from byol.images import load_rgb
@@ -78,7 +86,7 @@ def load_query(source, embedder=None):
     return load_rgb(source, min_side=int(getattr(pre, "resize", 0) or QUERY_MIN_SIDE))
 
 
-def embed_photo(embedder, image) -> np.ndarray:
+def embed_photo(embedder: Embedder, image: Image.Image | Source) -> np.ndarray:
     """One photo -> (1, d) unit embedding, through the index's own encoder: a decoded RGB PIL image, or
     a path / bytes (an upload), which is decoded by `load_query`."""
     from PIL import Image
@@ -88,13 +96,13 @@ def embed_photo(embedder, image) -> np.ndarray:
     return unit(embedder.embed_images([image]))
 
 
-def random_browse(store, n: int, rng: np.random.Generator | None = None) -> list[Hit]:
+def random_browse(store: Store, n: int, rng: np.random.Generator | None = None) -> list[Hit]:
     ids = np.asarray(store.all_ids(), np.int64)
     rng = rng if rng is not None else np.random.default_rng()
     return hits(store, rng.choice(ids, size=min(n, len(ids)), replace=False)) if len(ids) else []
 
 
-def duplicate_groups(store, threshold: float, max_groups: int = 60) -> list[list[Hit]]:
+def duplicate_groups(store: Store, threshold: float, max_groups: int = 60) -> list[list[Hit]]:
     """Groups of photos whose embeddings are at least `threshold` cosine-similar, largest groups first."""
     groups = sorted(store.duplicates(float(threshold)), key=len, reverse=True)[:max_groups]
     out = []
@@ -136,7 +144,7 @@ def umap_available() -> bool:
     return True
 
 
-def compute_map(store, method: str = "pca", max_points: int = 20000, include: Sequence[int] = (),
+def compute_map(store: Store, method: str = "pca", max_points: int = 20000, include: Sequence[int] = (),
                 seed: int = 0) -> EmbeddingMap:
     """Lay out up to max_points photos (always including `include`, e.g. the labelled ones) in 2-D.
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
@@ -46,6 +47,12 @@ from app.handlers import (
 )
 from app.labels import Labels, Progress
 from app.page import Page
+
+if TYPE_CHECKING:
+    from gradio.routes import App
+
+    from index.embed import Embedder
+    from index.store import Store
 
 log = logging.getLogger("byol_search.page")
 PAGE = 24  # results per page
@@ -187,8 +194,8 @@ def _upload_dir(demo: gr.Blocks) -> str:
     return getattr(server, "uploaded_file_dir", None) or demo.GRADIO_CACHE
 
 
-def build_app(index_dir: str | Path, store=None, embedder=None, labels: Labels | None = None,
-              page_size: int = PAGE) -> gr.Blocks:
+def build_app(index_dir: str | Path, store: Store | None = None, embedder: Embedder | None = None,
+              labels: Labels | None = None, page_size: int = PAGE) -> gr.Blocks:
     """The page for one index. store/embedder/labels default to those of index_dir (tests inject fakes).
 
     Raises index.store.EncoderMismatch when the index's encoder file is not the encoder it was built with.
@@ -616,7 +623,7 @@ def _download_copy(path: Path) -> Path:
 
 def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860,
            auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False,
-           allow_hosts: Iterable[str] = ()):
+           allow_hosts: Iterable[str] = ()) -> tuple[App, str, str]:
     """Serve the page: loopback unless auth is given; only the index's own pictures are served (thumbnails,
     the map's sheets, previews: app.files.served_paths). The photos' facts start filling in the background,
     and the default photo map starts being laid out, so that the first "Draw map" finds it ready.

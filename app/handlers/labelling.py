@@ -55,7 +55,8 @@ def assign(page: Page, selected: list[int], label: str, notify: Notify = _quiet)
     return selection(page, []), vocabulary(page)
 
 
-def label_key(page: Page, number, selected: list[int], notify: Notify = _quiet) -> tuple[Selection, Vocabulary]:
+def label_key(page: Page, number: int | float | str | None, selected: list[int],
+              notify: Notify = _quiet) -> tuple[Selection, Vocabulary]:
     """Number key (or button) 1-9: label the selected photos with the label at that place in the vocabulary."""
     try:
         n = int(number)

@@ -4,6 +4,7 @@ clicks coming back from the browser (app/photomap.py holds the map itself)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app import photomap, search
 from app.filters import Filter
@@ -13,6 +14,10 @@ from app.handlers.selections import MAX_SELECTION, selection
 from app.handlers.views import Results, Selection
 from app.labels import Progress, no_progress
 from app.page import Page
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 
 @dataclass
@@ -26,7 +31,7 @@ class MapView:
 
 
 def draw_map(page: Page, colour_by: str, method: str, progress: Progress = no_progress,
-             sheet_url=photomap.file_url) -> MapView:
+             sheet_url: Callable[[Path], str] = photomap.file_url) -> MapView:
     """The photo map: thumbnails at their 2-D places, framed by label (or prediction, thin frame)."""
     page.require_photos()
     page.wait_map()  # the default map, prepared since launch: the same layout and sheets as below

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app import search
 from app.handlers.views import NEIGHBOURS, Gallery, gallery
 from app.page import Page
+
+if TYPE_CHECKING:
+    from index.photoinfo import PhotoInfo
 
 
 @dataclass
@@ -20,7 +24,7 @@ class Preview:
     neighbours: Gallery
 
 
-def facts_markdown(info, problem: str | None = None) -> str:
+def facts_markdown(info: PhotoInfo, problem: str | None = None) -> str:
     """File name, pixels, size, date taken (EXIF, or the file's date, said so) and folder, for a person."""
     from index.photoinfo import human_size
 

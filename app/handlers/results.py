@@ -4,7 +4,9 @@ photo does (open it, search from it, or select it)."""
 from __future__ import annotations
 
 import html
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +33,7 @@ def search_id(page: Page, image_id: int, k: int, flt: Filter | None = None) -> R
     return Results(gallery(hits), {"id": int(image_id)}, filtered_note(f"Photos like **{html.escape(name)}**", allowed))
 
 
-def search_upload(page: Page, payload, upload_dir: str | Path, uploaded, k: int,
+def search_upload(page: Page, payload: Any, upload_dir: str | Path, uploaded: Collection[str], k: int,
                   flt: Filter | None = None) -> Results | None:
     """Photos like an uploaded one; None when the upload was cleared. The file is read only when gradio
     itself stored it from an upload (any other path, whether it exists or not, gets UPLOAD_REFUSED)."""
@@ -94,7 +96,7 @@ def act(page: Page, image_id: int, mode: str, selected: list[int], k: int,
     return open_photo(page, image_id)
 
 
-def click(page: Page, ids: list[int], index, mode: str, selected: list[int], k: int,
+def click(page: Page, ids: list[int], index: int | None, mode: str, selected: list[int], k: int,
           flt: Filter | None = None) -> Results | Selection | Preview:
     """A click on photo number `index` of a results gallery: open it, search from it, or toggle it in the selection."""
     image_id = clicked_id(ids, index, "that photo is no longer shown: search again")

@@ -29,7 +29,7 @@ def selection(page: Page, ids: list[int]) -> Selection:
     return Selection(g, f"**{len(ids):,}** selected{more}" + (" · click a photo here to drop it" if ids else ""), ids)
 
 
-def clicked_id(ids: list[int], index, gone: str) -> int:
+def clicked_id(ids: list[int], index: int | None, gone: str) -> int:
     if index is None or not (0 <= int(index) < len(ids)):
         raise ValueError(gone)
     return int(ids[int(index)])
@@ -40,7 +40,7 @@ def toggle(page: Page, selected: list[int], image_id: int) -> Selection:
     return selection(page, selected)
 
 
-def click_select(page: Page, ids: list[int], index, selected: list[int]) -> Selection:
+def click_select(page: Page, ids: list[int], index: int | None, selected: list[int]) -> Selection:
     """A click in a gallery that always selects (Label tab, the selection bar itself)."""
     return toggle(page, selected, clicked_id(ids, index, "that photo is no longer shown"))
 
