@@ -12,6 +12,7 @@ from byol.augment import (
     apply_view,
     blur_kernel_size,
     crop_and_flip,
+    denormalize,
     draw_params,
     gaussian_blur,
     hsv_to_rgb,
@@ -128,6 +129,22 @@ def test_solarise_only_view():
 def test_write_preview(tmp_path):
     from PIL import Image
 
-    path = write_preview(_images(4, 48), AugmentConfig(image_size=32), tmp_path / "preview.png")
+    images = _images(4, 48)
+    cfg = AugmentConfig(image_size=32)
+    path = write_preview(images, cfg, tmp_path / "preview.png", seed=5)
     img = np.asarray(Image.open(path))
-    assert img.shape[0] > img.shape[1] > 0 and img.shape[2] == 3  # 4 rows of 3 columns
+    cell, gap = 96, 4
+    assert img.shape == (4 * (cell + gap) + gap, 3 * (cell + gap) + gap, 3)  # 4 rows of 3 columns
+    assert (img[:gap] == 255).all() and (img[:, :gap] == 255).all()  # white gaps around the tiles
+    for i in range(4):
+        y = gap + i * (cell + gap)
+        # column 0: the cached image itself, each pixel repeated 2x2 (48 px -> 96 px, nearest)
+        assert np.array_equal(img[y : y + cell : 2, gap : gap + cell : 2], images[i].numpy())
+        # columns 1 and 2: the two views of the same seed, 32 px -> 96 px (each pixel 3x3)
+        v1, v2 = two_views(images, cfg, _gen(5))
+        for j, v in ((1, v1), (2, v2)):
+            x = gap + j * (cell + gap)
+            tile = denormalize(v, cfg)[i].numpy()
+            assert np.array_equal(img[y : y + cell : 3, x : x + cell : 3], tile)
+    assert not np.array_equal(img[gap : gap + cell, gap + cell + gap :][:, :cell],
+                              img[gap : gap + cell, gap + 2 * (cell + gap) :][:, :cell])  # two different views
