@@ -38,3 +38,20 @@ def fresh_shapes(tmp_path) -> Path:
     """A writable copy-per-test folder of generated shapes (for tests that change the folder)."""
     make_shapes(tmp_path / "photos", per_class=4)
     return tmp_path / "photos"
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(store, labels, {class: [ids]}, index_dir): an index of 10 generated photos per class and its labels
+    (the page's labels and exports tests)."""
+    from test_search import make_index
+
+    from app.labels import Labels
+    from index.store import Store
+
+    index_dir, by_class = make_index(tmp_path, per_class=10)
+    store = Store.open(index_dir)
+    labels = Labels(index_dir)
+    yield store, labels, by_class, index_dir
+    labels.close()
+    store.close()

@@ -9,21 +9,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_search import make_index
 
 from app import exports
-from app.labels import Labels
 from index.store import Store
-
-
-@pytest.fixture
-def setup(tmp_path):
-    index_dir, by_class = make_index(tmp_path, per_class=10)
-    store = Store.open(index_dir)
-    labels = Labels(index_dir)
-    yield store, labels, by_class, index_dir
-    labels.close()
-    store.close()
 
 
 def test_exports(setup, tmp_path):

@@ -12,16 +12,6 @@ from app.labels import Labels, check_label_name
 from index.store import Store
 
 
-@pytest.fixture
-def setup(tmp_path):
-    index_dir, by_class = make_index(tmp_path, per_class=10)
-    store = Store.open(index_dir)
-    labels = Labels(index_dir)
-    yield store, labels, by_class, index_dir
-    labels.close()
-    store.close()
-
-
 def test_vocabulary_create_rename_delete(setup):
     store, labels, by_class, _ = setup
     labels.create("round")
