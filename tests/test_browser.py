@@ -3,17 +3,23 @@ two kinds, train, see predictions, and save a screenshot (also to $BYOL_SEARCH_S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from imagegen import shape_image
 from test_search import ColourEmbedder, make_index
 from test_ui import on_free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,8 +32,24 @@ pytestmark = [
 ]
 
 
+@contextlib.contextmanager
+def browser_page(url: str, width: int, height: int) -> Iterator[Page]:
+    """A page of headless Chromium at `url` (30 s timeouts); the browser closes on leaving."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def test_upload_label_train_predict(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from app.ui import SELECT_MODE, build_app, launch
 
@@ -39,11 +61,7 @@ def test_upload_label_train_predict(tmp_path):
         queries[cls] = tmp_path / f"{cls}-query.png"
         shape_image(cls, np.random.default_rng(seed), (90, 70)).save(queries[cls])
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            page.goto(url)
+        with browser_page(url, 1400, 1000) as page:
             expect(page.get_by_text("photos indexed")).to_be_visible()
             results = page.locator("#results button.thumbnail-item")
             page.get_by_label(SELECT_MODE).check()  # clicks now pick photos for labelling
@@ -78,7 +96,6 @@ def test_upload_label_train_predict(tmp_path):
 
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
-            browser.close()
         assert shot.stat().st_size > 10_000
         if os.environ.get("BYOL_SEARCH_SCREENSHOT"):
             Path(os.environ["BYOL_SEARCH_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +124,7 @@ def _save_shot(page, name: str, full_page: bool = False) -> None:
 def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
     import csv
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from app import handlers, photomap
     from app.ui import build_app, launch
@@ -122,11 +139,7 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
     demo.page.give_way = lambda stop=None, **kw: facts_done.wait(60)
     _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(30_000)
-            page.goto(url)
+        with browser_page(url, 1280, 900) as page:
             expect(page.get_by_text("photos indexed")).to_be_visible()
             expect(page.locator("#label-key-1")).to_contain_text("1 boxy")
             # the progress line of the photo facts, then nothing once they are all read
@@ -218,7 +231,6 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
             expect(page.locator("#dup-status")).to_contain_text("no photo was deleted")
             expect(page.locator("#dup-file")).to_be_visible()
             _save_shot(page, "page-duplicates.png")
-            browser.close()
         out = sorted((index_dir / "exports").glob("duplicates-*.csv"))[-1]
         rows = {int(r["id"]): r for r in csv.DictReader(out.open())}
         assert rows[drop.id]["decision"] == "keep" and rows[drop.id]["decided_by"] == "person"

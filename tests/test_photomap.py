@@ -176,7 +176,7 @@ def _free_port() -> int:
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
 def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
     import gradio as gr
-    from playwright.sync_api import sync_playwright
+    from test_browser import browser_page
 
     store, _ = index
     pm, text, _ = draw(store, sheet_url=photomap.data_url)
@@ -195,11 +195,7 @@ def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
     _, url, _ = demo.launch(server_port=_free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False,
                             head=photomap.head_html())
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.set_default_timeout(30_000)
-            page.goto(url)
+        with browser_page(url, 1000, 900) as page:
             page.click("#go")
             page.wait_for_function("window.byolPhotoMap.view('photomap') && window.byolPhotoMap.view('photomap').n > 0")
             box = page.locator("#photomap canvas").bounding_box()
@@ -227,6 +223,5 @@ def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
             assert got.get("open") == int(pm.ids[j])
             if os.environ.get("BYOL_SEARCH_SCREENSHOT"):
                 page.screenshot(path=os.environ["BYOL_SEARCH_SCREENSHOT"])
-            browser.close()
     finally:
         demo.close()
