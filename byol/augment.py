@@ -19,13 +19,16 @@ Per view, in the paper's order:
                        reflect padding; per-sample kernels in one grouped convolution
   solarisation         p 0.0 (view 1) / 0.2 (view 2): x -> 1 - x where x >= 0.5
   normalisation        Preprocess mean/std
+
+Multi-crop (optional, `small_views`): extra views of small crops (area 5-40%) at a smaller side, which the
+online network sees and which predict the target's projections of both full views (Caron et al. 2020).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,8 @@ class AugmentConfig:
     # solo-learn and lightly drop it too (a departure from the paper, which trains at 224 px)
     blur_min_size: int = 64
     solarize_p: tuple[float, float] = (0.0, 0.2)  # solarisation probability, view 1 / view 2 (table 6)
+    # multi-crop's small views (Caron et al. 2020, SwAV; DINO's local crops): area fraction of their crops
+    small_scale: tuple[float, float] = (0.05, 0.4)
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)  # normalisation, as Preprocess
     std: tuple[float, float, float] = field(default=IMAGENET_STD)  # normalisation, as Preprocess
 
@@ -273,6 +278,17 @@ def two_views(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
         raise ValueError(f"expected uint8 N,H,W,3 images, got {images.dtype} {tuple(images.shape)}")
     x = to_float(images)
     return view(x, cfg, 0, gen), view(x, cfg, 1, gen)
+
+
+def small_views(images: torch.Tensor, cfg: AugmentConfig, count: int, side: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """Multi-crop's extra views: uint8 N,H,W,3 -> count*N,3,side,side normalised (view after view).
+
+    Crops cover cfg.small_scale of the image (small parts of it); the colour, grey, blur and solarisation
+    draws alternate between view 1's and view 2's probabilities, as the two views do."""
+    x = to_float(images)
+    small = replace(cfg, image_size=side, crop_scale=cfg.small_scale)
+    return torch.cat([view(x, small, k % 2, gen) for k in range(count)])
 
 
 def denormalize(v: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

@@ -3,6 +3,7 @@
 Public API
     epoch_batches(n, epoch, seed, rank, world, local_batch) -> batches x local_batch image indices
     Batches(images, ...).views(step, gen, side) -> 2B,3,S,S   both augmented views of the batch of `step`
+    Batches(images, ...).small(step, gen) -> MB,3,s,s | None    multi-crop's small views of that batch
     stage_sides(start, end, stages) -> [S0, ..., end]      the view sides of progressive resizing
     side_schedule(total, plan, sides) -> [S per step]      the side of each step's views
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from byol.augment import AugmentConfig, two_views
+from byol.augment import AugmentConfig, small_views, two_views
 from byol.optim import virtual_step
 
 ViewsFn = Callable[[torch.Tensor, AugmentConfig, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -72,6 +73,8 @@ class Batches:
     device: torch.device = torch.device("cpu")  # where the views are made
     fmt: torch.memory_format = torch.contiguous_format  # their memory layout
     views_fn: ViewsFn = two_views  # (x: B,side,side,3 uint8, augment, gen) -> (v1, v2): B,3,S,S each
+    small_crops: int = 0  # multi-crop: extra small views per image (0: the two views only)
+    small_side: int = 0  # their side in px
 
     @property
     def n(self) -> int:
@@ -93,11 +96,23 @@ class Batches:
         epoch = epoch_batches(self.n, step // self.per_epoch, self.seed, self.rank, self.world, self.local_batch)
         return epoch[step % self.per_epoch]
 
+    def _images(self, step: int) -> torch.Tensor:
+        """The decoded images of the batch of `step` on the device: B, side, side, 3 uint8."""
+        idx = self.indices(step)
+        return self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+
     def views(self, step: int, gen: torch.Generator, side: int = 0) -> torch.Tensor:
         """Both augmented views of the batch of `step`: 2B,3,S,S (the first views, then the second), S =
         `side` (progressive resizing) or, when 0, the augmentation's image_size."""
-        idx = self.indices(step)
-        x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)  # B, side, side, 3 uint8
+        x = self._images(step)  # B, side, side, 3 uint8
         augment = self.augment if side in (0, self.augment.image_size) else replace(self.augment, image_size=side)
         v1, v2 = self.views_fn(x, augment, gen)  # B,3,S,S each
         return torch.cat([v1, v2]).contiguous(memory_format=self.fmt)
+
+    def small(self, step: int, gen: torch.Generator) -> torch.Tensor | None:
+        """Multi-crop's small views of the batch of `step`: small_crops*B,3,s,s (view after view), drawn
+        from `gen` after the two views; None without multi-crop (and no draws)."""
+        if self.small_crops <= 0:
+            return None
+        views = small_views(self._images(step), self.augment, self.small_crops, self.small_side, gen)
+        return views.contiguous(memory_format=self.fmt)

@@ -4,7 +4,8 @@ Public API
     Online(model)                the online network f, g, q of a BYOL as one module: x -> (p, z). It is what
                                  DistributedDataParallel wraps and what the optimiser steps
     TrainStep(...)(x, lr, tau)   forward both views at once, the symmetric loss, backward, optimiser, EMA;
-                                 returns (loss, z). A non-finite loss skips the update (see __call__)
+                                 returns (loss, z). A non-finite loss skips the update (see __call__).
+                                 small=...: multi-crop's small views join the loss (online network only)
     TrainStep.snapshot()/restore(state)   the model and optimiser state, e.g. the last one known finite
 
 Both views go through the networks in one batch (2B images), so BatchNorm statistics span both views as in
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from byol.loss import byol_loss
+from byol.loss import byol_loss, regression_loss
 from byol.model import BYOL
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -75,12 +76,15 @@ class TrainStep:
             self._forward_online = torch.compile(online, dynamic=False)
             self._forward_target = torch.compile(model.target, dynamic=False)
 
-    def __call__(self, x: torch.Tensor, lr: float, tau: float,
-                 check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, lr: float, tau: float, check_finite: bool = True,
+                 small: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on x: 2B,3,S,S (the first B views, then the second B); returns (loss, z).
 
         loss: the 0-d symmetric loss (averaged over processes); z: 2B,proj_dim online projections. With
         check_finite and a non-finite loss, nothing is updated (no backward, no optimiser step, no EMA).
+        small: multi-crop's M small views (MB,3,s,s, view after view) or None. Each goes through the online
+        network only and its prediction regresses the target projections of both full views; the loss is
+        then the mean over all 2 + 2M (online view, target view) pairs, times 2: the two-view loss's scale.
         """
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -88,6 +92,13 @@ class TrainStep:
         p1, p2 = p.float().chunk(2)
         zt1, zt2 = zt.float().chunk(2)
         loss = self.loss_fn(p1, p2, zt1, zt2)
+        if small is not None:
+            with self.amp():
+                ps, _ = self._forward_online(small)  # MB, proj_dim
+            m = ps.shape[0] // p1.shape[0]
+            for pm in ps.float().chunk(m):
+                loss = loss + regression_loss(pm, zt1) + regression_loss(pm, zt2)
+            loss = loss * (2 / (2 + 2 * m))
         stat = loss.detach().reshape(1)
         if self.distributed:  # every process takes the same decision on a non-finite loss
             stat = stat.clone()

@@ -144,6 +144,11 @@ class TrainConfig:
     # EfficientNetV2). 0 = every step at the view size. The budget planner times both ends
     view_start: int = 0
     view_stages: int = 4  # stages of progressive resizing (sides between the ends are multiples of 4)
+    # multi-crop (Caron et al. 2020): extra small views per image, of small parts of it (5-40% of the area),
+    # that the online network sees and that predict the target's projections of both full views. Each costs
+    # about (small side / view side)^2 x 3/8 of the two views' compute. 0 = the paper's two views only
+    small_crops: int = 0
+    small_crop_size: int = 0  # side of the small views in px; 0 = 0.6 x the view side (12 px for 20)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the two views (image_size follows model)
     batch_size: int = 256  # global batch (all processes); shrunk with a message when the folder is smaller
     steps: int = 0  # optimiser steps; 0 = plan them from `budget`
@@ -189,6 +194,11 @@ class TrainConfig:
     def view_size(self) -> int:
         """Side of the training views in px (crop_size, or its default)."""
         return self.crop_size or max(8, round(CROP_FRACTION * self.model.image_size / 4) * 4)
+
+    @property
+    def small_size(self) -> int:
+        """Side of multi-crop's small views in px (small_crop_size, or its default)."""
+        return self.small_crop_size or max(8, round(0.6 * self.view_size / 4) * 4)
 
     @property
     def view_sides(self) -> list[int]:
@@ -273,6 +283,9 @@ def _settings(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     if cfg.view_start and not 8 <= cfg.view_start <= cfg.view_size:
         raise ValueError(f"view_start {cfg.view_start}: give 0 (fixed views) or a side from 8 px to the view "
                          f"size ({cfg.view_size} px)")
+    if cfg.small_crops < 0 or (cfg.small_crops and not 8 <= cfg.small_size <= cfg.view_size):
+        raise ValueError(f"small_crops {cfg.small_crops}, small_crop_size {cfg.small_crop_size}: give 0 or more "
+                         f"small views of 8 px up to the view size ({cfg.view_size} px)")
     cfg.augment.image_size = cfg.view_size
     return cfg, ckpt
 
@@ -368,7 +381,8 @@ def _open_data(cfg: TrainConfig, procs: _Processes) -> Batches:
         print(f"note: {n} images for batch size {cfg.batch_size}: training with batch {batch} "
               f"(lr scaled to it)", file=sys.stderr)
     return Batches(images, local_batch, cfg.augment, cfg.seed, procs.rank, world, device, procs.fmt,
-                   views_fn=two_views)  # read here, at the call: tests replace byol.train.two_views
+                   views_fn=two_views,  # read here, at the call: tests replace byol.train.two_views
+                   small_crops=cfg.small_crops, small_side=cfg.small_size)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -546,7 +560,8 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
         def timed(side: int, tuner: ThreadTuner) -> float:
             return planner.time_steps(
                 lambda i: train_step(run.data.views(i, plan_gen, side), lr_peak / 100, cfg.base_tau,
-                                     check_finite=False)[0].item(), tuner, cfg.budget)
+                                     check_finite=False, small=run.data.small(i, plan_gen))[0].item(),
+                tuner, cfg.budget)
 
         step_seconds = timed(sides[-1], procs.tuner)
         if len(sides) > 1:  # progressive resizing: the smallest views too, at the thread count just chosen
@@ -597,6 +612,8 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
         if procs.main:
             crop = (f" (views {'-'.join(map(str, cfg.view_sides))} px)"
                     if cfg.view_sides != [cfg.model.image_size] else "")
+            if cfg.small_crops:
+                crop += f" + {cfg.small_crops} small views of {cfg.small_size} px"
             print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px{crop} on {data.n} images: steps "
                   f"{start}-{end} of {total}, batch {data.batch}, {procs.precision} on {procs.device}"
                   + (f" x {procs.world}" if procs.ddp else "") + (", compiled" if train_step.compiled else ""),
@@ -609,7 +626,8 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
             while step < end:
                 procs.tuner.next()
                 ts = time.perf_counter()
-                loss, z = train_step(data.views(step, run.aug_gen, sides[step]), lrs[step], taus[step])
+                loss, z = train_step(data.views(step, run.aug_gen, sides[step]), lrs[step], taus[step],
+                                     small=data.small(step, run.aug_gen))
                 if torch.isfinite(loss):
                     w.bad_in_row = 0
                     w.losses.append(loss.item())

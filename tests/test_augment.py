@@ -17,6 +17,7 @@ from byol.augment import (
     gaussian_blur,
     hsv_to_rgb,
     rgb_to_hsv,
+    small_views,
     two_views,
     write_preview,
 )
@@ -148,3 +149,19 @@ def test_write_preview(tmp_path):
             assert np.array_equal(img[y : y + cell : 3, x : x + cell : 3], tile)
     assert not np.array_equal(img[gap : gap + cell, gap + cell + gap :][:, :cell],
                               img[gap : gap + cell, gap + 2 * (cell + gap) :][:, :cell])  # two different views
+
+
+def test_small_views_are_seeded_small_crops_view_after_view():
+    cfg = AugmentConfig(image_size=20)
+    images = _images(4)
+    out = small_views(images, cfg, count=3, side=12, gen=_gen(0))
+    assert out.shape == (12, 3, 12, 12) and out.dtype == torch.float32
+    assert torch.equal(out, small_views(images, cfg, 3, 12, _gen(0)))
+    assert not torch.equal(out, small_views(images, cfg, 3, 12, _gen(1)))
+    assert cfg.image_size == 20 and cfg.crop_scale == (0.08, 1.0)  # the caller's settings are not changed
+    # the crops cover small_scale of the image: the same draws as draw_params with that scale
+    gen = _gen(5)
+    small = AugmentConfig(image_size=12, crop_scale=cfg.small_scale)
+    boxes = draw_params(2000, 40, 40, small, 0, gen).boxes
+    area = boxes[:, 2] * boxes[:, 3] / (40 * 40)
+    assert area.min() >= 0.04 and area.max() <= 0.41 and area.mean() < 0.3

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from byol.loss import byol_loss
+from byol.loss import byol_loss, regression_loss
 from byol.model import BYOL, ModelConfig
 from byol.optim import build_optimizer
 from byol.step import Online, TrainStep
@@ -130,3 +130,26 @@ def test_errors_after_a_working_first_call_are_raised(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"):
         step(views(), lr=0.1, tau=0.9)
     assert messages == [] and step.compiled
+
+
+def test_small_views_join_the_loss_as_the_mean_over_view_pairs():
+    model = tiny_model()
+    x = views()
+    small = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))  # 2 small views x 4 images
+    online = Online(model)
+    with torch.no_grad():  # train-mode forwards, as the step runs them (BatchNorm on batch statistics)
+        p, _ = online(x)
+        zt = model.target(x)
+        ps, _ = online(small)
+    p1, p2 = p.chunk(2)
+    z1, z2 = zt.chunk(2)
+    pairs = [regression_loss(p1, z2), regression_loss(p2, z1)]
+    pairs += [regression_loss(pm, zt_) for pm in ps.chunk(2) for zt_ in (z1, z2)]
+    expect = 2 * torch.stack(pairs).mean()  # 6 pairs, on the two-view loss's scale
+    loss, _ = make_step(model)(x, lr=0.1, tau=0.99, small=small)
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    # and the small views move the online weights differently from the two views alone
+    a, b = tiny_model(), tiny_model()
+    make_step(a)(x, lr=0.1, tau=0.99)
+    make_step(b)(x, lr=0.1, tau=0.99, small=small)
+    assert not torch.equal(a.online_encoder.stem[0].weight, b.online_encoder.stem[0].weight)

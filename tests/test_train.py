@@ -404,3 +404,22 @@ def test_progressive_budget_run_times_both_ends(shapes_folder, tmp_path):
     assert set(costs) == {"16", "24"} and all(c > 0 for c in costs.values())
     assert plan["step_seconds"] == pytest.approx((costs["16"] + costs["24"]) / 2)
     assert load_checkpoint(out / "checkpoint.pt")["step"] == ([plan] + records(out, "replan"))[-1]["total_steps"]
+
+
+def test_multi_crop_trains_small_views_beside_the_two(shapes_folder, tmp_path, monkeypatch):
+    seen = []
+    small_views = train_mod.Batches.small
+
+    def spy(self, step, gen):
+        out = small_views(self, step, gen)
+        seen.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(train_mod.Batches, "small", spy)
+    path = train(tiny(shapes_folder, tmp_path / "run", steps=2, small_crops=2))
+    assert seen == [(16, 3, 12, 12)] * 2  # 2 small views x batch 8, 12 px beside 20 px views
+    ckpt = load_checkpoint(path)
+    assert ckpt["config"]["small_crops"] == 2 and ckpt["preprocess"]["size"] == 32
+    assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run", "train"))
+    with pytest.raises(ValueError, match="small_crops"):
+        train(tiny(shapes_folder, tmp_path / "bad", small_crops=1, small_crop_size=24))
