@@ -21,6 +21,8 @@ Rows (one after the other, on the same machine; --rows picks some):
     python scripts/bench_quality.py --budget 15m --rows base,base+adapt --extra-args="--warmup 0.1"
     python scripts/bench_quality.py --steps 202 --rows base+adapt --tag=_64prog \
         --extra-args="--image-size 64 --view-start 24 --view-stages 3"   # progressive resizing, equal compute
+    python scripts/bench_quality.py --steps 613 --rows base,base+adapt --tag=_base2 \
+        --base .cache/base-2/checkpoint.pt                           # a longer-trained base, before shipping it
 
 Writes a markdown table to stdout and JSON to --out (default .cache/bench/quality.json), with the exact
 pretraining commands, machine and date.
@@ -123,6 +125,9 @@ def main() -> int:
     p.add_argument("--draws", type=int, default=10, help="few-shot draws per shot count (default 10)")
     p.add_argument("--work", type=Path, default=CACHE / "bench" / "quality")
     p.add_argument("--tag", default="", help="suffix of the run folders and JSON (to keep variants apart)")
+    p.add_argument("--base", default="base",
+                   help="the encoder of the base rows: 'base' (the shipped one) or a candidate's checkpoint.pt, "
+                        "e.g. a longer scripts/train_base.py run, measured before it is shipped")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.steps:
@@ -161,7 +166,7 @@ def main() -> int:
         if name == "random":
             record(name, untrained_checkpoint(work / "random.pt", "none"))
         elif name == "base":
-            record(name, untrained_checkpoint(work / "base.pt", "base"))
+            record(name, untrained_checkpoint(work / f"base{args.tag}.pt", args.base))
         elif name.startswith("imagenet"):
             if not imagenet_cached():
                 result["rows"][name] = {"skipped": "torchvision's ImageNet weights are not in torch's cache (offline)"}
@@ -176,7 +181,7 @@ def main() -> int:
             cmd, run = pretrain(photos, work / tag, args.budget, "none", [])
             record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "base+adapt":
-            cmd, run = pretrain(photos, work / tag, args.budget, "base", extra)
+            cmd, run = pretrain(photos, work / tag, args.budget, args.base, extra)
             record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "path+adapt":
             init = work / f"scratch{args.tag}" / "checkpoint.pt"

@@ -59,6 +59,19 @@ def base_folder() -> Path:
     return dest
 
 
+def earlier_training(continue_from: str | None) -> dict:
+    """What the base a continued run started from had behind it, from that base's card (beside its .pt):
+    {"continues": {sha256, steps, command, date}, "steps_before": N}; {} for a run from scratch."""
+    if not continue_from:
+        return {}
+    card_path = Path(continue_from).with_suffix(".json")
+    if not card_path.is_file():
+        return {"continues": {"path": str(continue_from)}}
+    old = json.loads(card_path.read_text())
+    before = int(old.get("steps_before", 0)) + int(old.get("steps", 0))
+    return {"continues": {k: old.get(k) for k in ("sha256", "steps", "command", "date")}, "steps_before": before}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", default=None, help="training time, e.g. 60m (omit with --ship to only ship)")
@@ -86,6 +99,7 @@ def main() -> int:
             train(cfg)
     if args.ship:
         command = "python scripts/train_base.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        lineage = earlier_training(args.continue_from)  # read before export_base overwrites that card
         card = export_base(args.out / "checkpoint.pt", BASE_DIR, {
             "data": ("CIFAR-10 train (50,000 images, 32 px) + Imagenette train of classes "
                      + ", ".join(SEEN_IMAGENETTE) + " (224 px); labels never read. Imagenette classes "
@@ -93,6 +107,7 @@ def main() -> int:
             "command": command,
             "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
             "date": datetime.date.today().isoformat(),
+            **lineage,
         })
         print(json.dumps(card, indent=2))
     return 0
