@@ -12,6 +12,12 @@ and the same test/ (or val/) images:
   knn              weighted kNN over the labelled images (k=200 capped at their number, t=0.1)
   fewshot          byol.probe.fit_fewshot (logistic, weight decay 1e-2 / labels per class): what
                    `evaluate` and the page use
+and, with the statistics of the whole collection (pool and test features, labels unread: what the page
+holds of a folder):
+  power + collection-centred   sqrt of the features, centred on the collection's mean (PT-MAP's transform)
+  PCA drop K whiten G          the collection's top K principal directions dropped, the rest scaled
+  soft k-means                 transductive prototypes refined on the collection; "balanced" adds PT-MAP's
+                               Sinkhorn balancing of class sizes
 
 Prints a markdown table of top-1 (mean ± std over draws), with the negative log-likelihood and expected
 calibration error of the probabilities (the page ranks and accepts by them), and writes JSON.
@@ -29,10 +35,13 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,8 +51,78 @@ from byol.checkpoint import file_sha256, load_encoder  # noqa: E402
 from byol.evaluate import embed_folder, load_labelled  # noqa: E402
 
 
-def methods() -> dict:
-    """name -> fit(x, y, num_classes) returning a classifier with predict_proba."""
+@dataclass
+class Transformed:
+    """A classifier on transformed features: predict_proba(x) = clf.predict_proba(transform(x))."""
+
+    transform: Callable[[np.ndarray], torch.Tensor]
+    clf: object
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(self.transform(x))
+
+
+def power_centred(collection: np.ndarray, beta: float = 0.5) -> Callable[[np.ndarray], torch.Tensor]:
+    """Power transform of the (ReLU, non-negative) features, L2, minus the collection's mean, L2 again
+    (Hu et al. 2021, "PT-MAP"; SimpleShot's centring with the mean of every photo, not of the labelled)."""
+    def pt(x: np.ndarray) -> torch.Tensor:
+        return F.normalize((torch.as_tensor(x, dtype=torch.float32).clamp(min=0) + 1e-6) ** beta, dim=1)
+
+    mu = pt(collection).mean(0)
+    return lambda x: F.normalize(pt(x) - mu, dim=1)
+
+
+def pca_transform(collection: np.ndarray, drop: int = 0, gamma: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
+    """Centre on the collection, drop its `drop` top principal directions and scale the others by
+    eigenvalue^(-gamma/2) (gamma 1: whitening), then L2."""
+    u = F.normalize(torch.as_tensor(collection, dtype=torch.float32), dim=1)
+    mu = u.mean(0)
+    ev, vec = torch.linalg.eigh((u - mu).T @ (u - mu) / len(u))
+    ev, vec = ev.flip(0), vec.flip(1)
+    scale = ev.clamp(min=1e-8) ** (-gamma / 2)
+    scale[:drop] = 0
+    w = vec * scale
+    return lambda x: F.normalize((F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu) @ w, dim=1)
+
+
+@dataclass
+class Prototypes:
+    """Cosine to unit class prototypes / temperature, softmax."""
+
+    protos: torch.Tensor  # C, D
+    temperature: float = 0.05
+
+    def predict_proba(self, x: torch.Tensor) -> np.ndarray:
+        return torch.softmax(x @ self.protos.T / self.temperature, dim=1).numpy()
+
+
+def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balance: bool = False):
+    """Transductive prototypes: start at the labelled class means, then alternate soft assignments of
+    every photo of the collection (softmax of cosine / t; with `balance`, Sinkhorn-balanced to equal class
+    sizes as in PT-MAP) and prototypes = labelled + assigned features."""
+    def fit(x: torch.Tensor, y: np.ndarray, c: int) -> Prototypes:
+        onehot = F.one_hot(torch.as_tensor(y), c).float()
+        protos = F.normalize(onehot.T @ x, dim=1)
+        for _ in range(iters):
+            p = torch.softmax(collection @ protos.T / t, dim=1)
+            if balance:
+                for _ in range(20):
+                    p = p / p.sum(0, keepdim=True) * (len(p) / c)
+                    p = p / p.sum(1, keepdim=True)
+            protos = F.normalize(onehot.T @ x + p.T @ collection, dim=1)
+        return Prototypes(protos)
+    return fit
+
+
+def on(transform: Callable[[np.ndarray], torch.Tensor], fit: Callable) -> Callable:
+    """fit on transformed features; the classifier transforms what it predicts."""
+    return lambda x, y, c: Transformed(transform, fit(transform(x), y, c))
+
+
+def methods(collection: np.ndarray | None = None) -> dict:
+    """name -> fit(x, y, num_classes) returning a classifier with predict_proba. With the collection (every
+    photo's features, labelled or not: what the page holds) the transductive and collection-statistics
+    methods join."""
     out = {"logistic": functools.partial(probe.fit_linear, weight_decay=1e-4)}
     for wd in (1e-3, 1e-2, 1e-1):
         out[f"logistic-wd={wd:g}"] = functools.partial(probe.fit_linear, weight_decay=wd)
@@ -53,7 +132,24 @@ def methods() -> dict:
         out[f"proto-logistic anchor={a:g}"] = functools.partial(probe.fit_proto_linear, anchor=a)
     out["knn"] = probe.fit_knn
     out["fewshot"] = probe.fit_fewshot
+    if collection is None:
+        return out
+    pt = power_centred(collection)
+    out["power + collection-centred, prototype"] = on(pt, lambda x, y, c: Prototypes(_means(x, y, c)))
+    out["power + collection-centred, logistic"] = on(pt, functools.partial(probe.fit_linear, weight_decay=1e-4))
+    for drop, gamma in ((0, 0.5), (1, 0.0), (2, 0.0)):
+        t = pca_transform(collection, drop, gamma)
+        out[f"PCA drop {drop} whiten {gamma:g}, prototype"] = on(t, lambda x, y, c: Prototypes(_means(x, y, c)))
+    plain = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
+    for name, t in (("", plain), ("power + centred, ", pt)):
+        col = t(collection)
+        out[f"{name}soft k-means on the collection"] = on(t, soft_kmeans(col))
+        out[f"{name}balanced soft k-means (PT-MAP-like)"] = on(t, soft_kmeans(col, balance=True))
     return out
+
+
+def _means(x: torch.Tensor, y: np.ndarray, c: int) -> torch.Tensor:
+    return F.normalize(F.one_hot(torch.as_tensor(y), c).float().T @ x, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,11 +268,11 @@ def main() -> None:
 
     classes = [c for c in args.classes.split(",") if c]
     shots = [int(s) for s in args.shots.split(",") if s]
-    fits = methods()
-    if args.methods:
-        fits = {k: v for k, v in fits.items() if k in args.methods.split(",")}
     train_x, train_y, test_x, test_y, names = features(args.checkpoint, args.folder, classes, args.max_train,
                                                        args.max_test, args.cache)
+    fits = methods(np.concatenate([train_x, test_x]))  # the collection: pool and test photos, labels unread
+    if args.methods:
+        fits = {k: v for k, v in fits.items() if k in args.methods.split(",")}
     t0 = time.perf_counter()
     result = run(train_x, train_y, test_x, test_y, shots, args.draws, args.seed, fits)
     text = table(result, shots)
