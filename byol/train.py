@@ -131,7 +131,7 @@ class TrainConfig:
     # else none), none (random), base (shipped, pretrained by this project on public images), imagenet
     # (torchvision's weights, downloaded once), or a checkpoint / state dict path. Online and target encoders
     # start from it; projector and predictor are fresh. On held-out photo classes, base + 15 minutes beat 15
-    # minutes from random weights by 12 points of kNN and 5-shot accuracy (BENCHMARKS.md): hence auto
+    # minutes from random weights by 19 points of kNN and 5-shot accuracy (BENCHMARKS.md): hence auto
     init: str = "auto"
     # side of the training views; 0 = CROP_FRACTION x model.image_size (20 px for 32). Random resized crops
     # show objects larger than whole images do, so an encoder trained on smaller views meets objects at the
