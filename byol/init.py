@@ -198,6 +198,13 @@ def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
     return Init(state, {"kind": "path", "source": str(path.resolve()), "sha256": sha})
 
 
+def _card_text(v: Any) -> str:
+    """A card value as markdown text: a dict (e.g. the base a continued run started from) as `k: v` pairs."""
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {x}" for k, x in v.items())
+    return str(v)
+
+
 def export_base(checkpoint: str | Path, dest: str | Path, card: dict[str, Any]) -> dict[str, Any]:
     """Write a run's online encoder as the shipped base (`base-BACKBONE.pt`) and its card (`.json`, `.md`).
 
@@ -229,6 +236,6 @@ def export_base(checkpoint: str | Path, dest: str | Path, card: dict[str, Any]) 
     lines = [f"# Model card: {full['name']}", "",
              "The encoder behind `byol-search pretrain --init base`: a BYOL online encoder pretrained by this "
              "project on public, unlabelled images only. No labels were read.", ""]
-    lines += [f"- **{k}**: {v}" for k, v in full.items() if k != "name"]
+    lines += [f"- **{k}**: {_card_text(v)}" for k, v in full.items() if k != "name"]
     atomic_write(dest / f"base-{mc['backbone']}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     return full

@@ -129,11 +129,13 @@ def test_imagenet_loads_from_torch_cache_offline(tmp_path):
 
 def test_export_base_round_trip_and_card(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "run" / "checkpoint.pt", seed=3)
-    card = export_base(ckpt, tmp_path / "weights", {"data": "generated", "command": "test"})
+    card = export_base(ckpt, tmp_path / "weights", {"data": "generated", "command": "test",
+                                                    "continues": {"sha256": "ab12", "steps": 7}})
     pt = tmp_path / "weights" / "base-resnet-tiny.pt"
     assert pt.stat().st_size == card["bytes"] < 20 * 2**20
     assert json.loads((tmp_path / "weights" / "base-resnet-tiny.json").read_text())["sha256"] == card["sha256"]
-    assert "generated" in (tmp_path / "weights" / "base-resnet-tiny.md").read_text()
+    text = (tmp_path / "weights" / "base-resnet-tiny.md").read_text()
+    assert "generated" in text and "- **continues**: sha256: ab12; steps: 7" in text
     monkeypatch.setattr(init_mod, "BASE_DIR", tmp_path / "weights")
     m = _model()
     info = start_from(m, resolve_init("base", "resnet-tiny", 32))
