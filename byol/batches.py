@@ -3,7 +3,7 @@
 Public API
     epoch_batches(n, epoch, seed, rank, world, local_batch) -> batches x local_batch image indices
     Batches(images, ...).views(step, gen, side) -> 2B,3,S,S   both augmented views of the batch of `step`
-    Batches(images, ...).small(step, gen) -> MB,3,s,s | None    multi-crop's small views of that batch
+    Batches(images, ...).step_views(step, gen, side) -> (2B,3,S,S, MB,3,s,s | None)   and multi-crop's small views
     stage_sides(start, end, stages) -> [S0, ..., end]      the view sides of progressive resizing
     side_schedule(total, plan, sides) -> [S per step]      the side of each step's views
 
@@ -104,15 +104,20 @@ class Batches:
     def views(self, step: int, gen: torch.Generator, side: int = 0) -> torch.Tensor:
         """Both augmented views of the batch of `step`: 2B,3,S,S (the first views, then the second), S =
         `side` (progressive resizing) or, when 0, the augmentation's image_size."""
+        return self._two(self._images(step), gen, side)
+
+    def step_views(self, step: int, gen: torch.Generator, side: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What a training step reads, from one read of the batch: (views(step, gen, side), and multi-crop's
+        small views: small_crops*B,3,s,s, view after view, drawn from `gen` after the two views; None without
+        multi-crop, with no draws)."""
         x = self._images(step)  # B, side, side, 3 uint8
+        two = self._two(x, gen, side)
+        if self.small_crops <= 0:
+            return two, None
+        small = small_views(x, self.augment, self.small_crops, self.small_side, gen)
+        return two, small.contiguous(memory_format=self.fmt)
+
+    def _two(self, x: torch.Tensor, gen: torch.Generator, side: int) -> torch.Tensor:
         augment = self.augment if side in (0, self.augment.image_size) else replace(self.augment, image_size=side)
         v1, v2 = self.views_fn(x, augment, gen)  # B,3,S,S each
         return torch.cat([v1, v2]).contiguous(memory_format=self.fmt)
-
-    def small(self, step: int, gen: torch.Generator) -> torch.Tensor | None:
-        """Multi-crop's small views of the batch of `step`: small_crops*B,3,s,s (view after view), drawn
-        from `gen` after the two views; None without multi-crop (and no draws)."""
-        if self.small_crops <= 0:
-            return None
-        views = small_views(self._images(step), self.augment, self.small_crops, self.small_side, gen)
-        return views.contiguous(memory_format=self.fmt)

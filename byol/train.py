@@ -112,6 +112,13 @@ __all__ = [  # the training API, and the names this module held before the CPU t
 ]
 
 CROP_FRACTION = 0.625  # default side of the training views, as a fraction of the image size (crop_size)
+SMALL_FRACTION = 0.6  # default side of multi-crop's small views, as a fraction of the view side
+
+
+def _side(px: float) -> int:
+    """A default view side: px rounded to a multiple of 4, at least 8."""
+    return max(8, round(px / 4) * 4)
+
 COMPILE_MIN_BUDGET, COMPILE_MIN_STEPS = 300.0, 500  # compile="auto": runs this long amortise compiling
 
 
@@ -193,12 +200,12 @@ class TrainConfig:
     @property
     def view_size(self) -> int:
         """Side of the training views in px (crop_size, or its default)."""
-        return self.crop_size or max(8, round(CROP_FRACTION * self.model.image_size / 4) * 4)
+        return self.crop_size or _side(CROP_FRACTION * self.model.image_size)
 
     @property
     def small_size(self) -> int:
         """Side of multi-crop's small views in px (small_crop_size, or its default)."""
-        return self.small_crop_size or max(8, round(0.6 * self.view_size / 4) * 4)
+        return self.small_crop_size or _side(SMALL_FRACTION * self.view_size)
 
     @property
     def view_sides(self) -> list[int]:
@@ -559,9 +566,11 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
 
         def timed(side: int, tuner: ThreadTuner) -> float:
             return planner.time_steps(
-                lambda i: train_step(run.data.views(i, plan_gen, side), lr_peak / 100, cfg.base_tau,
-                                     check_finite=False, small=run.data.small(i, plan_gen))[0].item(),
-                tuner, cfg.budget)
+                lambda i: one_step(i, plan_gen, side), tuner, cfg.budget)
+
+        def one_step(i: int, gen: torch.Generator, side: int) -> float:
+            x, small = run.data.step_views(i, gen, side)
+            return float(train_step(x, lr_peak / 100, cfg.base_tau, check_finite=False, small=small)[0].item())
 
         step_seconds = timed(sides[-1], procs.tuner)
         if len(sides) > 1:  # progressive resizing: the smallest views too, at the thread count just chosen
@@ -626,8 +635,8 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
             while step < end:
                 procs.tuner.next()
                 ts = time.perf_counter()
-                loss, z = train_step(data.views(step, run.aug_gen, sides[step]), lrs[step], taus[step],
-                                     small=data.small(step, run.aug_gen))
+                x, small = data.step_views(step, run.aug_gen, sides[step])
+                loss, z = train_step(x, lrs[step], taus[step], small=small)
                 if torch.isfinite(loss):
                     w.bad_in_row = 0
                     w.losses.append(loss.item())

@@ -79,11 +79,11 @@ def test_views_take_the_side_of_their_step():
 def test_small_views_come_after_the_two_views_and_only_with_multi_crop():
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
     plain = Batches(images, 4, AugmentConfig(image_size=20))
-    gen = torch.Generator().manual_seed(0)
-    state = gen.get_state()
-    assert plain.small(0, gen) is None and torch.equal(gen.get_state(), state)  # no draws without multi-crop
+    gen, ref = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    two, small = plain.step_views(0, gen)
+    assert small is None and torch.equal(two, plain.views(0, ref))
+    assert torch.equal(gen.get_state(), ref.get_state())  # no draws beyond the two views without multi-crop
     multi = Batches(images, 4, AugmentConfig(image_size=20), small_crops=2, small_side=12)
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    assert torch.equal(multi.views(0, g1), plain.views(0, g2))  # the two views are drawn as before
-    small = multi.small(0, g1)
+    two_m, small = multi.step_views(0, torch.Generator().manual_seed(0))
+    assert torch.equal(two_m, two)  # the two views are drawn as before
     assert small is not None and small.shape == (8, 3, 12, 12)

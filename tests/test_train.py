@@ -408,14 +408,14 @@ def test_progressive_budget_run_times_both_ends(shapes_folder, tmp_path):
 
 def test_multi_crop_trains_small_views_beside_the_two(shapes_folder, tmp_path, monkeypatch):
     seen = []
-    small_views = train_mod.Batches.small
+    step_views = train_mod.Batches.step_views
 
-    def spy(self, step, gen):
-        out = small_views(self, step, gen)
-        seen.append(tuple(out.shape))
-        return out
+    def spy(self, step, gen, side=0):
+        two, small = step_views(self, step, gen, side)
+        seen.append(tuple(small.shape))
+        return two, small
 
-    monkeypatch.setattr(train_mod.Batches, "small", spy)
+    monkeypatch.setattr(train_mod.Batches, "step_views", spy)
     path = train(tiny(shapes_folder, tmp_path / "run", steps=2, small_crops=2))
     assert seen == [(16, 3, 12, 12)] * 2  # 2 small views x batch 8, 12 px beside 20 px views
     ckpt = load_checkpoint(path)
