@@ -85,22 +85,11 @@ def pca_transform(collection: np.ndarray, drop: int = 0, gamma: float = 0.0) -> 
     return lambda x: F.normalize((F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu) @ w, dim=1)
 
 
-@dataclass
-class Prototypes:
-    """Cosine to unit class prototypes / temperature, softmax."""
-
-    protos: torch.Tensor  # C, D
-    temperature: float = 0.05
-
-    def predict_proba(self, x: torch.Tensor) -> np.ndarray:
-        return torch.softmax(x @ self.protos.T / self.temperature, dim=1).numpy()
-
-
 def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balance: bool = False):
     """Transductive prototypes: start at the labelled class means, then alternate soft assignments of
     every photo of the collection (softmax of cosine / t; with `balance`, Sinkhorn-balanced to equal class
     sizes as in PT-MAP) and prototypes = labelled + assigned features."""
-    def fit(x: torch.Tensor, y: np.ndarray, c: int) -> Prototypes:
+    def fit(x: torch.Tensor, y: np.ndarray, c: int) -> probe.LinearProbe:
         onehot = F.one_hot(torch.as_tensor(y), c).float()
         protos = F.normalize(onehot.T @ x, dim=1)
         for _ in range(iters):
@@ -110,7 +99,7 @@ def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balan
                     p = p / p.sum(0, keepdim=True) * (len(p) / c)
                     p = p / p.sum(1, keepdim=True)
             protos = F.normalize(onehot.T @ x + p.T @ collection, dim=1)
-        return Prototypes(protos)
+        return probe.LinearProbe((protos / 0.05).numpy(), np.zeros(c, np.float32))  # cosine / 0.05, as fit_prototypes
     return fit
 
 
@@ -135,11 +124,12 @@ def methods(collection: np.ndarray | None = None) -> dict:
     if collection is None:
         return out
     pt = power_centred(collection)
-    out["power + collection-centred, prototype"] = on(pt, lambda x, y, c: Prototypes(_means(x, y, c)))
+    proto = functools.partial(probe.fit_prototypes, centre=False)  # on features the transform centred
+    out["power + collection-centred, prototype"] = on(pt, proto)
     out["power + collection-centred, logistic"] = on(pt, functools.partial(probe.fit_linear, weight_decay=1e-4))
     for drop, gamma in ((0, 0.5), (1, 0.0), (2, 0.0)):
         t = pca_transform(collection, drop, gamma)
-        out[f"PCA drop {drop} whiten {gamma:g}, prototype"] = on(t, lambda x, y, c: Prototypes(_means(x, y, c)))
+        out[f"PCA drop {drop} whiten {gamma:g}, prototype"] = on(t, proto)
     plain = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
     for name, t in (("", plain), ("power + centred, ", pt)):
         col = t(collection)
@@ -147,9 +137,6 @@ def methods(collection: np.ndarray | None = None) -> dict:
         out[f"{name}balanced soft k-means (PT-MAP-like)"] = on(t, soft_kmeans(col, balance=True))
     return out
 
-
-def _means(x: torch.Tensor, y: np.ndarray, c: int) -> torch.Tensor:
-    return F.normalize(F.one_hot(torch.as_tensor(y), c).float().T @ x, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
