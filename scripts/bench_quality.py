@@ -10,7 +10,7 @@ Held-out protocol (the base encoder never saw these classes; see scripts/train_b
 
 Rows (one after the other, on the same machine; --rows picks some):
   random        untrained encoder (the floor)
-  scratch       --init none + budget: today's default run
+  scratch       --init none + budget (with --extra-args: a variant, e.g. another --backbone)
   base          the shipped base encoder alone (no adaptation)
   base+adapt    --init base + budget
   imagenet      torchvision's ImageNet resnet18 alone, and + budget (only when its weights are in torch's
@@ -121,7 +121,7 @@ def main() -> int:
                    help="train this many steps instead of a budget: rows of equal compute on a machine that other "
                         "programs share (take the steps a budget run made alone, scaled by the step cost)")
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma list of {', '.join(ALL_ROWS)}")
-    p.add_argument("--extra-args", default="", help="more `pretrain` options for the init+adapt rows")
+    p.add_argument("--extra-args", default="", help="more `pretrain` options for the scratch and init+adapt rows")
     p.add_argument("--draws", type=int, default=10, help="few-shot draws per shot count (default 10)")
     p.add_argument("--work", type=Path, default=CACHE / "bench" / "quality")
     p.add_argument("--tag", default="", help="suffix of the run folders and JSON (to keep variants apart)")
@@ -178,7 +178,7 @@ def main() -> int:
                 cmd, run = pretrain(photos, work / tag, args.budget, "imagenet", ["--backbone", "resnet18", *extra])
                 record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "scratch":
-            cmd, run = pretrain(photos, work / tag, args.budget, "none", [])
+            cmd, run = pretrain(photos, work / tag, args.budget, "none", extra)
             record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "base+adapt":
             cmd, run = pretrain(photos, work / tag, args.budget, args.base, extra)
