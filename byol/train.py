@@ -16,7 +16,7 @@ Public API
     TrainConfig                              every setting, one comment per field (below); stored in the
                                              checkpoint as asdict(cfg) under "config"
     parse_duration("20m") -> 1200.0          "90s", "20m", "1.5h", "1h30m" -> seconds (ValueError otherwise)
-    TrainingDiverged, TrainingInterrupted    raised on repeated non-finite losses / on Ctrl-C (after saving)
+    TrainingDiverged, TrainingInterrupted    raised on repeated non-finite losses / on Ctrl-C or SIGTERM (after saving)
 
 RUN_DIR (cfg.out) after a run
     checkpoint.pt     the latest checkpoint (byol.checkpoint format; load_encoder() rebuilds the encoder)
@@ -228,7 +228,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C: a checkpoint was saved; `resume` continues."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved; `resume` continues."""
 
 
 def parse_duration(text: str) -> float:
@@ -608,7 +608,7 @@ class _Window:
 
 def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_seconds: float) -> int:
     """Steps start+1 .. end (the plan's end, or stop_at); returns end. Logs every log_every steps, evaluates,
-    re-plans budget runs, saves every checkpoint_every steps. Ctrl-C: the step in progress finishes, a
+    re-plans budget runs, saves every checkpoint_every steps. Ctrl-C or SIGTERM: the step in progress finishes, a
     checkpoint is saved and TrainingInterrupted raised (a second Ctrl-C interrupts at once)."""
     cfg, procs, data, plan = run.cfg, run.procs, run.data, run.plan
     total = int(plan["total_steps"])
@@ -727,23 +727,26 @@ def _replan(run: _Run, w: _Window, done: int, start: int, eval_every: int) -> bo
     return True
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, a job scheduler's or a laptop's shutdown
+
+
 @contextlib.contextmanager
 def _ctrl_c() -> Iterator[threading.Event]:
-    """An event Ctrl-C sets (the loop finishes its step, saves and stops); a second Ctrl-C interrupts at
-    once. Only the main thread receives signals: elsewhere the event is never set."""
+    """An event Ctrl-C or SIGTERM sets (the loop finishes its step, saves and stops); a second one
+    interrupts at once. Only the main thread receives signals: elsewhere the event is never set."""
     stop = threading.Event()
-    old_handler = None
+    old_handlers: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum: int, frame: object) -> None:
+        def on_stop(signum: int, frame: object) -> None:
             if stop.is_set():
                 raise KeyboardInterrupt
             stop.set()
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+        old_handlers = {sig: signal.signal(sig, on_stop) for sig in STOP_SIGNALS}
     try:
         yield stop
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
 
 def _stop_requested(stop: threading.Event, ddp: bool) -> bool:

@@ -130,14 +130,16 @@ def test_hazard_folder_reports_bad_files(hazard_folder, tmp_path):
     assert records(out, "plan")[0]["images"] == sum(expect.values())
 
 
-def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch, sig):
     real = train_mod.two_views
     calls = {"n": 0}
+    before = signal.getsignal(sig)
 
     def interrupt_on_second(*args):
         calls["n"] += 1
         if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # the step in progress finishes, then the run saves
+            os.kill(os.getpid(), sig)  # the step in progress finishes, then the run saves
         return real(*args)
 
     monkeypatch.setattr(train_mod, "two_views", interrupt_on_second)
@@ -145,6 +147,7 @@ def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted, match="step 2 of 5"):
         train(cfg)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(sig) == before  # the run gives the signal back
     monkeypatch.setattr(train_mod, "two_views", real)
     cfg.resume = True
     assert load_checkpoint(train(cfg))["step"] == 5
