@@ -88,22 +88,34 @@ def untrained_checkpoint(path: Path, init: str, backbone: str = "resnet-tiny", i
     return path
 
 
-def pretrain(photos: Path, out: Path, budget: str, init: str, extra: list[str]) -> tuple[list[str], dict]:
-    """`byol-search pretrain` as a user runs it (a fresh process: no compile cache shared between rows)."""
+def pretrain(photos: Path, out: Path, budget: str, init: str, extra: list[str],
+             resume: bool = False) -> tuple[list[str], dict]:
+    """`byol-search pretrain` as a user runs it (a fresh process: no compile cache shared between rows).
+    resume: a run that `out` already holds is continued with `--resume` (a long row over several sittings),
+    or only read when it has finished."""
     length = ["--steps", budget[len("steps="):]] if budget.startswith("steps=") else ["--budget", budget]
-    cmd = [str(ROOT / ".venv" / "bin" / "byol-search"), "pretrain", str(photos), "--out", str(out), *length,
+    exe = [str(ROOT / ".venv" / "bin" / "byol-search")]
+    if not Path(exe[0]).exists():
+        exe = [sys.executable, "-m", "app.cli"]
+    cmd = [*exe, "pretrain", str(photos), "--out", str(out), *length,
            "--init", init, "--cache-dir", str(CACHE / "heldout" / "cache-32"), "--no-progress",
            *extra]
-    if not Path(cmd[0]).exists():
-        cmd[0:1] = [sys.executable, "-m", "app.cli"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    if not (resume and (out / "checkpoint.pt").is_file()):
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    elif not _finished(out):
+        subprocess.run([*exe, "pretrain", "--out", str(out), "--resume", "--no-progress"], check=True, cwd=ROOT)
     recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     trains = [r for r in recs if r["kind"] == "train"]
     steady = trains[len(trains) // 5:] or trains  # past the compile and the thread tuner's first choices
     end = next(r for r in recs if r["kind"] == "end")
     return cmd, {"seconds": time.perf_counter() - t0, "steps": end["step"], "compiled": end.get("compiled"),
                  "img_per_s": sum(r["img_per_s"] for r in steady) / len(steady)}
+
+
+def _finished(out: Path) -> bool:
+    log = out / "log.jsonl"
+    return log.is_file() and any(json.loads(line)["kind"] == "end" for line in log.read_text().splitlines())
 
 
 def imagenet_cached() -> bool:
@@ -121,6 +133,9 @@ def main() -> int:
                    help="train this many steps instead of a budget: rows of equal compute on a machine that other "
                         "programs share (take the steps a budget run made alone, scaled by the step cost)")
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma list of {', '.join(ALL_ROWS)}")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the rows' runs that an earlier, interrupted call left (2-hour rows over several "
+                        "sittings: pretrain saves on Ctrl-C or SIGTERM); finished runs are only evaluated")
     p.add_argument("--extra-args", default="", help="more `pretrain` options for the scratch and init+adapt rows")
     p.add_argument("--draws", type=int, default=10, help="few-shot draws per shot count (default 10)")
     p.add_argument("--work", type=Path, default=CACHE / "bench" / "quality")
@@ -175,19 +190,20 @@ def main() -> int:
             if name == "imagenet":
                 record(name, untrained_checkpoint(work / "imagenet.pt", "imagenet", "resnet18", 32))
             else:
-                cmd, run = pretrain(photos, work / tag, args.budget, "imagenet", ["--backbone", "resnet18", *extra])
+                cmd, run = pretrain(photos, work / tag, args.budget, "imagenet", ["--backbone", "resnet18", *extra],
+                                    args.resume)
                 record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "scratch":
-            cmd, run = pretrain(photos, work / tag, args.budget, "none", extra)
+            cmd, run = pretrain(photos, work / tag, args.budget, "none", extra, args.resume)
             record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "base+adapt":
-            cmd, run = pretrain(photos, work / tag, args.budget, args.base, extra)
+            cmd, run = pretrain(photos, work / tag, args.budget, args.base, extra, args.resume)
             record(name, work / tag / "checkpoint.pt", cmd, run)
         elif name == "path+adapt":
             init = work / f"scratch{args.tag}" / "checkpoint.pt"
             if not init.is_file():
                 p.error("path+adapt continues the scratch row's run: run the scratch row first")
-            cmd, run = pretrain(photos, work / tag, args.budget, str(init), extra)
+            cmd, run = pretrain(photos, work / tag, args.budget, str(init), extra, args.resume)
             record(name, work / tag / "checkpoint.pt", cmd, run)
     print(format_rows(result))
     print(f"\nJSON: {out_json}", file=sys.stderr)
