@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from app.flags import AT_LEAST_ONE, INIT_HELP, add_config_flags, backbones, config_from_args
 
@@ -17,13 +18,16 @@ and search and label it in the browser.
 Pipeline: pretrain -> export -> index -> serve (or `run` to do all four, `demo` to try it).
 """
 
+if TYPE_CHECKING:
+    _Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-def _command(sub: argparse._SubParsersAction, name: str, **kw: object) -> argparse.ArgumentParser:
+
+def _command(sub: _Sub, name: str, **kw: Any) -> argparse.ArgumentParser:
     """A subcommand whose description keeps its line breaks."""
     return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
 
-def _add_evaluate(sub) -> None:
+def _add_evaluate(sub: _Sub) -> None:
     p = _command(
         sub,
         "evaluate",
@@ -59,7 +63,7 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
-def _run_evaluate(args) -> int:
+def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     try:
@@ -98,7 +102,7 @@ Several GPUs or machines: torchrun --nproc_per_node N -m app.cli pretrain ... (D
 """
 
 
-def _add_pretrain(sub) -> None:
+def _add_pretrain(sub: _Sub) -> None:
     p = _command(
         sub,
         "pretrain",
@@ -119,7 +123,7 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(func=_run_pretrain)
 
 
-def _run_pretrain(args) -> int:
+def _run_pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_pretrain_args(args, out)
     from byol.train import TrainConfig, parse_duration, preview, train
@@ -140,7 +144,7 @@ def _run_pretrain(args) -> int:
     return 0
 
 
-def _check_pretrain_args(args, out: Path) -> None:
+def _check_pretrain_args(args: argparse.Namespace, out: Path) -> None:
     """Mistakes found before any work starts (UsageError)."""
     if args.resume:
         if not (out / "checkpoint.pt").is_file():
@@ -160,7 +164,7 @@ def _check_pretrain_args(args, out: Path) -> None:
         raise UsageError(f"--eval-folder {args.eval_folder}: no such folder")
 
 
-def _add_export(sub) -> None:
+def _add_export(sub: _Sub) -> None:
     p = _command(
         sub,
         "export",
@@ -187,7 +191,7 @@ def _add_export(sub) -> None:
     p.set_defaults(func=_run_export)
 
 
-def _run_export(args) -> int:
+def _run_export(args: argparse.Namespace) -> int:
     import json
 
     from byol.export import export_onnx
@@ -206,7 +210,7 @@ def _run_export(args) -> int:
     return 0
 
 
-def _add_index(sub) -> None:
+def _add_index(sub: _Sub) -> None:
     p = _command(
         sub,
         "index",
@@ -232,7 +236,7 @@ def _add_index(sub) -> None:
     p.set_defaults(func=_run_index)
 
 
-def _run_index(args) -> int:
+def _run_index(args: argparse.Namespace) -> int:
     import json
 
     from index.build import build_index
@@ -255,7 +259,7 @@ def _run_index(args) -> int:
     return 0
 
 
-def _add_search(sub) -> None:
+def _add_search(sub: _Sub) -> None:
     p = sub.add_parser(
         "search",
         help="find the photos most like IMAGE in an index",
@@ -270,7 +274,7 @@ def _add_search(sub) -> None:
     p.set_defaults(func=_run_search)
 
 
-def _run_search(args) -> int:
+def _run_search(args: argparse.Namespace) -> int:
     import json
 
     from byol.data import display_path
@@ -299,7 +303,7 @@ def _run_search(args) -> int:
     return 0
 
 
-def _add_duplicates(sub) -> None:
+def _add_duplicates(sub: _Sub) -> None:
     p = _command(
         sub,
         "duplicates",
@@ -315,7 +319,7 @@ def _add_duplicates(sub) -> None:
     p.set_defaults(func=_run_duplicates)
 
 
-def _run_duplicates(args) -> int:
+def _run_duplicates(args: argparse.Namespace) -> int:
     import json
 
     from byol.data import display_path
@@ -337,7 +341,7 @@ def _run_duplicates(args) -> int:
     return 0
 
 
-def _add_serve_options(p) -> None:
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("serving")
     g.add_argument("--port", type=int, default=7860, help="port of the page (default 7860)")
     g.add_argument("--host", default="127.0.0.1",
@@ -355,7 +359,7 @@ def _add_serve_options(p) -> None:
                         "web sites cannot reach the page. Repeat for several names")
 
 
-def _serve_index(index_dir, args) -> int:
+def _serve_index(index_dir: str, args: argparse.Namespace) -> int:
     """Open the page on INDEX_DIR until Ctrl-C; user mistakes become one-line errors (main())."""
     from app.files import check_bind, resolve_auth
 
@@ -378,7 +382,7 @@ def _serve_index(index_dir, args) -> int:
     return 0
 
 
-def _add_serve(sub) -> None:
+def _add_serve(sub: _Sub) -> None:
     p = _command(
         sub,
         "serve",
@@ -395,7 +399,7 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=lambda args: _serve_index(args.index_dir, args))
 
 
-def _add_run(sub) -> None:
+def _add_run(sub: _Sub) -> None:
     p = _command(
         sub,
         "run",
@@ -423,7 +427,7 @@ def _add_run(sub) -> None:
     p.set_defaults(func=_run_run)
 
 
-def _run_pipeline(call, args) -> int:
+def _run_pipeline(call: Callable[[], dict[str, Any]], args: argparse.Namespace) -> int:
     from app.files import check_bind, resolve_auth
 
     if not args.no_serve:  # refuse an unsafe --host or a bad login before minutes of training, not after
@@ -438,7 +442,7 @@ def _run_pipeline(call, args) -> int:
     return _serve_index(result["index_dir"], args)
 
 
-def _run_run(args) -> int:
+def _run_run(args: argparse.Namespace) -> int:
     from app.pipeline import RunConfig, run
 
     budget = _duration("--budget", args.budget) if args.budget else 0.0
@@ -449,7 +453,7 @@ def _run_run(args) -> int:
     return _run_pipeline(lambda: run(cfg), args)
 
 
-def _add_demo(sub) -> None:
+def _add_demo(sub: _Sub) -> None:
     p = _command(
         sub,
         "demo",
@@ -469,7 +473,7 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_run_demo)
 
 
-def _run_demo(args) -> int:
+def _run_demo(args: argparse.Namespace) -> int:
     from app.demo import demo
 
     budget = _duration("--budget", args.budget)
@@ -509,12 +513,20 @@ def _duration(flag: str, text: str) -> float:
         raise UsageError(f"{flag}: {e}") from e
 
 
-def _interrupted(e: BaseException, args) -> str:
+def _interrupted(e: BaseException, args: argparse.Namespace) -> str:
     if args.command in ("run", "demo"):
         return "\ninterrupted: run the same command again to continue where it stopped"
-    if args.command == "pretrain" and isinstance(e, _error_type("byol.train:TrainingInterrupted")):
+    interrupted = _error_type("byol.train:TrainingInterrupted")  # None while byol.train is not imported yet
+    if args.command == "pretrain" and interrupted is not None and isinstance(e, interrupted):
         return f"\n{e} (byol-search pretrain --out {args.out} --resume)"
     return "interrupted"
+
+
+def _bad_image(e: BaseException, args: argparse.Namespace) -> str:
+    from byol.images import BadImage  # already imported: ERRORS matched it
+
+    assert isinstance(e, BadImage)
+    return f"error: {e.path}: {e.reason}"
 
 
 # Every error a command reports, mapped once: (exception type, exit status, message). The first match wins.
@@ -525,7 +537,7 @@ ERRORS: tuple[tuple[str, int, Callable[[BaseException, argparse.Namespace], str]
     ("builtins:KeyboardInterrupt", 130, _interrupted),
     ("byol.train:TrainingDiverged", 1, lambda e, a: f"error: {e}"),  # the loss stayed non-finite
     ("byol.export:ExportError", 1, lambda e, a: f"error: {e}"),  # ONNX and torch disagree
-    ("byol.images:BadImage", 2, lambda e, a: f"error: {e.path}: {e.reason}"),  # a query photo we cannot read
+    ("byol.images:BadImage", 2, _bad_image),  # a query photo we cannot read
     ("index.store:StoreError", 2, lambda e, a: f"error: {e}"),  # not an index, another encoder, locked
     # user mistakes: UsageError, bad TIME, checkpoint, folder, dataset, login; files missing or unreadable;
     # a gradio too old for the page
@@ -535,7 +547,7 @@ ERRORS: tuple[tuple[str, int, Callable[[BaseException, argparse.Namespace], str]
 )
 
 
-def _error_type(name: str) -> type | None:
+def _error_type(name: str) -> type[BaseException] | None:
     module, attr = name.split(":")
     return getattr(sys.modules.get(module), attr, None)
 

@@ -21,7 +21,8 @@ DEMO_CLASSES = ("sunset", "ocean", "forest", "night_sky", "brick_wall", "flower_
 
 
 def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = 30) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+    r, g, b = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+    return r, g, b
 
 
 def _gradient(w: int, h: int, top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
@@ -92,7 +93,7 @@ def example_photo(kind: str, rng: np.random.Generator, size: tuple[int, int] = (
         yy, xx = np.mgrid[0:h, 0:w]
         mask = ((xx // s + yy // s) % 2).astype(bool)[..., None]
         img = Image.fromarray(np.where(mask, np.asarray(a, np.uint8), np.asarray(b, np.uint8)))
-        img = img.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR, fillcolor=a)
+        img = img.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR, fillcolor=a)
     elif kind == "stripes":
         colours = [_jitter(rng, c, 40) for c in ((230, 60, 60), (240, 200, 60), (60, 120, 220))]
         period = int(rng.integers(6, 14))

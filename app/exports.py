@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.labels import Progress, no_progress
 from byol.fileio import fsync_dir
@@ -76,7 +76,7 @@ def export_imagefolder(labels: Labels, store: Store, out_dir: str | Path, copy: 
 
     def fill(tmp: Path) -> dict[str, int]:
         counts: dict[str, int] = {}
-        made: dict[str, list] = {}
+        made: dict[str, list[Any]] = {}
         tmp.mkdir()
         for n, r in enumerate(rows):
             src = Path(r["path"]).resolve()
@@ -207,7 +207,7 @@ def _is_utf8(b: bytes) -> bool:
         return False
 
 
-def _earlier_copies(parent: Path) -> dict[str, tuple[Path, list]]:
+def _earlier_copies(parent: Path) -> dict[str, tuple[Path, list[Any]]]:
     """{id: (file, [size, mtime_ns] of the photo when copied)} from the newest copies export in parent."""
     records = []
     for rec in parent.glob(f"*/{_EXPORT_RECORD}"):
@@ -224,7 +224,7 @@ def _earlier_copies(parent: Path) -> dict[str, tuple[Path, list]]:
     return {}
 
 
-def _link_earlier(earlier: tuple[Path, list] | None, stamp: list, dst: Path) -> bool:
+def _link_earlier(earlier: tuple[Path, list[Any]] | None, stamp: list[Any], dst: Path) -> bool:
     """Hard-link an earlier export's copy of an unchanged photo to dst; False when there is none to link."""
     if earlier is None or earlier[1] != stamp:
         return False

@@ -26,10 +26,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from index.store import Store
 
 log = logging.getLogger("byol_search.page")
@@ -63,6 +65,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@overload
+def parse_auth(text: str, what: str = ...) -> tuple[str, str]: ...
+@overload
+def parse_auth(text: None, what: str = ...) -> None: ...
+@overload
+def parse_auth(text: str | None, what: str = ...) -> tuple[str, str] | None: ...
 def parse_auth(text: str | None, what: str = "--auth") -> tuple[str, str] | None:
     """'user:password' -> (user, password); None stays None. `what` names the source in the error."""
     if text is None:
@@ -242,7 +250,7 @@ class HostGuard:
 
     SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
-    def __init__(self, app, hosts: Iterable[str] = LOOPBACK_NAMES, any_ip: bool = False,
+    def __init__(self, app: ASGIApp, hosts: Iterable[str] = LOOPBACK_NAMES, any_ip: bool = False,
                  origins: Iterable[str] = ()):
         self.app = app
         self.hosts, self.any_ip = frozenset(hosts), any_ip
@@ -266,7 +274,7 @@ class HostGuard:
                 return "byol-search refused a change requested from another web site."
         return None
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -293,7 +301,7 @@ class LoginThrottle:
     Clients are told apart by address; at most `max_clients` are remembered.
     """
 
-    def __init__(self, app, delay: float | None = None, delay_max: float | None = None, max_clients: int = 10_000):
+    def __init__(self, app: ASGIApp, delay: float | None = None, delay_max: float | None = None, max_clients: int = 10_000):
         self.app = app
         self.delay = LOGIN_DELAY if delay is None else delay
         self.delay_max = LOGIN_DELAY_MAX if delay_max is None else delay_max
@@ -304,7 +312,7 @@ class LoginThrottle:
     def wait_after(self, failures: int) -> float:
         return 0.0 if failures < 1 else min(self.delay * 2 ** (failures - 1), self.delay_max)
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path", "").rstrip("/") != "/login":
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("?",))[0]
@@ -317,7 +325,7 @@ class LoginThrottle:
                 await asyncio.sleep(start - now)
         status = 0
 
-        async def send_status(message) -> None:
+        async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

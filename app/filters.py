@@ -103,7 +103,7 @@ def allowed(store: Store, f: Filter, infos: PhotoInfoCache | None = None,
     return Allowed(out, len(out), len(ids), undated)
 
 
-def _common_root(store) -> str:
+def _common_root(store: Store) -> str:
     paths = list(store.files())
     try:
         return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
@@ -140,7 +140,7 @@ def search_filtered(store: Store, query: np.ndarray, allowed_ids: np.ndarray | N
     return hits(store, ids[0][ok][offset:want], scores[0][ok][offset:want])
 
 
-def _exact(store, q: np.ndarray, allowed_ids: np.ndarray, want: int, offset: int, chunk: int = 65536) -> list[Hit]:
+def _exact(store: Store, q: np.ndarray, allowed_ids: np.ndarray, want: int, offset: int, chunk: int = 65536) -> list[Hit]:
     best_s, best_i = np.empty(0, np.float32), np.empty(0, np.int64)
     for s in range(0, len(allowed_ids), chunk):
         part = allowed_ids[s:s + chunk]

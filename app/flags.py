@@ -22,7 +22,7 @@ import re
 import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from byol.train import TrainConfig
@@ -85,11 +85,12 @@ def config_fields(module: str, cls: str) -> tuple[Field, ...]:
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
-        above, line = [], stmt.lineno - 1
+        above: list[str] = []
+        line = stmt.lineno - 1
         while line in comments and source.splitlines()[line - 1].lstrip().startswith("#"):
             above.insert(0, comments[line])
             line -= 1
-        beside = comments.get(stmt.end_lineno)
+        beside = comments.get(stmt.end_lineno) if stmt.end_lineno is not None else None
         text = " ".join(above + ([beside] if beside else []))
         try:
             default = ast.literal_eval(stmt.value) if stmt.value is not None else None
@@ -116,13 +117,13 @@ def module_constant(module: str, name: str) -> Any:
 
 
 def backbones() -> tuple[str, ...]:
-    return module_constant("byol.model", "BACKBONES")
+    return cast("tuple[str, ...]", module_constant("byol.model", "BACKBONES"))
 
 
 # what a field's comment cannot say: argparse options, the group, the CLI's own wording of a default
 # ("default_help"; the default in parentheses otherwise comes from the dataclass) and advice for the
 # command line only ("advice", after the comment)
-FLAGS: dict[str, dict] = {
+FLAGS: dict[str, dict[str, Any]] = {
     "out": {"metavar": "RUN_DIR", "required": True, "default_help": ""},
     "budget": {"metavar": "TIME", "type": str, "default_help": "default 20m when --steps is not given",
                "help": "wall-clock time for the whole run, e.g. 90s, 20m, 1.5h"},
@@ -177,7 +178,7 @@ def flag_name(f: Field) -> str:
     return f"--no-{base}" if f.annotation == "bool" and f.default else f"--{base}"
 
 
-def _help(f: Field, extra: dict) -> str:
+def _help(f: Field, extra: dict[str, Any]) -> str:
     """The field's comment (in words a user reads: `None = x` becomes `default x`, constant names their
     values), its advice, and the default."""
     text = extra.get("help", f.comment).replace("None = ", "default ")
@@ -193,7 +194,7 @@ def _help(f: Field, extra: dict) -> str:
     return text.replace("%", "%%")  # argparse formats help with %
 
 
-def _constant(m: re.Match) -> str:
+def _constant(m: re.Match[str]) -> str:
     """A constant's value where a comment names it (CROP_FRACTION -> 0.625), else its name."""
     for module in ("byol.train", "byol.model"):
         try:
@@ -210,7 +211,8 @@ def add_config_flags(parser: argparse.ArgumentParser,
     TrainConfig default in place (config_from_args). after: {field name: add(parser)} for flags of the
     command's own, placed after that field's flag."""
     after = after or {}
-    groups = {None: parser, **{g: parser.add_argument_group(g) for g in GROUPS[1:]}}
+    groups: dict[str | None, argparse._ActionsContainer] = {
+        None: parser, **{g: parser.add_argument_group(g) for g in GROUPS[1:]}}
     for f in pretrain_fields():
         extra = FLAGS.get(f.name, {"group": "machine"})
         target = groups[extra.get("group")]

@@ -29,11 +29,18 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from byol.probe import LinearProbe
+    from index.store import Store
+
+_T = TypeVar("_T")
 
 LABELS_FILE = "labels.sqlite"
 SOURCES = ("human", "accepted")  # 'accepted': a prediction a person accepted in bulk
@@ -78,7 +85,7 @@ def no_progress(fraction: float, desc: str) -> None:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def _torch_threads(n: int) -> Iterator[None]:
     """Run torch on n threads inside the block. A probe on a few hundred labels is hundreds of tiny ops:
     a second thread only adds hand-offs, which cost 8x on a busy 2-core machine (measured: 8 s against 1 s)."""
     import torch
@@ -189,13 +196,13 @@ class Labels:
                     found.sort(key=lambda c: c[1] != path)  # the same content at the same path first
                     if found:
                         moved[rowid] = (found[0][0], sha, found[0][1])
-                    elif by_path.get(path) is not None and by_path[path] not in taken:
+                    elif path is not None and by_path.get(path) is not None and by_path[path] not in taken:
                         moved[rowid] = (by_path[path], sha, path)
                     else:
                         continue
                     taken.add(moved[rowid][0])
 
-            def go(db):
+            def go(db: sqlite3.Connection) -> None:
                 if self._synced_index(db) not in (None, created_at):
                     db.execute("DELETE FROM predictions")  # a new index: its ids mean other photos
                 # detach first, so that ids can move between labels without clashing; lost ones stay detached
@@ -210,15 +217,15 @@ class Labels:
             self._synced = state
 
     @staticmethod
-    def _synced_index(db) -> float | None:
+    def _synced_index(db: sqlite3.Connection) -> float | None:
         row = db.execute("SELECT value FROM synced WHERE key = 'created_at'").fetchone()
         return None if row is None else float(row[0])
 
-    def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
-    def _write(self, fn: Callable[[sqlite3.Connection], object]):
+    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run fn inside one transaction: all of it lands or none of it. A COMMIT that fails (disk full, a
         deferred constraint) is rolled back too, so the connection never stays inside a transaction that
         would make every later write fail."""
@@ -249,7 +256,7 @@ class Labels:
         if new in self.names() and new != old:
             raise ValueError(f"a label named {new!r} already exists")
 
-        def go(db):
+        def go(db: sqlite3.Connection) -> None:
             db.execute("UPDATE label_names SET name = ? WHERE name = ?", (new, old))  # cascades to both tables
             for version, classes in db.execute("SELECT version, classes FROM probes").fetchall():
                 names = [new if c == old else c for c in json.loads(classes)]
@@ -280,9 +287,9 @@ class Labels:
         return len(ids)
 
     def unassign(self, ids: Iterable[int]) -> int:
-        ids = [(int(i),) for i in ids]
-        self._write(lambda db: db.executemany("DELETE FROM labels WHERE image_id = ?", ids))
-        return len(ids)
+        rows = [(int(i),) for i in ids]
+        self._write(lambda db: db.executemany("DELETE FROM labels WHERE image_id = ?", rows))
+        return len(rows)
 
     def labelled(self, source: str | None = None) -> dict[int, str]:
         """{image id: label}, all sources or one (labels of photos now in the index)."""
@@ -316,7 +323,7 @@ class Labels:
         return out
 
     # ---------------------------------------------------------------- the probe
-    def train(self, store, weight_decay: float | None = None, progress: Progress = no_progress) -> ProbeReport:
+    def train(self, store: Store, weight_decay: float | None = None, progress: Progress = no_progress) -> ProbeReport:
         """Fit the probe on every labelled photo still in the index, estimate its accuracy, predict all.
 
         The probe is byol.probe.fit_fewshot (logistic regression whose penalty follows the number of labels
@@ -341,27 +348,29 @@ class Labels:
         progress(0.1, f"fitting the probe on {len(ids)} photos")
         counts = {n: int((y == c).sum()) for c, n in enumerate(names)}
         with _torch_threads(1) if len(ids) <= 20000 else contextlib.nullcontext():
-            probe = fit_method(method, x, y, len(names), weight_decay or 0.0)
+            # both methods fit a LinearProbe
+            probe = cast("LinearProbe", fit_method(method, x, y, len(names), weight_decay or 0.0))
             progress(0.3, "estimating accuracy (cross-validation)")
             # a photo whose label has no other example is always missed when held out: with one photo per
             # label there is nothing to estimate from
             accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay or 0.0, method=method)
                         if max(counts.values()) >= 2 else None)
 
-        def save(db):
+        def save(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias, model_sha256) "
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (time.time(), json.dumps(names), json.dumps(counts), accuracy, int(x.shape[1]),
                  probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes(),
                  getattr(store, "model_sha256", None)))
+            assert cur.lastrowid is not None  # set by every INSERT
             return cur.lastrowid
 
         version = self._write(save)
         predicted = self.predict(store, progress=lambda f, d: progress(0.4 + 0.6 * f, d))
         return ProbeReport(version, names, counts, accuracy, predicted, time.perf_counter() - t0)
 
-    def last_probe(self):
+    def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
         """(version, classes, LinearProbe, accuracy) of the newest probe, or None."""
         from byol.probe import LinearProbe
 
@@ -375,7 +384,7 @@ class Labels:
                             np.frombuffer(b, np.float32).copy())
         return version, classes, probe, accuracy
 
-    def predict(self, store, chunk: int = 65536, progress: Progress = no_progress) -> int:
+    def predict(self, store: Store, chunk: int = 65536, progress: Progress = no_progress) -> int:
         """Predict every photo in the index with the newest probe; replaces all earlier predictions."""
         last = self.last_probe()
         if last is None:
@@ -386,7 +395,7 @@ class Labels:
             raise ValueError("the index was re-embedded with another encoder since the probe was trained: "
                              "press Train to fit a probe on the new embeddings (your labels are kept)")
         all_ids = np.asarray(store.all_ids(), np.int64)
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         for start in range(0, len(all_ids), chunk):
             ids = all_ids[start : start + chunk]
             p = probe.predict_proba(store.get_vectors(ids))  # n, C
@@ -397,7 +406,7 @@ class Labels:
             progress(min(1.0, (start + len(ids)) / max(1, len(all_ids))) * 0.8, f"predicted {start + len(ids)} photos")
         progress(0.9, "saving predictions")
 
-        def save(db):
+        def save(db: sqlite3.Connection) -> None:
             # replacing every row: dropping the indexes and building them after the insert halves the time
             db.execute("DROP INDEX IF EXISTS predictions_margin")
             db.execute("DROP INDEX IF EXISTS predictions_label")
@@ -459,8 +468,9 @@ class Labels:
         base = ("INSERT INTO labels (image_id, label, source, at) SELECT p.image_id, p.label, 'accepted', ? "
                 "FROM predictions p LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL AND ")
 
-        def go(db):
+        def go(db: sqlite3.Connection) -> int:
             if ids is None:
+                assert min_confidence is not None  # checked above: one of the two is given
                 return db.execute(base + "p.confidence >= ?", (now, float(min_confidence))).rowcount
             n = 0
             for i in ids:
@@ -486,7 +496,7 @@ class Labels:
                     [(h, db_path(p), i) for i, (h, p, _) in photo.items()]))
 
     # ---------------------------------------------------------------- the rows every export writes
-    def table(self, store, include_predictions: bool = True, min_confidence: float = 0.0) -> list[dict]:
+    def table(self, store: Store, include_predictions: bool = True, min_confidence: float = 0.0) -> list[dict[str, Any]]:
         """One dict per photo in the index: id, path, label, source, predicted, confidence.
 
         `label` is the photo's label, or (include_predictions) its prediction at or above min_confidence

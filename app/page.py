@@ -11,8 +11,15 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.labels import Labels
+
+if TYPE_CHECKING:
+    from app.review import Decisions
+    from index.embed import Embedder
+    from index.photoinfo import PhotoInfoCache
+    from index.store import Store
 
 log = logging.getLogger("byol_search.page")
 
@@ -20,16 +27,17 @@ log = logging.getLogger("byol_search.page")
 class Page:
     """What all sessions share: the store, the label database and the encoder (loaded when the page is built)."""
 
-    def __init__(self, index_dir: str | Path, store=None, embedder=None, labels: Labels | None = None):
+    def __init__(self, index_dir: str | Path, store: Store | None = None, embedder: Embedder | None = None,
+                 labels: Labels | None = None):
         self.index_dir = Path(index_dir)
         if store is None:
             from index.store import Store
 
             store = Store.open(self.index_dir)
-        self.store = store
+        self.store: Store = store
         self.labels = labels or Labels(self.index_dir)
-        self._infos = None
-        self._decisions = None
+        self._infos: PhotoInfoCache | None = None
+        self._decisions: Decisions | None = None
         self._lazy_lock = threading.Lock()
         self._fill_thread: threading.Thread | None = None
         self._fill_stop = threading.Event()
@@ -42,13 +50,13 @@ class Page:
         self._embedder = embedder if embedder is not None else self.load_encoder()
         self.check_encoder(self._embedder)
 
-    def load_encoder(self):
+    def load_encoder(self) -> Embedder:
         """The encoder file the index names, loaded (its hash is that of the bytes loaded)."""
         from index.embed import Embedder
 
         return Embedder(self.store.model_path)
 
-    def check_encoder(self, embedder) -> None:
+    def check_encoder(self, embedder: Embedder) -> None:
         """Refuse an encoder other than the one the index was built with, as the command line does."""
         sha = getattr(embedder, "sha256", None)  # stand-ins in tests have none
         if sha is None or sha == self.store.model_sha256:
@@ -61,7 +69,7 @@ class Page:
             "after indexing, and searching by upload would give wrong results.\n" + rebuild_hint(self.index_dir))
 
     @property
-    def embedder(self):
+    def embedder(self) -> Embedder:
         """The encoder for uploads: the index's current one (reloaded after the index switched encoders)."""
         self.refresh()
         with self._encoder_lock:
@@ -101,7 +109,7 @@ class Page:
                 + (f" ({sha})" if sha else "") + f" · `{self.index_dir}`")
 
     @property
-    def infos(self):
+    def infos(self) -> PhotoInfoCache:
         """The photos' facts (index.photoinfo.PhotoInfoCache: name, folder, bytes, pixels, date taken)."""
         with self._lazy_lock:
             if self._infos is None:
@@ -111,7 +119,7 @@ class Page:
             return self._infos
 
     @property
-    def decisions(self):
+    def decisions(self) -> Decisions:
         """Keep / drop decisions of the duplicate review (app.review.Decisions)."""
         with self._lazy_lock:
             if self._decisions is None:

@@ -64,13 +64,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
 from app.search import GREY, UNLABELLED, EmbeddingMap, compute_map, legend
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from index.store import Store
 
 THUMB_PX = 64  # side of a thumbnail in the atlas: sharp up to ~64 px on screen, 4 KB of JPEG each
@@ -105,7 +107,7 @@ def unit_positions(xy: np.ndarray) -> np.ndarray:
     lo, hi = xy.min(0), xy.max(0)
     t = (xy - lo) / np.maximum(hi - lo, 1e-12)
     t[:, 1] = 1.0 - t[:, 1]
-    return np.round(t * _Q) / _Q  # float64, as the browser divides
+    return cast(np.ndarray, np.round(t * _Q) / _Q)  # float64, as the browser divides
 
 
 def thumbnail_levels(pos: np.ndarray, max_thumbs: int = MAX_THUMBS, grids: Sequence[int] = GRIDS,
@@ -142,7 +144,7 @@ def from_embedding_map(m: EmbeddingMap, max_thumbs: int = MAX_THUMBS, seed: int 
     return PhotoMap(np.asarray(m.ids, np.int64), pos, thumbnail_levels(pos, max_thumbs, seed=seed), m.method)
 
 
-_LAYOUTS: dict[tuple, PhotoMap] = {}  # the last few layouts drawn, by index state and arguments
+_LAYOUTS: dict[tuple[Any, ...], PhotoMap] = {}  # the last few layouts drawn, by index state and arguments
 _LAYOUTS_KEPT = 4
 _layouts_lock = threading.Lock()
 
@@ -174,7 +176,7 @@ def build_map(store: Store, method: str = "pca", max_points: int = 100_000, incl
 
 
 # ---------------------------------------------------------------- selection (the server-side truth)
-def _positions(layout) -> np.ndarray:
+def _positions(layout: PhotoMap | EmbeddingMap) -> np.ndarray:
     if isinstance(layout, PhotoMap):
         return layout.pos
     return unit_positions(layout.xy)  # an EmbeddingMap
@@ -221,7 +223,7 @@ def parse_ids(text: str, layout: PhotoMap | EmbeddingMap | None = None, limit: i
     ids = np.asarray(list(dict.fromkeys(out)), np.int64)
     if layout is not None and len(ids):
         ids = ids[np.isin(ids, np.asarray(layout.ids, np.int64))]
-    return ids.tolist()
+    return cast(list[int], ids.tolist())
 
 
 def parse_open(text: str, layout: PhotoMap | EmbeddingMap | None = None) -> int | None:
@@ -248,7 +250,7 @@ class Atlas:
         return self.per_row * self.per_row
 
 
-def _atlas_key(store, ids: np.ndarray, cell: int, side: int) -> str:
+def _atlas_key(store: Store, ids: np.ndarray, cell: int, side: int) -> str:
     h = hashlib.sha256(f"atlas/1 {cell} {side} {len(ids)}\n".encode())
     h.update(np.ascontiguousarray(ids, np.int64).tobytes())
     stats = np.zeros((len(ids), 2), np.int64)
@@ -262,18 +264,18 @@ def _atlas_key(store, ids: np.ndarray, cell: int, side: int) -> str:
     return h.hexdigest()[:24]
 
 
-def _square_thumb(path: Path, cell: int):
+def _square_thumb(path: Path, cell: int) -> Image.Image | None:
     """The thumbnail at `path`, centre-cropped to a square and resized to cell x cell; None when unreadable."""
     from PIL import Image
 
     try:
         with Image.open(path, formats=["JPEG"]) as im:  # our own thumbnails: JPEG only
             im.draft("RGB", (cell, cell))  # libjpeg decodes at 1/2 or 1/4 scale: 256 px -> 64 px
-            im = im.convert("RGB")
-            w, h = im.size
+            rgb = im.convert("RGB")
+            w, h = rgb.size
             s = min(w, h)
             box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-            return im.resize((cell, cell), Image.BILINEAR, box=box, reducing_gap=2.0)
+            return rgb.resize((cell, cell), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
     except Exception:  # a thumbnail missing (photo failed to decode) or damaged: a grey square instead
         return None
 
@@ -306,7 +308,11 @@ def build_atlas(store: Store, ids: Iterable[int], cell: int = THUMB_PX, sheet_si
                           (255, 255, 255))
         for j, i in enumerate(chunk.tolist()):
             sheet.paste(_square_thumb(store.thumbnail_path(i), cell) or grey, ((j % per_row) * cell, (j // per_row) * cell))
-        atomic_write(path, lambda f, s=sheet: s.save(f, format="JPEG", quality=80), durable=False)
+
+        def save(f: BinaryIO, s: Image.Image = sheet) -> None:
+            s.save(f, format="JPEG", quality=80)
+
+        atomic_write(path, save, durable=False)
     atomic_write_bytes(folder / "atlas.json", json.dumps({"key": key, "cell": cell, "per_row": per_row,
                                                           "count": len(ids), "sheets": len(sheets)}), durable=False)
     _prune(root, kept)
@@ -355,7 +361,7 @@ def layout_token(pm: PhotoMap) -> str:
     return hashlib.sha256(np.ascontiguousarray(pm.ids, np.int64).tobytes()).hexdigest()[:16]
 
 
-def colours(pm: PhotoMap, labelled: dict[int, str] | None = None, predicted: dict[int, str] | None = None) -> dict:
+def colours(pm: PhotoMap, labelled: dict[int, str] | None = None, predicted: dict[int, str] | None = None) -> dict[str, Any]:
     """Only the colours of a drawn map (the colour key per photo, who gave it, the legend), for the
     browser to repaint after labels changed without a new layout or atlas (`byolPhotoMap.recolour`)."""
     leg, key, human = colour_keys(pm.ids, labelled or {}, predicted)
@@ -369,7 +375,7 @@ def colours_json(pm: PhotoMap, labelled: dict[int, str] | None = None,
 
 
 def payload(pm: PhotoMap, atlas: Atlas | None = None, labelled: dict[int, str] | None = None,
-            predicted: dict[int, str] | None = None, sheet_url: Callable[[Path], str] = file_url) -> dict:
+            predicted: dict[int, str] | None = None, sheet_url: Callable[[Path], str] = file_url) -> dict[str, Any]:
     """The browser's view of the map (see the module docstring); typed arrays are little-endian base64."""
     out = {
         "version": 1, "method": pm.method, "grids": list(GRIDS),

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ENCODERS = "encoders"  # WORK_DIR/encoders/: one file per exported encoder, named by its hash
 
@@ -71,7 +71,7 @@ def folder_listing(folder: str | Path) -> tuple[str, int]:
 def read_state(path: Path) -> dict[str, Any]:
     """A small JSON state file ({} when missing or unreadable: the stages then run again)."""
     try:
-        return json.loads(path.read_text())
+        return cast(dict[str, Any], json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
 
@@ -91,7 +91,7 @@ class _Work:
     work: Path
     listing: str  # folder_listing's fingerprint
     photos: int
-    state: dict = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ckpt(self) -> Path:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from byol.fileio import atomic_write_bytes
 from index.photoinfo import PhotoInfo, PhotoInfoCache
@@ -71,7 +71,7 @@ class Group:
 
 def default_keep(members: Iterable[tuple[int, PhotoInfo]]) -> int:
     """The photo to keep when nobody chose: most pixels, then most bytes, then taken first, then smallest id."""
-    def rank(item):
+    def rank(item: tuple[int, PhotoInfo]) -> tuple[int, int, str, int]:
         i, info = item
         return (-(info.width or 0) * (info.height or 0), -(info.size or 0), info.taken or "9999", i)
 
@@ -113,7 +113,7 @@ class Decisions:
         with self._lock:
             self._conn.close()
 
-    def set(self, store, ids: Iterable[int], decision: str) -> int:
+    def set(self, store: Store, ids: Iterable[int], decision: str) -> int:
         """Record `decision` ('keep' or 'drop') for photos; returns how many were recorded."""
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -130,7 +130,7 @@ class Decisions:
                 raise
         return len(rows)
 
-    def keep_only(self, store, group_ids: Iterable[int], keep: Iterable[int]) -> None:
+    def keep_only(self, store: Store, group_ids: Iterable[int], keep: Iterable[int]) -> None:
         """Keep `keep` and drop the rest of the group, in one transaction's worth of changes."""
         keep = {int(i) for i in keep}
         group_ids = [int(i) for i in group_ids]
@@ -138,13 +138,13 @@ class Decisions:
         self.set(store, [i for i in group_ids if i not in keep], "drop")
 
     def clear(self, ids: Iterable[int]) -> None:
-        ids = [(int(i),) for i in ids]
+        rows = [(int(i),) for i in ids]
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("DELETE FROM decisions WHERE image_id = ?", ids)
+            self._conn.executemany("DELETE FROM decisions WHERE image_id = ?", rows)
             self._conn.execute("COMMIT")
 
-    def get(self, store, ids: Iterable[int]) -> dict[int, str]:
+    def get(self, store: Store, ids: Iterable[int]) -> dict[int, str]:
         """{id: decision} of the photos a person decided on, while their content is what it was."""
         ids = [int(i) for i in ids]
         if not ids:
@@ -166,7 +166,7 @@ def review_groups(store: Store, infos: PhotoInfoCache, decisions: Decisions, thr
     facts = infos.get(ids)
     hashes = {int(r["id"]): r["sha256"] for r in store.rows(ids)}
     chosen = decisions.get(store, ids)
-    out = []
+    out: list[Group] = []
     for g in raw:
         g = [h for h in g if h.id in facts]
         if len(g) < 2:
@@ -174,7 +174,7 @@ def review_groups(store: Store, infos: PhotoInfoCache, decisions: Decisions, thr
         _fill_hashes(hashes, [(h.id, facts[h.id]) for h in g])
         best = default_keep([(h.id, facts[h.id]) for h in g])
         members = tuple(
-            Member(h.id, facts[h.id], float(h.score), h.thumb, hashes.get(h.id),
+            Member(h.id, facts[h.id], float(cast(float, h.score)), h.thumb, hashes.get(h.id),
                    chosen.get(h.id, "keep" if h.id == best else "drop"), h.id in chosen)
             for h in g)
         kind = group_kind([m.info for m in members], [m.sha256 for m in members])
@@ -191,14 +191,14 @@ def _fill_hashes(hashes: dict[int, str | None], members: list[tuple[int, PhotoIn
 
     sizes = Counter(info.size for _, info in members if info.size is not None)
     for i, info in members:
-        if not hashes.get(i) and info.ok and sizes.get(info.size, 0) > 1:
+        if not hashes.get(i) and info.ok and info.size is not None and sizes.get(info.size, 0) > 1:
             try:
                 hashes[i] = file_sha256(info.path)
             except OSError:
                 pass
 
 
-def csv_rows(groups: Iterable[Group]) -> list[dict]:
+def csv_rows(groups: Iterable[Group]) -> list[dict[str, Any]]:
     return [{"group": g.number, "id": m.id, "path": m.info.path, "decision": m.decision,
              "decided_by": "person" if m.decided else "default", "similarity": f"{m.similarity:.4f}",
              "size_bytes": m.info.size if m.info.size is not None else "", "width": m.info.width or "",

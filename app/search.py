@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -48,8 +48,8 @@ class Hit:
 def hits(store: Store, ids: Iterable[int], scores: Iterable[float] | None = None) -> list[Hit]:
     """Hits for ids in the given order; ids that have left the index (or are -1 padding) are dropped."""
     ids = [int(i) for i in ids]
-    scores = [None] * len(ids) if scores is None else [float(s) for s in scores]
-    keep = [(i, s) for i, s in zip(ids, scores) if i >= 0]
+    values: list[float | None] = [None] * len(ids) if scores is None else [float(s) for s in scores]
+    keep = [(i, s) for i, s in zip(ids, values) if i >= 0]
     rows = {int(r["id"]): r for r in store.rows([i for i, _ in keep])} if keep else {}
     from byol.data import display_path
 
@@ -60,7 +60,7 @@ def hits(store: Store, ids: Iterable[int], scores: Iterable[float] | None = None
 def unit(v: np.ndarray) -> np.ndarray:
     """(d,) or (n, d) -> (n, d) float32 rows of unit length (what the store searches with)."""
     v = np.atleast_2d(np.ascontiguousarray(v, dtype=np.float32))
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return cast(np.ndarray, v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
 
 
 def search_vector(store: Store, query: np.ndarray, k: int, offset: int = 0) -> list[Hit]:
@@ -133,7 +133,7 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     xc = x - x.mean(0, dtype=np.float64).astype(np.float32)  # n, d
     _, vecs = np.linalg.eigh((xc.T @ xc).astype(np.float64))  # ascending eigenvalues
-    return xc @ vecs[:, ::-1][:, :2].astype(np.float32)  # n, 2
+    return cast(np.ndarray, xc @ vecs[:, ::-1][:, :2].astype(np.float32))  # n, 2
 
 
 def umap_available() -> bool:

@@ -31,7 +31,7 @@ def duplicates(page: Page, threshold: float, progress: Progress = no_progress) -
     return Duplicates(groups, note)
 
 
-def _threshold(value) -> float:
+def _threshold(value: float | str) -> float:
     t = float(value)
     if not 0.5 <= t <= 1.0:  # NaN fails too
         raise ValueError("the threshold is a cosine between 0.5 and 1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import time
 from pathlib import Path
+from typing import cast
 
 from app import exports
 from app.handlers.selections import selection
@@ -59,7 +60,7 @@ def label_key(page: Page, number: int | float | str | None, selected: list[int],
               notify: Notify = _quiet) -> tuple[Selection, Vocabulary]:
     """Number key (or button) 1-9: label the selected photos with the label at that place in the vocabulary."""
     try:
-        n = int(number)
+        n = int(cast("int | float | str", number))  # None raises TypeError, as junk does
     except (TypeError, ValueError):
         raise ValueError(f"label keys are 1 to {LABEL_KEYS}") from None
     names = page.labels.names()

@@ -38,7 +38,7 @@ def facts_markdown(info: PhotoInfo, problem: str | None = None) -> str:
         lines.append(f"taken {when}" if info.taken_source == "exif" else f"file date {when} (no date taken in the photo)")
     lines.append(f"folder `{info.folder or '.'}`" if "`" not in info.folder else f"folder {html.escape(info.folder)}")
     if problem or info.error:
-        lines.append(f"⚠ {html.escape(problem or info.error)}: showing the thumbnail")
+        lines.append(f"⚠ {html.escape(problem or info.error or '')}: showing the thumbnail")
     return "  \n".join(lines)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,13 +56,14 @@ def random_photos(page: Page, k: int, flt: Filter | None = None) -> Results:
     if allowed is None:
         hits = search.random_browse(page.store, k)
     else:
-        pick = np.random.default_rng().choice(allowed.ids, size=min(k, allowed.count), replace=False)
+        # an active filter's ids are never None
+        pick = np.random.default_rng().choice(cast(np.ndarray, allowed.ids), size=min(k, allowed.count), replace=False)
         hits = search.hits(page.store, pick)
     return Results(gallery(hits), {"random": True},
                    filtered_note("Random photos: click one to open it, search from it or select it", allowed))
 
 
-def show_more(page: Page, query: dict | None, shown: list[int], k: int,
+def show_more(page: Page, query: dict[str, Any] | None, shown: list[int], k: int,
               flt: Filter | None = None) -> tuple[Gallery, str]:
     """The shown photos and k more of the same query (under the filter as it is now)."""
     if not query:
@@ -71,7 +72,8 @@ def show_more(page: Page, query: dict | None, shown: list[int], k: int,
     allowed = allowed_by(page, flt)
     if query.get("random"):
         pool = search.random_browse(st, 2 * k) if allowed is None else search.hits(
-            st, np.random.default_rng().choice(allowed.ids, size=min(2 * k, allowed.count), replace=False))
+            st, np.random.default_rng().choice(cast(np.ndarray, allowed.ids), size=min(2 * k, allowed.count),
+                                               replace=False))
         extra = [h for h in pool if h.id not in set(shown)][:k]
         hits = search.hits(st, shown) + extra
     elif "id" in query:

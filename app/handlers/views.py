@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app import search
 from app.labels import Prediction
@@ -37,7 +38,7 @@ class Results:
     """The Search tab: its gallery, the query that "Show more" continues, and the note above it."""
 
     gallery: Gallery
-    query: dict  # {"vec": [...]} | {"id": n} | {"random": True}
+    query: dict[str, Any]  # {"vec": [...]} | {"id": n} | {"random": True}
     note: str
 
 
