@@ -20,10 +20,10 @@ import functools
 import html
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import gradio as gr
 
@@ -47,8 +47,10 @@ from app.handlers import (
 )
 from app.labels import Labels, Progress
 from app.page import Page
+from app.review import Group
 
 if TYPE_CHECKING:
+    from gradio.events import Dependency
     from gradio.routes import App
 
     from index.embed import Embedder
@@ -112,12 +114,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, BadImage)
 
 
-def _guard(n_out: int):
+# the page's handlers are wrapped and handed to gradio, which reads their annotations at run time
+# (gr.SelectData, gr.Progress): every name they use is imported above, outside TYPE_CHECKING
+Handler = Callable[..., Any]
+
+
+def _guard(n_out: int) -> Callable[[Handler], Handler]:
     """Turn user mistakes into a warning (and no change on the page), other failures into a short error."""
 
-    def deco(fn):
+    def deco(fn: Handler) -> Handler:
         @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
             except gr.Error:
@@ -135,27 +142,27 @@ def _guard(n_out: int):
     return deco
 
 
-def _gallery(hits: list[search.Hit], captions: list[str] | None = None) -> tuple[list, list[int]]:
+def _gallery(hits: list[search.Hit], captions: list[str] | None = None) -> tuple[list[tuple[str, str]], list[int]]:
     """(gallery value, ids) from hits: thumbnails with captions, and the ids clicks map back to."""
     return _render_gallery(handlers.gallery(hits, captions))
 
 
 # ---------------------------------------------------------------- views -> component values
-def _render_gallery(g: Gallery) -> tuple[list, list[int]]:
+def _render_gallery(g: Gallery) -> tuple[list[tuple[str, str]], list[int]]:
     return g.items, g.ids
 
 
-def _render_results(r: Results) -> tuple:
+def _render_results(r: Results) -> tuple[Any, ...]:
     """[results, res_ids, query, search_note, tabs]: the Search tab, brought to the front."""
     return r.gallery.items, r.gallery.ids, r.query, r.note, gr.Tabs(selected="search")
 
 
-def _render_selection(s: Selection) -> tuple:
+def _render_selection(s: Selection) -> tuple[Any, ...]:
     """[sel_gallery, sel_ids, sel_note]."""
     return s.gallery.items, s.ids, s.note
 
 
-def _render_vocabulary(v: Vocabulary) -> tuple:
+def _render_vocabulary(v: Vocabulary) -> tuple[Any, ...]:
     """[sel_label, label_pick, view_label, counts_md, flt_label, flt_pred, key 1 .. key 9]: every label
     picker, the counts, the filters' label choices and the number-key buttons."""
     keys = [gr.Button(value=t or "", visible=t is not None) for t in handlers.key_labels(v)]
@@ -164,17 +171,17 @@ def _render_vocabulary(v: Vocabulary) -> tuple:
             gr.Dropdown(choices=any_name), gr.Dropdown(choices=any_name), *keys)
 
 
-def _render_preview(p: Preview) -> tuple:
+def _render_preview(p: Preview) -> tuple[Any, ...]:
     """[preview_box, preview_img, preview_facts, preview_near, preview_near_ids, preview_id]."""
     return gr.Column(visible=True), p.image, p.facts, p.neighbours.items, p.neighbours.ids, p.id
 
 
-def _filter(*values) -> Filter:
+def _filter(*values: object) -> Filter:
     """The filter fields' values (folder, label, prediction, from, to) as a Filter; None and junk as ''."""
     return Filter(*(str(v if v is not None else "").strip()[:FILTER_TEXT_MAX] for v in values))
 
 
-def _skips(n: int) -> tuple:
+def _skips(n: int) -> tuple[Any, ...]:
     return tuple(gr.skip() for _ in range(n))
 
 
@@ -183,7 +190,7 @@ def _progress(progress: gr.Progress) -> Progress:
     return lambda fraction, desc: progress(fraction, desc=desc)
 
 
-def _index(evt: gr.SelectData | None):
+def _index(evt: gr.SelectData | None) -> Any:
     """The clicked item of a gallery ([x, y] in an image), or None."""
     return None if evt is None else evt.index
 
@@ -216,13 +223,13 @@ def build_app(index_dir: str | Path, store: Store | None = None, embedder: Embed
         _wire_labels(page, c, page_size)
         _wire_map(page, c, page_size)
 
-        def on_load():
+        def on_load() -> tuple[Any, ...]:
             title, v = handlers.load(page)
             return (title, *_render_vocabulary(v), gr.Dropdown(choices=["", *handlers.folders(page)]))
 
         _on(demo.load, on_load, None, [c.header, *c.vocab_out, c.flt_folder], api_visibility="private")
 
-        def on_tick():
+        def on_tick() -> tuple[str, gr.Timer]:
             status = handlers.facts_status(page)
             return status, gr.Timer(active=bool(status))
 
@@ -230,10 +237,10 @@ def build_app(index_dir: str | Path, store: Store | None = None, embedder: Embed
                            show_progress="hidden")
     demo.queue(default_concurrency_limit=2)
     demo.page = page  # for tests and scripts: the shared state behind the page
-    return demo
+    return cast(gr.Blocks, demo)
 
 
-def _photo_gallery(label: str, elem_id: str | None = None, columns: int = 8, **kw) -> gr.Gallery:
+def _photo_gallery(label: str, elem_id: str | None = None, columns: int = 8, **kw: Any) -> gr.Gallery:
     return gr.Gallery(label=label, columns=columns, height="auto", allow_preview=False, object_fit="cover",
                       interactive=False, buttons=[], elem_id=elem_id, **kw)
 
@@ -369,8 +376,8 @@ def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
     facts and a keep / drop choice, saved as soon as it changes."""
     from index.photoinfo import human_size
 
-    @gr.render(inputs=[c.dup_groups])
-    def groups(gs):
+    @gr.render(inputs=[c.dup_groups])  # type: ignore[untyped-decorator]  # gradio leaves render() unannotated
+    def groups(gs: list[Group] | None) -> None:
         for g in gs or []:
             with gr.Group():
                 gr.Markdown(f"**Group {g.number}** · {g.kind} · {len(g.members)} photos")
@@ -395,14 +402,14 @@ def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
                                 [c.click_mode, c.sel_ids, *c.flt], c.act_out, api_visibility="private")
 
 
-def _act_fn(page: Page, c: SimpleNamespace, k: int = PAGE):
-    def run(image_id, mode, selected, *flt):
+def _act_fn(page: Page, c: SimpleNamespace, k: int = PAGE) -> Handler:
+    def run(image_id: int, mode: str, selected: list[int], *flt: Any) -> tuple[Any, ...]:
         return _render_act(c, handlers.act(page, image_id, mode, selected, k, _filter(*flt)))
 
     return run
 
 
-def _render_act(c: SimpleNamespace, r) -> tuple:
+def _render_act(c: SimpleNamespace, r: Results | Selection | Preview) -> tuple[Any, ...]:
     """A click's view (Results, Selection or Preview) as the values of c.act_out (the rest skipped)."""
     n_search, n_sel, n_prev = len(c.search_out), len(c.sel_out), len(c.preview_out)
     if isinstance(r, Selection):
@@ -412,7 +419,7 @@ def _render_act(c: SimpleNamespace, r) -> tuple:
     return (*_render_results(r), *_skips(n_sel + n_prev))
 
 
-def _on(event, fn, inputs, outputs, **kw):
+def _on(event: Callable[..., Dependency], fn: Handler, inputs: Any, outputs: list[Any], **kw: Any) -> Dependency:
     """Wire fn to event, with user mistakes shown as warnings (_guard)."""
     return event(_guard(len(outputs))(fn), inputs, outputs, **kw)
 
@@ -420,11 +427,11 @@ def _on(event, fn, inputs, outputs, **kw):
 def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> None:
     """Upload, random photos, show more, filters, clicks in the result galleries, the preview, the selection bar."""
 
-    def on_upload(payload, *flt):
+    def on_upload(payload: Any, *flt: Any) -> tuple[Any, ...]:
         r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k, _filter(*flt))
         return _skips(len(c.search_out)) if r is None else _render_results(r)
 
-    def on_more(q, shown, *flt):
+    def on_more(q: dict[str, Any] | None, shown: list[int], *flt: Any) -> tuple[Any, ...]:
         g, note = handlers.show_more(page, q, shown, k, _filter(*flt))
         return (*_render_gallery(g), note)
 
@@ -442,7 +449,7 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
     _on(open_box.submit, lambda i: _render_preview(handlers.open_photo(page, int(i))), [open_box], c.preview_out,
         **SEARCHES, api_name="open_photo")
 
-    def on_filter(*flt):
+    def on_filter(*flt: Any) -> str:
         return handlers.filter_note(page, _filter(*flt))
 
     for box in (c.flt_folder, c.flt_label, c.flt_pred):
@@ -452,11 +459,12 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
         _on(box.blur, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
     _on(gr.Button(visible=False).click, on_filter, c.flt, [c.filter_note], api_name="filter_count")
 
-    def clicked(ids, mode, selected, folder, label, prediction, date_from, date_to, evt: gr.SelectData):
+    def clicked(ids: list[int], mode: str, selected: list[int], folder: Any, label: Any, prediction: Any,
+                date_from: Any, date_to: Any, evt: gr.SelectData) -> tuple[Any, ...]:
         flt = _filter(folder, label, prediction, date_from, date_to)
         return _render_act(c, handlers.click(page, ids, _index(evt), mode, selected, k, flt))
 
-    def clicked_select(ids, selected, evt: gr.SelectData):
+    def clicked_select(ids: list[int], selected: list[int], evt: gr.SelectData) -> tuple[Any, ...]:
         return _render_selection(handlers.click_select(page, ids, _index(evt), selected))
 
     for gallery, ids_state, name in ((c.results, c.res_ids, "click_result"),
@@ -482,14 +490,14 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
     c.preview_close_btn.click(lambda: gr.Column(visible=False), None, [c.preview_box], api_visibility="private")
 
 
-def _opened(image_id) -> int:
+def _opened(image_id: int | float | str | None) -> int:
     if image_id is None:
         raise ValueError("open a photo first")
     return int(image_id)
 
 
 def _wire_duplicates(page: Page, c: SimpleNamespace, k: int) -> None:
-    def on_duplicates(t, progress=gr.Progress()):
+    def on_duplicates(t: float, progress: gr.Progress = gr.Progress()) -> tuple[list[Group], str]:
         d: Duplicates = handlers.duplicates(page, t, _progress(progress))
         return d.groups, d.note
 
@@ -497,14 +505,14 @@ def _wire_duplicates(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.dup_btn.click, on_duplicates, [c.threshold], outputs, api_name="duplicates", **DUPLICATES)
     _on(c.threshold.release, on_duplicates, [c.threshold], outputs, api_visibility="undocumented", **DUPLICATES)
 
-    def on_export(t, progress=gr.Progress()):
+    def on_export(t: float, progress: gr.Progress = gr.Progress()) -> tuple[str, gr.File]:
         note, path = handlers.export_duplicates(page, t, _progress(progress))
         return note, gr.File(value=str(_download_copy(path)), visible=True)
 
     _on(c.dup_export_btn.click, on_export, [c.threshold], [c.dup_status, c.dup_file], api_name="export_duplicates",
         **EXPORT)
 
-    def on_decide(image_id, decision):
+    def on_decide(image_id: float, decision: str) -> str:
         return handlers.decide(page, int(image_id), decision)
 
     box_id, box_decision = gr.Number(visible=False, precision=0), gr.Textbox(visible=False)
@@ -524,27 +532,28 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, gr.Info)), [c.label_pick],
         c.vocab_out, api_name="delete_label")
 
-    def on_recolour(layout, by):
+    def on_recolour(layout: photomap.PhotoMap | None, by: str) -> Any:
         data = handlers.map_colours(page, layout, by)
         return gr.skip() if data is None else data
 
-    def recolours(event):
+    def recolours(event: Dependency) -> Dependency:
         """After labels or predictions changed: the map shown gets its new colours (keys only)."""
-        return event.then(_guard(1)(on_recolour), [c.map_state, c.colour_by], [c.map_keys],
-                          api_visibility="private", show_progress="hidden").then(
-            None, [c.map_keys], None, js=RECOLOUR_MAP_JS)
+        # gradio's .then is a functools.partial of an unannotated listener: the Dependency it returns is untyped
+        return cast("Dependency", event.then(_guard(1)(on_recolour), [c.map_state, c.colour_by], [c.map_keys],
+                                             api_visibility="private", show_progress="hidden").then(
+            None, [c.map_keys], None, js=RECOLOUR_MAP_JS))
 
     # an assignment empties the selection (on the map too), refreshes the label-next queue and the map's colours
     assigned_out = [*c.sel_out, *c.vocab_out, c.map_sel, c.next_gallery, c.next_ids]
 
-    def after_assign(s: Selection, v: Vocabulary) -> tuple:
+    def after_assign(s: Selection, v: Vocabulary) -> tuple[Any, ...]:
         batch = handlers.next_batch(page, k)
         return (*sel(s), *vocab(v), [], *(_skips(2) if batch is None else _render_gallery(batch)))
 
-    def on_assign(selected, label):
+    def on_assign(selected: list[int], label: str) -> tuple[Any, ...]:
         return after_assign(*handlers.assign(page, selected, label, gr.Info))
 
-    def on_unassign(selected):
+    def on_unassign(selected: list[int]) -> tuple[Any, ...]:
         s, v = handlers.unassign(page, selected)
         return (*sel(s), *vocab(v))
 
@@ -559,10 +568,10 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
                       [c.sel_ids], assigned_out, api_visibility="private").then(None, None, None, js=CLEAR_MAP_JS))
     recolours(_on(c.unassign_btn.click, on_unassign, [c.sel_ids], c.sel_out + c.vocab_out, api_name="unassign"))
 
-    def on_train(progress=gr.Progress()):
+    def on_train(progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
         return handlers.train(page, _progress(progress))
 
-    def on_accept_selected(selected):
+    def on_accept_selected(selected: list[int]) -> tuple[Any, ...]:
         counts, s = handlers.accept_selected(page, selected, gr.Info)
         return (counts, *sel(s))
 
@@ -579,7 +588,8 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
     recolours(_on(c.accept_sel_btn.click, on_accept_selected, [c.sel_ids], [c.counts_md, *c.sel_out],
                   api_name="accept_selected"))
 
-    def on_export(kind, with_preds, conf, progress=gr.Progress()):
+    def on_export(kind: str, with_preds: bool, conf: float,
+                  progress: gr.Progress = gr.Progress()) -> tuple[str, gr.File]:
         note, path = handlers.export(page, kind, with_preds, conf, _progress(progress))
         if path is None:
             return note, gr.File(visible=False)
@@ -592,7 +602,7 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
 def _wire_map(page: Page, c: SimpleNamespace, k: int) -> None:
     """The photo map: drawing it (then handing the payload to its script), region selections, clicks."""
 
-    def on_map(by, how, progress=gr.Progress()):
+    def on_map(by: str, how: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str, photomap.PhotoMap]:
         m: MapView = handlers.draw_map(page, by, how, _progress(progress))
         return m.data, m.note, m.layout
 
@@ -600,7 +610,8 @@ def _wire_map(page: Page, c: SimpleNamespace, k: int) -> None:
         api_name="draw_map", **MAP).then(None, [c.map_data], None,
                                          js="(d) => { window.byolPhotoMap.load('photomap', d); }")
 
-    def on_pick(layout, text, selected, from_map):
+    def on_pick(layout: photomap.PhotoMap | None, text: str, selected: list[int],
+                from_map: list[int]) -> tuple[Any, ...]:
         s, ids = handlers.map_select(page, layout, text, selected, from_map)
         return (*_render_selection(s), ids)
 
@@ -608,7 +619,8 @@ def _wire_map(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.map_picked.change, on_pick, [c.map_state, c.map_picked, c.sel_ids, c.map_sel], [*c.sel_out, c.map_sel],
         api_name="map_select", api_visibility="undocumented")
 
-    def on_open(layout, text, mode, selected, *flt):
+    def on_open(layout: photomap.PhotoMap | None, text: str, mode: str, selected: list[int],
+                *flt: Any) -> tuple[Any, ...]:
         return _render_act(c, handlers.map_open(page, layout, text, mode, selected, k, _filter(*flt)))
 
     _on(c.map_opened.change, on_open, [c.map_state, c.map_opened, c.click_mode, c.sel_ids, *c.flt], c.act_out,
@@ -635,7 +647,10 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
     from starlette.middleware import Middleware
 
     check_bind(host, auth)
-    allowed, blocked = served_paths(index_dir, getattr(demo, "page", None) and demo.page.store)
+    # the Page build_app set; gradio's own Blocks.page is a str (a page name) on any other Blocks
+    page = getattr(demo, "page", None)
+    page = page if isinstance(page, Page) else None
+    allowed, blocked = served_paths(index_dir, page.store if page is not None else None)
     # served in place instead of copied into gradio's cache on every search
     gr.set_static_paths(allowed)
     allow_hosts = list(allow_hosts)
@@ -643,9 +658,9 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
     middleware = [Middleware(HostGuard, hosts=hosts, any_ip=any_ip, origins=allow_hosts)]
     if auth is not None:
         middleware.append(Middleware(LoginThrottle))
-    if getattr(demo, "page", None) is not None:
-        demo.page.start_facts()
-        demo.page.start_map()
+    if page is not None:
+        page.start_facts()
+        page.start_map()
     return demo.launch(server_name=host, head=head_html(), server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
                        max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                        share=False, app_kwargs={"middleware": middleware},
