@@ -154,6 +154,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "seed": {"group": "machine"},
     "log_every": {"group": "machine"},
     "checkpoint_every": {"group": "machine"},
+    "checkpoint_minutes": {"group": "machine"},
     "progress": {"group": "machine"},
 }
 _TYPES = {"int": int, "float": float, "str": str}

@@ -192,6 +192,8 @@ class TrainConfig:
     eval_every: int = 0  # steps between kNN evaluations; 0 = five per run (plus one before training)
     log_every: int = 10  # steps between log lines (averages over the window)
     checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
+    # minutes between checkpoints however slow the steps (large images on a CPU); 0 = by steps only
+    checkpoint_minutes: float = 10.0
     resume: bool = False  # continue RUN_DIR/checkpoint.pt exactly (the saved settings win)
     stop_at: int = 0  # end this call after this step, schedules still planned for all steps (staged runs)
     max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
@@ -608,7 +610,7 @@ class _Window:
 
 def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_seconds: float) -> int:
     """Steps start+1 .. end (the plan's end, or stop_at); returns end. Logs every log_every steps, evaluates,
-    re-plans budget runs, saves every checkpoint_every steps. Ctrl-C or SIGTERM: the step in progress finishes, a
+    re-plans budget runs, saves every checkpoint_every steps or checkpoint_minutes. Ctrl-C or SIGTERM: the step in progress finishes, a
     checkpoint is saved and TrainingInterrupted raised (a second Ctrl-C interrupts at once)."""
     cfg, procs, data, plan = run.cfg, run.procs, run.data, run.plan
     total = int(plan["total_steps"])
@@ -630,6 +632,7 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
         bar = tqdm(total=total, initial=start, unit="step", disable=not (cfg.progress and procs.main),
                    file=sys.stderr, dynamic_ncols=True)
         w = _Window(good=train_step.snapshot(), t=time.perf_counter(), eval_last=eval_seconds)
+        saved_at = w.t
         try:
             step = start
             while step < end:
@@ -661,8 +664,10 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
                     lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
                     sides = side_schedule(total, plan, cfg.view_sides)
                     bar.total = total
-                if done % cfg.checkpoint_every == 0 and done < end:
+                due = cfg.checkpoint_minutes > 0 and time.perf_counter() - saved_at >= cfg.checkpoint_minutes * 60
+                if (done % cfg.checkpoint_every == 0 or due) and done < end:
                     run.save(done)
+                    saved_at = time.perf_counter()
                 if _stop_requested(stop, procs.ddp):
                     run.save(done)
                     raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to "

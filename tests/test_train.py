@@ -189,6 +189,18 @@ def test_budget_plans_the_steps(shapes_folder, tmp_path, monkeypatch):
     assert records(out, "end")[0]["step"] == total
 
 
+@pytest.mark.parametrize("minutes, saved", [(1.0, [1, 2, 3, 4]), (0.0, [4])])
+def test_checkpoints_also_follow_the_clock(shapes_folder, tmp_path, monkeypatch, minutes, saved):
+    # every clock reading advances 100 s: with checkpoint_minutes=1 each step is "a minute later" and saves,
+    # though checkpoint_every is far away; 0 saves by steps only (here: at the end)
+    monkeypatch.setattr(train_mod, "time", FakeClock(tick=100.0))
+    steps: list[int] = []
+    real_save = train_mod._Run.save
+    monkeypatch.setattr(train_mod._Run, "save", lambda run, step: (steps.append(step), real_save(run, step)))
+    train(tiny(shapes_folder, tmp_path / "run", steps=4, checkpoint_every=500, checkpoint_minutes=minutes))
+    assert steps == saved
+
+
 def test_compile_auto_only_for_runs_that_pay_it_back():
     want = train_mod._want_compile
     assert not want(TrainConfig(steps=4)) and want(TrainConfig(steps=train_mod.COMPILE_MIN_STEPS))
