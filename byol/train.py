@@ -566,13 +566,12 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
         snapshot = train_step.snapshot()
         plan_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
 
-        def timed(side: int, tuner: ThreadTuner) -> float:
-            return planner.time_steps(
-                lambda i: one_step(i, plan_gen, side), tuner, cfg.budget)
-
-        def one_step(i: int, gen: torch.Generator, side: int) -> float:
-            x, small = run.data.step_views(i, gen, side)
+        def one_step(i: int, side: int) -> float:  # a throwaway step (the snapshot comes back below)
+            x, small = run.data.step_views(i, plan_gen, side)
             return float(train_step(x, lr_peak / 100, cfg.base_tau, check_finite=False, small=small)[0].item())
+
+        def timed(side: int, tuner: ThreadTuner) -> float:
+            return planner.time_steps(lambda i: one_step(i, side), tuner, cfg.budget)
 
         step_seconds = timed(sides[-1], procs.tuner)
         if len(sides) > 1:  # progressive resizing: the smallest views too, at the thread count just chosen
@@ -619,7 +618,7 @@ def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_sec
     sides = side_schedule(total, plan, cfg.view_sides)  # per-step view sides (progressive resizing)
     eval_every = cfg.eval_every or max(1, math.ceil(int(plan["schedule_total"]) / planner.DEFAULT_EVALS))
     budgeted = cfg.budget > 0 and cfg.steps <= 0 and cfg.stop_at <= 0
-    with _ctrl_c() as stop:
+    with _stop_signals() as stop:
         if procs.main:
             crop = (f" (views {'-'.join(map(str, cfg.view_sides))} px)"
                     if cfg.view_sides != [cfg.model.image_size] else "")
@@ -736,7 +735,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, a job scheduler'
 
 
 @contextlib.contextmanager
-def _ctrl_c() -> Iterator[threading.Event]:
+def _stop_signals() -> Iterator[threading.Event]:
     """An event Ctrl-C or SIGTERM sets (the loop finishes its step, saves and stops); a second one
     interrupts at once. Only the main thread receives signals: elsewhere the event is never set."""
     stop = threading.Event()
