@@ -159,9 +159,9 @@ def _call(fn: Callable[[Any], object], item: Any) -> object:
 
 def decode_many(
     items: Iterable[Any], fn: Callable[[Any], object], workers: int | None = None, desc: str = "decoding",
-    total: int | None = None,
+    total: int | None = None, progress: bool = True,
 ) -> Generator[tuple[int, object], None, None]:
-    """Yield (i, fn(items[i])) in order, computed on a thread pool with a progress bar.
+    """Yield (i, fn(items[i])) in order, computed on a thread pool with a progress bar (progress=False: none).
 
     A result is fn's value, or a BadFile when fn raised (BadImage: its path and reason; anything else:
     the exception's type and message). At most 4 x workers items are in flight, so a million paths cost
@@ -170,7 +170,7 @@ def decode_many(
     workers = default_workers() if workers is None else workers
     if total is None and isinstance(items, Sized):
         total = len(items)
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=total == 0)
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=total == 0 or not progress)
     try:
         if workers <= 0:
             for i, item in enumerate(items):
@@ -258,7 +258,7 @@ class ImageCache:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, folder: str | Path, cache_dir: str | Path, side: int, workers: int | None = None,
-              report: str | Path | None = None) -> ImageCache:
+              report: str | Path | None = None, progress: bool = True) -> ImageCache:
         """Create or incrementally update the cache of `folder` at `side` pixels; see the module docstring.
 
         Unreadable files are listed in `report` (default cache_dir/bad_files.jsonl) and summarised on stderr.
@@ -282,12 +282,12 @@ class ImageCache:
             id=str(root), keys=keys, stamps=stamps, items=items,
             decode=lambda p: decode_square(p, side), label_prefix=str(root) + os.sep,
         )
-        return cls._build(source, Path(cache_dir), side, workers, report, str(root))
+        return cls._build(source, Path(cache_dir), side, workers, report, str(root), progress)
 
     @classmethod
     def from_hf(cls, name_or_path: str | Path, cache_dir: str | Path, side: int, split: str = "train",
                 image_column: str | None = None, workers: int | None = None,
-                report: str | Path | None = None) -> ImageCache:
+                report: str | Path | None = None, progress: bool = True) -> ImageCache:
         """The cache of an HF `datasets` image dataset, keyed by the dataset's fingerprint.
 
         name_or_path: a folder written by Dataset/DatasetDict.save_to_disk (read locally), or a hub name
@@ -338,12 +338,12 @@ class ImageCache:
             id=f"hf:{fingerprint}:{image_column}", keys=[str(i) for i in range(n)], stamps=[(0, 0)] * n,
             items=list(range(n)), decode=decode, label_prefix=prefix,
         )
-        return cls._build(source, Path(cache_dir), side, workers, report, name)
+        return cls._build(source, Path(cache_dir), side, workers, report, name, progress)
 
     @classmethod
     def _build(
         cls, source: _Source, cache_dir: Path, side: int, workers: int | None, report: str | Path | None,
-        what: str,
+        what: str, progress: bool = True,
     ) -> ImageCache:
         cache_dir.mkdir(parents=True, exist_ok=True)
         mark_artifact_folder(cache_dir, "decoded-image cache")
@@ -362,7 +362,8 @@ class ImageCache:
 
         todo = [i for i, (k, st) in enumerate(zip(source.keys, source.stamps))
                 if (k, *st) not in old_rows and (k, *st) not in old_bad]
-        decoded = decode_many([source.items[i] for i in todo], source.decode, workers, desc=f"decoding {side}px")
+        decoded = decode_many([source.items[i] for i in todo], source.decode, workers, desc=f"decoding {side}px",
+                              progress=progress)
         todo_set = set(todo)
 
         gen = secrets.token_hex(4)

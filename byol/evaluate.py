@@ -109,8 +109,8 @@ def _stamp(path: str) -> tuple[str, int, int]:
         return path, -1, -1
 
 
-def _decode(paths: list[str], preprocess: Preprocess,
-            workers: int | None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+def _decode(paths: list[str], preprocess: Preprocess, workers: int | None,
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode and resize/crop every image to uint8 N,H,W,3 with the evaluation transform; bad files skipped."""
     from byol.data import BadFile, decode_many
     from byol.images import load_rgb
@@ -126,7 +126,7 @@ def _decode(paths: list[str], preprocess: Preprocess,
     pixels = np.empty((len(paths), preprocess.size, preprocess.size, 3), np.uint8)
     kept: list[int] = []
     bad: list[tuple[str, str]] = []
-    for i, out in decode_many(paths, one, workers, desc="decoding"):
+    for i, out in decode_many(paths, one, workers, desc="decoding", progress=progress):
         if isinstance(out, BadFile):
             bad.append((str(out.path), str(out.reason)))
         else:
@@ -158,7 +158,7 @@ def embed_folder(
     its previous mode afterwards, so a training loop can call this as a monitor. precision: see
     `byol.precision.resolve_precision`.
     """
-    pixels, kept, bad = _decode([str(p) for p in paths], preprocess, workers)
+    pixels, kept, bad = _decode([str(p) for p in paths], preprocess, workers, progress)
     device = torch.device(device)
     bf16 = resolve_precision(precision, device) == "bf16"
     was_training = encoder.training

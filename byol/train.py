@@ -361,9 +361,10 @@ def _open_images(cfg: TrainConfig, run_dir: Path, side: int, build: bool = True)
     report = run_dir / "bad_files.jsonl"
     if cfg.hf:
         return ImageCache.from_hf(cfg.hf, cache_dir, side, split=cfg.hf_split, image_column=cfg.hf_image_column,
-                                  workers=cfg.workers, report=report)
+                                  workers=cfg.workers, report=report, progress=cfg.progress)
     assert cfg.folder is not None  # _settings: a folder or an HF dataset
-    return ImageCache.build(cfg.folder, cache_dir, side, workers=cfg.workers, report=report)
+    return ImageCache.build(cfg.folder, cache_dir, side, workers=cfg.workers, report=report,
+                            progress=cfg.progress)
 
 
 def _open_data(cfg: TrainConfig, procs: _Processes) -> Batches:

@@ -102,6 +102,14 @@ def test_decode_many_keeps_order_and_turns_failures_into_bad_files(workers):
             assert r == i * i
 
 
+def test_decode_many_bar_follows_progress(capfd):
+    assert [r for _, r in decode_many(range(5), lambda i: i, workers=1, desc="decoding xyz")] == list(range(5))
+    assert "decoding xyz" in capfd.readouterr().err
+    assert [r for _, r in decode_many(range(5), lambda i: i, workers=1, desc="decoding xyz", progress=False)] == \
+        list(range(5))
+    assert capfd.readouterr().err == ""
+
+
 def test_decode_many_bounds_the_work_in_flight():
     pulled = 0
 

@@ -79,7 +79,7 @@ def test_load_labelled_rejects_loose_files_and_unknown_classes(labelled_copy):
         load_labelled(labelled_copy)
 
 
-def test_embed_folder_keeps_order_skips_bad_and_restores_mode(labelled_copy, tmp_path):
+def test_embed_folder_keeps_order_skips_bad_and_restores_mode(labelled_copy, tmp_path, capfd):
     paths = load_labelled(labelled_copy)[0][:5]
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
@@ -97,6 +97,7 @@ def test_embed_folder_keeps_order_skips_bad_and_restores_mode(labelled_copy, tmp
     half = embed_folder(encoder, pre, paths, progress=False, precision="bf16").features
     cos = (half * out.features).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(out.features, axis=1)
     assert cos.min() > 0.999  # bfloat16 features point where the fp32 ones do
+    assert "decoding" not in capfd.readouterr().err  # progress=False: no bar, the decoding one included
 
 
 def test_evaluate_checkpoint_keys_and_ranges(checkpoint, labelled_folder):
