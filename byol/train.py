@@ -610,8 +610,9 @@ class _Window:
 
 def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_seconds: float) -> int:
     """Steps start+1 .. end (the plan's end, or stop_at); returns end. Logs every log_every steps, evaluates,
-    re-plans budget runs, saves every checkpoint_every steps or checkpoint_minutes. Ctrl-C or SIGTERM: the step in progress finishes, a
-    checkpoint is saved and TrainingInterrupted raised (a second Ctrl-C interrupts at once)."""
+    re-plans budget runs, saves every checkpoint_every steps or checkpoint_minutes. Ctrl-C or SIGTERM: the
+    step in progress finishes, a checkpoint is saved and TrainingInterrupted raised (a second Ctrl-C
+    interrupts at once)."""
     cfg, procs, data, plan = run.cfg, run.procs, run.data, run.plan
     total = int(plan["total_steps"])
     end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total

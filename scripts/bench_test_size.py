@@ -16,19 +16,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_pretrain import machine  # noqa: E402
 from bench_quality import heldout_folders  # noqa: E402
 
 from byol.checkpoint import load_encoder  # noqa: E402
 from byol.evaluate import evaluate_encoder  # noqa: E402
-from byol.preprocess import Preprocess  # noqa: E402
 
 
 def main() -> None:
@@ -41,15 +41,14 @@ def main() -> None:
     _, labelled = heldout_folders()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-               "machine": f"{platform.machine()} {platform.processor()}".strip(), "command": sys.argv, "rows": []}
+               "machine": machine(), "command": sys.argv, "rows": []}
     print("| checkpoint | trained at | embedded at | kNN | linear | 1-shot | 5-shot | 10-shot | 5-shot classifier |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
         encoder, trained, _ = load_encoder(path)
         for side in sizes:
             # the same crop ratio as the training transform, at another side
-            pre = Preprocess.from_dict({**trained.to_dict(), "size": side,
-                                        "resize": max(side, round(side * trained.resize / trained.size))})
+            pre = replace(trained, size=side, resize=max(side, round(side * trained.resize / trained.size)))
             r = evaluate_encoder(encoder, pre, labelled, draws=args.draws, progress=False)
             fs, fc = r["few_shot"], r["few_shot_classifier"]
             results["rows"].append({"checkpoint": str(path), "trained_size": trained.size, "size": side,
