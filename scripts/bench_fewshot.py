@@ -21,6 +21,8 @@ holds of a folder):
 
 Prints a markdown table of top-1 (mean ± std over draws), with the negative log-likelihood and expected
 calibration error of the probabilities (the page ranks and accepts by them), and writes JSON.
+`--distractors` adds the photos of other classes to the collection (never labelled, never tested): a real
+folder holds kinds nobody labels, and transductive methods must not be drawn off by them.
 
     python scripts/bench_fewshot.py runs/x/checkpoint.pt .cache/imagenette \\
         --classes n03394916,n03417042,n03425413,n03445777,n03888257 --draws 20
@@ -247,6 +249,9 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=None, help="at most this many train images per class")
     ap.add_argument("--max-test", type=int, default=None, help="at most this many test images per class")
     ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
+    ap.add_argument("--distractors", default="",
+                    help="comma-separated class folders whose photos (train and test) join the collection unlabelled, "
+                         "as the other kinds of a real folder would: what the transductive methods must survive")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache/fewshot", help="where features are cached")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default: CACHE/result-<folder>.json)")
@@ -257,20 +262,27 @@ def main() -> None:
     shots = [int(s) for s in args.shots.split(",") if s]
     train_x, train_y, test_x, test_y, names = features(args.checkpoint, args.folder, classes, args.max_train,
                                                        args.max_test, args.cache)
-    fits = methods(np.concatenate([train_x, test_x]))  # the collection: pool and test photos, labels unread
+    collection = [train_x, test_x]  # the collection: pool and test photos, labels unread
+    distractors = [c for c in args.distractors.split(",") if c]
+    if distractors:  # photos of other kinds, never labelled nor tested
+        dx, _, dt, _, _ = features(args.checkpoint, args.folder, distractors, args.max_train, args.max_test, args.cache)
+        collection += [dx, dt]
+    fits = methods(np.concatenate(collection))
     if args.methods:
         fits = {k: v for k, v in fits.items() if k in args.methods.split(",")}
     t0 = time.perf_counter()
     result = run(train_x, train_y, test_x, test_y, shots, args.draws, args.seed, fits)
     text = table(result, shots)
     print(f"\n{args.folder} ({len(names)} classes; pool {len(train_y)}, test {len(test_y)} images; "
+          f"collection {sum(len(c) for c in collection)}; "
           f"{args.draws} draws; dim {train_x.shape[1]}; {time.perf_counter() - t0:.0f} s)\n")
     print(text)
     out = args.out or args.cache / f"result-{args.folder.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "sha256": file_sha256(args.checkpoint),
                                "folder": str(args.folder), "classes": names, "shots": shots, "draws": args.draws,
-                               "n_pool": int(len(train_y)), "n_test": int(len(test_y)), "methods": result},
+                               "n_pool": int(len(train_y)), "n_test": int(len(test_y)), "distractors": distractors,
+                               "n_collection": int(sum(len(c) for c in collection)), "methods": result},
                               indent=1))
     print(f"\nwrote {out}", file=sys.stderr)
 
