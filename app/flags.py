@@ -134,7 +134,8 @@ FLAGS: dict[str, dict[str, Any]] = {
     "hf": {"metavar": "NAME_OR_PATH"},
     "hf_split": {},
     "model.backbone": {"group": "model", "choices": backbones, "advice": "resnet18/50 want a GPU"},
-    "model.image_size": {"group": "model", "advice": "in px; 64-128 for photos when time allows, 224 on a GPU"},
+    "model.image_size": {"group": "model", "advice": "in px; 32 on a CPU at any budget (64 ended 3 kNN points "
+                                                      "lower at 2 hours); 64-224 on a GPU"},
     "crop_size": {"group": "model"},
     "model.proj_hidden": {"group": "model"},
     "init": {"group": "model", "metavar": "auto|none|base|imagenet|PATH", "help": INIT_HELP, "default_help": ""},
