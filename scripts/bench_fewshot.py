@@ -17,7 +17,8 @@ holds of a folder):
   power + collection-centred   sqrt of the features, centred on the collection's mean (PT-MAP's transform)
   PCA drop K whiten G          the collection's top K principal directions dropped, the rest scaled
   soft k-means                 transductive prototypes refined on the collection; "balanced" adds PT-MAP's
-                               Sinkhorn balancing of class sizes
+                               Sinkhorn balancing of class sizes; "free clusters" adds clusters no label
+                               holds, for the kinds nobody labelled (Ren et al. 2018)
 
 Prints a markdown table of top-1 (mean ± std over draws), with the negative log-likelihood and expected
 calibration error of the probabilities (the page ranks and accepts by them), and writes JSON.
@@ -105,6 +106,28 @@ def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balan
     return fit
 
 
+def soft_kmeans_free(collection: torch.Tensor, free: int, t: float = 0.1, iters: int = 20):
+    """Soft k-means with `free` extra clusters that no label holds (Ren et al. 2018's distractor clusters,
+    several of them): photos of kinds nobody labelled can gather there instead of dragging the labelled
+    prototypes. The free centres start at k-means++ picks of the collection, away from the labelled means;
+    predictions are over the labelled classes only."""
+    def fit(x: torch.Tensor, y: np.ndarray, c: int) -> probe.LinearProbe:
+        onehot = F.one_hot(torch.as_tensor(y), c).float()
+        protos = F.normalize(onehot.T @ x, dim=1)
+        gen = torch.Generator().manual_seed(0)
+        centres = protos
+        for _ in range(free):  # k-means++: far from every centre so far
+            d = (1 - collection @ centres.T).clamp(min=0).min(1).values
+            pick = torch.multinomial(d ** 2 + 1e-12, 1, generator=gen)
+            centres = torch.cat([centres, collection[pick]])
+        for _ in range(iters):
+            p = torch.softmax(collection @ centres.T / t, dim=1)
+            labelled = onehot.T @ x + p[:, :c].T @ collection
+            centres = F.normalize(torch.cat([labelled, p[:, c:].T @ collection]), dim=1)
+        return probe.LinearProbe((centres[:c] / 0.05).numpy(), np.zeros(c, np.float32))
+    return fit
+
+
 def on(transform: Callable[[np.ndarray], torch.Tensor], fit: Callable) -> Callable:
     """fit on transformed features; the classifier transforms what it predicts."""
     return lambda x, y, c: Transformed(transform, fit(transform(x), y, c))
@@ -137,6 +160,8 @@ def methods(collection: np.ndarray | None = None) -> dict:
         col = t(collection)
         out[f"{name}soft k-means on the collection"] = on(t, soft_kmeans(col))
         out[f"{name}balanced soft k-means (PT-MAP-like)"] = on(t, soft_kmeans(col, balance=True))
+        for free in (5, 20):
+            out[f"{name}soft k-means + {free} free clusters"] = on(t, soft_kmeans_free(col, free))
     return out
 
 
@@ -248,7 +273,10 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=20, help="random draws per shot count (default 20)")
     ap.add_argument("--max-train", type=int, default=None, help="at most this many train images per class")
     ap.add_argument("--max-test", type=int, default=None, help="at most this many test images per class")
-    ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
+    ap.add_argument("--methods", default="",
+                    help="semicolon-separated subset of the methods, by name as the table prints it (names hold "
+                         "commas), e.g. 'logistic;fewshot;power + centred, soft k-means on the collection' "
+                         "(default: all)")
     ap.add_argument("--distractors", default="",
                     help="comma-separated class folders whose photos (train and test) join the collection unlabelled, "
                          "as the other kinds of a real folder would: what the transductive methods must survive")
@@ -269,7 +297,11 @@ def main() -> None:
         collection += [dx, dt]
     fits = methods(np.concatenate(collection))
     if args.methods:
-        fits = {k: v for k, v in fits.items() if k in args.methods.split(",")}
+        wanted = [m.strip() for m in args.methods.split(";") if m.strip()]
+        unknown = sorted(set(wanted) - set(fits))
+        if unknown:
+            raise SystemExit(f"--methods: no method {', '.join(map(repr, unknown))}; choose from: {'; '.join(fits)}")
+        fits = {k: v for k, v in fits.items() if k in wanted}
     t0 = time.perf_counter()
     result = run(train_x, train_y, test_x, test_y, shots, args.draws, args.seed, fits)
     text = table(result, shots)
