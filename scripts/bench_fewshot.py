@@ -292,6 +292,8 @@ def main() -> None:
                                                        args.max_test, args.cache)
     collection = [train_x, test_x]  # the collection: pool and test photos, labels unread
     distractors = [c for c in args.distractors.split(",") if c]
+    if set(distractors) & set(classes):
+        raise SystemExit(f"--distractors: {', '.join(sorted(set(distractors) & set(classes)))} also in --classes")
     if distractors:  # photos of other kinds, never labelled nor tested
         dx, _, dt, _, _ = features(args.checkpoint, args.folder, distractors, args.max_train, args.max_test, args.cache)
         collection += [dx, dt]
