@@ -88,43 +88,29 @@ def pca_transform(collection: np.ndarray, drop: int = 0, gamma: float = 0.0) -> 
     return lambda x: F.normalize((F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu) @ w, dim=1)
 
 
-def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balance: bool = False):
+def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balance: bool = False, free: int = 0):
     """Transductive prototypes: start at the labelled class means, then alternate soft assignments of
     every photo of the collection (softmax of cosine / t; with `balance`, Sinkhorn-balanced to equal class
-    sizes as in PT-MAP) and prototypes = labelled + assigned features."""
+    sizes as in PT-MAP) and prototypes = labelled + assigned features. `free` adds clusters that no label
+    holds (Ren et al. 2018's distractor clusters, several of them), started at k-means++ picks of the
+    collection away from the labelled means: photos of kinds nobody labelled can gather there instead of
+    dragging the labelled prototypes. Predictions are over the labelled classes only."""
     def fit(x: torch.Tensor, y: np.ndarray, c: int) -> probe.LinearProbe:
         onehot = F.one_hot(torch.as_tensor(y), c).float()
-        protos = F.normalize(onehot.T @ x, dim=1)
-        for _ in range(iters):
-            p = torch.softmax(collection @ protos.T / t, dim=1)
-            if balance:
-                for _ in range(20):
-                    p = p / p.sum(0, keepdim=True) * (len(p) / c)
-                    p = p / p.sum(1, keepdim=True)
-            protos = F.normalize(onehot.T @ x + p.T @ collection, dim=1)
-        return probe.LinearProbe((protos / 0.05).numpy(), np.zeros(c, np.float32))  # cosine / 0.05, as fit_prototypes
-    return fit
-
-
-def soft_kmeans_free(collection: torch.Tensor, free: int, t: float = 0.1, iters: int = 20):
-    """Soft k-means with `free` extra clusters that no label holds (Ren et al. 2018's distractor clusters,
-    several of them): photos of kinds nobody labelled can gather there instead of dragging the labelled
-    prototypes. The free centres start at k-means++ picks of the collection, away from the labelled means;
-    predictions are over the labelled classes only."""
-    def fit(x: torch.Tensor, y: np.ndarray, c: int) -> probe.LinearProbe:
-        onehot = F.one_hot(torch.as_tensor(y), c).float()
-        protos = F.normalize(onehot.T @ x, dim=1)
+        centres = F.normalize(onehot.T @ x, dim=1)
         gen = torch.Generator().manual_seed(0)
-        centres = protos
         for _ in range(free):  # k-means++: far from every centre so far
             d = (1 - collection @ centres.T).clamp(min=0).min(1).values
-            pick = torch.multinomial(d ** 2 + 1e-12, 1, generator=gen)
-            centres = torch.cat([centres, collection[pick]])
+            centres = torch.cat([centres, collection[torch.multinomial(d ** 2 + 1e-12, 1, generator=gen)]])
         for _ in range(iters):
             p = torch.softmax(collection @ centres.T / t, dim=1)
+            if balance:
+                for _ in range(20):
+                    p = p / p.sum(0, keepdim=True) * (len(p) / p.shape[1])
+                    p = p / p.sum(1, keepdim=True)
             labelled = onehot.T @ x + p[:, :c].T @ collection
             centres = F.normalize(torch.cat([labelled, p[:, c:].T @ collection]), dim=1)
-        return probe.LinearProbe((centres[:c] / 0.05).numpy(), np.zeros(c, np.float32))
+        return probe.LinearProbe((centres[:c] / 0.05).numpy(), np.zeros(c, np.float32))  # cosine / 0.05, as fit_prototypes
     return fit
 
 
@@ -161,7 +147,7 @@ def methods(collection: np.ndarray | None = None) -> dict:
         out[f"{name}soft k-means on the collection"] = on(t, soft_kmeans(col))
         out[f"{name}balanced soft k-means (PT-MAP-like)"] = on(t, soft_kmeans(col, balance=True))
         for free in (5, 20):
-            out[f"{name}soft k-means + {free} free clusters"] = on(t, soft_kmeans_free(col, free))
+            out[f"{name}soft k-means + {free} free clusters"] = on(t, soft_kmeans(col, free=free))
     return out
 
 
