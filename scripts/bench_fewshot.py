@@ -19,6 +19,8 @@ holds of a folder):
   soft k-means                 transductive prototypes refined on the collection; "balanced" adds PT-MAP's
                                Sinkhorn balancing of class sizes; "free clusters" adds clusters no label
                                holds, for the kinds nobody labelled (Ren et al. 2018)
+  self-training    the few-shot classifier refitted on its most confident predictions over the collection
+                   (pseudo-labels, ranked by its probability or by cosine to the class mean), 1 or 3 rounds
 
 Prints a markdown table of top-1 (mean ± std over draws), with the negative log-likelihood and expected
 calibration error of the probabilities (the page ranks and accepts by them), and writes JSON.
@@ -28,6 +30,7 @@ folder holds kinds nobody labels, and transductive methods must not be drawn off
     python scripts/bench_fewshot.py runs/x/checkpoint.pt .cache/imagenette \\
         --classes n03394916,n03417042,n03425413,n03445777,n03888257 --draws 20
     python scripts/bench_fewshot.py runs/x/checkpoint.pt .cache/cifar10 --max-train 1000 --max-test 500
+    python scripts/bench_fewshot.py base .cache/imagenette --classes ...      # the shipped base, no adaptation
 """
 
 from __future__ import annotations
@@ -114,6 +117,37 @@ def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balan
     return fit
 
 
+def self_training(collection: torch.Tensor, rounds: int = 3, grow: int = 2, rank: str = "probability"):
+    """Self-training on the collection (inductive classifier, transductive labels): fit the few-shot
+    classifier on the labelled photos, then `rounds` times add, for every class, the photos of the collection
+    it is most sure of as pseudo-labels (`grow` x labels per class more each round) and refit. `rank`:
+    "probability" (the classifier's own) or "cosine" (to the class's mean of labelled + pseudo-labelled
+    photos, so that photos far from every class, the kinds nobody labelled, rank last)."""
+    def fit(x: torch.Tensor, y: np.ndarray, c: int):
+        shots = max(1, len(y) // c)
+        clf = probe.fit_fewshot(x, y, c)
+        px, py = x, y
+        for r in range(1, rounds + 1):
+            p = torch.as_tensor(clf.predict_proba(collection))
+            pred = p.argmax(1)
+            if rank == "cosine":
+                onehot = F.one_hot(torch.as_tensor(py), c).float()
+                means = F.normalize(onehot.T @ F.normalize(torch.as_tensor(px), dim=1), dim=1)
+                score = (F.normalize(collection, dim=1) @ means.T).gather(1, pred[:, None])[:, 0]
+            else:
+                score = p.max(1).values
+            take = []
+            for k in range(c):
+                rows = torch.nonzero(pred == k)[:, 0]
+                take.append(rows[score[rows].argsort(descending=True)[: grow * shots * r]])
+            idx = torch.cat(take)
+            px = torch.cat([torch.as_tensor(x), collection[idx]])
+            py = np.concatenate([y, pred[idx].numpy()])
+            clf = probe.fit_fewshot(px, py, c)
+        return clf
+    return fit
+
+
 def on(transform: Callable[[np.ndarray], torch.Tensor], fit: Callable) -> Callable:
     """fit on transformed features; the classifier transforms what it predicts."""
     return lambda x, y, c: Transformed(transform, fit(transform(x), y, c))
@@ -148,6 +182,10 @@ def methods(collection: np.ndarray | None = None) -> dict:
         out[f"{name}balanced soft k-means (PT-MAP-like)"] = on(t, soft_kmeans(col, balance=True))
         for free in (5, 20):
             out[f"{name}soft k-means + {free} free clusters"] = on(t, soft_kmeans(col, free=free))
+    col = torch.as_tensor(collection, dtype=torch.float32)
+    for rank in ("probability", "cosine"):
+        for rounds, grow in ((1, 2), (3, 2), (3, 5)):
+            out[f"self-training by {rank}, {rounds} rounds x{grow}"] = self_training(col, rounds, grow, rank)
     return out
 
 
@@ -252,7 +290,8 @@ def table(result: dict, shots: list[int]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path, help="checkpoint.pt of `byol-search pretrain` (read, never written)")
+    ap.add_argument("checkpoint", type=Path, help="checkpoint.pt of `byol-search pretrain` (read, never written), "
+                                                  "or 'base': the shipped base encoder alone")
     ap.add_argument("folder", type=Path, help="labelled folder: train/<class>/ and test/<class>/ (or val/)")
     ap.add_argument("--classes", default="", help="comma-separated class folders to keep (default: all)")
     ap.add_argument("--shots", default="1,5,10", help="labelled images per class (default 1,5,10)")
@@ -271,6 +310,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default: CACHE/result-<folder>.json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if str(args.checkpoint) == "base":
+        from bench_quality import untrained_checkpoint
+
+        args.checkpoint = untrained_checkpoint(args.cache / "base-alone.pt", "base")
 
     classes = [c for c in args.classes.split(",") if c]
     shots = [int(s) for s in args.shots.split(",") if s]
