@@ -313,6 +313,7 @@ def main() -> None:
     if str(args.checkpoint) == "base":
         from bench_quality import untrained_checkpoint
 
+        args.cache.mkdir(parents=True, exist_ok=True)
         args.checkpoint = untrained_checkpoint(args.cache / "base-alone.pt", "base")
 
     classes = [c for c in args.classes.split(",") if c]
