@@ -21,6 +21,15 @@ holds of a folder):
                                holds, for the kinds nobody labelled (Ren et al. 2018)
   self-training    the few-shot classifier refitted on its most confident predictions over the collection
                    (pseudo-labels, ranked by its probability or by cosine to the class mean), 1 or 3 rounds
+  collection-centred           L2, minus the collection's mean, L2 again (no power transform)
+and, with `--views N` (N pairs of augmented views of every pool photo, embedded once and cached; the
+training augmentations, crops of 8-100% or whole images):
+  learned whitening  features whitened by the covariance of the differences between two augmented views of
+                   the same photo (Radenovic et al. 2018's learned whitening from matching pairs, the pairs
+                   made by augmentation): directions the augmentations move (colour, layout) are shrunk
+  augmented labels   every labelled photo joins the classifier with its augmented views as more labels
+`--views` also prints search precision (P@1/P@10/P@50 of the pool's nearest neighbours of every test photo,
+what a search shows, and kNN top-1) for each transform.
 
 Prints a markdown table of top-1 (mean ± std over draws), with the negative log-likelihood and expected
 calibration error of the probabilities (the page ranks and accepts by them), and writes JSON.
@@ -53,8 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol import probe  # noqa: E402
+from byol.augment import AugmentConfig, two_views  # noqa: E402
 from byol.checkpoint import file_sha256, load_encoder  # noqa: E402
-from byol.evaluate import embed_folder, load_labelled  # noqa: E402
+from byol.evaluate import _decode, embed_folder, load_labelled  # noqa: E402
 
 
 @dataclass
@@ -89,6 +99,38 @@ def pca_transform(collection: np.ndarray, drop: int = 0, gamma: float = 0.0) -> 
     scale[:drop] = 0
     w = vec * scale
     return lambda x: F.normalize((F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu) @ w, dim=1)
+
+
+def centred(collection: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
+    """L2, minus the collection's mean, L2 again (SimpleShot's centring with every photo's mean)."""
+    mu = F.normalize(torch.as_tensor(collection, dtype=torch.float32), dim=1).mean(0)
+    return lambda x: F.normalize(F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu, dim=1)
+
+
+def learned_whitening(view_a: np.ndarray, view_b: np.ndarray, collection: np.ndarray,
+                      shrink: float = 0.3) -> Callable[[np.ndarray], torch.Tensor]:
+    """Whitening by the covariance of matching pairs (Radenovic et al. 2018, "Fine-tuning CNN image retrieval
+    with no human annotation", sec. 3.3), the pairs being two augmented views of one photo: L2, centre on the
+    collection, multiply by C^(-1/2) where C = E[(a - b)(a - b)^T] of the L2 views, shrunk toward its mean
+    eigenvalue by `shrink` (256 dims from a few thousand pairs), L2 again."""
+    unit = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
+    d = unit(view_a) - unit(view_b)
+    cov = d.T @ d / len(d)
+    cov = (1 - shrink) * cov + shrink * cov.trace() / len(cov) * torch.eye(len(cov))
+    ev, vec = torch.linalg.eigh(cov)
+    p = vec @ torch.diag(ev.clamp(min=1e-10) ** -0.5) @ vec.T
+    mu = unit(collection).mean(0)
+    return lambda x: F.normalize((unit(x) - mu) @ p, dim=1)
+
+
+def augmented_labels(views: np.ndarray, fit: Callable) -> Callable:
+    """fit on the labelled photos plus their augmented views (views: V, N_pool, D) as more labelled examples;
+    needs the labelled rows' pool indices (run passes idx=)."""
+    def fit_aug(x, y, c, idx):
+        v = views[:, idx].reshape(-1, views.shape[-1])
+        return fit(np.concatenate([np.asarray(x), v]), np.concatenate([y, np.tile(y, len(views))]), c)
+    fit_aug.wants_idx = True  # type: ignore[attr-defined]
+    return fit_aug
 
 
 def soft_kmeans(collection: torch.Tensor, t: float = 0.1, iters: int = 20, balance: bool = False, free: int = 0):
@@ -186,7 +228,30 @@ def methods(collection: np.ndarray | None = None) -> dict:
     for rank in ("probability", "cosine"):
         for rounds, grow in ((1, 2), (3, 2), (3, 5)):
             out[f"self-training by {rank}, {rounds} rounds x{grow}"] = self_training(col, rounds, grow, rank)
+    ct = centred(collection)
+    out["collection-centred, prototype"] = on(ct, proto)
+    out["collection-centred, fewshot"] = on(ct, probe.fit_fewshot)
     return out
+
+
+def view_methods(views: dict[str, np.ndarray], collection: np.ndarray) -> tuple[dict, dict]:
+    """(few-shot methods, transforms for the search table) from augmented views of the pool photos:
+    views[crop] is 2V, N_pool, D (V pairs; crop "0.08": the training crops, "1": whole photos)."""
+    proto = functools.partial(probe.fit_prototypes, centre=False)
+    fits, transforms = {}, {}
+    for crop, v in views.items():
+        half = len(v) // 2
+        for shrink in (0.1, 0.3):
+            t = learned_whitening(v[:half].reshape(-1, v.shape[-1]), v[half:].reshape(-1, v.shape[-1]), collection,
+                                  shrink)
+            name = f"learned whitening, crops {crop}-1, shrink {shrink:g}"
+            transforms[name] = t
+            fits[f"{name}, prototype"] = on(t, proto)
+            fits[f"{name}, fewshot"] = on(t, probe.fit_fewshot)
+        fits[f"augmented labels, crops {crop}-1, logistic"] = augmented_labels(
+            v, functools.partial(probe.fit_linear, weight_decay=1e-4))
+        fits[f"augmented labels, crops {crop}-1, fewshot"] = augmented_labels(v, probe.fit_fewshot)
+    return fits, transforms
 
 
 
@@ -200,8 +265,10 @@ def subsample(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
 
 
-def features(checkpoint: Path, folder: Path, classes: list[str] | None, max_train: int | None,
-             max_test: int | None, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+def select(folder: Path, classes: list[str] | None, max_train: int | None,
+           max_test: int | None) -> tuple[list[str], np.ndarray, list[str], np.ndarray, list[str]]:
+    """(pool paths, pool labels, test paths, test labels, class names) of the labelled folder: the classes kept,
+    renumbered in --classes' order, and subsampled per class."""
     train_paths, train_y, test_paths, test_y, names = load_labelled(folder)
     if classes:
         missing = sorted(set(classes) - set(names))
@@ -218,9 +285,12 @@ def features(checkpoint: Path, folder: Path, classes: list[str] | None, max_trai
         names = list(classes)
     tr = subsample(train_y, max_train, 0)
     te = subsample(test_y, max_test, 1)
-    train_paths, train_y = [train_paths[i] for i in tr], train_y[tr]
-    test_paths, test_y = [test_paths[i] for i in te], test_y[te]
+    return [train_paths[i] for i in tr], train_y[tr], [test_paths[i] for i in te], test_y[te], names
 
+
+def features(checkpoint: Path, folder: Path, classes: list[str] | None, max_train: int | None,
+             max_test: int | None, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    train_paths, train_y, test_paths, test_y, names = select(folder, classes, max_train, max_test)
     key = hashlib.sha256(json.dumps([file_sha256(checkpoint), train_paths, test_paths]).encode()).hexdigest()[:16]
     files = {n: cache / f"{key}.{n}.npy" for n in ("train_x", "train_y", "test_x", "test_y")}
     if all(f.exists() for f in files.values()):
@@ -238,6 +308,48 @@ def features(checkpoint: Path, folder: Path, classes: list[str] | None, max_trai
     (cache / f"{key}.json").write_text(json.dumps({"checkpoint": str(checkpoint), "step": info["step"],
                                                    "folder": str(folder), "classes": names}, indent=1))
     return out["train_x"], out["train_y"], out["test_x"], out["test_y"], names
+
+
+def augmented_views(checkpoint: Path, train_paths: list[str], pairs: int, crop: float, cache: Path) -> np.ndarray:
+    """2*pairs, N_pool, D embeddings of augmented views of every pool photo (pairs x view 1, then pairs x
+    view 2: the training augmentations at the evaluation size, crops of `crop`-100% of the area), cached."""
+    key = hashlib.sha256(json.dumps([file_sha256(checkpoint), train_paths, pairs, crop]).encode()).hexdigest()[:16]
+    file = cache / f"{key}.views.npy"
+    if file.exists():
+        return np.load(file)
+    encoder, pre, _ = load_encoder(checkpoint)
+    pixels, kept, bad = _decode(train_paths, pre, None, progress=False)
+    if bad:  # the pool's features skipped the same files, so rows still line up
+        print(f"{len(bad)} unreadable pool images skipped", file=sys.stderr)
+    cfg = AugmentConfig(image_size=pre.size, crop_scale=(crop, 1.0), mean=pre.mean, std=pre.std)
+    gen = torch.Generator().manual_seed(0)
+    a, b = [], []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(pairs):
+            for i in range(0, len(pixels), 256):
+                v1, v2 = two_views(torch.from_numpy(pixels[i : i + 256]), cfg, gen)
+                a.append(encoder(v1).flatten(1))
+                b.append(encoder(v2).flatten(1))
+    dim = a[0].shape[1]
+    out = torch.cat(a + b).numpy().reshape(2 * pairs, len(pixels), dim)
+    print(f"embedded {2 * pairs} augmented views of {len(pixels)} photos in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(file, out)
+    return out
+
+
+def search_precision(transforms: dict, train_x, train_y, test_x, test_y, ks=(1, 10, 50)) -> dict:
+    """Per transform: the share of each test photo's k nearest pool photos (cosine) of its class, and kNN top-1."""
+    out = {}
+    for name, t in transforms.items():
+        a, b = t(train_x), t(test_x)
+        idx = (b @ a.T).topk(max(ks), dim=1).indices
+        hit = (torch.as_tensor(train_y)[idx] == torch.as_tensor(test_y)[:, None]).float()
+        out[name] = {f"P@{k}": float(hit[:, :k].mean()) for k in ks}
+        out[name]["knn"] = probe.knn_top1(a.numpy(), train_y, b.numpy(), test_y)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -260,7 +372,8 @@ def run(train_x, train_y, test_x, test_y, shots: list[int], draws: int, seed: in
             idx = probe._draw(train_y, n, rng)
             for name, fit in fits.items():
                 t0 = time.perf_counter()
-                p = fit(train_x[idx], train_y[idx], c).predict_proba(test_x)
+                extra = {"idx": idx} if getattr(fit, "wants_idx", False) else {}
+                p = fit(train_x[idx], train_y[idx], c, **extra).predict_proba(test_x)
                 nll = float(-np.log(p[np.arange(len(test_y)), test_y].clip(min=1e-12)).mean())
                 scores[name][n].append({"top1": float((p.argmax(1) == test_y).mean()), "nll": nll,
                                         "ece": calibration_error(p, test_y), "seconds": time.perf_counter() - t0})
@@ -305,6 +418,9 @@ def main() -> None:
     ap.add_argument("--distractors", default="",
                     help="comma-separated class folders whose photos (train and test) join the collection unlabelled, "
                          "as the other kinds of a real folder would: what the transductive methods must survive")
+    ap.add_argument("--views", type=int, default=0,
+                    help="pairs of augmented views of every pool photo to embed (0: none); adds learned whitening, "
+                         "augmented labels and a search-precision table")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache/fewshot", help="where features are cached")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default: CACHE/result-<folder>.json)")
@@ -328,6 +444,16 @@ def main() -> None:
         dx, _, dt, _, _ = features(args.checkpoint, args.folder, distractors, args.max_train, args.max_test, args.cache)
         collection += [dx, dt]
     fits = methods(np.concatenate(collection))
+    transforms: dict = {}
+    if args.views:
+        pool_paths = select(args.folder, classes, args.max_train, args.max_test)[0]
+        views = {f"{crop:g}": augmented_views(args.checkpoint, pool_paths, args.views, crop, args.cache)
+                 for crop in (0.08, 1.0)}
+        extra, transforms = view_methods(views, np.concatenate(collection))
+        fits.update(extra)
+        plain = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
+        transforms = {"L2 (as indexed)": plain, "collection-centred": centred(np.concatenate(collection)),
+                      **transforms}
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(";") if m.strip()]
         unknown = sorted(set(wanted) - set(fits))
@@ -341,12 +467,19 @@ def main() -> None:
           f"collection {sum(len(c) for c in collection)}; "
           f"{args.draws} draws; dim {train_x.shape[1]}; {time.perf_counter() - t0:.0f} s)\n")
     print(text)
+    search = search_precision(transforms, train_x, train_y, test_x, test_y) if transforms else {}
+    if search:
+        cols = list(next(iter(search.values())))
+        print("\n| features | " + " | ".join(cols) + " |\n" + "|---" * (1 + len(cols)) + "|")
+        for name, row in search.items():
+            print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row.values()) + " |")
     out = args.out or args.cache / f"result-{args.folder.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "sha256": file_sha256(args.checkpoint),
                                "folder": str(args.folder), "classes": names, "shots": shots, "draws": args.draws,
                                "n_pool": int(len(train_y)), "n_test": int(len(test_y)), "distractors": distractors,
-                               "n_collection": int(sum(len(c) for c in collection)), "methods": result},
+                               "n_collection": int(sum(len(c) for c in collection)), "methods": result,
+                               "views": args.views, "search": search},
                               indent=1))
     print(f"\nwrote {out}", file=sys.stderr)
 
