@@ -78,6 +78,14 @@ class Transformed:
         return self.clf.predict_proba(self.transform(x))
 
 
+def unit(x) -> torch.Tensor:
+    """Features as float32 rows of length 1 (how the index compares them)."""
+    return F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)
+
+
+PROTOTYPE = functools.partial(probe.fit_prototypes, centre=False)  # nearest class mean, not centred
+
+
 def power_centred(collection: np.ndarray, beta: float = 0.5) -> Callable[[np.ndarray], torch.Tensor]:
     """Power transform of the (ReLU, non-negative) features, L2, minus the collection's mean, L2 again
     (Hu et al. 2021, "PT-MAP"; SimpleShot's centring with the mean of every photo, not of the labelled)."""
@@ -91,20 +99,20 @@ def power_centred(collection: np.ndarray, beta: float = 0.5) -> Callable[[np.nda
 def pca_transform(collection: np.ndarray, drop: int = 0, gamma: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
     """Centre on the collection, drop its `drop` top principal directions and scale the others by
     eigenvalue^(-gamma/2) (gamma 1: whitening), then L2."""
-    u = F.normalize(torch.as_tensor(collection, dtype=torch.float32), dim=1)
+    u = unit(collection)
     mu = u.mean(0)
     ev, vec = torch.linalg.eigh((u - mu).T @ (u - mu) / len(u))
     ev, vec = ev.flip(0), vec.flip(1)
     scale = ev.clamp(min=1e-8) ** (-gamma / 2)
     scale[:drop] = 0
     w = vec * scale
-    return lambda x: F.normalize((F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu) @ w, dim=1)
+    return lambda x: F.normalize((unit(x) - mu) @ w, dim=1)
 
 
 def centred(collection: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
     """L2, minus the collection's mean, L2 again (SimpleShot's centring with every photo's mean)."""
-    mu = F.normalize(torch.as_tensor(collection, dtype=torch.float32), dim=1).mean(0)
-    return lambda x: F.normalize(F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1) - mu, dim=1)
+    mu = unit(collection).mean(0)
+    return lambda x: F.normalize(unit(x) - mu, dim=1)
 
 
 def learned_whitening(view_a: np.ndarray, view_b: np.ndarray, collection: np.ndarray,
@@ -113,7 +121,6 @@ def learned_whitening(view_a: np.ndarray, view_b: np.ndarray, collection: np.nda
     with no human annotation", sec. 3.3), the pairs being two augmented views of one photo: L2, centre on the
     collection, multiply by C^(-1/2) where C = E[(a - b)(a - b)^T] of the L2 views, shrunk toward its mean
     eigenvalue by `shrink` (256 dims from a few thousand pairs), L2 again."""
-    unit = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
     d = unit(view_a) - unit(view_b)
     cov = d.T @ d / len(d)
     cov = (1 - shrink) * cov + shrink * cov.trace() / len(cov) * torch.eye(len(cov))
@@ -202,7 +209,7 @@ def methods(collection: np.ndarray | None = None) -> dict:
     out = {"logistic": functools.partial(probe.fit_linear, weight_decay=1e-4)}
     for wd in (1e-3, 1e-2, 1e-1):
         out[f"logistic-wd={wd:g}"] = functools.partial(probe.fit_linear, weight_decay=wd)
-    out["prototype (not centred)"] = functools.partial(probe.fit_prototypes, centre=False)
+    out["prototype (not centred)"] = PROTOTYPE
     out["prototype"] = probe.fit_prototypes
     for a in (1e-3, 1e-2, 1e-1):
         out[f"proto-logistic anchor={a:g}"] = functools.partial(probe.fit_proto_linear, anchor=a)
@@ -211,14 +218,13 @@ def methods(collection: np.ndarray | None = None) -> dict:
     if collection is None:
         return out
     pt = power_centred(collection)
-    proto = functools.partial(probe.fit_prototypes, centre=False)  # on features the transform centred
+    proto = PROTOTYPE  # on features the transform centred
     out["power + collection-centred, prototype"] = on(pt, proto)
     out["power + collection-centred, logistic"] = on(pt, functools.partial(probe.fit_linear, weight_decay=1e-4))
     for drop, gamma in ((0, 0.5), (1, 0.0), (2, 0.0)):
         t = pca_transform(collection, drop, gamma)
         out[f"PCA drop {drop} whiten {gamma:g}, prototype"] = on(t, proto)
-    plain = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
-    for name, t in (("", plain), ("power + centred, ", pt)):
+    for name, t in (("", unit), ("power + centred, ", pt)):
         col = t(collection)
         out[f"{name}soft k-means on the collection"] = on(t, soft_kmeans(col))
         out[f"{name}balanced soft k-means (PT-MAP-like)"] = on(t, soft_kmeans(col, balance=True))
@@ -237,7 +243,7 @@ def methods(collection: np.ndarray | None = None) -> dict:
 def view_methods(views: dict[str, np.ndarray], collection: np.ndarray) -> tuple[dict, dict]:
     """(few-shot methods, transforms for the search table) from augmented views of the pool photos:
     views[crop] is 2V, N_pool, D (V pairs; crop "0.08": the training crops, "1": whole photos)."""
-    proto = functools.partial(probe.fit_prototypes, centre=False)
+    proto = PROTOTYPE
     fits, transforms = {}, {}
     for crop, v in views.items():
         half = len(v) // 2
@@ -451,8 +457,7 @@ def main() -> None:
                  for crop in (0.08, 1.0)}
         extra, transforms = view_methods(views, np.concatenate(collection))
         fits.update(extra)
-        plain = lambda x: F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)  # noqa: E731
-        transforms = {"L2 (as indexed)": plain, "collection-centred": centred(np.concatenate(collection)),
+        transforms = {"L2 (as indexed)": unit, "collection-centred": centred(np.concatenate(collection)),
                       **transforms}
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(";") if m.strip()]
