@@ -23,6 +23,8 @@ Rows (one after the other, on the same machine; --rows picks some):
         --extra-args="--image-size 64 --view-start 24 --view-stages 3"   # progressive resizing, equal compute
     python scripts/bench_quality.py --steps 613 --rows base,base+adapt --tag=_base2 \
         --base .cache/base-2/checkpoint.pt                           # a longer-trained base, before shipping it
+    python scripts/bench_quality.py --steps 613 --rows base,base+adapt --tag=_small --per-class 272
+                                                                     # a 1,360-photo folder
 
 Writes a markdown table to stdout and JSON to --out (default .cache/bench/quality.json), with the exact
 pretraining commands, machine and date.
@@ -53,17 +55,30 @@ ALL_ROWS = ("random", "scratch", "base", "base+adapt", "imagenet", "imagenet+ada
 DEFAULT_ROWS = ("random", "scratch", "base", "base+adapt")
 
 
-def heldout_folders() -> tuple[Path, Path]:
-    """(photos: <wnid>/ links to the held-out train images, labelled: train/ and val/ links). Made once."""
+def heldout_folders(per_class: int = 0) -> tuple[Path, Path]:
+    """(photos: <wnid>/ links to the held-out train images, labelled: train/ and val/ links). Made once.
+
+    per_class > 0: a smaller folder (a small collection, as a user's may be): the first per_class training
+    photos of each class, by name, are both the folder `pretrain` adapts on and the kNN bank / few-shot pool;
+    the test is still the whole val split."""
     nette = extract_once(DATASETS / "imagenette-224.tar.gz", CACHE / "imagenette")
-    root = CACHE / "heldout"
+    root = CACHE / ("heldout" if not per_class else f"heldout-{per_class}")
     photos, labelled = root / "photos", root / "labelled"
     for wnid in HELD_OUT_IMAGENETTE:
-        for link, target in ((photos / wnid, nette / "train" / wnid), (labelled / "train" / wnid, nette / "train" / wnid),
-                             (labelled / "val" / wnid, nette / "val" / wnid)):
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                link.symlink_to(target.resolve())
+        (labelled / "val" / wnid).parent.mkdir(parents=True, exist_ok=True)
+        if not (labelled / "val" / wnid).exists():
+            (labelled / "val" / wnid).symlink_to((nette / "val" / wnid).resolve())
+        train = nette / "train" / wnid
+        for link in (photos / wnid, labelled / "train" / wnid):
+            if link.exists():
+                continue
+            if not per_class:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(train.resolve())
+                continue
+            link.mkdir(parents=True)
+            for f in sorted(train.iterdir())[:per_class]:
+                (link / f.name).symlink_to(f.resolve())
     return photos, labelled
 
 
@@ -98,7 +113,7 @@ def pretrain(photos: Path, out: Path, budget: str, init: str, extra: list[str],
     if not Path(exe[0]).exists():
         exe = [sys.executable, "-m", "app.cli"]
     cmd = [*exe, "pretrain", str(photos), "--out", str(out), *length,
-           "--init", init, "--cache-dir", str(CACHE / "heldout" / "cache-32"), "--no-progress",
+           "--init", init, "--cache-dir", str(photos.parent / "cache-32"), "--no-progress",
            *extra]
     t0 = time.perf_counter()
     if not (resume and (out / "checkpoint.pt").is_file()):
@@ -143,6 +158,9 @@ def main() -> int:
     p.add_argument("--base", default="base",
                    help="the encoder of the base rows: 'base' (the shipped one) or a candidate's checkpoint.pt, "
                         "e.g. a longer scripts/train_base.py run, measured before it is shipped")
+    p.add_argument("--per-class", type=int, default=0,
+                   help="a small folder: only the first N training photos of each held-out class (default: all "
+                        "4,759); the test stays the whole val split")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.steps:
@@ -154,7 +172,7 @@ def main() -> int:
 
     from byol.evaluate import evaluate
 
-    photos, labelled = heldout_folders()
+    photos, labelled = heldout_folders(args.per_class)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     extra = shlex.split(args.extra_args)
