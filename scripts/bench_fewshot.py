@@ -218,12 +218,11 @@ def methods(collection: np.ndarray | None = None) -> dict:
     if collection is None:
         return out
     pt = power_centred(collection)
-    proto = PROTOTYPE  # on features the transform centred
-    out["power + collection-centred, prototype"] = on(pt, proto)
+    out["power + collection-centred, prototype"] = on(pt, PROTOTYPE)  # on features the transform centred
     out["power + collection-centred, logistic"] = on(pt, functools.partial(probe.fit_linear, weight_decay=1e-4))
     for drop, gamma in ((0, 0.5), (1, 0.0), (2, 0.0)):
         t = pca_transform(collection, drop, gamma)
-        out[f"PCA drop {drop} whiten {gamma:g}, prototype"] = on(t, proto)
+        out[f"PCA drop {drop} whiten {gamma:g}, prototype"] = on(t, PROTOTYPE)
     for name, t in (("", unit), ("power + centred, ", pt)):
         col = t(collection)
         out[f"{name}soft k-means on the collection"] = on(t, soft_kmeans(col))
@@ -235,7 +234,7 @@ def methods(collection: np.ndarray | None = None) -> dict:
         for rounds, grow in ((1, 2), (3, 2), (3, 5)):
             out[f"self-training by {rank}, {rounds} rounds x{grow}"] = self_training(col, rounds, grow, rank)
     ct = centred(collection)
-    out["collection-centred, prototype"] = on(ct, proto)
+    out["collection-centred, prototype"] = on(ct, PROTOTYPE)
     out["collection-centred, fewshot"] = on(ct, probe.fit_fewshot)
     return out
 
@@ -243,7 +242,6 @@ def methods(collection: np.ndarray | None = None) -> dict:
 def view_methods(views: dict[str, np.ndarray], collection: np.ndarray) -> tuple[dict, dict]:
     """(few-shot methods, transforms for the search table) from augmented views of the pool photos:
     views[crop] is 2V, N_pool, D (V pairs; crop "0.08": the training crops, "1": whole photos)."""
-    proto = PROTOTYPE
     fits, transforms = {}, {}
     for crop, v in views.items():
         half = len(v) // 2
@@ -252,7 +250,7 @@ def view_methods(views: dict[str, np.ndarray], collection: np.ndarray) -> tuple[
                                   shrink)
             name = f"learned whitening, crops {crop}-1, shrink {shrink:g}"
             transforms[name] = t
-            fits[f"{name}, prototype"] = on(t, proto)
+            fits[f"{name}, prototype"] = on(t, PROTOTYPE)
             fits[f"{name}, fewshot"] = on(t, probe.fit_fewshot)
         fits[f"augmented labels, crops {crop}-1, logistic"] = augmented_labels(
             v, functools.partial(probe.fit_linear, weight_decay=1e-4))

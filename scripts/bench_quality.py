@@ -65,19 +65,17 @@ def heldout_folders(per_class: int = 0) -> tuple[Path, Path]:
     root = CACHE / ("heldout" if not per_class else f"heldout-{per_class}")
     photos, labelled = root / "photos", root / "labelled"
     for wnid in HELD_OUT_IMAGENETTE:
-        (labelled / "val" / wnid).parent.mkdir(parents=True, exist_ok=True)
-        if not (labelled / "val" / wnid).exists():
-            (labelled / "val" / wnid).symlink_to((nette / "val" / wnid).resolve())
-        train = nette / "train" / wnid
-        for link in (photos / wnid, labelled / "train" / wnid):
+        train, val = nette / "train" / wnid, nette / "val" / wnid
+        for link, target, keep in ((photos / wnid, train, per_class), (labelled / "train" / wnid, train, per_class),
+                                   (labelled / "val" / wnid, val, 0)):
             if link.exists():
                 continue
-            if not per_class:
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(train.resolve())
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not keep:  # the whole class folder
+                link.symlink_to(target.resolve())
                 continue
-            link.mkdir(parents=True)
-            for f in sorted(train.iterdir())[:per_class]:
+            link.mkdir()
+            for f in sorted(target.iterdir())[:keep]:
                 (link / f.name).symlink_to(f.resolve())
     return photos, labelled
 
