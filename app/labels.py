@@ -4,8 +4,9 @@ INDEX_DIR/labels.sqlite holds
   label_names(name, at)                                   the label vocabulary
   labels(image_id, sha256, path, label, source, at)       one label per photo; source 'human' or 'accepted'
   predictions(image_id, label, confidence, margin, probe_version)   the probe's guess for every photo
-  probes(version, at, classes, counts, accuracy, dim, weight, bias, model_sha256)
-                                                          every probe trained (newest last), and on which encoder
+  probes(version, at, classes, counts, accuracy, dim, weight, bias, model_sha256, features)
+                                                          every probe trained (newest last), on which encoder
+                                                          and on which features (plain or neighbour-averaged)
   synced(key, value)                                      the index (created_at, generation) labels last matched
 
 A label follows its PHOTO, not an id: it holds the photo's content hash (sha256) and path beside the id it
@@ -16,9 +17,11 @@ with its content (preferring the same path), then to the row with its path; with
 detached (image_id NULL) until the photo returns. So labels survive updates, `--rebuild`, and an index
 deleted and built again, and never attach to another photo. Labels files written before hashes were kept
 are migrated on opening: their ids are trusted only when the label is younger than the index.
-The probe is byol.probe.fit_fewshot (multinomial logistic regression on the frozen, L2-normalised
-embeddings, its penalty set by the number of labels per class), trained from as few as one labelled photo
-per class; its weights and bias are stored as a LinearProbe's.
+The probe is the few-shot classifier of byol/neighbours.py: byol.probe.fit_fewshot (multinomial logistic
+regression, its penalty set by the number of labels per class) on every photo's embedding averaged over its
+nearest photos in the index, its probabilities averaged over the same neighbourhood; trained from as few as
+one labelled photo per class. Its weights and bias are stored as a LinearProbe's. The neighbour graph is
+found once per version of the index (index/neighbours.py) and kept in memory.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -62,7 +65,8 @@ CREATE TABLE IF NOT EXISTS predictions (
   probe_version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS probes (
   version INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, classes TEXT NOT NULL, counts TEXT NOT NULL,
-  accuracy REAL, dim INTEGER NOT NULL, weight BLOB NOT NULL, bias BLOB NOT NULL, model_sha256 TEXT);
+  accuracy REAL, dim INTEGER NOT NULL, weight BLOB NOT NULL, bias BLOB NOT NULL, model_sha256 TEXT,
+  features TEXT);  -- 'neighbours': fitted on neighbour-averaged embeddings (byol/neighbours.py); NULL: plain
 """
 
 _INDEXES = ("CREATE INDEX IF NOT EXISTS predictions_margin ON predictions(margin)",
@@ -144,9 +148,14 @@ class Labels:
         self._db.executescript(_SCHEMA)
         if "sha256" not in {r[1] for r in self._db.execute("PRAGMA table_info(labels)")}:
             self._db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V1 + "COMMIT;")  # labels keyed by id alone
+        if "features" not in {r[1] for r in self._db.execute("PRAGMA table_info(probes)")}:
+            self._db.execute("ALTER TABLE probes ADD COLUMN features TEXT")  # probes before it: plain
         for q in _INDEXES:
             self._db.execute(q)
+        from index.neighbours import GraphCache
         from index.rows import Rows
+
+        self._graphs = GraphCache()  # the index's neighbour graph, found once per version of the index
 
         self._rows = Rows(index_dir)
         self._synced: tuple[float, int] | None = None
@@ -326,13 +335,13 @@ class Labels:
     def train(self, store: Store, weight_decay: float | None = None, progress: Progress = no_progress) -> ProbeReport:
         """Fit the probe on every labelled photo still in the index, estimate its accuracy, predict all.
 
-        The probe is byol.probe.fit_fewshot (logistic regression whose penalty follows the number of labels
-        per class, so its confidence stays a calibrated probability from one label on); a weight_decay
-        fits the plain logistic probe with that penalty instead.
+        The probe is the few-shot classifier of byol/neighbours.py (byol.probe.fit_fewshot on
+        neighbour-averaged embeddings, probabilities averaged over the neighbours; its penalty follows the
+        number of labels per class, so its confidence stays a probability from one label on); a weight_decay
+        fits the plain logistic probe with that penalty on the embeddings as they are instead.
         """
-        from byol.probe import cross_val_accuracy, fit_method
-
-        method = "fewshot" if weight_decay is None else "logistic"
+        from byol import neighbours
+        from byol.probe import cross_val_accuracy, fit_linear
 
         t0 = time.perf_counter()
         progress(0.0, "reading labels")
@@ -344,25 +353,36 @@ class Labels:
             raise ValueError("label photos of at least two different labels before training "
                              f"(now: {len(ids)} labelled photo(s), {len(names)} label(s))")
         y = np.array([names.index(labelled[int(i)]) for i in ids])
-        x = np.asarray(store.get_vectors(ids), np.float32)
-        progress(0.1, f"fitting the probe on {len(ids)} photos")
         counts = {n: int((y == c).sum()) for c, n in enumerate(names)}
+        # a photo whose label has no other example is always missed when held out: with one photo per
+        # label there is nothing to estimate from
+        estimate = max(counts.values()) >= 2
+        features = None if weight_decay is not None else "neighbours"
         with _torch_threads(1) if len(ids) <= 20000 else contextlib.nullcontext():
-            # both methods fit a LinearProbe
-            probe = cast("LinearProbe", fit_method(method, x, y, len(names), weight_decay or 0.0))
-            progress(0.3, "estimating accuracy (cross-validation)")
-            # a photo whose label has no other example is always missed when held out: with one photo per
-            # label there is nothing to estimate from
-            accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay or 0.0, method=method)
-                        if max(counts.values()) >= 2 else None)
+            if weight_decay is None:
+                graph_ids, nc = self._graphs.get(store, lambda f, d: progress(0.05 + 0.25 * f, d))
+                rows = np.searchsorted(graph_ids, ids).clip(max=len(graph_ids) - 1)
+                keep = graph_ids[rows] == ids  # the index changed between the two reads: those wait
+                rows, y, ids = rows[keep], y[keep], ids[keep]
+                progress(0.3, f"fitting the probe on {len(ids)} photos")
+                probe = nc.fit(rows, y, len(names))
+                progress(0.35, "estimating accuracy (cross-validation)")
+                accuracy = neighbours.cross_val_accuracy(nc, rows, y, folds=5) if estimate else None
+            else:
+                x = np.asarray(store.get_vectors(ids), np.float32)
+                progress(0.1, f"fitting the probe on {len(ids)} photos")
+                probe = fit_linear(x, y, len(names), weight_decay)
+                progress(0.3, "estimating accuracy (cross-validation)")
+                accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay, method="logistic")
+                            if estimate else None)
 
         def save(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias, model_sha256) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (time.time(), json.dumps(names), json.dumps(counts), accuracy, int(x.shape[1]),
+                "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias, model_sha256, features) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (time.time(), json.dumps(names), json.dumps(counts), accuracy, int(probe.weight.shape[1]),
                  probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes(),
-                 getattr(store, "model_sha256", None)))
+                 getattr(store, "model_sha256", None), features))
             assert cur.lastrowid is not None  # set by every INSERT
             return cur.lastrowid
 
@@ -394,11 +414,18 @@ class Labels:
         if probe.weight.shape[1] != int(store.dim) or trained_on != getattr(store, "model_sha256", None):
             raise ValueError("the index was re-embedded with another encoder since the probe was trained: "
                              "press Train to fit a probe on the new embeddings (your labels are kept)")
-        all_ids = np.asarray(store.all_ids(), np.int64)
+        features = self._query("SELECT features FROM probes WHERE version = ?", (version,))[0][0]
+        averaged = None
+        if features == "neighbours":  # every photo at once: each one's probabilities are its neighbours'
+            all_ids, nc = self._graphs.get(store, lambda f, d: progress(0.3 * f, d))
+            averaged = nc.predict_proba(probe)  # n, C
+        else:
+            all_ids = np.asarray(store.all_ids(), np.int64)
         rows: list[tuple[Any, ...]] = []
         for start in range(0, len(all_ids), chunk):
             ids = all_ids[start : start + chunk]
-            p = probe.predict_proba(store.get_vectors(ids))  # n, C
+            p = (averaged[start : start + chunk] if averaged is not None
+                 else probe.predict_proba(store.get_vectors(ids)))  # n, C
             top2 = -np.partition(-p, 1, axis=1)[:, :2] if p.shape[1] > 1 else np.c_[p, np.zeros(len(p))]
             best = p.argmax(1)
             rows.extend(zip(ids.tolist(), [classes[c] for c in best], top2[:, 0].tolist(),

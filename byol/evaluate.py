@@ -4,8 +4,9 @@ The field's protocol (Wu et al. 2018; used by lightly, solo-learn and DINO): the
 features L2-normalised; weighted kNN with k=200 and t=0.1 against the train split, top-1 on the test split;
 a multinomial logistic regression on all train features; and the same probe given only 1, 5 or 10
 labelled images per class, averaged over several random draws, beside the few-shot classifier the page
-uses (byol.probe.fit_fewshot) on the same draws. Images go through the ONE evaluation
-transform (byol.preprocess.Preprocess) that export, embedding and the page also use.
+uses (byol/neighbours.py, over the neighbour graph of every photo of the folder) on the same draws. Images
+go through the ONE evaluation transform (byol.preprocess.Preprocess) that export, embedding and the page
+also use.
 
 A labelled folder is FOLDER/train/<class>/* and FOLDER/test/<class>/* (`val/` is accepted for `test/`,
 as in Imagenette). Embeddings stay in memory; nothing is written to disk.
@@ -26,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from byol import probe
+from byol import neighbours, probe
 from byol.precision import resolve_precision
 from byol.preprocess import Preprocess
 
@@ -267,12 +268,17 @@ def evaluate_encoder(encoder: nn.Module, preprocess: Preprocess, labelled_folder
         result["linear_top1"] = float((clf.predict(xt)[0] == test_y).mean())
         result["linear_weight_decay"] = wd
     result["few_shot"] = {}  # the plain logistic probe
-    result["few_shot_classifier"] = {}  # byol.probe.fit_fewshot, what the page uses; same draws
+    # byol/neighbours.py's classifier, what the page uses, on the same draws; the collection whose neighbour
+    # graph it averages over is every photo of the folder (train and test), as the page's is its whole index
+    result["few_shot_classifier"] = {}
     few_wd = weight_decay if weight_decay is not None else FEW_SHOT_WEIGHT_DECAY
+    nc = neighbours.NeighbourClassifier(neighbours.exact_graph(np.concatenate([x, xt]))) if o.shots else None
+    pool_rows, test_rows = np.arange(len(x)), np.arange(len(x), len(x) + len(xt))
     for n in o.shots:
         mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, weight_decay=few_wd)
         result["few_shot"][str(n)] = {"mean": mean, "std": std}
-        mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, method="fewshot")
+        assert nc is not None
+        mean, std = neighbours.few_shot_top1(nc, pool_rows, train_y, test_rows, test_y, n, draws, seed)
         result["few_shot_classifier"][str(n)] = {"mean": mean, "std": std}
     result.update(
         draws=draws,

@@ -10,10 +10,14 @@ and the same test/ (or val/) images:
   prototype        nearest class mean of L2-normalised features, not centred / centred (SimpleShot)
   proto-logistic   logistic regression initialised at the centred prototypes and anchored to them
   knn              weighted kNN over the labelled images (k=200 capped at their number, t=0.1)
-  fewshot          byol.probe.fit_fewshot (logistic, weight decay 1e-2 / labels per class): what
-                   `evaluate` and the page use
+  fewshot          byol.probe.fit_fewshot (logistic, weight decay 1e-2 / labels per class): the few-shot
+                   classifier before neighbour averaging
 and, with the statistics of the whole collection (pool and test features, labels unread: what the page
 holds of a folder):
+  neighbours       byol/neighbours.py: fewshot on every photo's features averaged over its 100 nearest photos of
+                   the collection, its probabilities averaged over its 30 nearest: what `evaluate` and the
+                   page use ("features only": without the second average)
+  neighbour-averaged k=K alpha=A   the features averaged (database-side augmentation) with other settings
   power + collection-centred   sqrt of the features, centred on the collection's mean (PT-MAP's transform)
   PCA drop K whiten G          the collection's top K principal directions dropped, the rest scaled
   soft k-means                 transductive prototypes refined on the collection; "balanced" adds PT-MAP's
@@ -61,7 +65,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol import probe  # noqa: E402
+from byol import neighbours, probe  # noqa: E402
 from byol.augment import AugmentConfig, two_views  # noqa: E402
 from byol.checkpoint import file_sha256, load_encoder  # noqa: E402
 from byol.evaluate import _decode, embed_folder, load_labelled  # noqa: E402
@@ -128,6 +132,28 @@ def learned_whitening(view_a: np.ndarray, view_b: np.ndarray, collection: np.nda
     p = vec @ torch.diag(ev.clamp(min=1e-10) ** -0.5) @ vec.T
     mu = unit(collection).mean(0)
     return lambda x: F.normalize((unit(x) - mu) @ p, dim=1)
+
+
+def neighbour_average(collection: np.ndarray, k: int = 20, alpha: float = 3.0, rounds: int = 1,
+                      chunk: int = 4096) -> Callable[[np.ndarray], torch.Tensor]:
+    """Database-side augmentation (Arandjelovic & Zisserman 2012; alpha-weighted as in Radenovic et al. 2018):
+    a photo's features replaced by the L2 of the weighted sum of its k nearest photos of the collection
+    (itself among them, cosine^alpha weights). Photos of one kind that the encoder places close together
+    pull toward their common content; what one photo alone has (its colour, its layout) is averaged out.
+    `rounds` 2 averages the averaged collection again (a wider neighbourhood)."""
+    col = unit(collection)
+    for _ in range(rounds - 1):
+        col = _average(col, col, k, alpha, chunk)
+    return lambda x: _average(unit(x), col, k, alpha, chunk)
+
+
+def _average(x: torch.Tensor, col: torch.Tensor, k: int, alpha: float, chunk: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(x), chunk):
+        sim, idx = (x[i : i + chunk] @ col.T).topk(min(k, len(col)), dim=1)
+        w = sim.clamp(min=0) ** alpha
+        out.append(F.normalize((w.unsqueeze(-1) * col[idx]).sum(1), dim=1))
+    return torch.cat(out)
 
 
 def augmented_labels(views: np.ndarray, fit: Callable) -> Callable:
@@ -197,15 +223,35 @@ def self_training(collection: torch.Tensor, rounds: int = 3, grow: int = 2, rank
     return fit
 
 
+def on_graph(nc: neighbours.NeighbourClassifier, n_pool: int, n_test: int) -> Callable:
+    """byol/neighbours.py's classifier (what the page and `evaluate` use) over the collection's neighbour graph,
+    whose rows are the pool, then the test photos, then any distractors: fitted on the labelled pool rows,
+    predicting the test rows."""
+    test_rows = np.arange(n_pool, n_pool + n_test)
+
+    @dataclass
+    class Fitted:
+        clf: probe.LinearProbe
+
+        def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            assert len(x) == n_test, "predicts the test photos of the collection only"
+            return nc.predict_proba(self.clf, test_rows)
+
+    def fit(x, y, c, idx):
+        return Fitted(nc.fit(idx, y, c))
+    fit.wants_idx = True  # type: ignore[attr-defined]
+    return fit
+
+
 def on(transform: Callable[[np.ndarray], torch.Tensor], fit: Callable) -> Callable:
     """fit on transformed features; the classifier transforms what it predicts."""
     return lambda x, y, c: Transformed(transform, fit(transform(x), y, c))
 
 
-def methods(collection: np.ndarray | None = None) -> dict:
+def methods(collection: np.ndarray | None = None, n_pool: int = 0, n_test: int = 0) -> dict:
     """name -> fit(x, y, num_classes) returning a classifier with predict_proba. With the collection (every
-    photo's features, labelled or not: what the page holds) the transductive and collection-statistics
-    methods join."""
+    photo's features, labelled or not: what the page holds; its rows the pool's n_pool photos, then the
+    test's n_test, then any distractors) the transductive and collection-statistics methods join."""
     out = {"logistic": functools.partial(probe.fit_linear, weight_decay=1e-4)}
     for wd in (1e-3, 1e-2, 1e-1):
         out[f"logistic-wd={wd:g}"] = functools.partial(probe.fit_linear, weight_decay=wd)
@@ -217,6 +263,9 @@ def methods(collection: np.ndarray | None = None) -> dict:
     out["fewshot"] = probe.fit_fewshot
     if collection is None:
         return out
+    out["neighbours"] = on_graph(neighbours.NeighbourClassifier(neighbours.exact_graph(collection)), n_pool, n_test)
+    out["neighbours, features only"] = on_graph(
+        neighbours.NeighbourClassifier(neighbours.exact_graph(collection), k_predictions=1), n_pool, n_test)
     pt = power_centred(collection)
     out["power + collection-centred, prototype"] = on(pt, PROTOTYPE)  # on features the transform centred
     out["power + collection-centred, logistic"] = on(pt, functools.partial(probe.fit_linear, weight_decay=1e-4))
@@ -236,6 +285,12 @@ def methods(collection: np.ndarray | None = None) -> dict:
     ct = centred(collection)
     out["collection-centred, prototype"] = on(ct, PROTOTYPE)
     out["collection-centred, fewshot"] = on(ct, probe.fit_fewshot)
+    for k, alpha, rounds in ((10, 3.0, 1), (20, 3.0, 1), (50, 3.0, 1), (30, 5.0, 1), (20, 3.0, 2), (10, 3.0, 2)):
+        t = neighbour_average(collection, k, alpha, rounds)
+        name = f"neighbour-averaged k={k} alpha={alpha:g}" + (f" x{rounds}" if rounds > 1 else "")
+        out[f"{name}, logistic"] = on(t, functools.partial(probe.fit_linear, weight_decay=1e-4))
+        out[f"{name}, fewshot"] = on(t, probe.fit_fewshot)
+        out[f"{name}, prototype"] = on(t, PROTOTYPE)
     return out
 
 
@@ -447,16 +502,17 @@ def main() -> None:
     if distractors:  # photos of other kinds, never labelled nor tested
         dx, _, dt, _, _ = features(args.checkpoint, args.folder, distractors, args.max_train, args.max_test, args.cache)
         collection += [dx, dt]
-    fits = methods(np.concatenate(collection))
-    transforms: dict = {}
+    fits = methods(np.concatenate(collection), len(train_x), len(test_x))
+    transforms: dict = {"L2 (as indexed)": unit}
+    for k in (10, 20, 50):
+        transforms[f"neighbour-averaged k={k} alpha=3"] = neighbour_average(np.concatenate(collection), k)
     if args.views:
         pool_paths = select(args.folder, classes, args.max_train, args.max_test)[0]
         views = {f"{crop:g}": augmented_views(args.checkpoint, pool_paths, args.views, crop, args.cache)
                  for crop in (0.08, 1.0)}
-        extra, transforms = view_methods(views, np.concatenate(collection))
+        extra, extra_t = view_methods(views, np.concatenate(collection))
         fits.update(extra)
-        transforms = {"L2 (as indexed)": unit, "collection-centred": centred(np.concatenate(collection)),
-                      **transforms}
+        transforms = {**transforms, "collection-centred": centred(np.concatenate(collection)), **extra_t}
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(";") if m.strip()]
         unknown = sorted(set(wanted) - set(fits))

@@ -90,8 +90,10 @@ def test_predictions_persist_across_reopen(setup):
         again.close()
 
 
-def test_probe_is_the_fewshot_classifier(setup):
-    from byol.probe import fit_fewshot, fit_linear
+def test_probe_is_the_neighbour_fewshot_classifier(setup):
+    from byol.neighbours import NeighbourClassifier
+    from byol.probe import fit_linear
+    from index.neighbours import store_graph
 
     store, labels, by_class, _ = setup
     for cls, ids in by_class.items():
@@ -100,12 +102,40 @@ def test_probe_is_the_fewshot_classifier(setup):
     ids = sorted(labels.labelled())
     names = sorted(by_class)
     y = [names.index(labels.labelled()[i]) for i in ids]
+    graph_ids, graph = store_graph(store)
+    nc = NeighbourClassifier(graph)
+    _, _, stored, _ = labels.last_probe()
+    expected = nc.fit(np.searchsorted(graph_ids, ids), y, len(names))
+    np.testing.assert_allclose(stored.weight, expected.weight, rtol=1e-4, atol=1e-4)
+    p = nc.predict_proba(expected)  # every photo's probabilities, averaged over its neighbours
+    preds = labels.predictions(graph_ids)
+    np.testing.assert_allclose([preds[int(i)].confidence for i in graph_ids], p.max(1), atol=1e-4)
+    assert [preds[int(i)].label for i in graph_ids] == [names[c] for c in p.argmax(1)]
+    labels.train(store, weight_decay=1e-4)  # an explicit penalty: the plain logistic probe on plain embeddings
+    _, _, stored, _ = labels.last_probe()
     x = store.get_vectors(ids)
-    _, _, stored, _ = labels.last_probe()
-    np.testing.assert_allclose(stored.weight, fit_fewshot(x, y, len(names)).weight, rtol=1e-4, atol=1e-4)
-    labels.train(store, weight_decay=1e-4)  # an explicit penalty: the plain logistic probe
-    _, _, stored, _ = labels.last_probe()
     np.testing.assert_allclose(stored.weight, fit_linear(x, y, len(names), 1e-4).weight, rtol=1e-4, atol=1e-4)
+    again = labels.predictions(graph_ids)
+    conf = fit_linear(x, y, len(names), 1e-4).predict_proba(store.get_vectors(graph_ids)).max(1)
+    np.testing.assert_allclose([again[int(i)].confidence for i in graph_ids], conf, atol=1e-4)
+
+
+def test_neighbour_graph_follows_the_index(setup, tmp_path):
+    """The graph is found once per version of the index: a new photo joins it at the next training."""
+    store, labels, by_class, _ = setup
+    for cls, ids in by_class.items():
+        labels.assign(ids[:2], cls)
+    assert labels.train(store).predicted == store.count
+    first = labels._graphs.get(store)
+    assert labels._graphs.get(store) is first  # same version: kept
+    vec = store.get_vectors(by_class["circle"][:1])
+    with Store.open(store.index_dir, writable=True) as w:
+        w.add([{"path": str(tmp_path / "new.png")}], vec)
+        w.save()
+    store.refresh()
+    assert labels.train(store).predicted == store.count == len(first[0]) + 1
+    ids, nc = labels._graphs.get(store)
+    assert len(ids) == store.count and nc.features.shape == (store.count, store.dim)
 
 
 def test_label_next_is_least_certain_and_unlabelled(setup):

@@ -1,0 +1,133 @@
+"""byol/neighbours.py (the few-shot classifier over a neighbour graph) and index/neighbours.py (the graph of an index)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from byol import probe
+from byol.neighbours import (
+    Graph,
+    NeighbourClassifier,
+    average_features,
+    average_predictions,
+    cross_val_accuracy,
+    exact_graph,
+    few_shot_top1,
+)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def noisy_classes(n_per_class: int = 60, classes: int = 3, dim: int = 64, noise: float = 1.6, seed: int = 0):
+    """Unit vectors: a class direction plus a large random part of each photo's own (what one photo has alone)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = centres[y] / np.sqrt(dim) * 4 + noise * rng.normal(size=(len(y), dim)) / np.sqrt(dim) * 4
+    return unit(x), y
+
+
+# ---------------------------------------------------------------------------------------------- the maths
+def test_average_features_weights_by_cosine_cubed_and_skips_missing():
+    v = unit(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32))
+    scores = np.array([[1.0, 0.5, -0.3], [1.0, -np.inf, 0.2], [1.0, 0.9, 0.9]], np.float32)
+    rows = np.array([[0, 1, 2], [1, -1, 2], [2, -1, -1]], np.int32)
+    out = average_features(Graph(scores, rows, v), k=3)
+    np.testing.assert_allclose(out[0], unit(np.array([[1, 0.125, 0]]))[0], atol=1e-6)  # the negative one weighs 0
+    np.testing.assert_allclose(out[1], unit(np.array([[0, 1, 0.008]]))[0], atol=1e-6)  # the missing slot too
+    np.testing.assert_allclose(out[2], [0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(average_features(Graph(scores, rows, v), k=1), v, atol=1e-6)  # itself alone
+
+
+def test_average_predictions_is_a_weighted_mean_of_probabilities():
+    v = unit(np.eye(3, dtype=np.float32))
+    g = Graph(np.array([[1.0, 0.5], [1.0, 0.0], [1.0, -np.inf]], np.float32),
+              np.array([[0, 2], [1, 0], [2, -1]], np.int32), v)
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]], np.float32)
+    out = average_predictions(proba, g, np.array([0, 1, 2]), k=2)
+    w = 0.5 ** 3
+    np.testing.assert_allclose(out[0], (proba[0] + w * proba[2]) / (1 + w), atol=1e-6)
+    np.testing.assert_allclose(out[1:], proba[1:], atol=1e-6)  # zero-weight and missing neighbours add nothing
+    np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-6)
+
+
+def test_exact_graph_matches_a_brute_force_search():
+    x, _ = noisy_classes(20, 2, 16)
+    g = exact_graph(x, k=5, chunk=7)  # chunks that do not divide the collection
+    sims = x @ x.T
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(g.rows[:, 0], np.arange(len(x)))  # every photo finds itself first
+    np.testing.assert_allclose(g.scores, np.take_along_axis(sims, want, 1), atol=1e-5)
+    assert g.rows.dtype == np.int32 and g.scores.shape == (40, 5)
+    assert exact_graph(x[:3], k=10).rows.shape == (3, 3)  # k never above the collection
+
+
+def test_graph_shapes_are_checked():
+    with pytest.raises(ValueError, match="shapes"):
+        Graph(np.zeros((3, 2), np.float32), np.zeros((3, 3), np.int32), np.zeros((3, 4), np.float32))
+
+
+def test_with_one_neighbour_it_is_the_plain_fewshot_classifier():
+    """k = 1 averages nothing: fit, draws and the cross-validated estimate are byol.probe's, exactly."""
+    x, y = noisy_classes(30, 3, 32)
+    nc = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1)
+    rows = np.array([0, 1, 30, 31, 60, 61])
+    np.testing.assert_allclose(nc.fit(rows, y[rows], 3).weight, probe.fit_fewshot(x[rows], y[rows], 3).weight,
+                               atol=1e-5)
+    pool, test = np.arange(0, 90, 2), np.arange(1, 90, 2)
+    got = few_shot_top1(nc, pool, y[pool], test, y[test], shots=2, draws=3, seed=4)
+    want = probe.few_shot_top1(x[pool], y[pool], x[test], y[test], 2, draws=3, seed=4, method="fewshot")
+    assert got == pytest.approx(want, abs=1e-6)
+    assert cross_val_accuracy(nc, rows, y[rows]) == pytest.approx(
+        probe.cross_val_accuracy(x[rows], y[rows], method="fewshot"))
+
+
+def test_averaging_over_neighbours_beats_the_plain_classifier_with_one_label():
+    """Each photo's own noise dominates its embedding; its neighbours share its class: one label per class
+    goes further on the averaged features (the module's claim, on constructed data)."""
+    x, y = noisy_classes(80, 3, 64, noise=2.0, seed=1)
+    pool, test = np.arange(0, len(y), 2), np.arange(1, len(y), 2)
+    nc = NeighbourClassifier(exact_graph(x), k_features=20, k_predictions=10)
+    plain = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1)
+    averaged, _ = few_shot_top1(nc, pool, y[pool], test, y[test], shots=1, draws=10)
+    alone, _ = few_shot_top1(plain, pool, y[pool], test, y[test], shots=1, draws=10)
+    assert averaged >= alone + 0.10, (averaged, alone)
+
+
+def test_predictions_are_probabilities_for_every_row():
+    x, y = noisy_classes(10, 3, 16)
+    nc = NeighbourClassifier(exact_graph(x))  # default k above the collection's 30 photos
+    clf = nc.fit(np.array([0, 10, 20]), np.array([0, 1, 2]), 3)
+    p = nc.predict_proba(clf)
+    assert p.shape == (30, 3) and np.all(p >= 0) and np.allclose(p.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(nc.predict_proba(clf, np.array([5, 7])), p[[5, 7]], atol=1e-6)
+    assert cross_val_accuracy(nc, np.array([0, 1]), np.array([0, 0])) is None  # one class: nothing to estimate
+
+
+# ---------------------------------------------------------------------------------------------- an index's graph
+def test_store_graph_rows_point_at_the_right_photos(setup):
+    from index.neighbours import store_graph
+
+    store, _, by_class, _ = setup
+    ids, g = store_graph(store, k=4)
+    np.testing.assert_array_equal(ids, store.all_ids())
+    np.testing.assert_allclose(g.vectors, store.get_vectors(ids), atol=1e-6)
+    for i in (0, 7, len(ids) - 1):
+        scores, nbr = store.search(store.get_vectors(ids[i : i + 1]), 4)
+        np.testing.assert_array_equal(ids[g.rows[i]], nbr[0])  # row numbers name the ids the search found
+        np.testing.assert_allclose(g.scores[i], scores[0], atol=1e-6)
+    big_ids, big = store_graph(store, k=store.count + 5)  # more neighbours than photos
+    assert big.rows.shape == (store.count, store.count) and (big.rows >= 0).all()
+
+
+def test_store_graph_of_an_empty_index(tmp_path):
+    from byol.preprocess import Preprocess
+    from index.neighbours import store_graph
+    from index.store import Store
+
+    with Store.create(tmp_path / "idx", 8, "0" * 64, tmp_path / "m.onnx", Preprocess().to_dict()) as store:
+        ids, g = store_graph(store)
+        assert len(ids) == 0 and len(g) == 0 and g.vectors.shape == (0, 8)
