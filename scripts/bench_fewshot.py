@@ -14,9 +14,10 @@ and the same test/ (or val/) images:
                    classifier before neighbour averaging
 and, with the statistics of the whole collection (pool and test features, labels unread: what the page
 holds of a folder):
-  neighbours       byol/neighbours.py: fewshot on every photo's features averaged over its 100 nearest photos of
-                   the collection, its probabilities averaged over its 30 nearest: what `evaluate` and the
-                   page use ("features only": without the second average)
+  neighbours       byol/neighbours.py: fewshot on every photo's features averaged over its nearest photos of
+                   the collection (100 in a collection of 4,000 or more, n / 40 in a smaller one), its
+                   probabilities averaged over three tenths as many: what `evaluate` and the page use
+                   ("features only": without the second average; "k=A/B": A and B whatever the size)
   neighbour-averaged k=K alpha=A   the features averaged (database-side augmentation) with other settings
   power + collection-centred   sqrt of the features, centred on the collection's mean (PT-MAP's transform)
   PCA drop K whiten G          the collection's top K principal directions dropped, the rest scaled
@@ -264,8 +265,10 @@ def methods(collection: np.ndarray | None = None, n_pool: int = 0, n_test: int =
     if collection is None:
         return out
     out["neighbours"] = on_graph(neighbours.NeighbourClassifier(neighbours.exact_graph(collection)), n_pool, n_test)
-    out["neighbours, features only"] = on_graph(
-        neighbours.NeighbourClassifier(neighbours.exact_graph(collection), k_predictions=1), n_pool, n_test)
+    graph = neighbours.exact_graph(collection)
+    out["neighbours, features only"] = on_graph(neighbours.NeighbourClassifier(graph, k_predictions=1), n_pool, n_test)
+    for kf, kp in ((100, 30), (50, 15), (20, 6), (10, 3)):  # fixed, whatever the collection's size
+        out[f"neighbours k={kf}/{kp}"] = on_graph(neighbours.NeighbourClassifier(graph, kf, kp), n_pool, n_test)
     pt = power_centred(collection)
     out["power + collection-centred, prototype"] = on(pt, PROTOTYPE)  # on features the transform centred
     out["power + collection-centred, logistic"] = on(pt, functools.partial(probe.fit_linear, weight_decay=1e-4))

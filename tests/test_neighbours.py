@@ -71,9 +71,10 @@ def test_graph_shapes_are_checked():
 
 
 def test_with_one_neighbour_it_is_the_plain_fewshot_classifier():
-    """k = 1 averages nothing: fit, draws and the cross-validated estimate are byol.probe's, exactly."""
+    """k = 1 averages nothing: fit, draws and the cross-validated estimate are byol.probe's, exactly; the
+    logits are only sharpened."""
     x, y = noisy_classes(30, 3, 32)
-    nc = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1)
+    nc = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1, sharpen=1.0)
     rows = np.array([0, 1, 30, 31, 60, 61])
     np.testing.assert_allclose(nc.fit(rows, y[rows], 3).weight, probe.fit_fewshot(x[rows], y[rows], 3).weight,
                                atol=1e-5)
@@ -83,6 +84,8 @@ def test_with_one_neighbour_it_is_the_plain_fewshot_classifier():
     assert got == pytest.approx(want, abs=1e-6)
     assert cross_val_accuracy(nc, rows, y[rows]) == pytest.approx(
         probe.cross_val_accuracy(x[rows], y[rows], method="fewshot"))
+    sharp = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1)  # SHARPEN: logits doubled
+    np.testing.assert_allclose(sharp.fit(rows, y[rows], 3).weight, 2 * nc.fit(rows, y[rows], 3).weight, atol=1e-5)
 
 
 def test_averaging_over_neighbours_beats_the_plain_classifier_with_one_label():
@@ -131,3 +134,14 @@ def test_store_graph_of_an_empty_index(tmp_path):
     with Store.create(tmp_path / "idx", 8, "0" * 64, tmp_path / "m.onnx", Preprocess().to_dict()) as store:
         ids, g = store_graph(store)
         assert len(ids) == 0 and len(g) == 0 and g.vectors.shape == (0, 8)
+
+
+def test_neighbourhood_follows_the_collection_size():
+    from byol.neighbours import K_FEATURES, K_PREDICTIONS, neighbourhood
+
+    assert neighbourhood(10) == (5, 2) and neighbourhood(400) == (10, 3)
+    assert neighbourhood(100_000) == (K_FEATURES, K_PREDICTIONS) == (100, 30)
+    sizes = [neighbourhood(n) for n in range(0, 10_000, 97)]
+    assert sizes == sorted(sizes)  # never fewer neighbours for more photos
+    x, _ = noisy_classes(10, 3, 16)
+    assert (NeighbourClassifier(exact_graph(x)).k_features, NeighbourClassifier(exact_graph(x)).k_predictions) == (5, 2)
