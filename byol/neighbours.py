@@ -100,13 +100,13 @@ def weights(scores: np.ndarray, rows: np.ndarray, k: int, alpha: float = ALPHA) 
     return w, r.clamp(min=0)
 
 
-def average_features(graph: Graph, k: int = K_FEATURES, alpha: float = ALPHA, chunk: int = 8192) -> np.ndarray:
+def average_features(graph: Graph, k: int = K_FEATURES, alpha: float = ALPHA, chunk: int = 1024) -> np.ndarray:
     """Every photo's embedding averaged over its k nearest (n,d), L2-normalised (see the module docstring)."""
     v = torch.as_tensor(graph.vectors)
     out = []
     for i in range(0, len(graph), chunk):
         w, r = weights(graph.scores[i : i + chunk], graph.rows[i : i + chunk], k, alpha)
-        out.append(F.normalize((w.unsqueeze(-1) * v[r]).sum(1), dim=1))  # n, d
+        out.append(F.normalize((w.unsqueeze(-1) * v[r]).sum(1), dim=1))  # chunk, d (from chunk, k, d: ~100 MB)
     return torch.cat(out).numpy() if out else np.zeros((0, graph.vectors.shape[1]), np.float32)
 
 
@@ -123,13 +123,13 @@ def average_predictions(proba: np.ndarray, graph: Graph, rows: np.ndarray, k: in
 
 
 @torch.no_grad()
-def exact_graph(vectors: npt.ArrayLike, k: int = K_GRAPH, chunk: int = 2048) -> Graph:
+def exact_graph(vectors: npt.ArrayLike, k: int = K_GRAPH, chunk: int = 512) -> Graph:
     """The neighbour graph of a collection by exact cosine (torch matmul + topk), for evaluation's folders."""
     v = F.normalize(torch.as_tensor(np.ascontiguousarray(vectors, np.float32)), dim=1)
     k = min(k, len(v))
     s_out, r_out = [], []
     for i in range(0, len(v), chunk):
-        s, r = (v[i : i + chunk] @ v.T).topk(k, dim=1)
+        s, r = (v[i : i + chunk] @ v.T).topk(k, dim=1)  # chunk x n cosines: 100 MB at 50,000 photos
         s_out.append(s)
         r_out.append(r.int())
     scores = torch.cat(s_out).numpy() if s_out else np.zeros((0, k), np.float32)
@@ -170,7 +170,8 @@ class NeighbourClassifier:
         need = need[need >= 0]
         own = np.zeros((len(self.graph), len(clf.bias)), np.float32)
         own[need] = clf.predict_proba(self.features[need])
-        return average_predictions(own, self.graph, rows, k)
+        parts = [average_predictions(own, self.graph, rows[i : i + 8192], k) for i in range(0, len(rows), 8192)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(clf.bias)), np.float32)
 
 
 def few_shot_top1(nc: NeighbourClassifier, pool_rows: np.ndarray, pool_y: np.ndarray, test_rows: np.ndarray,
