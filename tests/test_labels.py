@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from imagegen import shape_image
@@ -294,6 +296,40 @@ def test_a_labels_file_keyed_by_id_alone_is_migrated(tmp_path):
         w.save()
     assert labels.labelled() == {ids[str(paths[0])]: "new"}
     labels.close()
+
+
+def test_a_probe_saved_before_neighbour_averaging_still_predicts(setup):
+    """A labels file whose probes table predates the `features` column: the column is added, the old probe
+    predicts on the plain embeddings, and the next training is the neighbour classifier's."""
+    import sqlite3
+
+    from byol.probe import fit_fewshot
+
+    store, labels, by_class, index_dir = setup
+    names = sorted(by_class)
+    for cls in names:
+        labels.assign(by_class[cls][:2], cls)
+    labels.close()
+    ids = [i for cls in names for i in by_class[cls][:2]]
+    old = fit_fewshot(store.get_vectors(ids), np.repeat(np.arange(len(names)), 2), len(names))
+    db = sqlite3.connect(index_dir / "labels.sqlite")
+    db.executescript("DROP TABLE predictions; DROP TABLE probes; CREATE TABLE probes (version INTEGER PRIMARY KEY "
+                     "AUTOINCREMENT, at REAL NOT NULL, classes TEXT NOT NULL, counts TEXT NOT NULL, accuracy REAL, "
+                     "dim INTEGER NOT NULL, weight BLOB NOT NULL, bias BLOB NOT NULL, model_sha256 TEXT);")
+    db.execute("INSERT INTO probes (at, classes, counts, dim, weight, bias, model_sha256) VALUES (0, ?, '{}', ?, ?, ?, ?)",
+               (json.dumps(names), store.dim, old.weight.tobytes(), old.bias.tobytes(), store.model_sha256))
+    db.commit()
+    db.close()
+    again = Labels(index_dir)
+    try:
+        assert again.predict(store) == store.count
+        preds = again.predictions(store.all_ids())
+        want = old.predict_proba(store.get_vectors(store.all_ids())).max(1)
+        np.testing.assert_allclose([preds[int(i)].confidence for i in store.all_ids()], want, atol=1e-4)
+        again.train(store)
+        assert again._query("SELECT features FROM probes ORDER BY version DESC LIMIT 1") == [("neighbours",)]
+    finally:
+        again.close()
 
 
 def test_a_failed_commit_is_rolled_back_and_later_writes_work(setup):
