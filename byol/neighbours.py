@@ -191,21 +191,15 @@ def few_shot_top1(nc: NeighbourClassifier, pool_rows: np.ndarray, pool_y: np.nda
 
 def cross_val_accuracy(nc: NeighbourClassifier, rows: np.ndarray, y: np.ndarray, folds: int = 5,
                        seed: int = 0) -> float | None:
-    """k-fold accuracy of the classifier on labelled `rows` (byol.probe.cross_val_accuracy's folds): each held-out
-    photo predicted by a classifier fitted without it. None when it cannot be estimated."""
+    """k-fold accuracy of the classifier on labelled `rows` (byol.probe.cv_folds, the plain estimate's folds):
+    each held-out photo predicted by a classifier fitted without it. None when it cannot be estimated."""
     rows, y = np.asarray(rows, np.int64), np.asarray(y)
-    n = len(y)
-    if len(np.unique(y)) < 2 or n < 3:
+    split = probe.cv_folds(y, folds, seed)
+    if split is None:
         return None
-    folds = min(folds, n)
-    order = np.random.default_rng(seed).permutation(n)
     correct = 0
     num_classes = int(y.max()) + 1
-    for f in range(folds):
-        test = order[f::folds]
-        train = np.setdiff1d(order, test)
-        if len(np.unique(y[train])) < 2:
-            continue
+    for train, test in split:
         clf = nc.fit(rows[train], y[train], num_classes)
         correct += int((nc.predict_proba(clf, rows[test]).argmax(1) == y[test]).sum())
-    return correct / n
+    return correct / len(y)

@@ -283,26 +283,36 @@ def few_shot_top1(
     return float(np.mean(accs)), float(np.std(accs))
 
 
-def cross_val_accuracy(x: Features, y: Labels, folds: int = 5, seed: int = 0, weight_decay: float = 1e-4,
-                       method: str = "logistic") -> float | None:
-    """k-fold (leave-one-out when there are few labels) accuracy estimate of a classifier (see few_shot_top1).
-
-    None when it cannot be estimated (fewer than 2 classes, or a single example per class).
-    """
-    x, y = np.asarray(x, np.float32), np.asarray(y)
+def cv_folds(y: Labels, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The (train, test) index arrays of k-fold cross-validation (leave-one-out when there are few labels);
+    folds whose training part holds a single class are left out. None when nothing can be estimated
+    (fewer than 2 classes, or fewer than 3 labels)."""
+    y = np.asarray(y)
     n = len(y)
-    classes = np.unique(y)
-    if len(classes) < 2 or n < 3:
+    if len(np.unique(y)) < 2 or n < 3:
         return None
     folds = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
-    correct = 0
-    num_classes = int(y.max()) + 1
+    out = []
     for f in range(folds):
         test = order[f::folds]
         train = np.setdiff1d(order, test)
-        if len(np.unique(y[train])) < 2:
-            continue
+        if len(np.unique(y[train])) >= 2:
+            out.append((train, test))
+    return out
+
+
+def cross_val_accuracy(x: Features, y: Labels, folds: int = 5, seed: int = 0, weight_decay: float = 1e-4,
+                       method: str = "logistic") -> float | None:
+    """k-fold accuracy estimate of a classifier (see few_shot_top1 and cv_folds): the share of labelled
+    examples predicted right by a classifier fitted without them. None when it cannot be estimated."""
+    x, y = np.asarray(x, np.float32), np.asarray(y)
+    split = cv_folds(y, folds, seed)
+    if split is None:
+        return None
+    correct = 0
+    num_classes = int(y.max()) + 1
+    for train, test in split:
         clf = fit_method(method, x[train], y[train], num_classes, weight_decay)
         correct += int((clf.predict(x[test])[0] == y[test]).sum())
-    return correct / n
+    return correct / len(y)
