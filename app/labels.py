@@ -390,6 +390,11 @@ class Labels:
         predicted = self.predict(store, progress=lambda f, d: progress(0.4 + 0.6 * f, d))
         return ProbeReport(version, names, counts, accuracy, predicted, time.perf_counter() - t0)
 
+    def prepare(self, store: Store, progress: Progress = no_progress) -> None:
+        """Find the neighbour graph the probe fits and predicts on for the index as it is now (kept until the
+        index changes); training does it itself when it has not been done."""
+        self._graphs.get(store, progress)
+
     def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
         """(version, classes, LinearProbe, accuracy) of the newest probe, or None."""
         from byol.probe import LinearProbe

@@ -661,6 +661,7 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
     if page is not None:
         page.start_facts()
         page.start_map()
+        page.start_neighbours()
     return demo.launch(server_name=host, head=head_html(), server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
                        max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
                        share=False, app_kwargs={"middleware": middleware},

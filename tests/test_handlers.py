@@ -234,6 +234,36 @@ def test_the_map_prepared_from_launch_is_the_first_draws(page):
     assert page.start_map() is page.start_map()  # once per page
 
 
+def test_the_neighbours_found_from_launch_are_the_first_trainings(page):
+    page.start_neighbours().join()  # what launch starts, after the map
+    graph = page.labels._graphs.get(page.store)
+    assert len(graph[0]) == page.store.count
+    for cls in ("square", "circle"):
+        page.labels.assign(page.by_class[cls][:2], cls)
+    report, _ = handlers.train(page)
+    assert "Predicted" in report and page.labels._graphs.get(page.store) is graph  # not found again
+    assert page.start_neighbours() is page.start_neighbours()  # once per page
+
+
+def test_a_closing_page_stops_finding_the_neighbours(page, monkeypatch):
+    """Between two batches the search stops once the page closes; nothing half-found is kept."""
+    from index import neighbours
+
+    seen = []
+    real = neighbours.store_graph
+
+    def closing(store, progress, **kw):  # the page closes while the first batch is reported
+        def report(f, d):
+            seen.append(f)
+            page._fill_stop.set()
+            progress(f, d)
+        return real(store, progress=report, batch=8, **kw)
+
+    monkeypatch.setattr(neighbours, "store_graph", closing)
+    page.start_neighbours().join(timeout=30)
+    assert len(seen) == 1 and page.labels._graphs._value is None
+
+
 def test_map_colours_follow_labels_without_a_new_layout(page):
     import base64
     import json
