@@ -17,10 +17,11 @@ share their kind and differ in the rest. Two averages over each photo's nearest 
 No label is read by either average, so a photo's averaged embedding does not depend on which photos are
 labelled; only the classifier does.
 
-Measured with `scripts/bench_fewshot.py` (5 held-out Imagenette classes, 6,750 photos, the default 15-minute
-encoder, 40 draws; BENCHMARKS.md, "The few-shot classifier over the neighbour graph"): +5.1 points over plain
-logistic regression at 1 label per class and +5.6 at 5; the features alone give +4.4 / +4.8, and K_FEATURES
-from 50 to 200 and K_PREDICTIONS from 10 to 100 land within a point. With as many photos of kinds nobody
+Measured with `scripts/bench_fewshot.py` (5 held-out Imagenette classes, 6,750 photos, 40 draws; BENCHMARKS.md,
+"The few-shot classifier over the neighbour graph"): over plain logistic regression, +6.3 points at 1 label per
+class and +6.3 at 5 on the default encoder (the sixth base + 15 minutes), +5.1 / +5.7 on the fifth base + 15
+minutes, where the features averaged alone give +4.4 / +4.8; K_FEATURES from 50 to 200 and K_PREDICTIONS from
+10 to 100 land within a point. With as many photos of kinds nobody
 labels in the collection the gain halves and stays a gain. A small collection averages over fewer
 (`neighbourhood`). Searching still uses the plain embeddings: averaging costs P@1 (a photo's nearest
 neighbour becomes its neighbourhood's).
@@ -62,10 +63,11 @@ def neighbourhood(n: int) -> tuple[int, int]:
     """(k_features, k_predictions) for a collection of n photos.
 
     A neighbourhood must stay inside one kind of photo. Measured on collections cut from the held-out
-    Imagenette classes (BENCHMARKS.md): at 1,860 photos k = 20 to 100 all gain about 5 points, at 400 photos
-    k = 100 loses 3 points at 5 labels where k = 10 gains 2, at 150 photos k = 5 to 20 gain 3 to 8. So k
-    follows the collection, n / 40 (5 at least, K_FEATURES at most), and the probabilities are averaged over
-    three tenths of it, as at the full size (100 and 30).
+    Imagenette classes (BENCHMARKS.md; points over logistic regression at 1 / 5 labels): at 500 photos k = 100
+    gains +1.8 / +1.7 where n / 40 = 12 gains +3.7 / +2.9, at 200 photos k = 100 gives +0.3 / -2.1 where 5
+    gives +4.0 / +5.2, and at 1,860 photos k from 20 to 100 all gain about 5. So k follows the collection,
+    n / 40 (5 at least, K_FEATURES at most), and the probabilities are averaged over three tenths of it, as at
+    the full size (100 and 30).
     """
     k = min(K_FEATURES, max(5, n // PHOTOS_PER_NEIGHBOUR))
     return k, min(K_PREDICTIONS, max(1, round(0.3 * k)))
