@@ -264,8 +264,8 @@ def methods(collection: np.ndarray | None = None, n_pool: int = 0, n_test: int =
     out["fewshot"] = probe.fit_fewshot
     if collection is None:
         return out
-    out["neighbours"] = on_graph(neighbours.NeighbourClassifier(neighbours.exact_graph(collection)), n_pool, n_test)
     graph = neighbours.exact_graph(collection)
+    out["neighbours"] = on_graph(neighbours.NeighbourClassifier(graph), n_pool, n_test)
     out["neighbours, features only"] = on_graph(neighbours.NeighbourClassifier(graph, k_predictions=1), n_pool, n_test)
     for kf, kp in ((100, 30), (50, 15), (20, 6), (10, 3)):  # fixed, whatever the collection's size
         out[f"neighbours k={kf}/{kp}"] = on_graph(neighbours.NeighbourClassifier(graph, kf, kp), n_pool, n_test)
