@@ -19,8 +19,9 @@ deleted and built again, and never attach to another photo. Labels files written
 are migrated on opening: their ids are trusted only when the label is younger than the index.
 The probe is the few-shot classifier of byol/neighbours.py: byol.probe.fit_fewshot (multinomial logistic
 regression, its penalty set by the number of labels per class) on every photo's embedding averaged over its
-nearest photos in the index, its probabilities averaged over the same neighbourhood; trained from as few as
-one labelled photo per class. Its weights and bias are stored as a LinearProbe's. The neighbour graph is
+nearest photos in the index, its probabilities averaged over the same neighbourhood, or on the embeddings as
+they are where cross-validation on the labels finds that better (byol.neighbours.choose); trained from as few
+as one labelled photo per class. Its weights and bias are stored as a LinearProbe's. The neighbour graph is
 found once per version of the index (index/neighbours.py) and kept in memory.
 """
 
@@ -336,9 +337,10 @@ class Labels:
         """Fit the probe on every labelled photo still in the index, estimate its accuracy, predict all.
 
         The probe is the few-shot classifier of byol/neighbours.py (byol.probe.fit_fewshot on
-        neighbour-averaged embeddings, probabilities averaged over the neighbours; its penalty follows the
-        number of labels per class, so its confidence stays a probability from one label on); a weight_decay
-        fits the plain logistic probe with that penalty on the embeddings as they are instead.
+        neighbour-averaged embeddings, probabilities averaged over the neighbours, or on the plain embeddings
+        where cross-validation on the labels says so; its penalty follows the number of labels per class, so
+        its confidence stays a probability from one label on); a weight_decay fits the plain logistic probe
+        with that penalty on the embeddings as they are instead.
         """
         from byol import neighbours
         from byol.probe import cross_val_accuracy, fit_linear
@@ -364,10 +366,10 @@ class Labels:
                 rows = np.searchsorted(graph_ids, ids).clip(max=len(graph_ids) - 1)
                 keep = graph_ids[rows] == ids  # the index changed between the two reads: those wait
                 rows, y, ids = rows[keep], y[keep], ids[keep]
-                progress(0.3, f"fitting the probe on {len(ids)} photos")
-                probe = nc.fit(rows, y, len(names))
-                progress(0.35, "estimating accuracy (cross-validation)")
-                accuracy = neighbours.cross_val_accuracy(nc, rows, y, folds=5) if estimate else None
+                progress(0.3, f"fitting the probe on {len(ids)} photos, with and without the neighbours")
+                chosen = neighbours.choose(nc, rows, y, len(names))  # cross-validates both where it can
+                probe, accuracy = chosen.probe, chosen.accuracy if estimate else None
+                features = "neighbours" if chosen.averaged else None
             else:
                 x = np.asarray(store.get_vectors(ids), np.float32)
                 progress(0.1, f"fitting the probe on {len(ids)} photos")

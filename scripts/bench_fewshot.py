@@ -16,8 +16,10 @@ and, with the statistics of the whole collection (pool and test features, labels
 holds of a folder):
   neighbours       byol/neighbours.py: fewshot on every photo's features averaged over its nearest photos of
                    the collection (100 in a collection of 4,000 or more, n / 40 in a smaller one), its
-                   probabilities averaged over three tenths as many: what `evaluate` and the page use
-                   ("features only": without the second average; "k=A/B": A and B whatever the size)
+                   probabilities averaged over three tenths as many ("features only": without the second
+                   average; "k=A/B": A and B whatever the size)
+  neighbours or plain   that or fewshot on the plain features, whichever cross-validates better on the labels
+                   (byol.neighbours.choose): what `evaluate` and the page use
   neighbour-averaged k=K alpha=A   the features averaged (database-side augmentation) with other settings
   power + collection-centred   sqrt of the features, centred on the collection's mean (PT-MAP's transform)
   PCA drop K whiten G          the collection's top K principal directions dropped, the rest scaled
@@ -224,22 +226,23 @@ def self_training(collection: torch.Tensor, rounds: int = 3, grow: int = 2, rank
     return fit
 
 
-def on_graph(nc: neighbours.NeighbourClassifier, n_pool: int, n_test: int) -> Callable:
-    """byol/neighbours.py's classifier (what the page and `evaluate` use) over the collection's neighbour graph,
-    whose rows are the pool, then the test photos, then any distractors: fitted on the labelled pool rows,
-    predicting the test rows."""
+def on_graph(nc: neighbours.NeighbourClassifier, n_pool: int, n_test: int, chosen: bool = False) -> Callable:
+    """byol/neighbours.py's classifier over the collection's neighbour graph, whose rows are the pool, then the
+    test photos, then any distractors: fitted on the labelled pool rows, predicting the test rows. `chosen`:
+    byol.neighbours.choose (averaged or plain by cross-validation on the labels: what the page and `evaluate`
+    use) instead of always averaged."""
     test_rows = np.arange(n_pool, n_pool + n_test)
 
     @dataclass
     class Fitted:
-        clf: probe.LinearProbe
+        clf: neighbours.Chosen
 
         def predict_proba(self, x: np.ndarray) -> np.ndarray:
             assert len(x) == n_test, "predicts the test photos of the collection only"
-            return nc.predict_proba(self.clf, test_rows)
+            return self.clf.predict_proba(nc, test_rows)
 
     def fit(x, y, c, idx):
-        return Fitted(nc.fit(idx, y, c))
+        return Fitted(neighbours.choose(nc, idx, y, c) if chosen else neighbours.Chosen(nc.fit(idx, y, c), True, None))
     fit.wants_idx = True  # type: ignore[attr-defined]
     return fit
 
@@ -266,6 +269,7 @@ def methods(collection: np.ndarray | None = None, n_pool: int = 0, n_test: int =
         return out
     graph = neighbours.exact_graph(collection)
     out["neighbours"] = on_graph(neighbours.NeighbourClassifier(graph), n_pool, n_test)
+    out["neighbours or plain"] = on_graph(neighbours.NeighbourClassifier(graph), n_pool, n_test, chosen=True)
     out["neighbours, features only"] = on_graph(neighbours.NeighbourClassifier(graph, k_predictions=1), n_pool, n_test)
     for kf, kp in ((100, 30), (50, 15), (20, 6), (10, 3)):  # fixed, whatever the collection's size
         out[f"neighbours k={kf}/{kp}"] = on_graph(neighbours.NeighbourClassifier(graph, kf, kp), n_pool, n_test)

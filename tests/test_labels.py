@@ -93,7 +93,7 @@ def test_predictions_persist_across_reopen(setup):
 
 
 def test_probe_is_the_neighbour_fewshot_classifier(setup):
-    from byol.neighbours import NeighbourClassifier
+    from byol.neighbours import NeighbourClassifier, choose
     from byol.probe import fit_linear
     from index.neighbours import store_graph
 
@@ -113,6 +113,14 @@ def test_probe_is_the_neighbour_fewshot_classifier(setup):
     preds = labels.predictions(graph_ids)
     np.testing.assert_allclose([preds[int(i)].confidence for i in graph_ids], p.max(1), atol=1e-4)
     assert [preds[int(i)].label for i in graph_ids] == [names[c] for c in p.argmax(1)]
+    for cls, ids in by_class.items():  # with 3 labels per class, cross-validation chooses averaged or plain
+        labels.assign(ids[:3], cls)
+    report = labels.train(store)
+    ids = sorted(labels.labelled())
+    y = [names.index(labels.labelled()[i]) for i in ids]
+    chosen = choose(nc, np.searchsorted(graph_ids, ids), y, len(names))
+    features = labels._query("SELECT features FROM probes ORDER BY version DESC LIMIT 1")[0][0]
+    assert features == ("neighbours" if chosen.averaged else None) and report.accuracy == chosen.accuracy
     labels.train(store, weight_decay=1e-4)  # an explicit penalty: the plain logistic probe on plain embeddings
     _, _, stored, _ = labels.last_probe()
     x = store.get_vectors(ids)

@@ -145,3 +145,34 @@ def test_neighbourhood_follows_the_collection_size():
     assert sizes == sorted(sizes)  # never fewer neighbours for more photos
     x, _ = noisy_classes(10, 3, 16)
     assert (NeighbourClassifier(exact_graph(x)).k_features, NeighbourClassifier(exact_graph(x)).k_predictions) == (5, 2)
+
+
+def nuisance_groups(n: int = 240, dim: int = 32, seed: int = 3):
+    """Unit vectors whose nearest neighbours share a nuisance (a colour, say) across 2 classes: averaging
+    over them mixes the classes, while the class direction is there for a classifier that is shown it."""
+    rng = np.random.default_rng(seed)
+    classes, groups = rng.integers(0, 2, n), rng.integers(0, 6, n)
+    cdir, gdir = rng.normal(size=(2, dim)), rng.normal(size=(6, dim)) * 5
+    x = cdir[classes] + gdir[groups] + 0.3 * rng.normal(size=(n, dim))
+    return unit(x), classes
+
+
+def test_choose_keeps_the_neighbours_where_they_help_and_the_plain_classifier_where_they_mislead():
+    from byol.neighbours import choose
+
+    x, y = noisy_classes(80, 3, 64, noise=2.0, seed=1)
+    nc = NeighbourClassifier(exact_graph(x), k_features=20, k_predictions=6)
+    rows = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])
+    chosen = choose(nc, rows, y[rows], 3)
+    assert chosen.averaged and chosen.accuracy == pytest.approx(cross_val_accuracy(nc, rows, y[rows]))
+
+    x, y = nuisance_groups()
+    nc = NeighbourClassifier(exact_graph(x), k_features=40, k_predictions=13)
+    rows = np.concatenate([np.flatnonzero(y == c)[:10] for c in range(2)])
+    assert cross_val_accuracy(nc, rows, y[rows]) < probe.cross_val_accuracy(x[rows], y[rows], method="fewshot")
+    chosen = choose(nc, rows, y[rows], 2)
+    assert not chosen.averaged
+    np.testing.assert_allclose(chosen.predict_proba(nc), probe.fit_fewshot(x[rows], y[rows], 2).predict_proba(x),
+                               atol=1e-5)
+    one = choose(nc, rows[[0, 10]], y[rows[[0, 10]]], 2)  # one label per class: nothing to compare
+    assert one.averaged and one.accuracy is None
