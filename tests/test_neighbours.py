@@ -172,7 +172,8 @@ def test_choose_keeps_the_neighbours_where_they_help_and_the_plain_classifier_wh
     assert cross_val_accuracy(nc, rows, y[rows]) < probe.cross_val_accuracy(x[rows], y[rows], method="fewshot")
     chosen = choose(nc, rows, y[rows], 2)
     assert not chosen.averaged
-    np.testing.assert_allclose(chosen.predict_proba(nc), probe.fit_fewshot(x[rows], y[rows], 2).predict_proba(x),
+    plain = probe.fit_fewshot(x[rows], y[rows], 2)  # its logits doubled, as the neighbour classifier's
+    np.testing.assert_allclose(chosen.predict_proba(nc), probe.LinearProbe(2 * plain.weight, 2 * plain.bias).predict_proba(x),
                                atol=1e-5)
     one = choose(nc, rows[[0, 10]], y[rows[[0, 10]]], 2)  # one label per class: nothing to compare
     assert one.averaged and one.accuracy is None
