@@ -4,7 +4,8 @@ The field's protocol (Wu et al. 2018; used by lightly, solo-learn and DINO): the
 features L2-normalised; weighted kNN with k=200 and t=0.1 against the train split, top-1 on the test split;
 a multinomial logistic regression on all train features; and the same probe given only 1, 5 or 10
 labelled images per class, averaged over several random draws, beside the few-shot classifier the page
-uses (byol/neighbours.py, over the neighbour graph of every photo of the folder) on the same draws. Images
+uses (byol/neighbours.py, over the neighbour graph of every photo of the folder, or plain where
+cross-validation on the labels prefers it) on the same draws. Images
 go through the ONE evaluation transform (byol.preprocess.Preprocess) that export, embedding and the page
 also use.
 
@@ -268,8 +269,9 @@ def evaluate_encoder(encoder: nn.Module, preprocess: Preprocess, labelled_folder
         result["linear_top1"] = float((clf.predict(xt)[0] == test_y).mean())
         result["linear_weight_decay"] = wd
     result["few_shot"] = {}  # the plain logistic probe
-    # byol/neighbours.py's classifier, what the page uses, on the same draws; the collection whose neighbour
-    # graph it averages over is every photo of the folder (train and test), as the page's is its whole index
+    # byol.neighbours.choose's classifier (averaged over the neighbour graph, or plain where cross-validation on
+    # the labels prefers it), what the page uses, on the same draws; the collection whose neighbour graph it
+    # averages over is every photo of the folder (train and test), as the page's is its whole index
     result["few_shot_classifier"] = {}
     few_wd = weight_decay if weight_decay is not None else FEW_SHOT_WEIGHT_DECAY
     nc = neighbours.NeighbourClassifier(neighbours.exact_graph(np.concatenate([x, xt]))) if o.shots else None
