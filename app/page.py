@@ -91,11 +91,22 @@ class Page:
         return self._embedder
 
     def refresh(self) -> None:
-        """Pick up a newer saved generation of the index (an update run beside the page), at most once a second."""
+        """Pick up a newer saved generation of the index (an update run beside the page), at most once a second;
+        the neighbours of its photos are then found again in the background."""
         now = time.monotonic()
         if now - self._refreshed > 1.0 and hasattr(self.store, "refresh"):
             self._refreshed = now
-            self.store.refresh()
+            if self.store.refresh():
+                self._restart_neighbours()
+
+    def _restart_neighbours(self) -> None:
+        """The index changed: find the new version's neighbours in the background too (when launch started it)."""
+        with self._lazy_lock:
+            t = self._graph_thread
+            if t is None or t.is_alive():  # never started, or still working: the next training finds the rest
+                return
+            self._graph_thread = None
+        self.start_neighbours()
 
     def require_photos(self) -> None:
         self._last_request = time.monotonic()

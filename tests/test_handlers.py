@@ -245,6 +245,24 @@ def test_the_neighbours_found_from_launch_are_the_first_trainings(page):
     assert page.start_neighbours() is page.start_neighbours()  # once per page
 
 
+def test_an_index_update_beside_the_page_finds_the_new_neighbours_in_the_background(page, tmp_path):
+    from index.store import Store
+
+    first = page.start_neighbours()
+    first.join()
+    before = page.labels._graphs.get(page.store)
+    with Store.open(page.index_dir, writable=True) as w:
+        w.add([{"path": str(tmp_path / "new.png")}], page.store.get_vectors(page.by_class["square"][:1]))
+        w.save()
+    page._refreshed = 0.0  # past the once-a-second limit
+    page.refresh()
+    second = page.start_neighbours()
+    assert second is not first
+    second.join()
+    ids, _ = page.labels._graphs._value
+    assert len(ids) == page.store.count == len(before[0]) + 1
+
+
 def test_a_closing_page_stops_finding_the_neighbours(page, monkeypatch):
     """Between two batches the search stops once the page closes; nothing half-found is kept."""
     from index import neighbours
