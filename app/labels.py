@@ -359,10 +359,11 @@ class Labels:
         # a photo whose label has no other example is always missed when held out: with one photo per
         # label there is nothing to estimate from
         estimate = max(counts.values()) >= 2
-        features = None if weight_decay is not None else "neighbours"
+        features = None  # the plain embeddings, unless the neighbour classifier is chosen below
+        if weight_decay is None:  # the graph's averages run on every thread, before the fit's one-thread limit
+            graph_ids, nc = self._graphs.get(store, lambda f, d: progress(0.05 + 0.25 * f, d))
         with _torch_threads(1) if len(ids) <= 20000 else contextlib.nullcontext():
             if weight_decay is None:
-                graph_ids, nc = self._graphs.get(store, lambda f, d: progress(0.05 + 0.25 * f, d))
                 rows = np.searchsorted(graph_ids, ids).clip(max=len(graph_ids) - 1)
                 keep = graph_ids[rows] == ids  # the index changed between the two reads: those wait
                 rows, y, ids = rows[keep], y[keep], ids[keep]

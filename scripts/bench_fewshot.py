@@ -154,8 +154,8 @@ def _average(x: torch.Tensor, col: torch.Tensor, k: int, alpha: float, chunk: in
     out = []
     for i in range(0, len(x), chunk):
         sim, idx = (x[i : i + chunk] @ col.T).topk(min(k, len(col)), dim=1)
-        w = sim.clamp(min=0) ** alpha
-        out.append(F.normalize((w.unsqueeze(-1) * col[idx]).sum(1), dim=1))
+        w, r = neighbours.weights(sim.numpy(), idx.numpy(), k, alpha)  # the weights the shipped classifier uses
+        out.append(F.normalize((w.unsqueeze(-1) * col[r]).sum(1), dim=1))
     return torch.cat(out)
 
 
