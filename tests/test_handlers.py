@@ -263,6 +263,28 @@ def test_an_index_update_beside_the_page_finds_the_new_neighbours_in_the_backgro
     assert len(ids) == page.store.count == len(before[0]) + 1
 
 
+def test_trainings_fired_at_once_find_the_neighbours_once(page, monkeypatch):
+    """A script pressing Train from several connections at once, before any neighbours are found: every call
+    answers, and the index is searched once (the others wait for that search instead of repeating it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from index import neighbours
+
+    for cls in ("square", "circle"):
+        page.labels.assign(page.by_class[cls][:2], cls)
+    calls = []
+    real = neighbours.store_graph
+
+    def counted(store, **kw):
+        calls.append(1)
+        return real(store, **kw)
+
+    monkeypatch.setattr(neighbours, "store_graph", counted)
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda _: handlers.train(page)[0], range(4)))
+    assert len(calls) == 1 and all("Predicted" in r for r in reports)
+
+
 def test_a_closing_page_stops_finding_the_neighbours(page, monkeypatch):
     """Between two batches the search stops once the page closes; nothing half-found is kept."""
     from index import neighbours
