@@ -357,14 +357,19 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="also answer requests addressed to NAME (a DNS name of this machine, or a reverse proxy's); "
                         "by default only the --host address and 127.0.0.1/localhost/[::1] are answered, so other "
                         "web sites cannot reach the page. Repeat for several names")
+    g.add_argument("--trusted-proxy", metavar="IP", action="append", default=[],
+                   help="the address (or network, 10.0.0.0/8) of a reverse proxy in front of the page: only its "
+                        "X-Forwarded-For header is believed, so that failed logins are counted per real client. "
+                        "By default nobody's is: each connection's own address is the client. Repeat for several")
 
 
 def _serve_index(index_dir: str, args: argparse.Namespace) -> int:
     """Open the page on INDEX_DIR until Ctrl-C; user mistakes become one-line errors (main())."""
-    from app.files import check_bind, resolve_auth
+    from app.files import check_bind, resolve_auth, trusted_proxies
 
     auth = resolve_auth(args.auth, args.auth_file)
     check_bind(args.host, auth)
+    proxies = trusted_proxies(args.trusted_proxy)  # a bad address is refused before the page is built
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: give a port between 1 and 65535")
     if not (Path(index_dir) / "meta.sqlite").is_file():
@@ -376,7 +381,8 @@ def _serve_index(index_dir: str, args: argparse.Namespace) -> int:
     demo = build_app(index_dir)
     print(f"serving {index_dir} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
-        launch(demo, index_dir, host=args.host, port=args.port, auth=auth, allow_hosts=args.allow_host)
+        launch(demo, index_dir, host=args.host, port=args.port, auth=auth, allow_hosts=args.allow_host,
+               trusted_proxies=proxies)
     except OSError as e:  # the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}; try another --port") from e
     return 0

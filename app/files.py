@@ -7,29 +7,40 @@ photo; everything else in the index (FAISS index, SQLite databases, manifest, ex
 is refused, whatever the URL (traversal with ../, absolute paths, encoded variants), because gradio serves a
 file only when it lies in an allowed folder and outside every blocked one.
 
+No web address, ever (`UrlGuard`, `refuse_url_fetches`): gradio fetches a URL given to its file route
+(`/gradio_api/file=https://...`) or as the path of a file sent to an event, and streams or stores what it
+got. The page refuses both before gradio sees them, and its components refuse to download even if a request
+got past the guard: the page never fetches anything on anyone's behalf.
+
 Requests are also checked before gradio sees them (`HostGuard`): only the names the server listens on are
 answered (a page on another site cannot reach it by DNS rebinding), and no other web site may drive it
 (a foreign Origin, or a foreign Referer on a request that changes something, is refused). An upload is
 read only when gradio itself stored it (`read_upload`). Failed logins are slowed down per client
-(`LoginThrottle`).
+(`LoginThrottle`), a client being the address the connection comes from (`client_of`): X-Forwarded-For is
+believed only from a proxy the user named (`forwarded_headers_from`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
+import json
 import logging
 import os
+import re
 import socket
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from gradio import Blocks
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from index.store import Store
@@ -49,6 +60,15 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # After the first failed login a client waits LOGIN_DELAY s before its next try, doubling with each
 # further failure up to LOGIN_DELAY_MAX s; a success resets it. 10 guesses then cost about 4 minutes.
 LOGIN_DELAY, LOGIN_DELAY_MAX = 0.5, 60.0
+# Logins of one client are answered one at a time; more than this many waiting at once are refused (429).
+LOGIN_WAITING_MAX = 8
+# The answer to every web address the page is asked to fetch or serve.
+URL_REFUSED = "byol-search never fetches a web address: send the photo itself (upload or paste it)"
+# Request bodies of events (JSON) larger than this are refused before they are parsed (413): the largest the
+# page sends (a map selection of 100,000 ids) is under 1 MB.
+MAX_EVENT_BYTES = 8 * 1000 * 1000
+# uvicorn's setting of which peers may tell it the client's address (X-Forwarded-For); none unless named.
+FORWARDED_ENV = "FORWARDED_ALLOW_IPS"
 # Files an index holds besides its thumbnails; blocked by name even before they exist.
 INDEX_FILES = ("meta.sqlite", "vectors.faiss", "labels.sqlite", "manifest.json", "photo_info.sqlite",
                "review.sqlite")
@@ -192,6 +212,26 @@ def read_upload(path: object, upload_dir: str | Path, uploaded: Collection[str],
     return data
 
 
+def discard_upload(path: object, upload_dir: str | Path, uploaded: set[str]) -> bool:
+    """Delete an upload gradio stored (and its folder, gradio's one per upload, once empty): after its
+    search, or when it waited too long. Only a path gradio's upload route returned and inside `upload_dir`;
+    returns whether a file was deleted."""
+    if not isinstance(path, str) or path not in uploaded:
+        return False
+    uploaded.discard(path)
+    root, real = os.path.realpath(upload_dir), os.path.realpath(path)
+    if real == root or os.path.commonpath([root, real]) != root:
+        return False
+    try:
+        os.unlink(real)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        if os.path.dirname(real) != root:
+            os.rmdir(os.path.dirname(real))  # fails, harmlessly, while another upload is in it
+    return True
+
+
 # ---------------------------------------------------------------------- who may send requests
 def host_name(value: str) -> str:
     """The lower-case host of a Host header or URL ('Example.org:7860', '[::1]:80', 'http://a:1/x'); '' if none."""
@@ -281,33 +321,36 @@ class HostGuard:
         reason = self.refusal(scope.get("method", "GET"), headers)
         if reason is None:
             return await self.app(scope, receive, send)
-        client = (scope.get("client") or ("?",))[0]
-        log.warning("refused %s %s from %s: %s", scope.get("method", "WEBSOCKET"), scope.get("path"), client, reason)
+        log.warning("refused %s %s from %s: %s", scope.get("method", "WEBSOCKET"), scope.get("path"),
+                    client_of(scope), reason)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = (reason + "\n").encode()
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await answer(send, 403, reason)
 
 
 class LoginThrottle:
     """ASGI middleware: each failed login makes that client's next login wait longer (exponentially).
 
-    The wait is an `asyncio.sleep` before the request reaches the login route, so the server goes on
-    answering everything else meanwhile. Tries sent at once by one client queue up, one delay apart.
-    Clients are told apart by address; at most `max_clients` are remembered.
+    A client's logins are answered one at a time, each after the wait its failures so far earn (measured from
+    the last failure), so tries sent at once are no faster than tries sent one after another: the second of
+    a burst already waits for the first's answer and LOGIN_DELAY more. More than `max_waiting` tries of one
+    client waiting at once are refused (429). The wait is an `asyncio.sleep` before the request reaches the
+    login route, so the server goes on answering everything else meanwhile. Clients are told apart by
+    `client_of` (the connection's peer); at most `max_clients` are remembered.
     """
 
-    def __init__(self, app: ASGIApp, delay: float | None = None, delay_max: float | None = None, max_clients: int = 10_000):
+    def __init__(self, app: ASGIApp, delay: float | None = None, delay_max: float | None = None,
+                 max_clients: int = 10_000, max_waiting: int | None = None):
         self.app = app
         self.delay = LOGIN_DELAY if delay is None else delay
         self.delay_max = LOGIN_DELAY_MAX if delay_max is None else delay_max
         self.max_clients = max_clients
+        self.max_waiting = LOGIN_WAITING_MAX if max_waiting is None else max_waiting
         self._failures: OrderedDict[str, int] = OrderedDict()
-        self._next_try: dict[str, float] = {}
+        self._last_failure: dict[str, float] = {}
+        self._turns: dict[str, asyncio.Lock] = {}  # one login at a time per client
+        self._waiting: dict[str, int] = {}
 
     def wait_after(self, failures: int) -> float:
         return 0.0 if failures < 1 else min(self.delay * 2 ** (failures - 1), self.delay_max)
@@ -315,14 +358,25 @@ class LoginThrottle:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path", "").rstrip("/") != "/login":
             return await self.app(scope, receive, send)
-        client = (scope.get("client") or ("?",))[0]
-        now = time.monotonic()
-        wait = self.wait_after(self._failures.get(client, 0))
-        if wait > 0 or client in self._next_try:  # clients that never failed are not remembered
-            start = max(now, self._next_try.get(client, 0.0)) + wait
-            self._next_try[client] = start
-            if start > now:
-                await asyncio.sleep(start - now)
+        client = client_of(scope)
+        if self._waiting.get(client, 0) >= self.max_waiting:
+            log.warning("refused a login from %s: %d tries already waiting", client, self.max_waiting)
+            return await answer(send, 429, "byol-search refused this login: too many tries at once from your "
+                                           "address; wait for the answers and try again.")
+        self._waiting[client] = self._waiting.get(client, 0) + 1
+        turn = self._turns.setdefault(client, asyncio.Lock())
+        try:
+            async with turn:
+                wait = self._last_failure.get(client, 0.0) + self.wait_after(self._failures.get(client, 0))
+                if wait > time.monotonic():
+                    await asyncio.sleep(wait - time.monotonic())
+                await self._try(client, scope, receive, send)
+        finally:
+            self._waiting[client] -= 1
+            if not self._waiting[client]:  # nobody of this client waits: forget the turn
+                del self._waiting[client], self._turns[client]
+
+    async def _try(self, client: str, scope: Scope, receive: Receive, send: Send) -> None:
         status = 0
 
         async def send_status(message: Message) -> None:
@@ -334,9 +388,190 @@ class LoginThrottle:
         await self.app(scope, receive, send_status)
         if status == 200:
             self._failures.pop(client, None)
-            self._next_try.pop(client, None)
+            self._last_failure.pop(client, None)
         elif status in (400, 401, 403):
             self._failures[client] = self._failures.get(client, 0) + 1
             self._failures.move_to_end(client)
+            self._last_failure[client] = time.monotonic()
             while len(self._failures) > self.max_clients:
-                self._next_try.pop(self._failures.popitem(last=False)[0], None)
+                self._last_failure.pop(self._failures.popitem(last=False)[0], None)
+
+
+# ---------------------------------------------------------------------- who a client is
+def client_of(scope: Scope) -> str:
+    """The address a request comes from: the connection's peer as the server saw it. uvicorn replaces it
+    with the X-Forwarded-For address only when the peer is a proxy named with `forwarded_headers_from`,
+    so a client cannot pick its own address by sending that header."""
+    return str((scope.get("client") or ("?",))[0])
+
+
+def trusted_proxies(values: Iterable[str]) -> list[str]:
+    """--trusted-proxy values checked: IP addresses or networks (10.0.0.0/8); ValueError names a bad one."""
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_network(v.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"--trusted-proxy {v!r}: give the IP address (or network) of the reverse proxy in "
+                             "front of the page, e.g. 127.0.0.1 or 10.0.0.0/8") from None
+    return out
+
+
+@contextlib.contextmanager
+def forwarded_headers_from(proxies: Iterable[str] = ()) -> Iterator[None]:
+    """While the server starts: uvicorn believes X-Forwarded-For only from `proxies` (by default it believes
+    any loopback peer, so every local script could pose as a new client per request). Nobody by default."""
+    before = os.environ.get(FORWARDED_ENV)
+    os.environ[FORWARDED_ENV] = ",".join(trusted_proxies(proxies))  # "" matches no peer
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(FORWARDED_ENV, None)
+        else:
+            os.environ[FORWARDED_ENV] = before
+
+
+# ---------------------------------------------------------------------- no URL, ever
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*:")
+# gradio's routes that fetch a URL they are given: its file route (and the older spelling) and its proxy
+_FETCHING_ROUTE = re.compile(r"/(file=|file/|proxy=)(.*)", re.DOTALL)
+# POST routes whose bodies are not JSON: the upload (multipart) and the login (a form)
+_NOT_JSON = ("/upload", "/login")
+
+
+def is_url(text: object) -> bool:
+    """Whether a path sent by a client names a place on another machine: any scheme (http:, https:, ftp:,
+    file:, data:, ...) or a network path (//host, \\\\host). Photo paths of the page never do."""
+    if not isinstance(text, str):
+        return False
+    return bool(_SCHEME.match(text)) or text.lstrip().startswith(("//", "\\\\"))
+
+
+def holds_url(value: object, depth: int = 64) -> bool:
+    """Whether decoded JSON holds a file (a dict with a "path", as gradio's FileData) whose path is a web
+    address. Only "path" counts: gradio downloads that; its "url" is the page's own address of the file."""
+    todo: list[tuple[object, int]] = [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if d > depth:
+            return True  # nesting no page request has: refused as if it held one
+        if isinstance(v, dict):
+            if is_url(v.get("path")):
+                return True
+            todo.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            todo.extend((x, d + 1) for x in v)
+    return False
+
+
+async def answer(send: Send, status: int, text: str, as_json: bool = False) -> None:
+    """A short refusal: plain text, or gradio's JSON error ({"detail": text}) for its own routes."""
+    body = (json.dumps({"detail": text}) if as_json else text + "\n").encode()
+    kind = b"application/json" if as_json else b"text/plain; charset=utf-8"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, max_bytes: int) -> bytes | None:
+    """The whole request body, or None once it passes `max_bytes` (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client went away: what came
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the client's own messages (a disconnect)."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+class UrlGuard:
+    """ASGI middleware in front of gradio: the page never fetches a web address for anyone.
+
+    - GET/HEAD of gradio's file route with a URL (`/gradio_api/file=https://...`, any scheme, encoded or
+      not: the path is checked decoded) and of its proxy route: 403, before gradio's URL fetcher sees it;
+    - a JSON body (an event: queue/join, call, run) holding a file whose path is a URL: 400 with gradio's
+      error shape, so nothing is downloaded; bodies over MAX_EVENT_BYTES: 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_EVENT_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        fetching = _FETCHING_ROUTE.search(path)
+        if fetching and (fetching.group(1) == "proxy=" or is_url(fetching.group(2))):
+            log.warning("refused %s %s from %s: a web address", scope.get("method"), path[:200], client_of(scope))
+            return await answer(send, 403, URL_REFUSED)
+        if scope.get("method") != "POST" or path.rstrip("/").endswith(_NOT_JSON):
+            return await self.app(scope, receive, send)
+        body = await read_body(receive, self.max_bytes)
+        if body is None:
+            return await answer(send, 413, f"byol-search refused a request over {self.max_bytes // 10**6} MB.",
+                                as_json=True)
+        try:
+            data = json.loads(body) if body else None
+        except (ValueError, RecursionError):
+            data = None  # not JSON: gradio refuses it itself
+        if holds_url(data):
+            log.warning("refused POST %s from %s: a file given as a web address", path[:200], client_of(scope))
+            return await answer(send, 400, URL_REFUSED, as_json=True)
+        await self.app(scope, replay(body, receive), send)
+
+
+def _no_url(fetch: Callable[..., Any]) -> Callable[..., Any]:
+    """gradio's `(async_)move_resource_to_block_cache` refusing a web address instead of downloading it."""
+    if asyncio.iscoroutinefunction(fetch):
+        @functools.wraps(fetch)
+        async def refuse_async(url_or_file_path: Any) -> Any:
+            if is_url(str(url_or_file_path)):
+                raise ValueError(URL_REFUSED)
+            return await fetch(url_or_file_path)
+
+        return refuse_async
+
+    @functools.wraps(fetch)
+    def refuse(url_or_file_path: Any) -> Any:
+        if is_url(str(url_or_file_path)):
+            raise ValueError(URL_REFUSED)
+        return fetch(url_or_file_path)
+
+    return refuse
+
+
+def refuse_url_fetches(blocks: Blocks) -> int:
+    """Make every component of the page refuse to download a file given as a web address (gradio moves the
+    files of an event's inputs into its cache through these two methods, downloading URLs), so that even a
+    request that got past `UrlGuard` fetches nothing. Returns how many components were changed."""
+    changed = 0
+    for block in [blocks, *blocks.blocks.values()]:
+        for name in ("async_move_resource_to_block_cache", "move_resource_to_block_cache"):
+            fetch = getattr(block, name, None)
+            if fetch is not None and not getattr(fetch, "refuses_urls", False):
+                guarded = _no_url(fetch)
+                guarded.refuses_urls = True  # type: ignore[attr-defined]  # launched twice: wrapped once
+                setattr(block, name, guarded)
+                changed += 1
+    return changed

@@ -46,6 +46,8 @@ class Page:
         self._map_thread: threading.Thread | None = None
         self._graph_thread: threading.Thread | None = None
         self._refreshed = 0.0
+        # the ids of the generation the page shows: when a newer one drops some, their pictures leave too
+        self._ids = store.all_ids() if hasattr(store, "all_ids") else None
         self._last_request = 0.0  # when a handler last asked for the photos (background work gives way)
         self._encoder_lock = threading.Lock()
         # loaded now, so that a page whose encoder is not the index's never starts (EncoderMismatch)
@@ -97,7 +99,42 @@ class Page:
         if now - self._refreshed > 1.0 and hasattr(self.store, "refresh"):
             self._refreshed = now
             if self.store.refresh():
+                self._remove_pictures_of_gone()
                 self._restart_neighbours()
+
+    def _remove_pictures_of_gone(self) -> None:
+        """The new generation dropped photos: their previews, thumbnails and the map sheets showing them are
+        deleted, so the page serves nothing of a photo no longer in the index (`index` deletes the previews
+        and thumbnails too; this covers a page that made previews since, and the map's sheets)."""
+        if self._ids is None:
+            return
+        import numpy as np
+
+        from app import photomap
+        from index import preview
+
+        ids = self.store.all_ids()
+        gone = np.setdiff1d(self._ids, ids, assume_unique=True)
+        self._ids = ids
+        if len(gone):
+            try:
+                files = preview.remove_pictures(self.store, gone.tolist())
+                sheets = photomap.remove_stale_atlases(self.index_dir, gone=gone.tolist())
+                log.info("%d photos left the index: %d previews and thumbnails, %d map sheets removed",
+                         len(gone), files, sheets)
+            except OSError as e:  # the next generation or page start tries again; say why in the log
+                log.warning("removing the pictures of photos gone from the index failed: %s", e)
+
+    def remove_stale_pictures(self) -> None:
+        """At page start: previews and map sheets of photos no longer in the index (left while no page ran)."""
+        from app import photomap
+        from index import preview
+
+        try:
+            preview.remove_stale(self.store)
+            photomap.remove_stale_atlases(self.index_dir, keep=self.store.all_ids().tolist())
+        except OSError as e:
+            log.warning("removing stale previews and map sheets failed: %s", e)
 
     def _restart_neighbours(self) -> None:
         """The index changed: find the new version's neighbours in the background too (when launch started it)."""
@@ -116,10 +153,13 @@ class Page:
                              "encoder.onnx --out INDEX_DIR)")
 
     def summary(self) -> str:
-        sha = str(getattr(self.store, "model_sha256", ""))[:12]
-        model = Path(str(getattr(self.store, "model_path", "?"))).name
-        return (f"**{self.store.count:,}** photos indexed · {self.store.dim}-d embeddings · encoder `{model}`"
-                + (f" ({sha})" if sha else "") + f" · `{self.index_dir}`")
+        """The page's header line (Markdown): the file and folder names in it shown as text."""
+        from app.markup import plain
+
+        sha = plain(str(getattr(self.store, "model_sha256", ""))[:12])
+        model = plain(Path(str(getattr(self.store, "model_path", "?"))).name)
+        return (f"**{self.store.count:,}** photos indexed · {self.store.dim}-d embeddings · encoder {model}"
+                + (f" ({sha})" if sha else "") + f" · {plain(self.index_dir)}")
 
     @property
     def infos(self) -> PhotoInfoCache:
@@ -176,6 +216,7 @@ class Page:
             def run() -> None:
                 from app import photomap
 
+                self.remove_stale_pictures()
                 try:
                     if self.store.count >= 2:
                         pm = photomap.build_map(self.store, "pca", include=sorted(self.labels.labelled()))

@@ -314,7 +314,8 @@ def build_atlas(store: Store, ids: Iterable[int], cell: int = THUMB_PX, sheet_si
 
         atomic_write(path, save, durable=False)
     atomic_write_bytes(folder / "atlas.json", json.dumps({"key": key, "cell": cell, "per_row": per_row,
-                                                          "count": len(ids), "sheets": len(sheets)}), durable=False)
+                                                          "count": len(ids), "sheets": len(sheets),
+                                                          "ids": ids.tolist()}), durable=False)
     _prune(root, kept)
     return Atlas(key, folder, ids, sheets, cell, per_row)
 
@@ -324,6 +325,23 @@ def _prune(root: Path, kept: int) -> None:
     folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in folders[kept:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_atlases(index_dir: str | Path, gone: Iterable[int] = (), keep: Iterable[int] | None = None) -> int:
+    """Remove the finished atlases that show a photo gone from the index (one of `gone`, or not in `keep`),
+    or that do not say which photos they show (made before atlas.json listed them); returns how many. A
+    folder still being made (no atlas.json yet) is left to its maker."""
+    gone, keep = {int(i) for i in gone}, None if keep is None else {int(i) for i in keep}
+    removed = 0
+    for folder in (Path(index_dir) / ATLAS_DIR).glob("*/atlas.json"):
+        try:
+            ids = json.loads(folder.read_text()).get("ids")
+        except (OSError, ValueError, AttributeError):
+            ids = None
+        if not isinstance(ids, list) or not gone.isdisjoint(ids) or (keep is not None and not keep.issuperset(ids)):
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def file_url(path: Path) -> str:

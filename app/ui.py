@@ -28,7 +28,18 @@ from typing import TYPE_CHECKING, Any, cast
 import gradio as gr
 
 from app import exports, handlers, photomap, search
-from app.files import MAX_UPLOAD, HostGuard, LoginThrottle, allowed_hosts, check_bind, served_paths
+from app.files import (
+    MAX_UPLOAD,
+    HostGuard,
+    LoginThrottle,
+    UrlGuard,
+    allowed_hosts,
+    check_bind,
+    discard_upload,
+    forwarded_headers_from,
+    refuse_url_fetches,
+    served_paths,
+)
 from app.filters import Filter
 from app.handlers import (
     CLICK_MODES,
@@ -63,6 +74,8 @@ __all__ = ["EXPORTS", "GRADIO_MIN", "OPEN_MODE", "PAGE", "SEARCH_MODE", "SELECT_
 # searches are short and read-only: several run at once; each long action has a queue of its own, so that
 # training, an export, the map or the duplicate search never holds up the rest of the page
 SEARCHES = {"concurrency_id": "search", "concurrency_limit": 4}
+# a photo opened by id (a script's way to make previews) waits in its own line, never in the searches'
+PREVIEWS = {"concurrency_id": "preview", "concurrency_limit": 2}
 TRAIN = {"concurrency_id": "train", "concurrency_limit": 1}
 EXPORT = {"concurrency_id": "export", "concurrency_limit": 1}
 MAP = {"concurrency_id": "map", "concurrency_limit": 2}
@@ -428,7 +441,11 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
     """Upload, random photos, show more, filters, clicks in the result galleries, the preview, the selection bar."""
 
     def on_upload(payload: Any, *flt: Any) -> tuple[Any, ...]:
-        r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k, _filter(*flt))
+        try:
+            r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k, _filter(*flt))
+        finally:  # searched or refused, the upload has served: it leaves the server's disk now
+            discard_upload(payload.get("path") if isinstance(payload, dict) else None, _upload_dir(demo),
+                           demo.upload_file_set)
         return _skips(len(c.search_out)) if r is None else _render_results(r)
 
     def on_more(q: dict[str, Any] | None, shown: list[int], *flt: Any) -> tuple[Any, ...]:
@@ -447,7 +464,7 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
         c.search_out, **SEARCHES, api_name="search_id")
     open_box = gr.Number(visible=False, precision=0)
     _on(open_box.submit, lambda i: _render_preview(handlers.open_photo(page, int(i))), [open_box], c.preview_out,
-        **SEARCHES, api_name="open_photo")
+        **PREVIEWS, api_name="open_photo")
 
     def on_filter(*flt: Any) -> str:
         return handlers.filter_note(page, _filter(*flt))
@@ -635,16 +652,20 @@ def _download_copy(path: Path) -> Path:
 
 def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port: int | None = 7860,
            auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False,
-           allow_hosts: Iterable[str] = ()) -> tuple[App, str, str]:
+           allow_hosts: Iterable[str] = (), trusted_proxies: Iterable[str] = ()) -> tuple[App, str, str]:
     """Serve the page: loopback unless auth is given; only the index's own pictures are served (thumbnails,
     the map's sheets, previews: app.files.served_paths). The photos' facts start filling in the background,
     and the default photo map starts being laid out, so that the first "Draw map" finds it ready.
 
     Requests are answered only when addressed to `host`, a loopback name or one of `allow_hosts`, and never
-    when another web site sends them (app.files.HostGuard); failed logins are slowed down (LoginThrottle).
+    when another web site sends them (app.files.HostGuard); failed logins are slowed down (LoginThrottle),
+    per connection peer: X-Forwarded-For is believed only from `trusted_proxies`. No web address is ever
+    fetched (UrlGuard, refuse_url_fetches); the queue and uploads are bounded (app/limits.py).
     Never a public share link, whatever GRADIO_SHARE or a notebook says.
     """
     from starlette.middleware import Middleware
+
+    from app.limits import UploadLimit, bound_queue
 
     check_bind(host, auth)
     # the Page build_app set; gradio's own Blocks.page is a str (a page name) on any other Blocks
@@ -655,15 +676,19 @@ def launch(demo: gr.Blocks, index_dir: str | Path, host: str = "127.0.0.1", port
     gr.set_static_paths(allowed)
     allow_hosts = list(allow_hosts)
     hosts, any_ip = allowed_hosts(host, allow_hosts)
-    middleware = [Middleware(HostGuard, hosts=hosts, any_ip=any_ip, origins=allow_hosts)]
+    middleware = [Middleware(HostGuard, hosts=hosts, any_ip=any_ip, origins=allow_hosts), Middleware(UrlGuard),
+                  Middleware(UploadLimit, blocks=demo, upload_dir=lambda: _upload_dir(demo))]
     if auth is not None:
         middleware.append(Middleware(LoginThrottle))
+    refuse_url_fetches(demo)
+    bound_queue(demo)
     if page is not None:
         page.start_facts()
         page.start_map()
         page.start_neighbours()
-    return demo.launch(server_name=host, head=head_html(), server_port=port, auth=auth, allowed_paths=allowed, blocked_paths=blocked,
-                       max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
-                       share=False, app_kwargs={"middleware": middleware},
-                       show_error=False, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
-                       run_history=False, footer_links=["api"])
+    with forwarded_headers_from(trusted_proxies):  # uvicorn reads it when the server starts, in launch
+        return demo.launch(server_name=host, head=head_html(), server_port=port, auth=auth, allowed_paths=allowed,
+                           blocked_paths=blocked, max_file_size=MAX_UPLOAD, prevent_thread_lock=prevent_thread_lock,
+                           quiet=quiet, share=False, app_kwargs={"middleware": middleware},
+                           show_error=False, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
+                           run_history=False, footer_links=["api"])

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
 from index.embed import EmbeddedBatch, Embedder
+from index.preview import remove_stale
 from index.store import (
     THUMB_SIDE,
     EncoderMismatch,
@@ -223,6 +224,8 @@ class _Update:
 
         store, summary, bad = self.store, self.summary, self.bad
         store.save()
+        # what a page served of the photos that left (their previews, and thumbnails a killed save left)
+        remove_stale(store, thumbnails=True)
         summary.update(
             bad=len(bad), bad_files=[{"path": display_path(b.path), "reason": b.reason} for b in bad.values()],
             count=store.count, generation=store.generation, index_type=store.index_type,

@@ -12,6 +12,12 @@ mtime of the original it was made from and its side; a preview whose original ha
 made at another side) is made again. Written atomically (byol.fileio, temporary file then rename) without
 fsync: a preview lost in a power cut is simply made again.
 
+The cache is bounded: past PREVIEW_CACHE_BYTES (2 GB, ~13,000 previews of a 12 MP camera's photos) the
+least recently opened previews are deleted as new ones are made (an opened preview is marked used by its
+mtime, so the order survives a restart). Previews and thumbnails of photos that left the index are deleted
+by `index` after it saves (`remove_stale`) and by the page when it picks up that generation
+(`remove_pictures`), so what the page serves of a photo leaves with the photo.
+
 Cost (scripts/bench_app.py, 2 busy cores): a 12 MP JPEG takes ~0.1-0.2 s cold (draft-mode decode at 1/2
 scale, resize, encode); a cached preview is two stats and a 128-byte read, well under a millisecond.
 """
@@ -21,6 +27,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +40,7 @@ if TYPE_CHECKING:
 PREVIEW_SIDE = 1024  # longest side in pixels: a photo's detail at a glance on a laptop screen
 PREVIEW_QUALITY = 85
 PREVIEW_DIR = "previews"
+PREVIEW_CACHE_BYTES = 2 * 1000**3  # disk the previews may use; least recently opened ones leave first
 _TAG = b"byol-search preview "  # starts the JPEG comment: b"byol-search preview <size>:<mtime_ns>:<side>"
 _HEAD_BYTES = 128  # SOI, APP0 (JFIF) and the comment all lie within the first bytes
 
@@ -126,6 +135,7 @@ def preview(store: Store, image_id: int, side: int = PREVIEW_SIDE) -> Path:
         raise BadImage(row["path"], "no such file (moved or deleted since it was indexed)"
                        if isinstance(e, FileNotFoundError) else f"cannot read the file ({e.strerror})") from e
     if _cached_tag(out) == tag:
+        _cache(store.index_dir).used(out)
         return out
     with _locks_guard:
         lock = _locks.setdefault(out, threading.Lock())
@@ -135,27 +145,122 @@ def preview(store: Store, image_id: int, side: int = PREVIEW_SIDE) -> Path:
                 return out
             data = make_preview_jpeg(row["path"], side, comment=tag)
             atomic_write_bytes(out, data, durable=False)
+            _cache(store.index_dir).added(out, len(data))
     finally:
         with _locks_guard:
             _locks.pop(out, None)
     return out
 
 
-def remove_stale(store: Store) -> int:
-    """Delete cached previews of photos no longer in the index; returns how many (the originals are never
-    touched: only files under INDEX_DIR/previews)."""
+class PreviewCache:
+    """The previews of one index, least recently used first, and their bytes: a preview made past the
+    limit (PREVIEW_CACHE_BYTES, read at each addition) deletes the least recently used ones. The folder is
+    read once, on first use, ordered by mtime (set on every use)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._lock = threading.Lock()
+        self._sizes: OrderedDict[Path, int] | None = None
+        self.total = 0
+
+    def _load(self) -> OrderedDict[Path, int]:
+        if self._sizes is None:
+            found = []
+            for f in self.root.glob("*/*.jpg") if self.root.is_dir() else ():
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue
+                found.append((st.st_mtime_ns, f, st.st_size))
+            self._sizes = OrderedDict((f, n) for _, f, n in sorted(found))
+            self.total = sum(self._sizes.values())
+        return self._sizes
+
+    def used(self, path: Path) -> None:
+        with self._lock:
+            sizes = self._load()
+            if path in sizes:
+                sizes.move_to_end(path)
+        try:
+            os.utime(path)  # the order survives a restart
+        except OSError:
+            pass
+
+    def added(self, path: Path, size: int, limit: int | None = None) -> int:
+        """Count a new preview, then delete the least recently used others while past the limit; returns
+        how many were deleted."""
+        limit = PREVIEW_CACHE_BYTES if limit is None else limit
+        removed = 0
+        with self._lock:
+            sizes = self._load()
+            self.total += size - sizes.pop(path, 0)
+            sizes[path] = size
+            while self.total > limit and len(sizes) > 1:
+                old, n = sizes.popitem(last=False)
+                old.unlink(missing_ok=True)
+                self.total -= n
+                removed += 1
+        return removed
+
+    def forget(self, paths: Iterable[Path]) -> None:
+        with self._lock:
+            if self._sizes is not None:
+                for p in paths:
+                    self.total -= self._sizes.pop(p, 0)
+
+
+_caches: dict[Path, PreviewCache] = {}
+
+
+def _cache(index_dir: str | Path) -> PreviewCache:
+    root = (Path(index_dir) / PREVIEW_DIR).absolute()
+    with _locks_guard:
+        return _caches.setdefault(root, PreviewCache(root))
+
+
+def cache_bytes(index_dir: str | Path) -> int:
+    """Bytes of previews the cache counts for this index (reading the folder on first use)."""
+    c = _cache(index_dir)
+    with c._lock:
+        c._load()
+        return c.total
+
+
+def remove_pictures(store: Store, ids: Iterable[int]) -> int:
+    """Delete the previews and thumbnails of photos that left the index (`ids`: the ones that did); returns
+    how many files. For a page that picked up a generation without them: only these ids, since `index` may
+    be writing the thumbnails of new photos meanwhile."""
+    removed, gone = 0, []
+    for i in ids:
+        for f in (preview_file(store.index_dir, int(i)), Path(store.thumbnail_path(int(i)))):
+            try:
+                f.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        gone.append(preview_file(store.index_dir, int(i)))
+    _cache(store.index_dir).forget(gone)
+    return removed
+
+
+def remove_stale(store: Store, thumbnails: bool = False) -> int:
+    """Delete cached previews (and with `thumbnails`, thumbnails) of photos no longer in the index; returns
+    how many. Thumbnails only from the index's writer, right after it saved: no other process makes them.
+    The originals are never touched: only files under INDEX_DIR/previews and INDEX_DIR/thumbs."""
     import numpy as np
 
-    root = Path(store.index_dir) / PREVIEW_DIR
-    if not root.is_dir():
-        return 0
     keep = set(np.asarray(store.all_ids(), np.int64).tolist())
-    removed = 0
-    for sub in root.iterdir():
-        if not sub.is_dir():
-            continue
-        for f in sub.glob("*.jpg"):
-            if f.stem.isdigit() and int(f.stem) not in keep:
-                f.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    roots = [Path(store.index_dir) / PREVIEW_DIR]
+    if thumbnails:
+        roots.append(Path(store.thumbnail_path(0)).parent.parent)
+    removed = []
+    for root in roots:
+        for sub in root.iterdir() if root.is_dir() else ():
+            if not sub.is_dir():
+                continue
+            for f in sub.glob("*.jpg"):
+                if f.stem.isdigit() and int(f.stem) not in keep:
+                    f.unlink(missing_ok=True)
+                    removed.append(f)
+    _cache(store.index_dir).forget(removed)
+    return len(removed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -10,15 +11,25 @@ import pytest
 
 from app.files import (
     AUTH_ENV,
+    FORWARDED_ENV,
     UPLOAD_REFUSED,
+    URL_REFUSED,
     HostGuard,
     LoginThrottle,
+    UrlGuard,
     allowed_hosts,
+    client_of,
+    discard_upload,
+    forwarded_headers_from,
+    holds_url,
     host_name,
+    is_url,
     read_auth_file,
     read_upload,
     resolve_auth,
+    trusted_proxies,
 )
+from app.limits import UploadLimit
 
 
 # ---------------------------------------------------------------- uploads
@@ -182,3 +193,199 @@ def test_host_guard_rules():
     assert wild.refusal("GET", {"host": "10.1.2.3:7860"}) is None
     assert wild.refusal("GET", {"host": "[fe80::1]:7860"}) is None
     assert wild.refusal("GET", {"host": "evil.example:7860"}) is not None
+
+
+# ---------------------------------------------------------------- logins: who a client is, bursts
+def _login_app(statuses):
+    async def app(scope, receive, send):
+        await asyncio.sleep(0)  # checking a password gives way to the event loop, as a real route does
+        await send({"type": "http.response.start", "status": next(statuses), "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def _login_scope(peer="10.0.0.9", headers=()):
+    return {"type": "http", "method": "POST", "path": "/login", "client": (peer, 5555), "headers": list(headers)}
+
+
+def test_a_burst_of_wrong_logins_is_answered_one_by_one():
+    """Tries sent at once by one client wait for each other's answers and delays: five at once take as long
+    as five in a row (0 + 0.1 + 0.2 + 0.4 + 0.8 s); past max_waiting they are refused at once (429)."""
+    answered = []
+
+    async def main():
+        t = LoginThrottle(_login_app(iter([400] * 20)), delay=0.1, max_waiting=5)
+
+        async def one(i):
+            sent = []
+
+            async def send(m):
+                sent.append(m)
+
+            await t(_login_scope(), None, send)
+            answered.append((sent[0]["status"], time.perf_counter() - t0))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(7)))
+        return t
+
+    t = asyncio.run(main())
+    statuses = sorted(s for s, _ in answered)
+    assert statuses == [400] * 5 + [429] * 2
+    assert max(dt for s, dt in answered if s == 429) < 0.1  # refused without waiting
+    waits = sorted(dt for s, dt in answered if s == 400)
+    assert waits[-1] >= 0.1 + 0.2 + 0.4 + 0.8 and waits[0] < 0.1
+    assert t._failures == {"10.0.0.9": 5} and t._turns == {} and t._waiting == {}  # nothing left waiting
+
+
+def test_a_client_is_the_connections_peer_whatever_headers_it_sends():
+    """X-Forwarded-For and friends do not make a new client: the throttle counts failures by peer."""
+    async def main():
+        t = LoginThrottle(_login_app(iter([400] * 4)), delay=0.05)
+
+        async def send(m):
+            pass
+
+        for i in range(4):
+            await t(_login_scope(headers=[(b"x-forwarded-for", f"203.0.113.{i}".encode()),
+                                          (b"forwarded", f"for=198.51.100.{i}".encode())]), None, send)
+        return t
+
+    t0 = time.perf_counter()
+    t = asyncio.run(main())
+    assert dict(t._failures) == {"10.0.0.9": 4} and time.perf_counter() - t0 >= 0.05 + 0.1 + 0.2
+    assert client_of({"client": ("192.0.2.7", 1)}) == "192.0.2.7" and client_of({}) == "?"
+
+
+def test_trusted_proxies_are_addresses_and_by_default_nobody():
+    assert trusted_proxies(["127.0.0.1", " 10.0.0.0/8", "::1"]) == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    for bad in ("proxy.example", "*", "", "10.0.0.300"):
+        with pytest.raises(ValueError, match="--trusted-proxy"):
+            trusted_proxies([bad])
+    before = os.environ.get(FORWARDED_ENV)
+    with forwarded_headers_from():
+        assert os.environ[FORWARDED_ENV] == ""  # uvicorn believes no peer's X-Forwarded-For
+    with forwarded_headers_from(["10.1.2.3"]):
+        assert os.environ[FORWARDED_ENV] == "10.1.2.3/32"
+    assert os.environ.get(FORWARDED_ENV) == before
+
+
+def test_uvicorn_believes_forwarded_headers_only_from_named_proxies():
+    """The setting as uvicorn reads it: by default a loopback peer's X-Forwarded-For would be believed."""
+    import uvicorn
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    def client_seen(proxies):
+        with forwarded_headers_from(proxies):
+            cfg = uvicorn.Config(app=None)
+        seen = {}
+
+        async def app(scope, receive, send):
+            seen["client"] = scope["client"][0]
+
+        mw = ProxyHeadersMiddleware(app, trusted_hosts=cfg.forwarded_allow_ips)
+        scope = {"type": "http", "client": ("127.0.0.1", 1), "headers": [(b"x-forwarded-for", b"203.0.113.5")]}
+        asyncio.run(mw(scope, None, None))
+        return seen["client"]
+
+    assert client_seen([]) == "127.0.0.1"
+    assert client_seen(["127.0.0.1"]) == "203.0.113.5"
+
+
+# ---------------------------------------------------------------- no web address, ever
+def test_is_url_and_holds_url():
+    for url in ("http://a/x.png", "https://site.example/x.png", "HTTPS://A/x", " ftp://a", "file:///etc/passwd",
+                "data:image/png;base64,AA", "//host/share/x.png", "\\\\host\\share"):
+        assert is_url(url), url
+    for path in ("/tmp/gradio/abc/q.png", "photos/a:b.png", "", None, 3):
+        assert not is_url(path), path
+    browser = {"path": "/tmp/gradio/abc/q.png", "url": "http://127.0.0.1:7860/gradio_api/file=/tmp/gradio/abc/q.png",
+               "meta": {"_type": "gradio.FileData"}}
+    assert not holds_url({"data": [browser, "text", 3, None]})  # the page's own upload: its url is the page's
+    assert holds_url({"data": [None, [{"x": {"path": "https://site.example/x.png"}}]]})
+    assert holds_url({"data": [{"path": "http://localhost:9/x.png", "meta": {"_type": "gradio.FileData"}}]})
+    deep: object = {"path": "/ok"}
+    for _ in range(100):
+        deep = [deep]
+    assert holds_url(deep)  # nesting no page request has
+
+
+def _asgi(guard, method, path, body=b"", chunks=None):
+    """(status, body, whether the app behind saw the request, the body it received) of one request."""
+    seen = {}
+
+    async def app(scope, receive, send):
+        msg = await receive()
+        seen["body"] = msg.get("body", b"")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    g = guard(app)
+    parts = chunks or [body]
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    out = []
+
+    async def send(m):
+        out.append(m)
+
+    asyncio.run(g({"type": "http", "method": method, "path": path, "headers": [], "client": ("127.0.0.1", 1)},
+                  receive, send))
+    return out[0]["status"], out[1]["body"], "body" in seen, seen.get("body")
+
+
+def test_url_guard_refuses_web_addresses_before_gradio_sees_them():
+    for path in ("/gradio_api/file=http://localhost:9/x.png", "/gradio_api/file=https://site.example/x.png",
+                 "/gradio_api/file=HTTPS://site.example/x.png", "/gradio_api/file/https://site.example/x.png",
+                 "/gradio_api/file=//site.example/x.png", "/gradio_api/proxy=https://site.example/x",
+                 "/root/gradio_api/file=ftp://site.example/x"):
+        status, body, reached, _ = _asgi(UrlGuard, "GET", path)
+        assert status == 403 and not reached and URL_REFUSED.encode() in body, path
+    assert _asgi(UrlGuard, "GET", "/gradio_api/file=/index/thumbs/0/1.jpg")[2]  # the page's own pictures pass
+    event = {"data": [{"path": "https://site.example/x.png", "meta": {"_type": "gradio.FileData"}}],
+             "fn_index": 0, "session_hash": "s"}
+    status, body, reached, _ = _asgi(UrlGuard, "POST", "/gradio_api/queue/join", json.dumps(event).encode())
+    assert status == 400 and not reached and json.loads(body) == {"detail": URL_REFUSED}
+    ok = json.dumps({"data": [{"path": "/tmp/gradio/abc/q.png"}], "fn_index": 0}).encode()
+    status, _, reached, received = _asgi(UrlGuard, "POST", "/gradio_api/queue/join", chunks=[ok[:10], ok[10:]])
+    assert status == 200 and reached and received == ok  # the body read is handed on whole
+    assert _asgi(UrlGuard, "POST", "/gradio_api/upload", b"--multipart https://x")[2]  # not JSON: passes
+    status, _, reached, _ = _asgi(lambda a: UrlGuard(a, max_bytes=100), "POST", "/gradio_api/queue/join", b"x" * 101)
+    assert status == 413 and not reached
+
+
+# ---------------------------------------------------------------- uploads: removed after use, bounded
+def test_discard_upload_removes_only_what_gradio_stored(upload_dir, tmp_path):
+    stored = str(upload_dir / "abc" / "photo.png")
+    outside = tmp_path / "photo.jpg"
+    outside.write_bytes(b"x")
+    uploaded = {stored, str(outside)}
+    assert not discard_upload(str(outside), upload_dir, uploaded) and outside.exists()
+    assert not discard_upload(str(upload_dir / "nope.png"), upload_dir, uploaded)
+    assert discard_upload(stored, upload_dir, uploaded)
+    assert not (upload_dir / "abc").exists() and uploaded == set()  # the file, its folder, and its record
+
+
+def test_upload_limit_bounds_each_upload_and_all_waiting_ones(upload_dir):
+    class Blocks:
+        upload_file_set: set[str] = set()
+
+    blocks = Blocks()
+    old = upload_dir / "old" / "q.png"
+    old.parent.mkdir()
+    old.write_bytes(b"o" * 500)
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    fresh = upload_dir / "abc" / "photo.png"
+    blocks.upload_file_set = {str(old), str(fresh)}
+    limit = UploadLimit(None, blocks, lambda: str(upload_dir), max_request=1000, max_stored=1000, keep_s=60)
+    assert limit.refusal(None)[0] == 411
+    assert limit.refusal(1001)[0] == 413
+    assert limit.refusal(900) is None and not old.exists()  # the upload never searched is gone
+    assert blocks.upload_file_set == {str(fresh)}
+    fresh.write_bytes(b"f" * 600)
+    status, message = limit.refusal(500)
+    assert status == 507 and "try again in a few minutes" in message.lower()

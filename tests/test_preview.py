@@ -59,8 +59,8 @@ def test_preview_is_1024_on_the_longest_side_upright_and_cached_under_the_index(
 def test_cached_preview_is_reused_then_remade_when_the_photo_changes(store):
     i = int(store.all_ids()[0])
     p = preview(store, i)
-    made = p.stat().st_mtime_ns
-    assert preview(store, i) == p and p.stat().st_mtime_ns == made
+    made = p.stat().st_ino  # a preview made again is a new file (written atomically); its mtime marks use
+    assert preview(store, i) == p and p.stat().st_ino == made
     src = store.rows([i])[0]["path"]
     photo(src, (1600, 2000), seed=5)
     os.utime(src, ns=(time.time_ns() + 10**9,) * 2)
