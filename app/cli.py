@@ -233,7 +233,33 @@ def _add_index(sub: _Sub) -> None:
     p.add_argument("--save-every", type=int, default=5000,
                    help="save progress after this many embedded photos (default 5000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_scale_options(p)
     p.set_defaults(func=_run_index)
+
+
+def _add_scale_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("past one machine")
+    g.add_argument("--memory-limit", metavar="SIZE", default=None,
+                   help="memory the index may take, e.g. 4G, 512M (default: the index's own, 4G when new); "
+                        "above it the index lives on disk: compressed codes searched memory-mapped, "
+                        "re-ranked from float16 vectors")
+
+
+def _memory_limit(args: argparse.Namespace) -> int | None:
+    """--memory-limit in bytes (None when not given): a number with an optional K, M, G or T suffix."""
+    text = args.memory_limit
+    if text is None:
+        return None
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        value = float(t[:-1] if unit else t)
+    except ValueError:
+        raise UsageError(f"--memory-limit {text!r}: give a size such as 4G, 1.5G or 512M") from None
+    if not value > 0 or value * units[unit] > 2**60:
+        raise UsageError(f"--memory-limit {text!r}: the size must be positive")
+    return int(value * units[unit])
 
 
 def _run_index(args: argparse.Namespace) -> int:
@@ -244,8 +270,9 @@ def _run_index(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.save_every < 1 or (args.workers is not None and args.workers < 0):
         raise UsageError("--batch-size and --save-every must be positive, --workers 0 or more")
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
+    memory_limit = _memory_limit(args)
     s = build_index(args.folder, args.model, args.out, batch_size=args.batch_size, workers=args.workers,
-                    rebuild=args.rebuild, save_every=args.save_every, log=log)
+                    rebuild=args.rebuild, save_every=args.save_every, log=log, memory_limit=memory_limit)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -429,6 +456,7 @@ def _add_run(sub: _Sub) -> None:
                    help="training resolution in px (default 32; 64 or more for detailed photos with a GPU)")
     p.add_argument("--init", metavar="auto|none|base|imagenet|PATH", default="auto", help=INIT_HELP)
     p.add_argument("--no-serve", action="store_true", help="stop after indexing and print where things are")
+    _add_scale_options(p)
     _add_serve_options(p)
     p.set_defaults(func=_run_run)
 
@@ -455,7 +483,7 @@ def _run_run(args: argparse.Namespace) -> int:
     if args.image_size < 8:
         raise UsageError("--image-size must be at least 8")
     cfg = RunConfig(folder=args.folder, out=args.out, budget=budget, backbone=args.backbone,
-                    image_size=args.image_size, init=args.init)
+                    image_size=args.image_size, init=args.init, memory_limit=_memory_limit(args))
     return _run_pipeline(lambda: run(cfg), args)
 
 

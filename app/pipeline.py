@@ -53,6 +53,7 @@ class RunConfig:
     proj_hidden: int = 4096  # projector/predictor hidden width (the paper's 4096; smaller steps faster)
     seed: int = 0  # initialisation, data order and augmentation
     init: str = "auto"  # where the encoder starts: auto, none, base, imagenet or a checkpoint path (byol.init)
+    memory_limit: int | None = None  # bytes the index may take in memory before it moves on disk (None: its own)
 
 
 def folder_listing(folder: str | Path) -> tuple[str, int]:
@@ -192,7 +193,10 @@ def _index(w: _Work, encoder: Path, log: Callable[[str], object], out: dict[str,
     from index.store import Store
 
     model_sha = w.state["export"]["model_sha256"]
-    if w.state.get("index", {}) == {"model_sha256": model_sha, "listing": w.listing} and Store.exists(w.index_dir):
+    key: dict[str, Any] = {"model_sha256": model_sha, "listing": w.listing}
+    if w.cfg.memory_limit is not None:  # a new limit moves the index on disk or back: not skipped
+        key["memory_limit"] = w.cfg.memory_limit
+    if w.state.get("index", {}) == key and Store.exists(w.index_dir):
         log("index: skipped (encoder and folder unchanged)")
         return "skipped"
     rebuild = False
@@ -200,8 +204,8 @@ def _index(w: _Work, encoder: Path, log: Callable[[str], object], out: dict[str,
         with Store.open(w.index_dir) as s:
             rebuild = s.model_sha256 != model_sha  # a new encoder: re-embed in place, ids and labels kept
     log(f"index: {'re-embedding with the new encoder' if rebuild else 'adding new and changed photos'}")
-    summary = build_index(w.folder, encoder, w.index_dir, rebuild=rebuild, log=log)
-    w.save("index", {"model_sha256": model_sha, "listing": w.listing})
+    summary = build_index(w.folder, encoder, w.index_dir, rebuild=rebuild, log=log, memory_limit=w.cfg.memory_limit)
+    w.save("index", key)
     out.update(index_summary={k: summary[k] for k in ("count", "added", "updated", "removed", "bad")})
     return "done"
 

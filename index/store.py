@@ -29,8 +29,11 @@ re-encoding, and even an index built again from nothing (app/labels.py).
 Index type follows the collection's size: exact search (IndexIDMap2 over IndexFlatIP) below `exact_limit`
 vectors, and an inverted file (IndexIVFFlat, inner product, spherical k-means) at or above it, with `nprobe`
 raised until recall@10 against exact search, measured on the stored vectors, reaches `target_recall`
-(index/ivf.py builds and tunes it; the store decides when and saves it). Near-duplicate groups are
-index/duplicates.py's rule over the store's search.
+(index/ivf.py builds and tunes it; the store decides when and saves it). When the in-memory index would take
+more than the store's memory limit (`memory_limit`, `--memory-limit`), it moves on disk (index/ondisk.py:
+compressed codes and float16 vectors, memory-mapped; a generation is then `vectors.<gen>.ondisk.npz`, a
+small file naming a base folder written before the commit). Near-duplicate groups are index/duplicates.py's
+rule over the store's search.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ from index.ivf import (
     reshape,
     without_self,
 )
+from index.ondisk import MEMORY_LIMIT, OnDiskIndex, generation_file
+from index.ondisk import clean as clean_ondisk
+from index.ondisk import reshape as reshape_ondisk
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -185,6 +191,7 @@ class Store:
         preprocess: dict[str, Any],
         exact_limit: int = EXACT_LIMIT,
         target_recall: float = TARGET_RECALL,
+        memory_limit: int = MEMORY_LIMIT,
     ) -> Store:
         """Create an empty index in `index_dir` (made if missing) and return it open for writing."""
         index_dir = Path(index_dir).absolute()
@@ -203,7 +210,7 @@ class Store:
                 "model_sha256": model_sha256, "model_path": str(Path(model_path).absolute()),
                 "preprocess": json.dumps(preprocess), "index_type": "exact", "nprobe": "0", "trained_on": "0",
                 "exact_limit": str(int(exact_limit)), "target_recall": repr(float(target_recall)),
-                "created_at": repr(now), "updated_at": repr(now), "version": __version__,
+                "memory_limit": str(int(memory_limit)), "created_at": repr(now), "updated_at": repr(now), "version": __version__,
             }
             # the vectors file exists before the database says it does: a crash here leaves no half index
             _write_faiss(new_exact(int(dim)), index_dir / "vectors.0.faiss")
@@ -335,7 +342,7 @@ class Store:
                                  f"expected {STORE_FORMAT}); rebuild it with --rebuild")
             path = self.index_dir / meta["vectors_file"]
             try:
-                index = faiss.read_index(str(path))
+                index = OnDiskIndex.open(path) if meta["index_type"] == "ondisk" else faiss.read_index(str(path))
                 break
             except RuntimeError:
                 if path.exists() or attempt == _LOAD_ATTEMPTS - 1:  # present but unreadable, or truly missing
@@ -447,7 +454,7 @@ class Store:
 
     @property
     def index_type(self) -> str:
-        """'exact' (IndexFlatIP) or 'ivf' (IndexIVFFlat with the tuned nprobe)."""
+        """'exact' (IndexFlatIP), 'ivf' (IndexIVFFlat with the tuned nprobe) or 'ondisk' (index/ondisk.py)."""
         return self._meta["index_type"]
 
     @property
@@ -626,6 +633,19 @@ class Store:
             self._changed()
             return int(n)
 
+    @property
+    def memory_limit(self) -> int:
+        """Bytes the in-memory index may take; above it the index lives on disk (index/ondisk.py)."""
+        return int(self._meta.get("memory_limit", MEMORY_LIMIT))
+
+    def set_memory_limit(self, limit: int) -> None:
+        """A new memory limit, applied (the index moved on disk or back) by the next save()."""
+        with self._lock:
+            self._require_writable()
+            if int(limit) != self.memory_limit:
+                self._meta["memory_limit"] = str(int(limit))
+                self._changed()
+
     def set_encoder_info(self, info: dict[str, Any]) -> None:
         """Where the index's encoder came from (checkpoint sha256, step, init: byol.init), for the manifest;
         written by the next save()."""
@@ -678,9 +698,12 @@ class Store:
                 return self.generation
             self._reshape()
             gen = self.generation + 1
-            name = f"vectors.{gen}.faiss"
+            name = generation_file(gen) if self.index_type == "ondisk" else f"vectors.{gen}.faiss"
             _save_step("begin")
-            _write_faiss(self._index, self.index_dir / name)
+            if isinstance(self._index, OnDiskIndex):
+                self._index.write(self.index_dir / name)
+            else:
+                _write_faiss(self._index, self.index_dir / name)
             _save_step("faiss_written")
             self._begin()
             self._meta.update(generation=str(gen), vectors_file=name, updated_at=repr(time.time()), version=__version__)
@@ -744,7 +767,7 @@ class Store:
 
     def _searcher(self) -> faiss.Index:
         """The index to search: a GPU copy when faiss sees a GPU (made lazily, dropped on change), else the CPU one."""
-        if self._gpu_index is None and faiss.get_num_gpus() > 0:
+        if self._gpu_index is None and self.index_type != "ondisk" and faiss.get_num_gpus() > 0:
             try:
                 self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self._index)
                 if self.index_type == "ivf":
@@ -757,8 +780,16 @@ class Store:
 
     def _reshape(self) -> None:
         """Switch between exact and IVF as the collection crosses `exact_limit` (with hysteresis), and retrain
-        IVF when the collection has grown 4x since its centroids were trained (index/ivf.py: reshape)."""
+        IVF when the collection has grown 4x since its centroids were trained (index/ivf.py: reshape); on disk
+        above the memory limit (index/ondisk.py: reshape, which also writes a new base when one is due)."""
         m = self._meta
+        new = reshape_ondisk(self._index, self.all_ids(), self.index_dir, self.generation + 1, self.index_type,
+                             self.memory_limit, float(m["target_recall"]), lambda stage: _save_step(stage))
+        if new is not None:
+            self._index, changes = new
+            m.update(changes)
+        if self.index_type == "ondisk":
+            return
         new = reshape(self._index, self.all_ids(), self.dim, self.index_type, int(m["trained_on"]),
                       int(m["exact_limit"]), float(m["target_recall"]))
         if new is not None:
@@ -779,6 +810,8 @@ class Store:
         if m["index_type"] == "ivf":
             out.update(nprobe=int(m["nprobe"]), trained_on=int(m["trained_on"]),
                        recall_at_10=float(m.get("ivf_recall_at_10", "nan")))
+        if isinstance(self._index, OnDiskIndex):
+            out.update(memory_limit=self.memory_limit, ondisk=self._index.describe())
         return out
 
     def _write_manifest(self) -> None:
@@ -796,6 +829,7 @@ class Store:
                 p.unlink(missing_ok=True)
         for p in self.index_dir.glob(".vectors.*.tmp"):
             p.unlink(missing_ok=True)
+        clean_ondisk(self.index_dir, [self._meta["vectors_file"], generation_file(gen - 1)])
 
 
 # -------------------------------------------------------------------- files

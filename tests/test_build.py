@@ -217,3 +217,34 @@ def test_an_index_inside_the_photo_folder_is_not_indexed(encoder, fresh_shapes, 
     n = s["count"]
     s = build_index(fresh_shapes, encoder[1], fresh_shapes / "idx", log=quiet)
     assert (s["added"], s["unchanged"], s["count"]) == (0, n, n)
+
+
+def test_cli_memory_limit_puts_the_index_on_disk_and_search_and_duplicates_use_it(encoder, shapes_folder, tmp_path,
+                                                                                    capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(shapes_folder, folder)
+    shutil.copy(folder / "circle" / "circle_001.jpg", folder / "copy_of_circle_001.jpg")
+    out, query = tmp_path / "idx", folder / "circle" / "circle_001.jpg"
+    argv = ["index", str(folder), "--model", str(encoder[1]), "--out", str(out)]
+    assert main(argv + ["--memory-limit", "1K", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["index_type"] == "ondisk" and summary["count"] == 19
+    assert json.loads((out / "manifest.json").read_text())["memory_limit"] == 1024
+    assert main(["search", str(out), str(query), "-k", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {r["path"] for r in res} == {str(query), str(folder / "copy_of_circle_001.jpg")}
+    assert res[0]["cosine"] > 0.999  # re-ranked from float16 vectors
+    assert main(["duplicates", str(out), "--threshold", "0.999", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert any({r["path"] for r in g} >= {str(query), str(folder / "copy_of_circle_001.jpg")} for g in groups)
+    (folder / "square" / "square_001.jpg").unlink()  # an update on disk: the removed photo never comes back
+    assert main(argv + ["--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["removed"], summary["count"], summary["index_type"]) == (1, 18, "ondisk")
+    assert main(["search", str(out), str(folder / "square" / "square_002.jpg"), "-k", "18", "--json"]) == 0
+    assert not any(r["path"].endswith("square_001.jpg") for r in json.loads(capsys.readouterr().out))
+    assert main(argv + ["--memory-limit", "4G"]) == 0  # a limit the index fits: back in memory
+    assert "(exact search)" in capsys.readouterr().out
+    for bad in ("lots", "-1G", "0"):
+        assert main(argv + [f"--memory-limit={bad}"]) == 2
+        assert "--memory-limit" in capsys.readouterr().err
