@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from app.csvfile import FORMULA_STARTS
+
 if TYPE_CHECKING:
     from byol.probe import LinearProbe
     from index.store import Store
@@ -103,8 +105,14 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# What check_label_name allows, for the page to show beside the name box (each refusal names its own part)
+LABEL_RULE = ("up to 64 letters, digits, spaces and punctuation; none of / \\ : * ? \" < > |, "
+              "and not starting with a dot or with = + - @")
+
+
 def check_label_name(name: str) -> str:
-    """A label becomes a folder name in the ImageFolder export, so it must be a safe one."""
+    """The name, stripped, or a ValueError saying which part of LABEL_RULE it breaks. A label becomes a folder
+    name in the ImageFolder export, and a cell of the CSV export, so it must be a safe one for both."""
     name = (name or "").strip()
     if not name:
         raise ValueError("a label needs a name")
@@ -113,6 +121,9 @@ def check_label_name(name: str) -> str:
                          "letters, digits, spaces and punctuation are fine")
     if len(name) > 64:
         raise ValueError(f"label {name[:20]!r}...: at most 64 characters")
+    if name.startswith(FORMULA_STARTS):
+        raise ValueError(f"label {name!r}: a label may not start with = + - or @, which make a spreadsheet run "
+                         "the CSV export's cell as a formula; start it with a letter or a digit")
     if name in (".", "..") or name.startswith(".") or any(c in name for c in '/\\:*?"<>|\0'):
         raise ValueError(f"label {name!r}: no leading dot and none of / \\ : * ? \" < > |")
     return name

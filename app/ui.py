@@ -56,7 +56,7 @@ from app.handlers import (
     Selection,
     Vocabulary,
 )
-from app.labels import Labels, Progress
+from app.labels import LABEL_RULE, Labels, Progress
 from app.page import Page
 from app.review import Group
 
@@ -133,7 +133,8 @@ Handler = Callable[..., Any]
 
 
 def _guard(n_out: int) -> Callable[[Handler], Handler]:
-    """Turn user mistakes into a warning (and no change on the page), other failures into a short error."""
+    """Turn user mistakes into a warning (and no change on the page), other failures into a short error;
+    both as text (gradio renders a toast's message as HTML, and a message may hold a file or label name)."""
 
     def deco(fn: Handler) -> Handler:
         @functools.wraps(fn)
@@ -144,15 +145,26 @@ def _guard(n_out: int) -> Callable[[Handler], Handler]:
                 raise
             except _user_errors() as e:
                 reason = getattr(e, "reason", None)  # BadImage: the upload is not a photo we can decode
-                gr.Warning(f"That file is not a photo I can read: {reason}" if reason else str(e))
+                gr.Warning(_text(f"That file is not a photo I can read: {reason}" if reason else str(e)))
                 return gr.skip() if n_out == 1 else tuple(gr.skip() for _ in range(n_out))
             except Exception as e:
                 log.exception("page handler %s failed", fn.__name__)
-                raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}); the server log has details.") from e
+                raise gr.Error(_text(f"Something went wrong ({type(e).__name__}: {e}); "
+                                     "the server log has details.")) from e
 
         return wrapper
 
     return deco
+
+
+def _text(message: str) -> str:
+    """A toast's message shown as the text it is: gradio renders toasts as HTML, and the handlers' messages
+    hold label and file names."""
+    return html.escape(message, quote=False)
+
+
+def _info(message: str) -> None:
+    gr.Info(_text(message))
 
 
 def _gallery(hits: list[search.Hit], captions: list[str] | None = None) -> tuple[list[tuple[str, str]], list[int]]:
@@ -332,7 +344,7 @@ def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
             _duplicate_groups(page, c)
         with gr.Tab("Label", id="label"):
             with gr.Row():
-                c.new_label = gr.Textbox(label="New label", placeholder="e.g. cats", scale=2)
+                c.new_label = gr.Textbox(label="New label", placeholder="e.g. cats", scale=2, info=LABEL_RULE)
                 c.create_btn = gr.Button("Create", scale=1)
                 c.label_pick = gr.Dropdown(page.labels.names(), label="Existing label", scale=2)
                 c.rename_to = gr.Textbox(label="Rename to", scale=2)
@@ -546,7 +558,7 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
         new_vocab, api_visibility="undocumented")
     _on(c.rename_btn.click, lambda old, new: ("", *vocab(handlers.rename_label(page, old, new))),
         [c.label_pick, c.rename_to], [c.rename_to, *c.vocab_out], api_name="rename_label")
-    _on(c.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, gr.Info)), [c.label_pick],
+    _on(c.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, _info)), [c.label_pick],
         c.vocab_out, api_name="delete_label")
 
     def on_recolour(layout: photomap.PhotoMap | None, by: str) -> Any:
@@ -568,7 +580,7 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
         return (*sel(s), *vocab(v), [], *(_skips(2) if batch is None else _render_gallery(batch)))
 
     def on_assign(selected: list[int], label: str) -> tuple[Any, ...]:
-        return after_assign(*handlers.assign(page, selected, label, gr.Info))
+        return after_assign(*handlers.assign(page, selected, label, _info))
 
     def on_unassign(selected: list[int]) -> tuple[Any, ...]:
         s, v = handlers.unassign(page, selected)
@@ -576,20 +588,31 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
 
     recolours(_on(c.assign_btn.click, on_assign, [c.sel_ids, c.sel_label], assigned_out, api_name="assign"
                   ).then(None, None, None, js=CLEAR_MAP_JS))
-    key_number = gr.Number(visible=False, precision=0)
-    recolours(_on(gr.Button(visible=False).click,
-                  lambda n, selected: after_assign(*handlers.label_key(page, n, selected, gr.Info)),
-                  [key_number, c.sel_ids], assigned_out, api_name="label_key"))
+    def on_key(n: Any, name: str | None, selected: list[int]) -> tuple[Any, ...]:
+        """A number key labels with the name it showed; when that is no longer the label at its place (labels
+        changed in another tab), nothing is labelled and the keys are shown again as they are now."""
+        try:
+            return after_assign(*handlers.label_key(page, n, name, selected, _info))
+        except handlers.KeyMismatch as e:
+            gr.Warning(_text(str(e)))
+            return (*_skips(len(c.sel_out)), *vocab(handlers.vocabulary(page)), *_skips(3))
+
+    # the script's way: the key's number and the label name it means (both required)
+    key_number, key_label = gr.Number(visible=False, precision=0), gr.Textbox(visible=False)
+    recolours(_on(gr.Button(visible=False).click, on_key, [key_number, key_label, c.sel_ids], assigned_out,
+                  api_name="label_key"))
+    # a button (or its number key, KEYS_JS) sends its own text, "N name": the label it showed when pressed
     for n, btn in enumerate(c.key_btns, 1):
-        recolours(_on(btn.click, lambda selected, _n=n: after_assign(*handlers.label_key(page, _n, selected, gr.Info)),
-                      [c.sel_ids], assigned_out, api_visibility="private").then(None, None, None, js=CLEAR_MAP_JS))
+        recolours(_on(btn.click, lambda shown, selected, _n=n: on_key(_n, handlers.key_name(_n, shown), selected),
+                      [btn, c.sel_ids], assigned_out, api_visibility="private").then(None, None, None,
+                                                                                      js=CLEAR_MAP_JS))
     recolours(_on(c.unassign_btn.click, on_unassign, [c.sel_ids], c.sel_out + c.vocab_out, api_name="unassign"))
 
     def on_train(progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
         return handlers.train(page, _progress(progress))
 
     def on_accept_selected(selected: list[int]) -> tuple[Any, ...]:
-        counts, s = handlers.accept_selected(page, selected, gr.Info)
+        counts, s = handlers.accept_selected(page, selected, _info)
         return (counts, *sel(s))
 
     recolours(_on(c.train_btn.click, on_train, None, [c.train_md, c.counts_md], api_name="train", **TRAIN))
@@ -598,9 +621,9 @@ def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
     _on(c.select_batch_btn.click, lambda shown, s: _render_selection(handlers.select_all(page, shown, s)),
         [c.next_ids, c.sel_ids], c.sel_out, api_name="select_batch")
     _on(c.view_btn.click,
-        lambda kind, label, order: _render_gallery(handlers.show_labelled(page, kind, label, order, k, gr.Info)),
+        lambda kind, label, order: _render_gallery(handlers.show_labelled(page, kind, label, order, k, _info)),
         [c.view, c.view_label, c.order], [c.view_gallery, c.view_ids], api_name="show_labelled")
-    recolours(_on(c.accept_btn.click, lambda conf: handlers.accept(page, conf, gr.Info), [c.min_conf],
+    recolours(_on(c.accept_btn.click, lambda conf: handlers.accept(page, conf, _info), [c.min_conf],
                   [c.counts_md], api_name="accept"))
     recolours(_on(c.accept_sel_btn.click, on_accept_selected, [c.sel_ids], [c.counts_md, *c.sel_out],
                   api_name="accept_selected"))

@@ -47,6 +47,23 @@ def test_exports(setup, tmp_path):
     assert first["image"].size == (64, 48) and first["source"] in ("human", "predicted")
 
 
+def test_csv_cells_that_start_like_a_formula_stay_text(setup, tmp_path):
+    """A label made before names were checked (or by another tool) cannot make the CSV run a formula."""
+    import time
+
+    store, labels, by_class, _ = setup
+    labels._write(lambda db: db.execute("INSERT INTO label_names VALUES ('=1+1', ?)", (time.time(),)))
+    labels._write(lambda db: db.execute("INSERT INTO label_names VALUES ('@SUM(A1)', ?)", (time.time(),)))
+    labels._write(lambda db: db.executemany(
+        "INSERT INTO labels (image_id, label, source, at) VALUES (?, ?, 'human', ?)",
+        [(by_class["circle"][0], "=1+1", time.time()), (by_class["square"][0], "@SUM(A1)", time.time())]))
+    exports.export_csv(labels, store, tmp_path / "labels.csv")
+    text = (tmp_path / "labels.csv").read_text()
+    rows = {int(r["id"]): r for r in csv.DictReader(text.splitlines())}
+    assert rows[by_class["circle"][0]]["label"] == "'=1+1" and rows[by_class["square"][0]]["label"] == "'@SUM(A1)"
+    assert not any(c.startswith(("=", "+", "-", "@")) for r in rows.values() for c in r.values())
+
+
 def test_copies_exports_copy_each_photo_once_and_shorten_long_names(setup, tmp_path, monkeypatch):
     store, labels, by_class, _ = setup
     long_name = Path(store.rows([by_class["circle"][0]])[0]["path"])
@@ -114,3 +131,15 @@ def test_nothing_to_export_is_refused(setup, tmp_path):
         with pytest.raises(ValueError, match="nothing to export"):
             export(labels, store, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_download_copies_are_bounded_however_often_export_is_clicked(tmp_path, monkeypatch):
+    monkeypatch.setattr(exports.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "labels.csv").write_text("id\n" + "1\n" * 1000)
+    copies = [exports.download_copy(tmp_path / "labels.csv") for _ in range(3 * exports.DOWNLOADS_KEPT)]
+    folder = copies[-1].parent.parent
+    assert len(list(folder.iterdir())) == exports.DOWNLOADS_KEPT
+    assert copies[-1].is_file() and not copies[0].exists()  # the newest stay, the oldest went first
+    size = (tmp_path / "labels.csv").stat().st_size
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) == exports.DOWNLOADS_KEPT * size

@@ -13,6 +13,7 @@ from app import handlers, photomap
 from app.filters import Filter
 from app.handlers import OPEN_MODE, SEARCH_MODE, SELECT_MODE, Preview, Results, Selection, selections
 from app.labels import Prediction
+from app.markup import plain
 from app.page import Page
 
 K = 6
@@ -166,10 +167,59 @@ def test_duplicates_refuse_what_a_browser_never_sends(page, monkeypatch):
 def test_exports_write_under_index_dir(page):
     handlers.assign(page, page.by_class["circle"][:2], "round")
     note, path = handlers.export(page, "CSV", False, 0.9, stamp="t1")
-    assert path == page.index_dir / "exports" / "labels-t1.csv" and f"to `{path}`" in note
+    assert path == page.index_dir / "exports" / "labels-t1.csv" and f"to {plain(path)}" in note
     assert len(list(csv.DictReader(open(path)))) == page.store.count
     note, path = handlers.export(page, "ImageFolder (links)", False, 0.9, stamp="t2")
-    assert path is None and note == f"Wrote `{page.index_dir / 'exports' / 'imagefolder-t2'}` (round: 2)"
+    assert path is None and note.startswith(f"Wrote {plain(page.index_dir / 'exports' / 'imagefolder-links-t2')}"
+                                            " (round: 2); it replaces the previous export")
+    for bad in ("", "../x", "CSV; rm", None):
+        with pytest.raises(ValueError, match="export as one of CSV, ImageFolder"):
+            handlers.export(page, bad, False, 0.9, stamp="t3")
+
+
+def _disk(folder: Path) -> int:
+    """Bytes of the files under folder, each hard-linked file once."""
+    seen = {(f.stat().st_dev, f.stat().st_ino): f.stat().st_size for f in folder.rglob("*") if f.is_file()
+            and not f.is_symlink()}
+    return sum(seen.values())
+
+
+def test_export_clicks_replace_the_previous_export_so_the_disk_stays_bounded(page):
+    """Each HF datasets export embeds every labelled photo: clicked again and again, it replaces the last one
+    (so do the others), and the exports folder stays the size of one export of each kind."""
+    handlers.assign(page, page.by_class["circle"][:4], "round")
+    handlers.assign(page, page.by_class["square"][:4], "boxy")
+    out = page.index_dir / "exports"
+    sizes = []
+    for _ in range(3):
+        note, _ = handlers.export(page, "HF datasets", False, 0.9, stamp="same")  # same second: numbered
+        assert "replaces the previous export" in note
+        sizes.append(_disk(out))
+    assert [p.name for p in out.iterdir()] in (["hf-dataset-same"], ["hf-dataset-same-2"])
+    assert sizes[2] == sizes[0] > 0
+    for n in range(3):
+        handlers.export(page, "ImageFolder (copies)", False, 0.9, stamp=f"c{n}")
+        handlers.export(page, "CSV", False, 0.9, stamp=f"c{n}")
+    names = sorted(p.name for p in out.iterdir())
+    assert names[1:] == ["imagefolder-copies-c2", "labels-c2.csv"] and names[0].startswith("hf-dataset-same")
+    assert len(list((out / "imagefolder-copies-c2").rglob("*.png"))) == 8
+
+
+def test_a_copying_export_that_would_fill_the_disk_is_refused(page, monkeypatch):
+    import shutil as shutil_mod
+
+    from app import exports
+
+    handlers.assign(page, page.by_class["circle"][:4], "round")
+    real = shutil_mod.disk_usage
+    # as much free as exports leave free, and a few bytes: less than the photos an export copies
+    monkeypatch.setattr(exports.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=exports.MIN_FREE + 100))
+    for kind in ("HF datasets", "ImageFolder (copies)"):
+        with pytest.raises(ValueError, match="not enough disk space: this export copies about"):
+            handlers.export(page, kind, False, 0.9, stamp="full")
+    assert not (page.index_dir / "exports").exists() or not list((page.index_dir / "exports").iterdir())
+    handlers.export(page, "ImageFolder (links)", False, 0.9, stamp="links")  # links copy nothing: allowed
 
 
 def test_map_draw_select_and_open(page):
@@ -189,7 +239,7 @@ def test_map_draw_select_and_open(page):
     s2, on_map2 = handlers.map_select(page, pm, ",".join(map(str, right)), s.ids, on_map)
     assert on_map2 == right and set(s2.ids) == ({squares[0]} | set(right))
     # then a number key labels them (label 1 = "round", the only one)
-    sel, v = handlers.label_key(page, 1, s2.ids)
+    sel, v = handlers.label_key(page, 1, "round", s2.ids)
     assert sel.ids == [] and page.labels.labels_of(right)[right[0]][0] == "round"
     # a click on the map, by click mode
     i = int(pm.ids[3])
@@ -316,7 +366,7 @@ def test_map_colours_follow_labels_without_a_new_layout(page):
     assert set(before) == {"layout", "n", "key", "human", "legend"}  # colours only: no positions, no sheets
     page.labels.create("round")
     circles = page.by_class["circle"][:3]
-    handlers.label_key(page, 1, circles)
+    handlers.label_key(page, 1, "round", circles)
     d = json.loads(handlers.map_colours(page, pm, "label"))
     assert d["layout"] == before["layout"] == photomap.layout_token(pm) and d["n"] == len(pm.ids)
     key = np.frombuffer(base64.b64decode(d["key"]), "<i2")
@@ -357,31 +407,55 @@ def test_a_large_selection_shows_some_and_counts_all(page, monkeypatch):
 def test_label_keys(page):
     circles = page.by_class["circle"]
     with pytest.raises(ValueError, match="there is no label 1"):
-        handlers.label_key(page, 1, circles[:1])
+        handlers.label_key(page, 1, "a-first", circles[:1])
     handlers.create_label(page, "b-second")
     v = handlers.create_label(page, "a-first")
     assert handlers.key_labels(v)[:3] == ["1 a-first", "2 b-second", None]
-    sel, _ = handlers.label_key(page, 2, circles[:2])
+    assert [handlers.key_name(n, t) for n, t in enumerate(handlers.key_labels(v)[:3], 1)] == ["a-first", "b-second",
+                                                                                               None]
+    sel, _ = handlers.label_key(page, 2, "b-second", circles[:2])
     assert sel.ids == [] and {n for n, _ in page.labels.labels_of(circles[:2]).values()} == {"b-second"}
     for bad in (0, 10, -1, "x", None, "1; drop", 1e12):
         with pytest.raises(ValueError, match="label keys are 1 to 9"):
-            handlers.label_key(page, bad, circles[:1])
+            handlers.label_key(page, bad, "a-first", circles[:1])
     with pytest.raises(ValueError, match="select photos first"):
-        handlers.label_key(page, 1, [])
+        handlers.label_key(page, 1, "a-first", [])
     assert handlers.next_batch(page, K) is None  # no predictions yet: nothing to refresh
     handlers.assign(page, page.by_class["square"][:2], "a-first")
     handlers.train(page)
     batch = handlers.next_batch(page, K)
     assert batch is not None and len(batch.ids) == K
-    handlers.label_key(page, 1, batch.ids[:2])
+    handlers.label_key(page, 1, "a-first", batch.ids[:2])
     assert not set(batch.ids[:2]) & set(handlers.next_batch(page, K).ids)  # the queue moved on
+
+
+def test_a_number_key_labels_with_the_name_it_showed_or_not_at_all(page):
+    """Key 1 showed "1 cats"; another tab then made "aardvark", which sorts first. The key's request carries
+    "cats": it is refused, nothing is labelled, and the keys are shown again."""
+    circles = page.by_class["circle"]
+    v = handlers.create_label(page, "cats")
+    shown = handlers.key_labels(v)[0]
+    assert shown == "1 cats"
+    page.labels.create("aardvark")  # another tab, another user
+    with pytest.raises(handlers.KeyMismatch, match="key 1 showed 'cats', but label 1 is 'aardvark' now"):
+        handlers.label_key(page, 1, handlers.key_name(1, shown), circles[:2])
+    assert page.labels.labelled() == {}
+    # what a script sends: the number with a wrong name, or none
+    for name in ("dogs", "cats", "Aardvark", None, "", "   ", 7, ["aardvark"]):
+        with pytest.raises(ValueError, match="label key 1 needs the name|key 1 showed"):
+            handlers.label_key(page, 1, name, circles[:2])
+    assert page.labels.labelled() == {}
+    sel, _ = handlers.label_key(page, 1, "aardvark ", circles[:2])  # the name key 1 shows now: labels
+    assert {n for n, _ in page.labels.labels_of(circles[:2]).values()} == {"aardvark"}
+    assert handlers.key_name(1, "2 cats") is None and handlers.key_name(1, None) is None
+    assert handlers.key_name(1, "1 1 cats") == "1 cats"  # a label named "1 cats"
 
 
 def test_preview_shows_facts_and_neighbours_never_the_original(page):
     i = page.by_class["square"][2]
     p = handlers.open_photo(page, i)
     assert p.image.startswith(str(page.index_dir / "previews")) and Image.open(p.image).format == "JPEG"
-    assert "**square_002.png**" in p.facts and "64 × 48 pixels" in p.facts and "folder `square`" in p.facts
+    assert "**square\\_002\\.png**" in p.facts and "64 × 48 pixels" in p.facts and "folder square" in p.facts
     assert "file date " in p.facts and "(no date taken in the photo)" in p.facts
     assert len(p.neighbours.ids) == handlers.NEIGHBOURS and i not in p.neighbours.ids
     shown = handlers.random_photos(page, K).gallery.ids
@@ -457,3 +531,64 @@ def test_load_picks_up_labels_made_elsewhere(page):
     title, v = handlers.load(page)
     assert title.startswith("## byol-search") and v.names == ["made-in-another-tab"]
     assert Path(page.index_dir).is_dir()
+
+
+# names a person or a folder on disk may hold: each would render a link, an image or HTML if not escaped
+HOSTILE_FOLDER = "[x](javascript:alert(1))"
+HOSTILE_FILE = "![t](site.example) <img src=x onerror=alert(1)> www.site.example.png"
+HOSTILE_LABEL = "[y](site.example) ![z](t.png)"
+
+
+def _shows_as_text(md: str, *names: str) -> None:
+    """The Markdown renders no link, image or HTML, and shows each name as it is written."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    out = MarkdownIt("commonmark").enable(["strikethrough", "table"]).render(md)
+    assert "<a " not in out and "<img" not in out and "<script" not in out, out
+    text = html.unescape(re.sub(r"<[^>]+>", "", out))
+    for name in names:
+        assert name in text, (name, text)
+
+
+def test_names_from_disk_and_from_users_reach_the_markdown_as_text(page, tmp_path):
+    from index.store import Store
+
+    i = page.by_class["square"][1]
+    src = Path(page.store.rows([i])[0]["path"])
+    folder = src.parent.parent / HOSTILE_FOLDER
+    folder.mkdir()
+    dst = folder / HOSTILE_FILE
+    src.rename(dst)
+    with Store.open(page.store.index_dir, writable=True) as w:
+        w.update([i], [{"path": str(dst)}])
+        w.save()
+    page.store.refresh()
+    _shows_as_text(handlers.open_photo(page, i).facts, HOSTILE_FILE, HOSTILE_FOLDER)
+    _shows_as_text(handlers.search_id(page, i, K).note, HOSTILE_FILE)
+    dst.unlink()  # the original gone: the preview says why, naming nothing raw
+    _shows_as_text(handlers.open_photo(page, i).facts, HOSTILE_FILE)
+
+    v = handlers.create_label(page, HOSTILE_LABEL)
+    _shows_as_text(v.counts, HOSTILE_LABEL)
+    handlers.assign(page, page.by_class["circle"][:2], HOSTILE_LABEL)
+    handlers.assign(page, page.by_class["triangle"][:2], "plain")
+    report, counts = handlers.train(page)
+    _shows_as_text(report, HOSTILE_LABEL)
+    _shows_as_text(counts, HOSTILE_LABEL)
+    note, _ = handlers.export(page, "ImageFolder (links)", False, 0.9, stamp="t")
+    _shows_as_text(note, HOSTILE_LABEL, str(page.index_dir / "exports" / "imagefolder-links-t"))
+
+    # the header names the index folder and the encoder file
+    index_dir, _ = make_index(tmp_path / "[z](site.example) <b>", per_class=2)
+    other = Page(index_dir, embedder=ColourEmbedder())
+    try:
+        _shows_as_text(handlers.header(other), str(index_dir))
+        note, _ = handlers.export(other, "CSV", False, 0.9, stamp="t")
+        _shows_as_text(note, str(index_dir))
+    finally:
+        other.close()
+        other.labels.close()
+        other.store.close()

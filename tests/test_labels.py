@@ -356,3 +356,20 @@ def test_label_names_with_control_characters_are_refused():
         with pytest.raises(ValueError, match="control characters"):
             check_label_name(bad)
     assert check_label_name("  café au lait  ") == "café au lait"
+
+
+def test_label_names_that_start_like_a_formula_are_refused_and_the_message_says_so(setup):
+    _, labels, by_class, _ = setup
+    for bad in ("=1+1", "+cats", "-dogs", "@SUM(A1)", "=HYPERLINK(\"x\")", "  =1+1"):
+        with pytest.raises(ValueError, match=r"may not start with = \+ - or @"):
+            check_label_name(bad)
+        with pytest.raises(ValueError, match="spreadsheet"):
+            labels.create(bad)
+    labels.create("cats")
+    with pytest.raises(ValueError, match="may not start with"):
+        labels.rename("cats", "=cmd|' /C calc'!A0")
+    with pytest.raises(ValueError, match="may not start with"):
+        labels.assign(by_class["circle"][:1], "@x")
+    assert labels.names() == ["cats"] and not labels.labelled()
+    for fine in ("a=b", "1+1", "cats-and-dogs", "e-mail @home"):  # only the first character makes a formula
+        assert check_label_name(fine) == fine

@@ -30,6 +30,7 @@ from app import exports, filters, photomap, review, search  # noqa: F401  (the m
 from app.handlers.duplicate_review import Duplicates, decide, duplicates, export_duplicates
 from app.handlers.filtering import facts_status, filter_note, folders
 from app.handlers.labelling import (
+    KeyMismatch,
     accept,
     accept_selected,
     assign,
@@ -37,6 +38,7 @@ from app.handlers.labelling import (
     delete_label,
     export,
     key_labels,
+    key_name,
     label_key,
     label_next,
     next_batch,
@@ -80,12 +82,13 @@ from app.handlers.views import (
 )
 
 __all__ = [
-    "CLICK_MODES", "EXPORTS", "LABEL_KEYS", "MAX_SELECTION", "NEIGHBOURS", "OPEN_MODE", "SEARCH_MODE", "SELECT_MODE",
-    "SELECTION_SHOWN", "Duplicates", "Gallery", "MapView", "Notify", "Preview", "Results", "Selection", "Vocabulary",
-    "accept", "accept_selected", "act", "assign", "caption", "clear_selection", "click", "click_select",
-    "counts_markdown", "create_label", "decide", "delete_label", "draw_map", "duplicates", "export",
-    "export_duplicates", "facts_markdown", "facts_status", "filter_note", "folders", "gallery", "header",
-    "key_labels", "label_captions", "label_key", "label_next", "load", "map_colours", "map_open", "map_select",
-    "next_batch", "open_photo", "random_photos", "rename_label", "search_id", "search_upload", "select_all",
-    "selection", "show_labelled", "show_more", "toggle", "train", "unassign", "vocabulary",
+    "CLICK_MODES", "EXPORTS", "LABEL_KEYS", "MAX_SELECTION", "NEIGHBOURS", "OPEN_MODE", "SEARCH_MODE",
+    "SELECT_MODE", "SELECTION_SHOWN", "Duplicates", "Gallery", "KeyMismatch", "MapView", "Notify", "Preview",
+    "Results", "Selection", "Vocabulary", "accept", "accept_selected", "act", "assign", "caption",
+    "clear_selection", "click", "click_select", "counts_markdown", "create_label", "decide", "delete_label",
+    "draw_map", "duplicates", "export", "export_duplicates", "facts_markdown", "facts_status", "filter_note",
+    "folders", "gallery", "header", "key_labels", "key_name", "label_captions", "label_key", "label_next", "load",
+    "map_colours", "map_open", "map_select", "next_batch", "open_photo", "random_photos", "rename_label",
+    "search_id", "search_upload", "select_all", "selection", "show_labelled", "show_more", "toggle", "train",
+    "unassign", "vocabulary",
 ]

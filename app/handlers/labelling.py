@@ -3,7 +3,6 @@ the probe and its predictions, accepting them, and the label exports."""
 
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
 from typing import cast
@@ -11,6 +10,7 @@ from typing import cast
 from app import exports
 from app.handlers.selections import selection
 from app.handlers.views import (
+    EXPORTS,
     LABEL_KEYS,
     Gallery,
     Notify,
@@ -22,6 +22,7 @@ from app.handlers.views import (
     vocabulary,
 )
 from app.labels import Progress, no_progress
+from app.markup import plain
 from app.page import Page
 
 
@@ -56,24 +57,42 @@ def assign(page: Page, selected: list[int], label: str, notify: Notify = _quiet)
     return selection(page, []), vocabulary(page)
 
 
-def label_key(page: Page, number: int | float | str | None, selected: list[int],
+class KeyMismatch(ValueError):
+    """A number key named another label than the one at its place now: the page shows the keys again."""
+
+
+def label_key(page: Page, number: int | float | str | None, name: str | None, selected: list[int],
               notify: Notify = _quiet) -> tuple[Selection, Vocabulary]:
-    """Number key (or button) 1-9: label the selected photos with the label at that place in the vocabulary."""
+    """Number key (or button) 1-9: label the selected photos with `name`, the label that key showed, while
+    it is still the label at that place in the vocabulary. A label made or renamed meanwhile (in another tab,
+    by another user) moves the others along: then the key would mean another label than the one shown, and
+    nothing is labelled."""
     try:
         n = int(cast("int | float | str", number))  # None raises TypeError, as junk does
     except (TypeError, ValueError):
         raise ValueError(f"label keys are 1 to {LABEL_KEYS}") from None
-    names = page.labels.names()
     if not 1 <= n <= LABEL_KEYS:
         raise ValueError(f"label keys are 1 to {LABEL_KEYS}")
+    names = page.labels.names()
     if n > len(names):
         raise ValueError(f"there is no label {n}: create one in the Label tab (there are {len(names)})")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"label key {n} needs the name of the label it shows: nothing labelled")
+    if name.strip() != names[n - 1]:
+        raise KeyMismatch(f"key {n} showed {name.strip()[:64]!r}, but label {n} is {names[n - 1]!r} now (the "
+                         "labels changed in another tab): nothing labelled; the keys show the labels as they are now")
     return assign(page, selected, names[n - 1], notify)
 
 
 def key_labels(v: Vocabulary) -> list[str | None]:
     """What each of the LABEL_KEYS buttons says ("1 cats"), None for a key with no label."""
     return [f"{j + 1} {v.names[j]}" if j < len(v.names) else None for j in range(LABEL_KEYS)]
+
+
+def key_name(number: int, shown: str | None) -> str | None:
+    """The label name a number-key button showed (its text is key_labels' "N name"); None for any other text."""
+    prefix = f"{number} "
+    return shown[len(prefix):] if isinstance(shown, str) and shown.startswith(prefix) else None
 
 
 def next_batch(page: Page, k: int) -> Gallery | None:
@@ -95,7 +114,7 @@ def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
     r = page.labels.train(page.store, progress=progress)
     acc = ("not estimated yet (label at least 2 photos of one label and 3 in all)" if r.accuracy is None
            else f"**{r.accuracy:.1%}** (cross-validated on your {sum(r.counts.values())} labels)")
-    per = ", ".join(f"{html.escape(n)}: {c}" for n, c in r.counts.items())
+    per = ", ".join(f"{plain(n)}: {c}" for n, c in r.counts.items())
     report = (f"Probe v{r.version} trained on {per}. Estimated accuracy {acc}. "
               f"Predicted {r.predicted:,} photos in {r.seconds:.1f} s.")
     return report, counts_markdown(page)
@@ -135,26 +154,44 @@ def accept_selected(page: Page, selected: list[int], notify: Notify = _quiet) ->
     return counts_markdown(page), selection(page, [])
 
 
+# the name each of EXPORTS is written under in INDEX_DIR/exports/, before its time stamp; the page keeps the
+# newest of each (app.exports.keep_newest)
+EXPORT_NAMES = dict(zip(EXPORTS, ("labels-", "imagefolder-links-", "imagefolder-copies-", "hf-dataset-"), strict=True))
+KEPT_NOTE = "; it replaces the previous export of this kind (move an export elsewhere to keep it)"
+
+
 def export(page: Page, kind: str, with_predictions: bool, min_confidence: float,
            progress: Progress = no_progress, stamp: str | None = None) -> tuple[str, Path | None]:
     """(what was written, the file to offer for download or None) for one of EXPORTS, into
-    INDEX_DIR/exports/ under a name with the time (`stamp`, default now)."""
-    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
-    out = page.index_dir / "exports"
+    INDEX_DIR/exports/ under a name with the time (`stamp`, default now). Once it is written, the earlier
+    export of the same kind is removed: clicking Export again never adds another copy of the photos."""
+    if kind not in EXPORT_NAMES:
+        raise ValueError(f"export as one of {', '.join(EXPORT_NAMES)}")
+    path = _fresh(page.index_dir / "exports", EXPORT_NAMES[kind], stamp or time.strftime("%Y%m%d-%H%M%S"),
+                  ".csv" if kind == "CSV" else "")
     conf = float(min_confidence) if with_predictions else 0.0
     if kind == "CSV":
-        path = out / f"labels-{stamp}.csv"
         n = exports.export_csv(page.labels, page.store, path)
-        return f"Wrote {n:,} rows to `{path}`", path
-    if kind.startswith("ImageFolder"):
-        path = out / f"imagefolder-{stamp}"
+        note, download = f"Wrote {n:,} rows to {plain(path)}", path
+    elif kind.startswith("ImageFolder"):
         counts = exports.export_imagefolder(page.labels, page.store, path, copy="copies" in kind,
                                             include_predictions=with_predictions, min_confidence=conf,
                                             progress=progress)
-        per = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(counts.items()))
-        return f"Wrote `{path}` ({per})", None
-    path = out / f"hf-dataset-{stamp}"
-    progress(0.1, "building the dataset")
-    n = exports.export_hf(page.labels, page.store, path, include_predictions=with_predictions,
-                          min_confidence=conf)
-    return f"Saved a `datasets` dataset of {n:,} photos to `{path}` (load it with `datasets.load_from_disk`)", None
+        per = ", ".join(f"{plain(k)}: {v}" for k, v in sorted(counts.items()))
+        note, download = f"Wrote {plain(path)} ({per})", None
+    else:
+        progress(0.1, "building the dataset")
+        n = exports.export_hf(page.labels, page.store, path, include_predictions=with_predictions,
+                              min_confidence=conf)
+        note, download = (f"Saved a `datasets` dataset of {n:,} photos to {plain(path)} (load it with "
+                          "`datasets.load_from_disk`)"), None
+    exports.keep_newest(path, EXPORT_NAMES[kind])
+    return note + KEPT_NOTE, download
+
+
+def _fresh(folder: Path, prefix: str, stamp: str, suffix: str) -> Path:
+    """folder/<prefix><stamp><suffix>, numbered when an export of the same second is there already."""
+    path, n = folder / f"{prefix}{stamp}{suffix}", 2
+    while path.exists():
+        path, n = folder / f"{prefix}{stamp}-{n}{suffix}", n + 1
+    return path

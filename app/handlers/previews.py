@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app import search
 from app.handlers.views import NEIGHBOURS, Gallery, gallery
+from app.markup import plain
 from app.page import Page
 
 if TYPE_CHECKING:
@@ -25,20 +25,21 @@ class Preview:
 
 
 def facts_markdown(info: PhotoInfo, problem: str | None = None) -> str:
-    """File name, pixels, size, date taken (EXIF, or the file's date, said so) and folder, for a person."""
+    """File name, pixels, size, date taken (EXIF, or the file's date, said so) and folder, for a person; the
+    names and the EXIF text shown as text (app.markup.plain), whatever characters they hold."""
     from index.photoinfo import human_size
 
-    lines = [f"**{html.escape(info.name)}**"]
+    lines = [f"**{plain(info.name)}**"]
     if info.width:
         lines.append(f"{info.width} × {info.height} pixels")
     if info.size is not None:
         lines.append(human_size(info.size))
     if info.taken:
-        when = info.taken.replace("T", " ")
+        when = plain(info.taken.replace("T", " "))
         lines.append(f"taken {when}" if info.taken_source == "exif" else f"file date {when} (no date taken in the photo)")
-    lines.append(f"folder `{info.folder or '.'}`" if "`" not in info.folder else f"folder {html.escape(info.folder)}")
+    lines.append(f"folder {plain(info.folder or '.')}")
     if problem or info.error:
-        lines.append(f"⚠ {html.escape(problem or info.error or '')}: showing the thumbnail")
+        lines.append(f"⚠ {plain(problem or info.error or '')}: showing the thumbnail")
     return "  \n".join(lines)
 
 

@@ -3,7 +3,6 @@ photo does (open it, search from it, or select it)."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +16,7 @@ from app.handlers.filtering import allowed_by, filtered_note, filtered_search
 from app.handlers.previews import Preview, open_photo
 from app.handlers.selections import clicked_id, toggle
 from app.handlers.views import SEARCH_MODE, SELECT_MODE, Gallery, Results, Selection, gallery
+from app.markup import plain
 from app.page import Page
 
 
@@ -30,7 +30,7 @@ def search_id(page: Page, image_id: int, k: int, flt: Filter | None = None) -> R
     vec = page.store.get_vectors(np.array([int(image_id)], np.int64))
     hits = filtered_search(page, vec, k, allowed)
     name = found[0].name
-    return Results(gallery(hits), {"id": int(image_id)}, filtered_note(f"Photos like **{html.escape(name)}**", allowed))
+    return Results(gallery(hits), {"id": int(image_id)}, filtered_note(f"Photos like **{plain(name)}**", allowed))
 
 
 def search_upload(page: Page, payload: Any, upload_dir: str | Path, uploaded: Collection[str], k: int,

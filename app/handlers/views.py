@@ -3,13 +3,13 @@ captions written in one place, and the page's constants."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app import search
 from app.labels import Prediction
+from app.markup import plain
 from app.page import Page
 
 # what clicking a photo does (in Search, Duplicates and Map)
@@ -95,7 +95,7 @@ def counts_markdown(page: Page) -> str:
     if not counts:
         return "No labels yet: type a name and press **Create**, or type one in the selection bar."
     rows = ["| label | labelled | accepted | predicted |", "|---|---:|---:|---:|"]
-    rows += [f"| {html.escape(n)} | {c['human']} | {c['accepted']} | {c['predicted']} |" for n, c in counts.items()]
+    rows += [f"| {plain(n)} | {c['human']} | {c['accepted']} | {c['predicted']} |" for n, c in counts.items()]
     return "\n".join(rows)
 
 
