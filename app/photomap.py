@@ -8,15 +8,17 @@ Three parts, no gradio import:
   b) `payload`: one compact JSON object for the browser: ids, positions (uint16 per axis), colour key per
      photo and whether a person gave it (label) or the probe (prediction), the legend, the sheets' URLs and
      each sampled photo's zoom level and slot in them; typed arrays travel as base64 (~12 bytes a photo);
-  c) `MAP_JS` / `head_html()`: a <canvas> view drawn into a container by id: wheel zooms round the cursor,
+  c) the view in the browser, app/static/photomap.js and photomap.css (package data; `head_html()` puts
+     them in the page's <head>): a <canvas> drawn into a container by id: wheel zooms round the cursor,
      drag pans, shift-drag draws a box and alt-drag a lasso (or pick Box / Lasso in its toolbar; ctrl/cmd
      adds to the selection), a click opens a photo. Every photo is a dot coloured by its key; the sample is
      drawn as thumbnails with a coloured frame (solid for a label, thin for a prediction), more of them as
      one zooms in (thumbnails of zoom level l appear once a cell of a 16 * 2^l grid is ~36 px on screen).
 
-Selection is computed in the browser on the same quantised positions as `PhotoMap.pos`, so it equals
-`select_in_box` / `select_in_polygon` here (the server-side truth, and what tests check). What the browser
-sends is a claim: `parse_ids` keeps only ids that are on the map.
+Selection is computed in the browser on the same quantised positions as `PhotoMap.pos` (QUANT steps per
+side, sent in the payload as "q"), with the same tests, so it equals `select_in_box` / `select_in_polygon`
+here (the server-side truth; tests/test_photomap.py checks both in Chromium). What the browser sends is a
+claim: `parse_ids` keeps only ids that are on the map.
 
 Map coordinates: the unit square, x to the right, y DOWN (screen order), both axes stretched to fill it.
 
@@ -29,8 +31,8 @@ js-only event hands it the data):
     with gr.Blocks() as demo:
         gr.HTML(photomap.container_html("photomap"))          # the div the canvas is drawn in
         data = gr.Textbox(visible="hidden", elem_id="photomap-data")       # payload JSON, server -> page
-        picked = gr.Textbox(visible="hidden", elem_id="photomap-selection")  # "id,id,..." page -> server
-        opened = gr.Textbox(visible="hidden", elem_id="photomap-open")       # "id" of a clicked photo
+        picked = gr.Textbox(visible="hidden", elem_id="photomap-selection")  # "n:id,id,..." page -> server
+        opened = gr.Textbox(visible="hidden", elem_id="photomap-open")       # "id:n" of a clicked photo
         draw = gr.Button("Draw the map")
 
         draw.click(make_payload_json, None, data).then(
@@ -41,11 +43,13 @@ js-only event hands it the data):
 
 `visible="hidden"` keeps the textboxes in the page (so the script can find `#<elem_id> textarea`) without
 showing them; the script sets the value and dispatches a bubbling `input` event, which gradio 6.31 turns
-into the component's `.change` event (not `.input`: checked in a browser, tests/test_photomap.py). The same
-selection twice is one change (nothing to do then); a click writes "id:n" with a click counter n, so the
-same photo clicked again is a change too: `parse_open` reads it. `load(containerId, data, opts)` takes the payload as a JSON
-string or object; opts may rename the boxes: {selectionId, openId, height}. `byolPhotoMap.setSelection(
-containerId, ids)` highlights ids chosen by the server (e.g. `[]` after labelling them);
+into the component's `.change` event (not `.input`: checked in a browser, tests/test_photomap.py); the same
+value again is no change. So each selection is written "n:id,id,..." with a selection counter n (the
+same photos selected again after the page cleared its selection are a change: `parse_ids` reads it), and a
+click "id:n" with a click counter n (the same photo clicked again: `parse_open` reads it).
+`load(containerId, data, opts)` takes the payload as a JSON string or object; opts may rename the boxes:
+{selectionId, openId, height}. `byolPhotoMap.setSelection(containerId, ids)` highlights ids chosen by the
+server (e.g. `[]` after labelling them);
 `byolPhotoMap.recolour(containerId, colours_json(...))` repaints the map shown with new colour keys (after
 labels or predictions changed), and ignores colours made for another layout.
 The sheets are served from INDEX_DIR/atlas/: add that folder to launch's allowed_paths (app/files.py serves
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import os
 import shutil
@@ -63,6 +68,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -81,7 +87,8 @@ MAX_THUMBS = 3000  # thumbnails drawn (the rest are dots): ~3 MB of sheets, ~3 s
 GRIDS = (16, 32, 64, 128)  # cells per side of the sampling grid at each zoom level: one thumbnail per cell
 ATLAS_DIR = "atlas"
 ATLASES_KEPT = 4  # atlas folders kept in INDEX_DIR/atlas (newest first); older ones are removed
-_Q = 65535  # positions travel as uint16: 1/65535 of the map, far below a pixel at any zoom used
+QUANT = 65535  # positions travel as uint16 (payload "q"): 1/65535 of the map, far below a pixel at any zoom used
+SCRIPT, STYLE = "photomap.js", "photomap.css"  # the view in the browser, in app/static/
 
 
 # ---------------------------------------------------------------- the layout
@@ -90,7 +97,7 @@ class PhotoMap:
     """Ids at positions in the unit square (x right, y down), with the zoom level of each sampled photo."""
 
     ids: np.ndarray  # n int64
-    pos: np.ndarray  # n, 2 float64 in [0, 1]: exactly the browser's positions (uint16 / 65535)
+    pos: np.ndarray  # n, 2 float64 in [0, 1]: exactly the browser's positions (uint16 / QUANT)
     level: np.ndarray  # n int8: zoom level from which the photo is drawn as a thumbnail; -1: a dot only
     method: str = "pca"  # the projection ("pca" or "umap")
 
@@ -107,7 +114,7 @@ def unit_positions(xy: np.ndarray) -> np.ndarray:
     lo, hi = xy.min(0), xy.max(0)
     t = (xy - lo) / np.maximum(hi - lo, 1e-12)
     t[:, 1] = 1.0 - t[:, 1]
-    return cast(np.ndarray, np.round(t * _Q) / _Q)  # float64, as the browser divides
+    return cast(np.ndarray, np.round(t * QUANT) / QUANT)  # float64, as the browser divides
 
 
 def thumbnail_levels(pos: np.ndarray, max_thumbs: int = MAX_THUMBS, grids: Sequence[int] = GRIDS,
@@ -212,9 +219,16 @@ def select_in_polygon(layout: PhotoMap | EmbeddingMap, points: Sequence[tuple[fl
 
 
 def parse_ids(text: str, layout: PhotoMap | EmbeddingMap | None = None, limit: int = 1_000_000) -> list[int]:
-    """What the browser wrote ("12,13,99" or a JSON list) -> ids, in order, once each; only ids on the
-    map when `layout` is given (the browser's word is a claim)."""
-    text = (text or "").strip().strip("[]")
+    """What the browser wrote ("12,13,99", the map's "n:12,13,99" or a JSON list) -> ids, in order, once
+    each; only ids on the map when `layout` is given (the browser's word is a claim).
+
+    The map numbers its selections ("n:"), so that selecting the same photos again is a new value for the
+    hidden textbox, and so a change the page hears, whatever the page did with its selection meanwhile."""
+    text = (text or "").strip()
+    seq, colon, rest = text.partition(":")
+    if colon and seq.strip().isdigit():
+        text = rest
+    text = text.strip().strip("[]")
     out: list[int] = []
     for part in text.replace(";", ",").split(",")[:limit]:
         part = part.strip()
@@ -398,7 +412,7 @@ def payload(pm: PhotoMap, atlas: Atlas | None = None, labelled: dict[int, str] |
     out = {
         "version": 1, "method": pm.method, "grids": list(GRIDS),
         "ids": _b64(pm.ids, "<i4"),
-        "pos": _b64(np.round(pm.pos * _Q), "<u2"),  # x0, y0, x1, y1, ...
+        "q": QUANT, "pos": _b64(np.round(pm.pos * QUANT), "<u2"),  # x0, y0, x1, y1, ... (/ q: the map)
         **colours(pm, labelled, predicted),
         "thumbs": None,
     }
@@ -448,335 +462,17 @@ def draw(store: Store, labelled: dict[int, str] | None = None, predicted: dict[i
 # ---------------------------------------------------------------- the page's side
 def container_html(container_id: str = "photomap", height: int = 640) -> str:
     """The element the script draws into (a gr.HTML value); pass the same height to load's opts."""
-    return (f'<div id="{container_id}" class="byol-photomap" style="width:100%;min-height:{int(height)}px">'
-            '<div style="padding:1em;color:#888">Draw the map to see the photos.</div></div>')
+    return (f'<div id="{html.escape(container_id)}" class="byol-photomap" style="min-height:{int(height)}px">'
+            '<div class="byol-photomap-empty">Draw the map to see the photos.</div></div>')
+
+
+def static_text(name: str) -> str:
+    """One of the page's files shipped beside this module (app/static/: package data), as text."""
+    return resources.files("app").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def head_html() -> str:
-    """The <script> for gradio 6's launch(head=...)."""
-    return f"<script>\n{MAP_JS}\n</script>"
+    """The map's script and style (app/static/photomap.js, photomap.css) for gradio 6's launch(head=...)."""
+    return (f"<script>\n{static_text(SCRIPT)}\n</script>\n"
+            f"<style>\n{static_text(STYLE)}\n</style>")
 
-
-MAP_JS = r"""
-(() => {
-  if (window.byolPhotoMap) return;
-  const MIN_CELL = 36, MAX_THUMB = 96, DOT = 2;
-  const decode = (s, T) => {
-    const bin = atob(s), u = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
-    return new T(u.buffer);
-  };
-  const setBox = (elemId, text) => {
-    const host = document.getElementById(elemId);
-    const el = host && (host.querySelector('textarea') || host.querySelector('input'));
-    if (!el) { console.warn('byolPhotoMap: no textbox #' + elemId); return; }
-    el.value = text;
-    el.dispatchEvent(new Event('input', {bubbles: true}));
-  };
-  const inPoly = (poly, x, y) => {  // even-odd rule, as app/photomap.select_in_polygon
-    let inside = false;
-    for (let i = 0, j = poly.length - 1; i < poly.length; j = i++) {
-      const xi = poly[i][0], yi = poly[i][1], xj = poly[j][0], yj = poly[j][1];
-      if ((yi > y) !== (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi) inside = !inside;
-    }
-    return inside;
-  };
-
-  class View {
-    constructor(root, opts) {
-      this.root = root;
-      this.opts = Object.assign({selectionId: 'photomap-selection', openId: 'photomap-open', height: 640}, opts || {});
-      root.innerHTML = '';
-      const bar = document.createElement('div');
-      bar.style.cssText = 'display:flex;gap:6px;align-items:center;flex-wrap:wrap;font-size:13px;margin-bottom:4px';
-      this.mode = 'pan';
-      const button = (label, fn) => {
-        const b = document.createElement('button');
-        b.type = 'button'; b.textContent = label;
-        b.style.cssText = 'padding:2px 8px;border:1px solid #bbb;border-radius:4px;background:#fff;cursor:pointer';
-        b.onclick = fn; bar.appendChild(b); return b;
-      };
-      this.modeButtons = {};
-      for (const [m, label] of [['pan', 'Pan'], ['box', 'Box select'], ['lasso', 'Lasso']])
-        this.modeButtons[m] = button(label, () => this.setMode(m));
-      button('Reset view', () => { this.fit(); this.redraw(); });
-      button('Clear selection', () => this.select(new Set(), true));
-      this.status = document.createElement('span');
-      this.status.style.cssText = 'color:#555;margin-left:8px';
-      bar.appendChild(this.status);
-      this.legendEl = document.createElement('span');
-      this.legendEl.style.cssText = 'margin-left:auto;display:flex;gap:8px;flex-wrap:wrap';
-      bar.appendChild(this.legendEl);
-      root.appendChild(bar);
-      this.canvas = document.createElement('canvas');
-      this.canvas.style.cssText = 'width:100%;height:' + this.opts.height + 'px;display:block;border:1px solid #ddd;' +
-        'border-radius:4px;touch-action:none;cursor:grab;background:#fff';
-      root.appendChild(this.canvas);
-      this.ctx = this.canvas.getContext('2d');
-      this.selected = new Set();
-      this.drag = null;
-      this.clicks = 0;
-      this.bind();
-      new ResizeObserver(() => this.redraw()).observe(this.canvas);
-      this.setMode('pan');
-    }
-
-    setMode(m) {
-      this.mode = m;
-      for (const [k, b] of Object.entries(this.modeButtons)) b.style.background = k === m ? '#e8eefc' : '#fff';
-      this.canvas.style.cursor = m === 'pan' ? 'grab' : 'crosshair';
-    }
-
-    load(d) {
-      this.n = d.n;
-      this.ids = decode(d.ids, Int32Array);
-      this.pos = decode(d.pos, Uint16Array);
-      this.grids = d.grids;
-      this.setColours(d);
-      this.thumbs = null;
-      if (d.thumbs) {
-        const t = d.thumbs;
-        this.thumbs = {cell: t.cell, perRow: t.per_row, idx: decode(t.idx, Int32Array), slot: decode(t.slot, Int32Array),
-                       level: decode(t.level, Uint8Array), sheets: t.sheets.map(url => {
-                         const im = new Image(); im.onload = () => this.redraw(); im.src = url; return im; })};
-      }
-      const keep = new Set(Array.from(this.ids));
-      this.selected = new Set([...this.selected].filter(i => keep.has(i)));
-      this.fit();
-      this.redraw();
-    }
-
-    setColours(d) {  // the colour keys, who gave them and the legend (a whole payload, or colours() alone)
-      this.layout = d.layout;
-      this.key = decode(d.key, Int16Array);
-      this.human = decode(d.human, Uint8Array);
-      this.legend = d.legend;
-      this.byColour = new Map();  // colour index -> point indices (-1: unlabelled, drawn first)
-      for (let i = 0; i < this.n; i++) {
-        const k = this.key[i];
-        if (!this.byColour.has(k)) this.byColour.set(k, []);
-        this.byColour.get(k).push(i);
-      }
-      this.legendEl.innerHTML = '';
-      for (const l of this.legend) {
-        const s = document.createElement('span');
-        s.innerHTML = '<span style="display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:3px;background:' +
-          l.colour + '"></span>';
-        s.appendChild(document.createTextNode(l.name + ' ' + l.count.toLocaleString()));
-        this.legendEl.appendChild(s);
-      }
-    }
-
-    fit() { this.s = 1; this.ox = 0; this.oy = 0; }
-    size() {
-      const w = this.canvas.clientWidth, h = this.canvas.clientHeight;
-      const pad = 40;
-      return {w, h, pad, W: Math.max(w - 2 * pad, 1), H: Math.max(h - 2 * pad, 1)};
-    }
-    // map (u, v in [0, 1], v down) <-> CSS pixels of the canvas
-    toScreen(u, v, z) { return [z.pad + this.ox + u * z.W * this.s, z.pad + this.oy + v * z.H * this.s]; }
-    toMap(x, y, z) { return [(x - z.pad - this.ox) / (z.W * this.s), (y - z.pad - this.oy) / (z.H * this.s)]; }
-
-    redraw() {
-      if (this.pending) return;
-      this.pending = requestAnimationFrame(() => { this.pending = 0; this.paint(); });
-    }
-
-    paint() {
-      const z = this.size(), ctx = this.ctx, dpr = window.devicePixelRatio || 1;
-      if (!z.w || !z.h) return;  // in a hidden tab: the ResizeObserver calls again once shown
-      if (this.canvas.width !== Math.round(z.w * dpr) || this.canvas.height !== Math.round(z.h * dpr)) {
-        this.canvas.width = Math.round(z.w * dpr); this.canvas.height = Math.round(z.h * dpr);
-      }
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      ctx.clearRect(0, 0, z.w, z.h);
-      if (!this.n) return;
-      const Q = 65535, sx = z.W * this.s / Q, sy = z.H * this.s / Q, bx = z.pad + this.ox, by = z.pad + this.oy;
-      const colour = k => k < 0 ? '#c8c8c8' : this.legend[k].colour;
-      // every photo as a dot, unlabelled underneath
-      const keys = [...this.byColour.keys()].sort((a, b) => a - b);
-      for (const k of keys) {
-        ctx.fillStyle = colour(k);
-        ctx.beginPath();
-        const r = k < 0 ? DOT : DOT + 1;
-        for (const i of this.byColour.get(k)) {
-          const x = bx + this.pos[2 * i] * sx, y = by + this.pos[2 * i + 1] * sy;
-          if (x < -r || y < -r || x > z.w + r || y > z.h + r) continue;
-          ctx.rect(x - r, y - r, 2 * r, 2 * r);
-        }
-        ctx.fill();
-      }
-      // the sample as thumbnails: the finest level whose grid cell is still MIN_CELL px on screen
-      this.drawn = [];
-      const t = this.thumbs;
-      if (t) {
-        const cellPx = g => Math.min(z.W, z.H) * this.s / g;
-        let L = 0;
-        for (let l = 0; l < this.grids.length; l++) if (cellPx(this.grids[l]) >= MIN_CELL) L = l;
-        const side = Math.max(14, Math.min(MAX_THUMB, cellPx(this.grids[L]) * 0.92)), half = side / 2;
-        const perSheet = t.perRow * t.perRow;
-        for (let j = 0; j < t.idx.length; j++) {
-          if (t.level[j] > L) continue;
-          const i = t.idx[j], x = bx + this.pos[2 * i] * sx, y = by + this.pos[2 * i + 1] * sy;
-          if (x < -half || y < -half || x > z.w + half || y > z.h + half) continue;
-          const sheet = t.sheets[Math.floor(t.slot[j] / perSheet)], s = t.slot[j] % perSheet;
-          if (!sheet.complete || !sheet.naturalWidth) continue;
-          ctx.drawImage(sheet, (s % t.perRow) * t.cell, Math.floor(s / t.perRow) * t.cell, t.cell, t.cell,
-                        x - half, y - half, side, side);
-          const k = this.key[i];
-          if (k >= 0) {
-            ctx.strokeStyle = colour(k);
-            ctx.lineWidth = this.human[i] ? 4 : 2;
-            ctx.globalAlpha = this.human[i] ? 1 : 0.8;
-            ctx.strokeRect(x - half, y - half, side, side);
-            ctx.globalAlpha = 1;
-          }
-          if (this.selected.has(this.ids[i])) {
-            ctx.strokeStyle = '#111'; ctx.lineWidth = 3;
-            ctx.strokeRect(x - half - 3, y - half - 3, side + 6, side + 6);
-          }
-          this.drawn.push([i, x - half, y - half, side]);
-        }
-      }
-      // selected dots
-      if (this.selected.size) {
-        ctx.strokeStyle = '#111'; ctx.lineWidth = 1.5; ctx.beginPath();
-        for (let i = 0; i < this.n; i++) {
-          if (!this.selected.has(this.ids[i])) continue;
-          const x = bx + this.pos[2 * i] * sx, y = by + this.pos[2 * i + 1] * sy;
-          ctx.rect(x - DOT - 2, y - DOT - 2, 2 * DOT + 4, 2 * DOT + 4);
-        }
-        ctx.stroke();
-      }
-      // the region being drawn
-      const d = this.drag;
-      if (d && (d.kind === 'box' || d.kind === 'lasso')) {
-        ctx.setLineDash([5, 4]); ctx.strokeStyle = '#1a56db'; ctx.lineWidth = 1.5;
-        ctx.fillStyle = 'rgba(26,86,219,0.08)'; ctx.beginPath();
-        if (d.kind === 'box') ctx.rect(d.x0, d.y0, d.x - d.x0, d.y - d.y0);
-        else d.path.forEach(([x, y], j) => j ? ctx.lineTo(x, y) : ctx.moveTo(x, y));
-        ctx.closePath(); ctx.fill(); ctx.stroke(); ctx.setLineDash([]);
-      }
-      this.status.textContent = this.n.toLocaleString() + ' photos · ' + this.selected.size.toLocaleString() + ' selected';
-    }
-
-    point(e) { const r = this.canvas.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; }
-
-    bind() {
-      const c = this.canvas;
-      c.addEventListener('wheel', e => {
-        e.preventDefault();
-        const [x, y] = this.point(e), z = this.size();
-        const s = Math.min(400, Math.max(0.5, this.s * Math.exp(-e.deltaY * 0.0015)));
-        this.ox = x - z.pad - (x - z.pad - this.ox) * s / this.s;
-        this.oy = y - z.pad - (y - z.pad - this.oy) * s / this.s;
-        this.s = s; this.redraw();
-      }, {passive: false});
-      c.addEventListener('pointerdown', e => {
-        const [x, y] = this.point(e);
-        const kind = e.shiftKey ? 'box' : e.altKey ? 'lasso' : this.mode;
-        this.drag = {kind, x0: x, y0: y, x, y, ox: this.ox, oy: this.oy, add: e.ctrlKey || e.metaKey, path: [[x, y]], moved: 0};
-        c.setPointerCapture(e.pointerId);
-        if (kind === 'pan') c.style.cursor = 'grabbing';
-        e.preventDefault();
-      });
-      c.addEventListener('pointermove', e => {
-        const d = this.drag; if (!d) return;
-        const [x, y] = this.point(e);
-        d.moved = Math.max(d.moved, Math.abs(x - d.x0) + Math.abs(y - d.y0));
-        d.x = x; d.y = y;
-        if (d.kind === 'pan') { this.ox = d.ox + x - d.x0; this.oy = d.oy + y - d.y0; }
-        else if (d.kind === 'lasso') d.path.push([x, y]);
-        this.redraw();
-      });
-      const end = e => {
-        const d = this.drag; if (!d) return;
-        this.drag = null;
-        this.canvas.style.cursor = this.mode === 'pan' ? 'grab' : 'crosshair';
-        if (d.moved < 4) { this.click(d.x0, d.y0); this.redraw(); return; }
-        if (d.kind === 'box') this.selectBox(d);
-        else if (d.kind === 'lasso') this.selectLasso(d);
-        this.redraw();
-      };
-      c.addEventListener('pointerup', end);
-      c.addEventListener('pointercancel', () => { this.drag = null; this.redraw(); });
-    }
-
-    selectBox(d) {
-      const z = this.size(), [u0, v0] = this.toMap(d.x0, d.y0, z), [u1, v1] = this.toMap(d.x, d.y, z);
-      const ua = Math.min(u0, u1), ub = Math.max(u0, u1), va = Math.min(v0, v1), vb = Math.max(v0, v1);
-      const out = d.add ? new Set(this.selected) : new Set();
-      for (let i = 0; i < this.n; i++) {
-        const u = this.pos[2 * i] / 65535, v = this.pos[2 * i + 1] / 65535;
-        if (u >= ua && u <= ub && v >= va && v <= vb) out.add(this.ids[i]);
-      }
-      this.select(out, true);
-    }
-
-    selectLasso(d) {
-      const z = this.size(), poly = d.path.map(([x, y]) => this.toMap(x, y, z));
-      if (poly.length < 3) return;
-      let ua = Infinity, ub = -Infinity, va = Infinity, vb = -Infinity;
-      for (const [u, v] of poly) { ua = Math.min(ua, u); ub = Math.max(ub, u); va = Math.min(va, v); vb = Math.max(vb, v); }
-      const out = d.add ? new Set(this.selected) : new Set();
-      for (let i = 0; i < this.n; i++) {
-        const u = this.pos[2 * i] / 65535, v = this.pos[2 * i + 1] / 65535;
-        if (u >= ua && u <= ub && v >= va && v <= vb && inPoly(poly, u, v)) out.add(this.ids[i]);
-      }
-      this.select(out, true);
-    }
-
-    select(ids, send) {
-      this.selected = ids;
-      this.lastSelection = [...ids];
-      if (send) setBox(this.opts.selectionId, this.lastSelection.join(','));
-      this.redraw();
-    }
-
-    click(x, y) {  // a thumbnail under the pointer (topmost), else the nearest dot within 8 px
-      let hit = -1;
-      for (let j = (this.drawn || []).length - 1; j >= 0; j--) {
-        const [i, x0, y0, s] = this.drawn[j];
-        if (x >= x0 && x <= x0 + s && y >= y0 && y <= y0 + s) { hit = i; break; }
-      }
-      if (hit < 0) {
-        const z = this.size(), sx = z.W * this.s / 65535, sy = z.H * this.s / 65535, bx = z.pad + this.ox, by = z.pad + this.oy;
-        let best = 64;
-        for (let i = 0; i < this.n; i++) {
-          const dx = bx + this.pos[2 * i] * sx - x, dy = by + this.pos[2 * i + 1] * sy - y, d2 = dx * dx + dy * dy;
-          if (d2 < best) { best = d2; hit = i; }
-        }
-      }
-      // 'id:n': a click on the same photo again is still a change
-      if (hit >= 0) setBox(this.opts.openId, this.ids[hit] + ':' + (++this.clicks));
-    }
-  }
-
-  const views = {};
-  window.byolPhotoMap = {
-    load(containerId, data, opts) {
-      const root = document.getElementById(containerId);
-      if (!root || data === null || data === undefined || data === '') return;
-      const d = typeof data === 'string' ? JSON.parse(data) : data;
-      let v = views[containerId];
-      if (!v || !document.body.contains(v.canvas)) v = views[containerId] = new View(root, opts);
-      v.load(d);
-      return v;
-    },
-    recolour(containerId, data) {  // new colours for the layout shown (ignored for another layout)
-      const v = views[containerId];
-      if (!v || data === null || data === undefined || data === '') return false;
-      const d = typeof data === 'string' ? JSON.parse(data) : data;
-      if (d.layout !== v.layout || d.n !== v.n) return false;
-      v.setColours(d);
-      v.redraw();
-      return true;
-    },
-    setSelection(containerId, ids) {
-      const v = views[containerId];
-      if (v) v.select(new Set((ids || []).map(Number)), false);
-    },
-    view(containerId) { return views[containerId]; },
-  };
-})();
-"""

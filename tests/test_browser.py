@@ -237,3 +237,74 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
     finally:
         demo.close()
         demo.page.close()
+
+
+def _shift_drag(page, x0: float, y0: float, x1: float, y1: float) -> None:
+    """A box selection on the map: shift held, pointer from (x0, y0) to (x1, y1) in page pixels."""
+    page.keyboard.down("Shift")
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=6)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+
+
+def test_the_same_box_after_clear_is_the_pages_selection_again(tmp_path):
+    """Draw the map, box-select, press the page's "Clear selection", box-select the same photos again:
+    the page's selection (and what "Assign to selected" labels) is what the map shows, every time."""
+    from playwright.sync_api import expect
+
+    from app import photomap
+    from app.ui import build_app, launch
+
+    index_dir, _ = make_index(tmp_path, per_class=8)
+    demo = build_app(index_dir, embedder=ColourEmbedder(), page_size=8)
+    demo.page.labels.create("boxy")
+    _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
+    try:
+        with browser_page(url, 1280, 900) as page:
+            expect(page.get_by_text("photos indexed")).to_be_visible()
+            page.get_by_role("tab", name="Map").click()
+            page.locator("#draw-map").click()
+            page.wait_for_function("window.byolPhotoMap && window.byolPhotoMap.view('photomap') "
+                                   "&& window.byolPhotoMap.view('photomap').n > 0")
+            expect(page.locator("#map-note")).not_to_be_empty()
+            canvas = page.locator("#photomap canvas")
+
+            def drag_box() -> None:  # the same region of the map each time, wherever the page has moved it
+                canvas.scroll_into_view_if_needed()
+                box, before = canvas.bounding_box(), None
+                while box != before:  # notes and galleries above it may still be growing
+                    page.wait_for_timeout(200)
+                    box, before = canvas.bounding_box(), box
+                _shift_drag(page, box["x"] + 20, box["y"] + 20, box["x"] + box["width"] * 0.6,
+                            box["y"] + box["height"] - 20)
+
+            box = canvas.bounding_box()
+            (u0, v0), (u1, v1) = page.evaluate(f"""() => {{ const v = window.byolPhotoMap.view('photomap'),
+                z = v.size(); return [v.toMap(20, 20, z), v.toMap({box['width'] * 0.6}, {box['height'] - 20}, z)]; }}""")
+            inside = sorted(photomap.select_in_box(photomap.build_map(demo.page.store, "pca"), u0, v0, u1, v1).tolist())
+            assert inside
+            selected = re.compile(rf"^\s*{len(inside)} selected")
+            # the page's own button (the map's toolbar has one of the same name)
+            clear = page.locator("xpath=//button[normalize-space()='Clear selection']"
+                                 "[not(ancestor::*[@id='photomap'])]")
+            for _ in range(2):
+                drag_box()
+                page.wait_for_function(f"window.byolPhotoMap.view('photomap').selected.size === {len(inside)}")
+                expect(page.locator("#sel-note")).to_have_text(selected)
+                clear.click()
+                expect(page.locator("#sel-note")).to_have_text(re.compile(r"^\s*0 selected"))
+                page.wait_for_function("window.byolPhotoMap.view('photomap').selected.size === 0")
+            drag_box()
+            expect(page.locator("#sel-note")).to_have_text(selected)
+            label = page.locator("#sel-label input")
+            label.fill("boxy")
+            label.press("Enter")
+            page.get_by_role("button", name="Assign to selected").click()
+            expect(page.locator("#sel-note")).to_have_text(re.compile(r"^\s*0 selected"))
+        labelled = demo.page.labels.labelled()
+        assert sorted(i for i, n in labelled.items() if n == "boxy") == inside
+    finally:
+        demo.close()
+        demo.page.close()

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -158,8 +160,38 @@ def test_draw_times_each_stage_and_includes_labelled_photos(index):
 
 
 def test_script_and_container_are_plain_text():
-    assert photomap.head_html().startswith("<script>") and "window.byolPhotoMap" in photomap.MAP_JS
+    script = photomap.static_text(photomap.SCRIPT)
+    assert photomap.head_html().startswith("<script>") and "window.byolPhotoMap" in script
     assert 'id="photomap"' in photomap.container_html("photomap")
+    head = photomap.head_html()
+    assert script in head and photomap.static_text(photomap.STYLE) in head and "<style>" in head
+
+
+def test_every_class_the_map_names_has_a_rule_in_its_stylesheet():
+    css = photomap.static_text(photomap.STYLE)
+    assert css.count("{") == css.count("}")
+    defined = set(re.findall(r"\.(byol-photomap[\w-]*)", css))
+    named = set(re.findall(r"['\"](byol-photomap[\w-]*)['\"]", photomap.static_text(photomap.SCRIPT)))
+    named |= set(re.findall(r'class="(byol-photomap[\w-]*)"', photomap.container_html()))
+    assert named and named <= defined, named - defined
+    assert "cssText" not in photomap.static_text(photomap.SCRIPT)  # styles live in the stylesheet
+
+
+def test_the_quantisation_step_travels_in_the_payload():
+    m = random_map(50)
+    d = payload(m)
+    assert d["q"] == photomap.QUANT
+    pos = np.frombuffer(base64.b64decode(d["pos"]), "<u2").reshape(-1, 2) / d["q"]
+    assert np.array_equal(pos, m.pos)
+    # the script reads it from there: no second copy of the number in the browser's code
+    assert str(photomap.QUANT) not in photomap.static_text(photomap.SCRIPT)
+
+
+def test_numbered_selections_parse_as_their_ids():
+    m = random_map(50)
+    assert parse_ids("7:100,101", m) == [100, 101] and parse_ids("8:", m) == []
+    assert parse_ids("12:[102,103]") == [102, 103]
+    assert parse_ids("x:100,101", m) == [101]  # not a number before the colon: "x:100" is junk, as before
 
 
 # ---------------------------------------------------------------- in a browser
@@ -172,17 +204,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
-def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
+@contextlib.contextmanager
+def map_page(pm: PhotoMap, text: str, height: int = 400):
+    """A page with the map alone (payload `text` of the layout `pm`) open in headless Chromium, and what its
+    Python handlers heard: got["sel"] (ids of the last selection), got["seq"] (its number), got["open"]."""
     import gradio as gr
     from test_browser import browser_page
 
-    store, _ = index
-    pm, text, _ = draw(store, sheet_url=photomap.data_url)
-    got = {}
+    got: dict = {}
+
+    def on_pick(s: str) -> str:
+        got["sel"], got["seq"] = parse_ids(s, pm), s.partition(":")[0]
+        return f"sel {got['seq']}"
+
     with gr.Blocks() as demo:
-        gr.HTML(photomap.container_html("photomap", height=400))
+        gr.HTML(photomap.container_html("photomap", height=height))
         data = gr.Textbox(visible="hidden", elem_id="photomap-data")
         picked = gr.Textbox(visible="hidden", elem_id="photomap-selection")
         opened = gr.Textbox(visible="hidden", elem_id="photomap-open")
@@ -190,7 +226,7 @@ def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
         go = gr.Button("draw", elem_id="go")
         go.click(lambda: text, None, data).then(None, data, None,
                                                 js="(d) => { window.byolPhotoMap.load('photomap', d); }")
-        picked.change(lambda s: (got.__setitem__("sel", parse_ids(s, pm)), f"sel {len(got['sel'])}")[1], picked, echo)
+        picked.change(on_pick, picked, echo)
         opened.change(lambda s: (got.__setitem__("open", photomap.parse_open(s, pm)), "opened")[1], opened, echo)
     _, url, _ = demo.launch(server_port=_free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False,
                             head=photomap.head_html())
@@ -198,30 +234,87 @@ def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
         with browser_page(url, 1000, 900) as page:
             page.click("#go")
             page.wait_for_function("window.byolPhotoMap.view('photomap') && window.byolPhotoMap.view('photomap').n > 0")
-            box = page.locator("#photomap canvas").bounding_box()
-            x0, y0, x1, y1 = box["x"] + 30, box["y"] + 30, box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7
-            page.keyboard.down("Shift")
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
-            page.mouse.move(x1, y1, steps=4)
-            page.mouse.up()
-            page.keyboard.up("Shift")
-            page.wait_for_function("document.querySelector('#echo textarea').value.startsWith('sel')")
-            corners = page.evaluate(f"""() => {{ const v = window.byolPhotoMap.view('photomap'), z = v.size();
-                return [v.toMap({x0 - box['x']}, {y0 - box['y']}, z), v.toMap({x1 - box['x']}, {y1 - box['y']}, z)]; }}""")
-            (u0, v0), (u1, v1) = corners
-            assert sorted(got["sel"]) == sorted(select_in_box(pm, u0, v0, u1, v1).tolist())
-            assert got["sel"]
-            # the centre of the thumbnail drawn last (on top of any it overlaps)
-            i, x, y, side = page.evaluate("() => window.byolPhotoMap.view('photomap').drawn.at(-1)")
-            j = int(i)
-            page.mouse.click(box["x"] + x + side / 2, box["y"] + y + side / 2)
-            deadline = time.time() + 20
-            while "open" not in got and time.time() < deadline:
-                time.sleep(0.1)
-            assert got.get("open") == int(pm.ids[j])
-            if os.environ.get("BYOL_SEARCH_SCREENSHOT"):
-                page.screenshot(path=os.environ["BYOL_SEARCH_SCREENSHOT"])
+            yield page, got
     finally:
         demo.close()
+
+
+def _heard(page, got: dict) -> None:
+    """Wait until the server has heard the map's latest selection."""
+    seq = page.evaluate("() => window.byolPhotoMap.view('photomap').picks")
+    page.wait_for_function(f"document.querySelector('#echo textarea').value === 'sel {seq}'")
+    assert got["seq"] == str(seq)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
+def test_shift_drag_selects_what_select_in_box_selects_and_click_opens(index):
+    store, _ = index
+    pm, text, _ = draw(store, sheet_url=photomap.data_url)
+    with map_page(pm, text) as (page, got):
+        box = page.locator("#photomap canvas").bounding_box()
+        x0, y0, x1, y1 = box["x"] + 30, box["y"] + 30, box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7
+        page.keyboard.down("Shift")
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+        page.mouse.move(x1, y1, steps=4)
+        page.mouse.up()
+        page.keyboard.up("Shift")
+        _heard(page, got)
+        corners = page.evaluate(f"""() => {{ const v = window.byolPhotoMap.view('photomap'), z = v.size();
+            return [v.toMap({x0 - box['x']}, {y0 - box['y']}, z), v.toMap({x1 - box['x']}, {y1 - box['y']}, z)]; }}""")
+        (u0, v0), (u1, v1) = corners
+        assert sorted(got["sel"]) == sorted(select_in_box(pm, u0, v0, u1, v1).tolist())
+        assert got["sel"]
+        # the bar is styled by the stylesheet in the head (app/static/photomap.css)
+        assert page.evaluate("() => getComputedStyle(document.querySelector('.byol-photomap-bar')).display") == "flex"
+        # the centre of the thumbnail drawn last (on top of any it overlaps)
+        i, x, y, side = page.evaluate("() => window.byolPhotoMap.view('photomap').drawn.at(-1)")
+        j = int(i)
+        page.mouse.click(box["x"] + x + side / 2, box["y"] + y + side / 2)
+        deadline = time.time() + 20
+        while "open" not in got and time.time() < deadline:
+            time.sleep(0.1)
+        assert got.get("open") == int(pm.ids[j])
+        if os.environ.get("BYOL_SEARCH_SCREENSHOT"):
+            page.screenshot(path=os.environ["BYOL_SEARCH_SCREENSHOT"])
+
+
+def _star(rng: np.random.Generator, k: int) -> list[tuple[float, float]]:
+    """A random star-shaped polygon of k vertices in the unit square: concave, some edges crossing clusters."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+    radius = rng.uniform(0.05, 0.5, k)
+    centre = rng.uniform(0.3, 0.7, 2)
+    return [(float(centre[0] + r * np.cos(a)), float(centre[1] + r * np.sin(a))) for a, r in zip(angles, radius)]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
+def test_lasso_selects_what_select_in_polygon_selects():
+    pm = random_map(5000, seed=3)
+    with map_page(pm, photomap.payload_json(pm), height=500) as (page, got):
+        # a lasso drawn with the mouse (alt-drag), round a concave region
+        box = page.locator("#photomap canvas").bounding_box()
+        path = [(0.15, 0.15), (0.85, 0.2), (0.5, 0.45), (0.8, 0.85), (0.2, 0.8), (0.35, 0.5)]
+        page.keyboard.down("Alt")
+        page.mouse.move(box["x"] + path[0][0] * box["width"], box["y"] + path[0][1] * box["height"])
+        page.mouse.down()
+        for fx, fy in path[1:]:
+            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=3)
+        page.mouse.up()
+        page.keyboard.up("Alt")
+        _heard(page, got)
+        region = page.evaluate("() => window.byolPhotoMap.view('photomap').region")
+        assert region["kind"] == "lasso" and len(region["points"]) >= len(path)
+        want = select_in_polygon(pm, [tuple(p) for p in region["points"]])
+        assert 0 < len(want) < len(pm.ids)
+        assert sorted(got["sel"]) == sorted(want.tolist())
+        # random concave polygons given in map coordinates: the same photos, to the last one
+        rng = np.random.default_rng(0)
+        for k in (3, 5, 9, 17, 40):
+            poly = _star(rng, k)
+            page.evaluate("(p) => window.byolPhotoMap.view('photomap').selectPolygon(p, false)", poly)
+            _heard(page, got)
+            want = select_in_polygon(pm, poly)
+            assert len(want) > 0 and sorted(got["sel"]) == sorted(want.tolist()), k
