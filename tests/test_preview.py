@@ -11,7 +11,7 @@ from PIL import Image
 
 from byol.images import BadImage
 from byol.preprocess import Preprocess
-from index.preview import PREVIEW_DIR, is_fresh, preview, preview_file, remove_stale
+from index.preview import PREVIEW_DIR, is_fresh, preview, preview_file, remove_pictures, remove_stale
 from index.store import Store
 
 
@@ -91,3 +91,72 @@ def test_remove_stale_only_deletes_previews_of_photos_gone_from_the_index(tmp_pa
     assert remove_stale(store) == 1
     assert keep.exists() and not orphan.exists()
     assert os.path.exists(store.rows([ids[0]])[0]["path"])
+
+
+def _jpegs(tmp_path, n):
+    photos = tmp_path / "many"
+    photos.mkdir()
+    return [photo(photos / f"p{i}.jpg", (1600, 1200), seed=10 + i) for i in range(n)]
+
+
+@pytest.fixture
+def many(tmp_path):
+    paths = _jpegs(tmp_path, 5)
+    s = Store.create(tmp_path / "index5", 4, "0" * 64, tmp_path / "e.onnx", Preprocess().to_dict())
+    s.add([{"path": str(p), "width": 1600, "height": 1200} for p in paths], np.ones((5, 4), np.float32))
+    s.save()
+    yield s
+    s.close()
+
+
+def test_the_cache_stays_under_its_limit_and_the_least_recently_opened_leave_first(many, monkeypatch):
+    """Past PREVIEW_CACHE_BYTES a new preview deletes the least recently opened ones: a script opening every
+    photo cannot fill the disk, and a preview opened again stays."""
+    import index.preview as pv
+
+    ids = [int(i) for i in many.all_ids()]
+    one = preview(many, ids[0]).stat().st_size
+    monkeypatch.setattr(pv, "PREVIEW_CACHE_BYTES", int(one * 3.5))  # room for three
+    for i in ids[1:3]:
+        preview(many, i)
+    preview(many, ids[0])  # opened again: now the most recent
+    preview(many, ids[3])  # a fourth: the least recently opened (ids[1]) leaves
+    on_disk = {int(p.stem) for p in (many.index_dir / PREVIEW_DIR).rglob("*.jpg")}
+    assert on_disk == {ids[0], ids[2], ids[3]}
+    for i in ids:
+        preview(many, i)
+    sizes = sum(p.stat().st_size for p in (many.index_dir / PREVIEW_DIR).rglob("*.jpg"))
+    assert sizes <= pv.PREVIEW_CACHE_BYTES and pv.cache_bytes(many.index_dir) == sizes
+    assert preview(many, ids[1]).is_file()  # an evicted preview is simply made again
+
+
+def test_the_cache_order_survives_a_restart(many, monkeypatch):
+    """The order of use is each preview's mtime, so a page started again evicts the least recently opened."""
+    import index.preview as pv
+
+    ids = [int(i) for i in many.all_ids()]
+    paths = [preview(many, i) for i in ids[:3]]
+    for k, p in enumerate(paths):
+        os.utime(p, ns=(10**18 + k * 10**9,) * 2)
+    os.utime(paths[0], ns=(10**18 + 9 * 10**9,) * 2)  # opened last, long ago (another run)
+    pv._caches.clear()  # a new page process
+    monkeypatch.setattr(pv, "PREVIEW_CACHE_BYTES", int(paths[0].stat().st_size * 3.5))
+    preview(many, ids[3])
+    assert not paths[1].exists() and paths[0].exists() and paths[2].exists()
+
+
+def test_pictures_of_removed_photos_are_deleted_and_only_theirs(many):
+    ids = [int(i) for i in many.all_ids()]
+    made = [preview(many, i) for i in ids[:3]]
+    thumbs = []
+    for i in ids:
+        many.put_thumbnail(i, Image.new("RGB", (32, 24)))
+        thumbs.append(many.thumbnail_path(i))
+    assert remove_pictures(many, [ids[1]]) == 2
+    assert not made[1].exists() and not thumbs[1].exists()
+    assert made[0].exists() and made[2].exists() and thumbs[0].exists() and thumbs[2].exists()
+    many.remove([ids[2]])
+    many.save()  # the store deletes the thumbnails it removed itself; a killed save may not have
+    many.put_thumbnail(ids[2], Image.new("RGB", (32, 24)))  # as if left behind
+    assert remove_stale(many, thumbnails=True) == 2  # ids[2]'s preview and thumbnail
+    assert not made[2].exists() and not thumbs[2].exists() and made[0].exists() and thumbs[0].exists()

@@ -548,3 +548,61 @@ if __name__ == "__main__":
         print(json.dumps(result))
     elif sys.argv[1] == "writer":
         _writer(sys.argv[2], float(sys.argv[3]))
+
+
+# ====================================================================================== a removed photo's pictures
+def removed_photo_pictures(root: Path, model: Path) -> dict:
+    """Index a folder and serve it; open a photo (its preview is made) and let the map make its sheets;
+    delete the photo and run `index` beside the running page. Returns the HTTP status of the photo's
+    preview, thumbnail and map sheet before, after `index`, and after the page picked up the new version,
+    and which of those files are still on disk."""
+    import httpx
+    from test_security import call
+    from test_ui import on_free_port
+
+    from app.ui import build_app, launch
+    from index.build import build_index
+    from index.preview import preview_file
+
+    folder, index_dir = root / "photos", root / "index"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for k in range(8):
+        shape_image(("circle", "square")[k % 2], rng, (160, 120)).save(folder / f"p{k}.jpg", quality=90)
+    build_index(folder, model, index_dir, log=lambda *a: None)
+    demo = build_app(index_dir)
+    _, url, _ = on_free_port(launch, demo, index_dir, prevent_thread_lock=True, quiet=True)
+    out: dict = {}
+    try:
+        page = demo.page
+        page.wait_map()
+        gone = int(page.store.all_ids()[0])
+        call(demo, url, "open_photo", gone)
+        sheets = sorted(index_dir.glob("atlas/*/sheet_000.jpg"))  # 8 photos: every one is on the map's sheet
+        files = {"preview": preview_file(index_dir, gone), "thumbnail": page.store.thumbnail_path(gone),
+                 "sheet": sheets[0] if sheets else index_dir / "atlas" / "none"}
+
+        def statuses() -> dict:
+            return {k: httpx.get(f"{url}gradio_api/file={p}").status_code for k, p in files.items()}
+
+        out["before"] = statuses()
+        Path(page.store.rows([gone])[0]["path"]).unlink()
+        build_index(folder, model, index_dir, log=lambda *a: None)
+        out["after_index"] = statuses()
+        time.sleep(1.1)  # the page looks for a newer version at most once a second
+        call(demo, url, "search_id", int(page.store.all_ids()[-1]))
+        out["after_refresh"] = statuses()
+        out["on_disk"] = sorted(k for k, p in files.items() if p.exists())
+    finally:
+        demo.close()
+    return out
+
+
+def test_a_removed_photos_preview_thumbnail_and_map_sheets_leave_with_it(encoder, tmp_path):
+    """After `index` drops a photo beside a running page, its preview and thumbnail are deleted and no
+    longer served; once the page picks up the new version, map sheets showing it are gone too."""
+    out = removed_photo_pictures(tmp_path, encoder[1])
+    assert out["before"] == {"preview": 200, "thumbnail": 200, "sheet": 200}, out
+    # gradio answers a file that is not there with 403 (as any path it does not serve) or 404
+    assert out["after_index"]["preview"] in (403, 404) and out["after_index"]["thumbnail"] in (403, 404), out
+    assert set(out["after_refresh"].values()) <= {403, 404} and out["on_disk"] == [], out

@@ -4,6 +4,7 @@ promises about each. Every test talks to a real server over HTTP (gradio's own r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -266,3 +267,189 @@ def test_only_the_index_pictures_are_served(page):
     for path in (photo, index_dir / "meta.sqlite", index_dir / "photo_info.sqlite", index_dir / "review.sqlite",
                  index_dir / "previews" / ".." / "meta.sqlite", index_dir / "atlas" / ".." / "labels.sqlite"):
         assert httpx.get(f"{url}gradio_api/file={path}").status_code in (403, 404), path
+
+
+# ---------------------------------------------------------------- no web address, ever
+def test_the_file_route_never_fetches_a_web_address(page, monkeypatch):
+    """`/gradio_api/file=https://...` (any scheme, encoded or not, the older /file/ spelling, the proxy route)
+    is refused by the page before gradio's URL fetcher sees it: the page is nobody's proxy."""
+    import gradio.routes
+
+    fetched = []
+
+    async def fetch(url, request):  # gradio's fetcher, which would stream the site back from our origin
+        from starlette.responses import HTMLResponse
+
+        fetched.append(url)
+        return HTMLResponse("<script>steal()</script>")
+
+    monkeypatch.setattr(gradio.routes, "secure_url_stream_response", fetch)
+    demo, url, _, _ = page
+    for path in ("gradio_api/file=https://site.example/x.png", "gradio_api/file=http://localhost:9/x.png",
+                 "gradio_api/file=HTTPS://site.example/x.png", "gradio_api/file=https%3A%2F%2Fsite.example%2Fx.png",
+                 "gradio_api/file/https://site.example/x.png", "gradio_api/file=//site.example/x.png",
+                 "gradio_api/proxy=https://site.example/x.png"):
+        for method in ("GET", "HEAD"):
+            r = httpx.request(method, url + path)
+            assert r.status_code == 403 and "<script>" not in r.text, (method, path, r.status_code)
+    assert fetched == []
+    ok = demo.page.store.thumbnail_path(int(demo.page.store.all_ids()[0]))
+    assert httpx.get(f"{url}gradio_api/file={ok}").status_code == 200  # the page's own pictures still are
+
+
+def test_a_file_sent_as_a_web_address_is_never_downloaded(page, monkeypatch):
+    """An event given a file whose path is a URL (the upload search, or any other event's field) is refused
+    with a message and nothing is downloaded, also when the request gets past the page's guard."""
+    import gradio.processing_utils
+
+    downloads = []
+
+    async def download(url, cache_dir):
+        downloads.append(url)
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(gradio.processing_utils, "async_ssrf_protected_download", download)
+    demo, url, _, _ = page
+    fns = {f.api_name: i for i, f in demo.fns.items()}
+    for api_name in ("upload_search", "search_id", "filter_count"):
+        for where in ("https://site.example/x.png", "http://127.0.0.1:9/x.png", "ftp://site.example/x"):
+            body = {"data": [file_data(where)] + [None] * (len(demo.fns[fns[api_name]].inputs) - 1),
+                    "event_data": None, "fn_index": fns[api_name], "trigger_id": None, "session_hash": "u"}
+            r = httpx.post(url + "gradio_api/queue/join", json=body)
+            assert r.status_code == 400 and r.json()["detail"] == files.URL_REFUSED, (api_name, where)
+    # behind the guard, gradio's own step that would download refuses too
+    upload = next(b for b in demo.blocks.values() if type(b).__name__ == "Image")
+    with pytest.raises(ValueError, match="never fetches"):
+        asyncio.run(upload.async_move_resource_to_block_cache("https://site.example/x.png"))
+    assert downloads == []
+
+
+# ---------------------------------------------------------------- logins
+def _served_with_login(tmp_path, monkeypatch, **kw):
+    monkeypatch.setattr(files, "LOGIN_DELAY", 0.2)
+    index_dir, _ = make_index(tmp_path, per_class=1)
+    demo = build_app(index_dir, embedder=ColourEmbedder())
+    _, url, _ = on_free_port(launch, demo, index_dir, auth=("alice", "pw"), prevent_thread_lock=True, quiet=True,
+                             **kw)
+    httpx.get(url, timeout=30)  # the server's first answer can be slow on a busy machine
+    return demo, url
+
+
+def _login(url: str, password: str, headers: dict | None = None) -> int:
+    return httpx.post(url + "login", data={"username": "alice", "password": password}, headers=headers,
+                      timeout=60).status_code
+
+
+def test_a_forwarded_for_header_does_not_make_a_new_client(tmp_path, monkeypatch):
+    """Five wrong passwords, each naming another X-Forwarded-For address, wait as five from one client do
+    (0 + 0.2 + 0.4 + 0.8 + 1.6 s): the client is the connection's peer, not what it says it forwards."""
+    demo, url = _served_with_login(tmp_path, monkeypatch)
+    try:
+        t0 = time.perf_counter()
+        statuses = [_login(url, f"guess{i}", {"X-Forwarded-For": f"203.0.113.{i}"}) for i in range(5)]
+        assert statuses == [400] * 5 and time.perf_counter() - t0 >= 3.0
+    finally:
+        demo.close()
+
+
+def test_wrong_logins_sent_at_once_are_answered_one_by_one(tmp_path, monkeypatch):
+    """Five wrong passwords sent at once from one client take as long as five in a row: the last answer
+    comes after 0.2 + 0.4 + 0.8 + 1.6 s, not with the first."""
+    demo, url = _served_with_login(tmp_path, monkeypatch)
+    try:
+        answers: list[tuple[int, float]] = []
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=lambda i=i: answers.append((_login(url, f"g{i}"), time.perf_counter() - t0)))
+                   for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(s for s, _ in answers) == [400] * 5
+        assert max(dt for _, dt in answers) >= 3.0 and min(dt for _, dt in answers) < 1.5
+    finally:
+        demo.close()
+
+
+def test_a_named_proxy_is_believed(tmp_path, monkeypatch):
+    """Behind a reverse proxy named with --trusted-proxy, its X-Forwarded-For tells clients apart: one
+    client's failures do not slow another down, while each client is still slowed down."""
+    demo, url = _served_with_login(tmp_path, monkeypatch, trusted_proxies=["127.0.0.1"])
+    try:
+        t0 = time.perf_counter()
+        assert [_login(url, "guess", {"X-Forwarded-For": f"203.0.113.{i}"}) for i in range(5)] == [400] * 5
+        assert time.perf_counter() - t0 < 2.5  # five clients, one try each: nobody waits
+        t0 = time.perf_counter()
+        assert [_login(url, "guess", {"X-Forwarded-For": "203.0.113.0"}) for _ in range(2)] == [400] * 2
+        assert time.perf_counter() - t0 >= 0.2 + 0.4
+    finally:
+        demo.close()
+
+
+def test_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path, monkeypatch, capsys):
+    import app.ui
+    from app.cli import main
+
+    launched = []
+    monkeypatch.setattr(app.ui, "build_app", lambda index_dir: object())
+    monkeypatch.setattr(app.ui, "launch", lambda demo, index_dir, **kw: launched.append(kw))
+    index_dir, _ = make_index(tmp_path, per_class=1)
+    assert main(["serve", str(index_dir), "--trusted-proxy", "proxy.example"]) == 2
+    assert "--trusted-proxy" in capsys.readouterr().err and launched == []
+    assert main(["serve", str(index_dir), "--trusted-proxy", "10.0.0.1"]) == 0
+    assert launched[-1]["trusted_proxies"] == ["10.0.0.1/32"]
+
+
+# ---------------------------------------------------------------- bounds: uploads, the queue
+def test_an_upload_leaves_the_server_once_searched(page):
+    """The upload search deletes the file it was given (and gradio's folder for it): searched or refused,
+    no upload stays on the server's disk."""
+    demo, url, root, _ = page
+    photo = root / "photos" / "circle" / "circle_000.png"
+    for content in (photo.read_bytes(), b"not a photo"):
+        stored = httpx.post(url + "gradio_api/upload", files={"files": ("q.png", content)}).json()[0]
+        assert os.path.exists(stored)
+        call(demo, url, "upload_search", file_data(stored))
+        assert not os.path.exists(stored) and not os.path.exists(os.path.dirname(stored))
+        assert stored not in demo.upload_file_set
+
+
+def test_one_upload_request_carries_one_photo_at_most(page):
+    demo, url, _, _ = page
+    r = httpx.post(url + "gradio_api/upload", files=[("files", (f"{i}.png", b"x" * 10_000_000)) for i in range(3)])
+    assert r.status_code == 413 and "one photo at a time" in r.text
+
+
+def test_a_flood_of_opened_photos_leaves_the_searches_free(page, monkeypatch):
+    """A script queueing many open_photo calls (each makes a preview) fills their own line only: past
+    QUEUE_WAITING_MAX waiting they are refused with a message, and a search meanwhile is answered at once."""
+    import app.handlers
+    from app.limits import BUSY, QUEUE_WAITING_MAX
+
+    release = threading.Event()
+    real = app.handlers.open_photo
+
+    def slow(p, image_id):
+        release.wait(60)
+        return real(p, image_id)
+
+    monkeypatch.setattr(app.handlers, "open_photo", slow)
+    demo, url, _, _ = page
+    fn = {f.api_name: i for i, f in demo.fns.items()}["open_photo"]
+    image_id = int(demo.page.store.all_ids()[0])
+    try:
+        statuses, details = [], set()
+        with httpx.Client() as client:
+            for i in range(QUEUE_WAITING_MAX + 12):
+                body = {"data": [image_id], "event_data": None, "fn_index": fn, "trigger_id": None,
+                        "session_hash": f"flood{i}"}
+                r = client.post(url + "gradio_api/queue/join", json=body)
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    details.add(r.json()["detail"])
+        assert statuses.count(503) >= 10 and details == {BUSY.format(n=QUEUE_WAITING_MAX)}
+        t0 = time.perf_counter()
+        data, logs = call(demo, url, "search_id", image_id, timeout=30)
+        assert not logs and len(data[0]) == PAGE and time.perf_counter() - t0 < 15
+    finally:
+        release.set()
