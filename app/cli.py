@@ -331,40 +331,62 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _add_duplicates(sub: _Sub) -> None:
+    from index.duplicates import SIMILAR_COSINE
+
     p = _command(
         sub,
         "duplicates",
-        help="list groups of near-duplicate photos in an index",
+        help="list copies, bursts and similar photos in an index",
         description=(
-            "Group photos whose embeddings have cosine >= THRESHOLD (joined transitively). 0.98 or more finds\n"
-            "copies and re-encodes; 0.9-0.95 also finds bursts and small edits, depending on the encoder."
+            "Copies (identical files, and the same photo resized, re-encoded, cropped, rotated or converted) are\n"
+            "found from the pixels: perceptual hashes made by `index`, each pair verified by a pixel comparison.\n"
+            "Bursts are photos alike to the encoder whose EXIF times of capture are seconds apart (file dates never\n"
+            "count); similar photos are alike to the encoder alone. Groups never chain (each photo is close to\n"
+            "the group's chosen photo, listed first) and hold at most 12 photos. Nothing is deleted."
         ),
     )
     p.add_argument("index_dir", metavar="INDEX_DIR", help="index folder written by `byol-search index`")
-    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity threshold (default 0.95)")
-    p.add_argument("--json", action="store_true", help="print groups of {id, path} as JSON")
+    p.add_argument("--find", choices=("copies", "bursts", "similar"), default=None,
+                   help="copies: copies only (default); bursts: copies and bursts; similar: copies, bursts and "
+                        "similar photos")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"the cosine of 'similar photos' (default {SIMILAR_COSINE}); given alone it means "
+                        "--find similar at that cosine, as it did before --find")
+    p.add_argument("--json", action="store_true", help="print groups (lists of {id, path, kind, reason, decision}) as JSON")
     p.set_defaults(func=_run_duplicates)
 
 
 def _run_duplicates(args: argparse.Namespace) -> int:
     import json
 
+    from app.review import Decisions, review_groups
     from byol.data import display_path
+    from index.duplicates import SIMILAR_COSINE
+    from index.photoinfo import PhotoInfoCache
     from index.store import Store
 
-    if not -1.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold is a cosine similarity between -1 and 1")
-    store = Store.open(args.index_dir)
-    groups = store.duplicates(args.threshold)
-    out = [[{"id": r["id"], "path": r["path"]} for r in store.rows(g)] for g in groups]
+    if args.threshold is not None and not 0.5 <= args.threshold <= 1.0:
+        raise UsageError("--threshold is a cosine similarity between 0.5 and 1")
+    find = args.find or ("similar" if args.threshold is not None else "copies")
+    level = {"copies": "copies", "bursts": "copies and bursts", "similar": "similar photos"}[find]
+    cosine = SIMILAR_COSINE if args.threshold is None else args.threshold
+    with Store.open(args.index_dir) as store, PhotoInfoCache(store) as infos:
+        decisions = Decisions(store.index_dir)
+        try:
+            groups = review_groups(store, infos, decisions, level, cosine, max_groups=10**9)
+        finally:
+            decisions.close()
+    out = [[{"id": m.id, "path": display_path(m.info.path), "kind": g.kind, "reason": m.reason,
+             "decision": m.decision} for m in g.members] for g in groups]
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     for n, g in enumerate(out, 1):
-        print(f"group {n} ({len(g)} photos)")
+        print(f"group {n}: {g[0]['kind']} ({len(g)} photos)")
         for r in g:
-            print(f"  {display_path(r['path'])}")
-    print(f"{len(out)} groups, {sum(len(g) for g in out)} photos at cosine >= {args.threshold}")
+            print(f"  {r['path']}  ({r['reason']})")
+    print(f"{len(out)} groups, {sum(len(g) for g in out)} photos: {level}"
+          + (f" at cosine >= {cosine}" if level == "similar photos" else ""))
     return 0
 
 

@@ -1,33 +1,32 @@
-"""Duplicate review: each group of near-duplicates side by side with the facts that tell a copy from a burst,
-a keep / drop decision per photo, and a CSV of the decisions. Never deletes, moves or changes a photo.
+"""Duplicate review: the groups (index/duplicates.py) with each photo's facts, why it is there, and keep / drop.
 
-Groups come from the store's near-duplicate search (app.search.duplicate_groups: cosine >= threshold, joined
-transitively) and each member carries its index.photoinfo facts: bytes, pixels, date taken, folder. A
-group's `kind` is a hint for a person: "identical files" (same content hash), "same photo, other sizes"
-(taken at the same second, or same date and pixels differ: an export or a resize), "burst" (different files
-taken within BURST_S seconds of each other), else "similar".
+Each photo of a group comes with its facts (index/photoinfo.py): bytes, pixels, date taken, folder, and the
+reason it is in the group, measured against the group's chosen photo (hash distance, pixel match, pixel sizes,
+time apart, cosine). A group's kind is what was measured: "identical files" (same content hash), "the same
+photo: resized / re-encoded / cropped" (verified from the pixels), "burst" (EXIF times of capture within
+seconds), "similar" (embedding cosine alone).
 
 Decisions live in INDEX_DIR/review.sqlite, one row per photo: decisions(image_id, sha256, decision, at).
 A decision holds the photo's content hash and is ignored once the photo at that id has other content (an
-edited photo is reviewed again). Undecided photos get the default: keep the best of the group (most pixels,
-then most bytes, then taken first, then the smaller id), drop the rest. `export_csv` writes every member of
-every group with its decision (and whether a person made it), atomically (byol.fileio).
+edited photo is reviewed again). Defaults lose nothing: in a group of identical files or verified copies the
+best photo (most pixels, then most bytes, then taken first, then the smaller id) is kept and the rest dropped;
+burst and similar groups start "undecided", and the CSV says so. `export_csv` writes every member of every
+group with its decision, whether a person made it and the reason, through app/csvfile.py (atomic; a name
+that starts like a formula is written as text). Nothing is ever deleted.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from byol.fileio import atomic_write_bytes
+from index.duplicates import SIMILAR_COSINE, Found, Link, Photo, find_groups
 from index.photoinfo import PhotoInfo, PhotoInfoCache
 
 if TYPE_CHECKING:
@@ -35,7 +34,8 @@ if TYPE_CHECKING:
 
 REVIEW_FILE = "review.sqlite"
 DECISIONS = ("keep", "drop")
-BURST_S = 10.0  # seconds between shots that a camera's burst or a quick reframing spans
+UNDECIDED = "undecided"  # a burst or similar photo nobody chose for: the CSV says so, and nothing is dropped
+MAX_GROUPS = 60  # groups one request shows or exports (each at most index.duplicates.MAX_GROUP photos)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
   image_id INTEGER PRIMARY KEY,
@@ -44,29 +44,38 @@ CREATE TABLE IF NOT EXISTS decisions (
   at REAL NOT NULL);
 """
 CSV_FIELDS = ("group", "id", "path", "decision", "decided_by", "similarity", "size_bytes", "width", "height",
-              "date_taken", "date_source", "folder", "kind")
+              "date_taken", "date_source", "folder", "kind", "reason")
 
 
 @dataclass(frozen=True)
 class Member:
     id: int
     info: PhotoInfo  # name, folder, bytes, pixels, date taken (index.photoinfo)
-    similarity: float  # cosine to the group's first photo
+    similarity: float | None  # embedding cosine to the group's chosen photo (1 for itself), None if not searched
     thumb: str  # thumbnail path (what the page shows beside a preview)
     sha256: str | None  # content hash from the index
-    decision: str  # 'keep' or 'drop'
+    decision: str  # 'keep', 'drop' or 'undecided'
     decided: bool  # True when a person chose it, False for the default
+    reason: str = ""  # why it is in the group, measured against the chosen photo
 
 
 @dataclass(frozen=True)
 class Group:
-    number: int  # 1-based position in the list (largest groups first)
-    kind: str  # 'identical files', 'same photo, other sizes', 'burst' or 'similar'
-    members: tuple[Member, ...]
+    number: int  # 1-based position in the list (copies first, then the largest groups)
+    kind: str  # 'identical files', 'the same photo: resized / re-encoded / cropped', 'burst' or 'similar'
+    members: tuple[Member, ...]  # the chosen photo first
 
     @property
     def ids(self) -> list[int]:
         return [m.id for m in self.members]
+
+
+class Groups(list[Group]):
+    """Groups as a list, and how many there were before the list was cut to what one request shows."""
+
+    def __init__(self, groups: Iterable[Group] = (), total: int | None = None) -> None:
+        super().__init__(groups)
+        self.total = len(self) if total is None else total
 
 
 def default_keep(members: Iterable[tuple[int, PhotoInfo]]) -> int:
@@ -76,18 +85,6 @@ def default_keep(members: Iterable[tuple[int, PhotoInfo]]) -> int:
         return (-(info.width or 0) * (info.height or 0), -(info.size or 0), info.taken or "9999", i)
 
     return min(members, key=rank)[0]
-
-
-def group_kind(infos: list[PhotoInfo], hashes: list[str | None]) -> str:
-    if len(set(hashes)) == 1 and hashes[0]:
-        return "identical files"
-    times = sorted(t for t in (_seconds(i.taken) for i in infos) if t is not None)
-    pixels = {(i.width, i.height) for i in infos}
-    if len(times) == len(infos) and times[-1] - times[0] < 1 and len(pixels) > 1:
-        return "same photo, other sizes"
-    if len(times) == len(infos) and all(i.taken_source == "exif" for i in infos) and times[-1] - times[0] <= BURST_S:
-        return "burst"
-    return "similar"
 
 
 def _seconds(iso: str | None) -> float | None:
@@ -156,69 +153,188 @@ class Decisions:
         return {i: d for i, (h, d) in got.items() if i in now and now[i] == h}
 
 
-def review_groups(store: Store, infos: PhotoInfoCache, decisions: Decisions, threshold: float,
-                  max_groups: int = 60) -> list[Group]:
-    """Near-duplicate groups (largest first) with each photo's facts and its decision (chosen or default)."""
-    from app.search import duplicate_groups
+def review_groups(store: Store, infos: PhotoInfoCache, decisions: Decisions, level: str = "copies",
+                  cosine: float = SIMILAR_COSINE, max_groups: int = MAX_GROUPS,
+                  progress: Callable[[float, str], None] | None = None) -> Groups:
+    """The first `max_groups` groups at `level` with each photo's facts, reason and decision (`.total`: how
+    many groups there are in all). Hashes an older index lacks are made first (once, from the files)."""
+    from index.duplicates import K_NEIGHBOURS
+    from index.photohash import PhotoHashes
 
-    raw = duplicate_groups(store, threshold, max_groups)
-    ids = [h.id for g in raw for h in g]
-    facts = infos.get(ids)
-    hashes = {int(r["id"]): r["sha256"] for r in store.rows(ids)}
-    chosen = decisions.get(store, ids)
+    ids = [int(i) for i in store.all_ids()]
+    with PhotoHashes(store.index_dir) as ph:
+        ph.fill(store, progress=progress)
+        hashes, _, _ = ph.get(store, ids)
+    rows = {int(r["id"]): r for r in store.rows(ids)}
+    photos = [Photo(i, r.get("sha256"), hashes.get(i), (r["width"], r["height"]) if r.get("width") else None)
+              for i, r in rows.items()]
+    k = min(K_NEIGHBOURS + 1, max(store.count, 1))
+    if progress is not None:
+        progress(0.5, "comparing every photo with its neighbours")
+    found = find_groups(photos, lambda chunk: store.search(store.get_vectors(chunk), k), _PixelCheck(store),
+                        level, cosine, taken=lambda some: _exif_times(infos, some))
+    shown = found[:max_groups]
+    members = [i for f in shown for i in f.ids]
+    facts = infos.get(members)
+    chosen = decisions.get(store, members)
     out: list[Group] = []
-    for g in raw:
-        g = [h for h in g if h.id in facts]
-        if len(g) < 2:
-            continue
-        _fill_hashes(hashes, [(h.id, facts[h.id]) for h in g])
-        best = default_keep([(h.id, facts[h.id]) for h in g])
-        members = tuple(
-            Member(h.id, facts[h.id], float(cast(float, h.score)), h.thumb, hashes.get(h.id),
-                   chosen.get(h.id, "keep" if h.id == best else "drop"), h.id in chosen)
-            for h in g)
-        kind = group_kind([m.info for m in members], [m.sha256 for m in members])
-        out.append(Group(len(out) + 1, kind, members))
-    return out
+    for f in shown:
+        if any(i not in facts for i in f.ids):
+            continue  # a photo left the index meanwhile
+        _settle_identical(f, rows, facts)
+        out.append(_group(len(out) + 1, f, facts, rows, chosen, lambda i: str(store.thumbnail_path(i))))
+    return Groups(out, len(found))
 
 
-def _fill_hashes(hashes: dict[int, str | None], members: list[tuple[int, PhotoInfo]]) -> None:
-    """Content hashes the index lacks, read only for members whose byte size another member shares (only
-    those can be identical files)."""
-    from collections import Counter
+def _settle_identical(f: Found, rows: dict[int, dict[str, Any]], facts: dict[int, PhotoInfo]) -> None:
+    """Copies whose bytes are the chosen photo's are identical files (content hashes an index row lacks are
+    read from the file, only where the byte sizes agree)."""
+    from dataclasses import replace
 
     from byol.fileio import file_sha256
 
-    sizes = Counter(info.size for _, info in members if info.size is not None)
-    for i, info in members:
-        if not hashes.get(i) and info.ok and info.size is not None and sizes.get(info.size, 0) > 1:
+    if f.kind != "the same photo":
+        return
+
+    def sha(i: int) -> str | None:
+        if not rows[i].get("sha256") and facts[i].ok:
             try:
-                hashes[i] = file_sha256(info.path)
+                rows[i] = {**rows[i], "sha256": file_sha256(facts[i].path)}
             except OSError:
-                pass
+                return None
+        return rows[i].get("sha256")
+
+    c = f.ids[0]
+    for i, link in list(f.links.items()):
+        if link.kind != "identical files" and facts[i].size == facts[c].size and sha(i) and sha(i) == sha(c):
+            f.links[i] = replace(link, kind="identical files", bits=0, match=1.0)
+    if all(lk.kind == "identical files" for lk in f.links.values()):
+        f.kind = "identical files"
+
+
+def _exif_times(infos: PhotoInfoCache, ids: list[int]) -> dict[int, float | None]:
+    """EXIF times of capture of the photos asked for (file dates never count)."""
+    return {i: (_seconds(f.taken) if f.taken_source == "exif" else None) for i, f in infos.get(ids).items()}
+
+
+class _PixelCheck:
+    """index.duplicates.Check from the index's thumbnails (256 px, through the safe decoder), each decoded once."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache: dict[int, Any] = {}
+
+    def image(self, i: int) -> Any:
+        from byol.images import BadImage
+        from index.photohash import check_image
+
+        if i not in self.cache:
+            try:
+                self.cache[i] = check_image(self.store.thumbnail_path(i))
+            except (BadImage, OSError):
+                self.cache[i] = None
+        return self.cache[i]
+
+    def __call__(self, a: int, b: int) -> tuple[float, float] | None:
+        from index.photohash import contains
+
+        x, y = self.image(a), self.image(b)
+        if x is None or y is None:
+            return None
+        m = contains(x, y)
+        return m.score, m.scale
+
+
+def _group(number: int, f: Found, facts: dict[int, PhotoInfo], rows: dict[int, dict[str, Any]],
+           chosen: dict[int, str], thumb: Callable[[int], str]) -> Group:
+    infos = [(i, facts[i]) for i in f.ids]
+    drops = f.kind in ("identical files", "the same photo")
+    best = default_keep(infos) if drops else None
+    kind = f.kind if f.kind != "the same photo" else "the same photo: " + " / ".join(_edits(f, facts))
+    members = []
+    for i, info in infos:
+        link = f.links.get(i)
+        default = UNDECIDED if best is None else ("keep" if i == best else "drop")
+        members.append(Member(i, info, 1.0 if link is None else link.cosine, thumb(i), rows[i].get("sha256"),
+                              chosen.get(i, default), i in chosen,
+                              "the group's chosen photo" if link is None else reason(link, info, facts[f.ids[0]])))
+    return Group(number, kind, tuple(members))
+
+
+def _edits(f: Found, facts: dict[int, PhotoInfo]) -> list[str]:
+    """Which edits the copies of a group show against the chosen photo: resized, re-encoded, cropped."""
+    c = facts[f.ids[0]]
+    out = set()
+    for i, link in f.links.items():
+        if link.kind != "identical files":  # a byte copy beside the edits adds no edit of its own
+            out.add(_edit(link, facts[i], c))
+    return [e for e in ("resized", "re-encoded", "cropped") if e in out]
+
+
+def _edit(link: Link, a: PhotoInfo, c: PhotoInfo) -> str:
+    if (link.scale or 1.0) < 0.97 or not _same_aspect(a, c):
+        return "cropped"
+    return "re-encoded" if (a.width, a.height) == (c.width, c.height) else "resized"
+
+
+def _same_aspect(a: PhotoInfo, c: PhotoInfo) -> bool:
+    if not (a.width and a.height and c.width and c.height):
+        return True
+    return abs(a.width / a.height - c.width / c.height) <= 0.02 * (c.width / c.height)
+
+
+def reason(link: Link, info: PhotoInfo, chosen: PhotoInfo) -> str:
+    """Why a photo is in its group, measured against the chosen photo, in words."""
+    sizes = f"{info.width or '?'}×{info.height or '?'} vs {chosen.width or '?'}×{chosen.height or '?'}"
+    if link.kind == "identical files":
+        return "identical file (the same bytes)"
+    if link.kind == "the same photo":
+        parts = [f"{_edit(link, info, chosen)}: {sizes}", f"pixels match {link.match:.3f}"]
+        if link.scale is not None and link.scale < 0.97:
+            parts.append(f"{link.scale:.0%} of the width")
+        if link.bits is not None:
+            parts.append(f"hash {link.bits} bits apart")
+        return " · ".join(parts)
+    parts = [f"cosine {link.cosine:.3f}"] if link.cosine is not None else []
+    if link.seconds is not None:
+        parts.insert(0, f"{link.seconds:.0f} s apart (EXIF)")
+    return " · ".join(parts + [sizes])
 
 
 def csv_rows(groups: Iterable[Group]) -> list[dict[str, Any]]:
-    return [{"group": g.number, "id": m.id, "path": m.info.path, "decision": m.decision,
-             "decided_by": "person" if m.decided else "default", "similarity": f"{m.similarity:.4f}",
+    return [{"group": g.number, "id": m.id, "path": os.fsencode(m.info.path).decode("utf-8", "backslashreplace"),
+             "decision": m.decision, "decided_by": "person" if m.decided else "default",
+             "similarity": "" if m.similarity is None else f"{m.similarity:.4f}",
              "size_bytes": m.info.size if m.info.size is not None else "", "width": m.info.width or "",
              "height": m.info.height or "", "date_taken": m.info.taken or "", "date_source": m.info.taken_source or "",
-             "folder": m.info.folder, "kind": g.kind}
+             "folder": m.info.folder, "kind": g.kind, "reason": m.reason}
             for g in groups for m in g.members]
 
 
 def export_csv(groups: Iterable[Group], path: str | Path) -> int:
     """Write every member of every group with its decision to a CSV (atomically); returns the row count.
 
-    Paths are written as text (a name that is not UTF-8 shows its bytes as \\xNN). Nothing is deleted:
-    the CSV is for the person (or their own script) to act on.
+    Written by app/csvfile.py: a path, folder or reason that starts like a formula (`=`, `+`, `-`, `@`, tab,
+    CR) gets a leading `'`, so a spreadsheet shows it as text. A name that is not UTF-8 shows its bytes as
+    \\xNN. Nothing is deleted: the CSV is for the person (or their own script) to act on; an undecided photo
+    says "undecided".
     """
-    rows = csv_rows(groups)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        r["path"] = os.fsencode(r["path"]).decode("utf-8", "backslashreplace")
-        w.writerow(r)
-    atomic_write_bytes(path, buf.getvalue())
-    return len(rows)
+    from app.csvfile import write
+
+    return write(path, CSV_FIELDS, csv_rows(groups))
+
+
+def member_markdown(m: Member) -> str:
+    """One photo of a group as the page's Markdown: its name, facts and reason, every name shown as text
+    (app.markup.plain: a folder named like a link or an image stays text)."""
+    from app.markup import plain
+    from index.photoinfo import human_size
+
+    i = m.info
+    facts = [f"**{plain(i.name)}**", f"{i.width or '?'}×{i.height or '?'}",
+             human_size(i.size) if i.size is not None else "missing"]
+    if i.taken:
+        facts.append(i.taken.replace("T", " ") + (" (file date)" if i.taken_source == "mtime" else ""))
+    facts.append(f"folder {plain(i.folder or '.')}")
+    facts.append(f"*{plain(m.reason)}*" if m.reason else "")
+    return "  \n".join(f for f in facts if f)

@@ -57,8 +57,10 @@ from app.handlers import (
     Vocabulary,
 )
 from app.labels import LABEL_RULE, Labels, Progress
+from app.markup import plain
 from app.page import Page
-from app.review import Group
+from app.review import Group, member_markdown
+from index.duplicates import LEVELS, SIMILAR_COSINE
 
 if TYPE_CHECKING:
     from gradio.events import Dependency
@@ -333,8 +335,11 @@ def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
             c.res_ids = gr.State([])
         with gr.Tab("Duplicates", id="duplicates"):
             with gr.Row():
-                c.threshold = gr.Slider(0.80, 1.0, value=0.95, step=0.005, label="Cosine threshold",
-                                        info="higher: only near-identical photos")
+                c.dup_level = gr.Radio(list(LEVELS), value="copies and bursts", label="Find",
+                                       info="copies: the same photo (resized, re-encoded, cropped), from the "
+                                            "pixels; bursts: shots seconds apart; similar: alike by the encoder")
+                c.threshold = gr.Slider(0.80, 1.0, value=SIMILAR_COSINE, step=0.005, label="Similar photos: cosine",
+                                        info="only for 'similar photos'; higher: closer photos")
                 c.dup_btn = gr.Button("Find near-duplicates")
                 c.dup_export_btn = gr.Button("Export decisions (CSV)")
             c.dup_note = gr.Markdown(elem_id="dup-note")
@@ -399,27 +404,19 @@ def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
 def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
     """The Duplicates tab's groups, drawn again whenever the list of groups changes: each photo with its
     facts and a keep / drop choice, saved as soon as it changes."""
-    from index.photoinfo import human_size
-
     @gr.render(inputs=[c.dup_groups])  # type: ignore[untyped-decorator]  # gradio leaves render() unannotated
     def groups(gs: list[Group] | None) -> None:
         for g in gs or []:
             with gr.Group():
-                gr.Markdown(f"**Group {g.number}** · {g.kind} · {len(g.members)} photos")
+                gr.Markdown(f"**Group {g.number}** · {plain(g.kind)} · {len(g.members)} photos")
                 with gr.Row():
                     for m in g.members:
                         with gr.Column(min_width=170, elem_classes="dup-member"):
                             img = gr.Image(m.thumb, show_label=False, height=160, interactive=False, buttons=[],
                                            elem_id=f"dup-img-{m.id}")
-                            i = m.info
-                            facts = [f"**{html.escape(i.name)}**", f"{i.width or '?'}×{i.height or '?'}",
-                                     human_size(i.size) if i.size is not None else "missing"]
-                            if i.taken:
-                                facts.append(i.taken.replace("T", " ") + (" (file date)" if i.taken_source == "mtime"
-                                                                          else ""))
-                            facts.append(f"folder {html.escape(i.folder or '.')} · cosine {m.similarity:.3f}")
-                            gr.Markdown("  \n".join(facts))
-                            choice = gr.Radio(["keep", "drop"], value=m.decision, show_label=False, interactive=True,
+                            gr.Markdown(member_markdown(m))
+                            choice = gr.Radio(["keep", "drop"], value=m.decision if m.decided or m.decision
+                                              in ("keep", "drop") else None, show_label=False, interactive=True,
                                               elem_id=f"dup-{m.id}")
                             _on(choice.input, lambda d, _i=m.id: handlers.decide(page, _i, d), [choice],
                                 [c.dup_status], api_visibility="private")
@@ -526,19 +523,23 @@ def _opened(image_id: int | float | str | None) -> int:
 
 
 def _wire_duplicates(page: Page, c: SimpleNamespace, k: int) -> None:
-    def on_duplicates(t: float, progress: gr.Progress = gr.Progress()) -> tuple[list[Group], str]:
-        d: Duplicates = handlers.duplicates(page, t, _progress(progress))
+    def on_duplicates(t: float, level: str = "copies and bursts",
+                      progress: gr.Progress = gr.Progress()) -> tuple[list[Group], str]:
+        d: Duplicates = handlers.duplicates(page, level, _progress(progress), cosine=t)
         return d.groups, d.note
 
     outputs = [c.dup_groups, c.dup_note]
-    _on(c.dup_btn.click, on_duplicates, [c.threshold], outputs, api_name="duplicates", **DUPLICATES)
-    _on(c.threshold.release, on_duplicates, [c.threshold], outputs, api_visibility="undocumented", **DUPLICATES)
+    inputs = [c.threshold, c.dup_level]
+    _on(c.dup_btn.click, on_duplicates, inputs, outputs, api_name="duplicates", **DUPLICATES)
+    _on(c.threshold.release, on_duplicates, inputs, outputs, api_visibility="undocumented", **DUPLICATES)
+    _on(c.dup_level.input, on_duplicates, inputs, outputs, api_visibility="undocumented", **DUPLICATES)
 
-    def on_export(t: float, progress: gr.Progress = gr.Progress()) -> tuple[str, gr.File]:
-        note, path = handlers.export_duplicates(page, t, _progress(progress))
+    def on_export(t: float, level: str = "copies and bursts",
+                  progress: gr.Progress = gr.Progress()) -> tuple[str, gr.File]:
+        note, path = handlers.export_duplicates(page, level, _progress(progress), cosine=t)
         return note, gr.File(value=str(_download_copy(path)), visible=True)
 
-    _on(c.dup_export_btn.click, on_export, [c.threshold], [c.dup_status, c.dup_file], api_name="export_duplicates",
+    _on(c.dup_export_btn.click, on_export, inputs, [c.dup_status, c.dup_file], api_name="export_duplicates",
         **EXPORT)
 
     def on_decide(image_id: float, decision: str) -> str:

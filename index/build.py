@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
 from index.embed import EmbeddedBatch, Embedder
+from index.photohash import PhotoHashes, phash
 from index.preview import remove_stale
 from index.store import (
     THUMB_SIDE,
@@ -222,6 +223,8 @@ class _Update:
             self.summary["added"] += len(add)
         for image_id, j in zip(ids, upd + add):
             store.put_thumbnail(image_id, batch.extras[j][1])
+        with PhotoHashes(self.index_dir) as hashes:  # the perceptual hash, from the decode made for the thumbnail
+            hashes.put((image_id, rows[j], batch.extras[j][2], None) for image_id, j in zip(ids, upd + add))
 
     # -- save and report
     def finish(self, embedder: Embedder, t0: float, embed_seconds: float) -> dict[str, Any]:
@@ -229,6 +232,9 @@ class _Update:
 
         store, summary, bad = self.store, self.summary, self.bad
         store.save()
+        with PhotoHashes(self.index_dir) as hashes:  # an index made before hashes existed gets them once
+            hashes.keep_only(store.all_ids())
+            hashes.fill(store)
         # what a page served of the photos that left (their previews, and thumbnails a killed save left)
         remove_stale(store, thumbnails=True)
         summary.update(
@@ -271,8 +277,9 @@ def _stat_row(path: str, stats: dict[str, tuple[int, int]]) -> dict[str, Any]:
     return {"size": size, "mtime_ns": mtime}
 
 
-def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, bytes]:
-    """Run in the decode threads: the content hash and the thumbnail's JPEG bytes.
+def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, bytes, int]:
+    """Run in the decode threads: the content hash, the thumbnail's JPEG bytes and the perceptual hash
+    (index/photohash.py, for the duplicate review).
 
     The embedding is made from a decode at the encoder's size (draft mode), exactly as a query or an
     evaluation decodes the same file, so a photo searched for finds itself at cosine 1. When that decode is
@@ -280,7 +287,7 @@ def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, b
     """
     if max(image.size) < THUMB_SIDE:
         image = load_rgb(data, min_side=THUMB_SIDE)
-    return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image)
+    return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image), phash(image)
 
 
 def _hash_files(paths: list[str], workers: int | None,

@@ -67,3 +67,61 @@ def test_largest_group_first_then_smallest_first_id():
 
 def test_no_ids_no_groups():
     assert duplicate_groups(np.zeros(0, np.int64), table([], {}), threshold=0.5) == []
+
+
+# ---------------------------------------------------------------- the duplicate review's groups
+from index.duplicates import MAX_GROUP, Photo, centre_groups, find_groups, hash_pairs  # noqa: E402
+
+
+def no_pixels(a, b):
+    return None
+
+
+def test_groups_do_not_chain():
+    """A~B and B~C with A far from C: C is not put with A through B."""
+    links = {1: {2: 0.9}, 2: {1: 0.9, 3: 0.9}, 3: {2: 0.9}}
+    assert centre_groups([1, 2, 3], links) == [[1, 2]]
+    assert centre_groups([2, 1, 3], links) == [[2, 1, 3]]  # B chosen first: both are close to it
+
+
+def test_a_crowd_of_alike_photos_makes_capped_groups():
+    ids = list(range(50))
+    pairs = {(a, b): 0.99 for a in ids for b in ids if a < b}
+    photos = [Photo(i, pixels=(100, 100)) for i in ids]
+    groups = find_groups(photos, table(ids, pairs), no_pixels, "similar photos", cosine=0.95)
+    assert groups and max(len(g.ids) for g in groups) <= MAX_GROUP
+    assert {g.kind for g in groups} == {"similar"}
+    assert sorted(i for g in groups for i in g.ids) == ids  # each photo in one group
+
+
+def test_copies_come_from_the_pixels_and_shots_from_the_times():
+    ids = [1, 2, 3, 4, 5, 6]
+    pairs = {(1, 2): 0.99, (3, 4): 0.99, (5, 6): 0.97}
+    photos = [Photo(1, "x", 0, (200, 100), 1000.0), Photo(2, "y", 1, (100, 50), 1000.0),  # a resize
+              Photo(3, "z", 0x3333333333333333, (100, 50), 2000.0),  # a burst: two times of capture
+              Photo(4, "w", 0x5555555555555555, (100, 50), 2003.0),
+              Photo(5, "v", 0x0F0F0F0F0F0F0F0F, (100, 50)), Photo(6, "u", 0x00FF00FF00FF00FF, (100, 50))]
+
+    def pixels(a, b):  # every pair looks the same: only the times tell shots apart
+        return (0.99, 1.0)
+
+    copies = find_groups(photos, table(ids, pairs), pixels, "copies")
+    assert [(g.kind, g.ids) for g in copies] == [("the same photo", [1, 2]), ("the same photo", [5, 6])]
+    bursts = find_groups(photos, table(ids, pairs), pixels, "copies and bursts")
+    assert ("burst", [3, 4]) in [(g.kind, g.ids) for g in bursts] and bursts[-1].links[4].seconds == 3.0
+    refused = find_groups(photos, table(ids, pairs), lambda a, b: (0.90, 1.0), "similar photos", cosine=0.98)
+    assert [(g.kind, g.ids) for g in refused] == [("burst", [1, 2]), ("burst", [3, 4])]  # 5~6 below 0.98
+
+
+def test_file_dates_never_make_a_burst():
+    ids = [1, 2]
+    photos = [Photo(1, pixels=(10, 10)), Photo(2, pixels=(10, 10))]  # no EXIF time: only file dates
+    assert find_groups(photos, table(ids, {(1, 2): 0.99}), no_pixels, "copies and bursts") == []
+
+
+def test_identical_files_and_close_hashes():
+    photos = [Photo(1, "same", 0), Photo(2, "same", 2**63 - 1), Photo(3, None, 0b111)]
+    groups = find_groups(photos, table([1, 2, 3], {}), lambda a, b: (1.0, 1.0), "copies")
+    assert [(g.kind, sorted(g.ids)) for g in groups] == [("the same photo", [1, 2, 3])]
+    assert groups[0].links[2].kind == "identical files" and groups[0].links[3].bits == 3
+    assert hash_pairs([1, 2, 3], [0, 0b1111, -1], radius=4) == {(1, 2): 4}

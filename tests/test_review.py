@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from test_search import make_index
 
-from app.review import Decisions, default_keep, export_csv, group_kind, review_groups
+from app.review import Decisions, Group, Member, default_keep, export_csv, member_markdown, review_groups
 from index.photoinfo import PhotoInfo, PhotoInfoCache
 from index.store import Store
 
@@ -33,11 +33,30 @@ def test_default_keeps_most_pixels_then_bytes_then_oldest():
     assert default_keep([(3, info(3)), (2, info(2))]) == 2
 
 
-def test_group_kind_tells_copies_resizes_and_bursts_apart():
-    assert group_kind([info(1), info(2)], ["a", "a"]) == "identical files"
-    assert group_kind([info(1, 10, 10), info(2, 20, 20)], ["a", "b"]) == "same photo, other sizes"
-    assert group_kind([info(1), info(2, taken="2020-01-01T00:00:04")], ["a", "b"]) == "burst"
-    assert group_kind([info(1), info(2, taken="2020-03-01T00:00:04")], ["a", "b"]) == "similar"
+def test_similar_and_burst_groups_start_undecided_and_the_csv_says_so(tmp_path):
+    m = [Member(i, info(i), 0.97, "", None, "undecided", False, "cosine 0.970") for i in (1, 2)]
+    out = tmp_path / "d.csv"
+    export_csv([Group(1, "similar", tuple(m))], out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["decision"] for r in rows] == ["undecided", "undecided"] and rows[0]["reason"] == "cosine 0.970"
+
+
+def test_the_csv_writes_names_that_look_like_formulas_as_text(tmp_path):
+    """A folder or file named like a formula is written with a leading quote (a spreadsheet shows it as text)."""
+    bad = PhotoInfo(1, "/p/=HYPERLINK(x)/@cmd.jpg", "@cmd.jpg", "=HYPERLINK(x)", 10, 0, 5, 5, None, None)
+    m = Member(1, bad, 1.0, "", None, "keep", False, "+the group's chosen photo")
+    out = tmp_path / "d.csv"
+    export_csv([Group(1, "identical files", (m,))], out)
+    row = next(csv.DictReader(out.open()))
+    assert row["folder"] == "'=HYPERLINK(x)" and row["reason"].startswith("'+")
+    assert row["path"] == "/p/=HYPERLINK(x)/@cmd.jpg"  # starts with '/': already text, written as it is
+
+
+def test_names_in_the_review_are_shown_as_text():
+    link = PhotoInfo(1, "/p/x.jpg", "![](https://site.example/t.png)", "[x](https://site.example)", 10, 0, 5, 5,
+                     None, None)
+    md = member_markdown(Member(1, link, 1.0, "", None, "keep", False, "<img src=x>"))
+    assert "](" not in md and "<img" not in md and "\\[x\\]" in md
 
 
 def test_groups_decisions_persist_and_export_without_touching_photos(index, tmp_path):
@@ -45,7 +64,7 @@ def test_groups_decisions_persist_and_export_without_touching_photos(index, tmp_
     before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
     with PhotoInfoCache(store) as infos:
         dec = Decisions(store.index_dir)
-        groups = review_groups(store, infos, dec, threshold=0.999)
+        groups = review_groups(store, infos, dec, "similar photos", 0.999)
         copies = [g for g in groups if g.kind == "identical files"]
         assert len(copies) == 2 and all(len(g.members) == 2 for g in copies)
         g = copies[0]
@@ -55,12 +74,12 @@ def test_groups_decisions_persist_and_export_without_touching_photos(index, tmp_
         dec.keep_only(store, g.ids, [g.ids[1]])
         dec.close()
         dec = Decisions(store.index_dir)  # a new page sees the decisions
-        g2 = next(x for x in review_groups(store, infos, dec, threshold=0.999) if x.ids == g.ids)
+        g2 = next(x for x in review_groups(store, infos, dec, "similar photos", 0.999) if x.ids == g.ids)
         assert [m.decision for m in g2.members] == ["drop", "keep"] and all(m.decided for m in g2.members)
         with pytest.raises(ValueError, match="keep, drop"):
             dec.set(store, g.ids, "delete")
         out = tmp_path / "out" / "decisions.csv"
-        n = export_csv(review_groups(store, infos, dec, threshold=0.999), out)
+        n = export_csv(review_groups(store, infos, dec, "similar photos", 0.999), out)
         rows = list(csv.DictReader(out.open()))
         assert n == len(rows) >= 4
         mine = {int(r["id"]): r for r in rows}
