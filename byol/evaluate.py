@@ -296,21 +296,43 @@ def evaluate_encoder(encoder: nn.Module, preprocess: Preprocess, labelled_folder
     return result
 
 
+def load_any_encoder(spec: str | Path) -> tuple[nn.Module, Preprocess, dict[str, Any]]:
+    """A checkpoint's online encoder, or the encoder a run starts from (byol.init.start_encoder): `base`,
+    `imagenet`, `none`, or a file that `--init` reads (an encoder file, a state dict). A file that is neither
+    is a byol.checkpoint.CheckpointError that names both."""
+    from byol.checkpoint import CheckpointError, load_checkpoint, load_encoder
+    from byol.init import INIT_KINDS, InitError, start_encoder
+
+    if str(spec) in INIT_KINDS:
+        return start_encoder(str(spec))
+    try:
+        load_checkpoint(spec)
+    except CheckpointError as not_checkpoint:
+        if not Path(spec).is_file():
+            raise CheckpointError(f"{spec}: no such checkpoint file (give a checkpoint.pt, base, imagenet, none "
+                                  f"or an encoder file that --init reads)") from None
+        try:
+            return start_encoder(str(spec))
+        except InitError as e:
+            raise CheckpointError(f"{not_checkpoint}; nor an encoder file that --init reads: {e}") from None
+    return load_encoder(spec)
+
+
 def evaluate(checkpoint_path: str | Path, labelled_folder: str | Path, options: EvalOptions | None = None,
              **overrides: Any) -> dict[str, Any]:
-    """Evaluate a checkpoint's online encoder on a labelled folder; `evaluate_encoder` plus where it came from.
+    """Evaluate an encoder on a labelled folder; `evaluate_encoder` plus where it came from. The encoder is a
+    checkpoint's, or where a run starts (`base`, `imagenet`, `none`, an --init file: `load_any_encoder`), so
+    that what training on the folder added can be read off.
 
-    Raises byol.checkpoint.CheckpointError (a ValueError) for a file that is not a checkpoint, and
+    Raises byol.checkpoint.CheckpointError (a ValueError) for a file that is neither, and
     ValueError for a folder that is not laid out as train/<class>/, test/<class>/. options and overrides as
     in evaluate_encoder (the linear probe is always fitted here).
     """
-    from byol.checkpoint import load_encoder
-
     o = replace(_options(options, overrides), linear=True)
 
     t0 = time.perf_counter()
     load_labelled(labelled_folder)  # fail on a bad layout before the slow part
-    encoder, preprocess, info = load_encoder(checkpoint_path)
+    encoder, preprocess, info = load_any_encoder(checkpoint_path)
     encoder.to(o.device)
     result = evaluate_encoder(encoder, preprocess, labelled_folder, o)
     result["checkpoint"] = {
@@ -319,6 +341,7 @@ def evaluate(checkpoint_path: str | Path, labelled_folder: str | Path, options: 
         "step": info["step"],
         "backbone": info["model_config"].get("backbone"),
         "image_size": info["model_config"].get("image_size"),
+        "init": info.get("init", {}).get("kind") if not info["step"] else None,
     }
     result["labelled_folder"] = str(labelled_folder)
     result["seconds"]["total"] = time.perf_counter() - t0
@@ -342,8 +365,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = []
     ck = result.get("checkpoint")
     if ck:
+        start = f"  (where a run starts: --init {ck['init']}, no training)" if ck.get("init") else ""
         lines.append(f"checkpoint {ck['path']}  step {ck['step']}  {ck['backbone']} @ {ck['image_size']} px  "
-                     f"sha256 {ck['sha256'][:12]}")
+                     f"sha256 {ck['sha256'][:12] or '-'}{start}")
     lines.append(f"{len(result['classes'])} classes, {result['n_train']} train / {result['n_test']} test images, "
                  f"{result['seconds']['total']:.1f} s")
     lines += [f"  {a:<{w}}  {b:>{v}}   {c}" for a, b, c in rows]

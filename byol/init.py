@@ -16,6 +16,8 @@ predictor are fresh (their input statistics belong to the new data).
 
 resolve_init(spec, backbone, image_size) -> Init {state (encoder state dict), info (what is recorded: kind,
 source, sha256, loaded/skipped keys)}. Every error is an InitError with what to do.
+start_encoder(spec, backbone, image_size) -> (encoder, Preprocess, info): the encoder a run would start from,
+ready to embed (`byol-search evaluate base LABELLED`: what the folder's own training then adds).
 """
 
 from __future__ import annotations
@@ -196,6 +198,36 @@ def resolve_init(spec: str | None, backbone: str, image_size: int) -> Init:
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise InitError(f"--init {path}: it holds a {meta['backbone']} encoder; add --backbone {meta['backbone']}")
     return Init(state, {"kind": "path", "source": str(path.resolve()), "sha256": sha})
+
+
+def start_encoder(spec: str, backbone: str | None = None,
+                  image_size: int | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(encoder in eval mode, its byol.preprocess.Preprocess, info) of where a run with `--init spec` starts,
+    without training: base (the shipped base, at the size it was trained at), imagenet (resnet18 unless
+    `backbone` says otherwise; only from torch's cache or online), none (random weights) or PATH (an encoder
+    file of export_base, or a state dict). info: sha256 ("" for random weights), step 0, dim, model_config
+    and init, as byol.checkpoint.load_encoder's."""
+    from byol.model import build_backbone
+    from byol.preprocess import Preprocess
+
+    meta: dict[str, Any] = {}
+    path = Path(spec).expanduser()
+    if spec not in INIT_KINDS and path.is_file():  # an encoder file says what it holds
+        obj, _ = _load_file(path)
+        meta = _encoder_state(obj, path)[1]
+    card = base_card(backbone or "resnet-tiny") if spec in ("base", "auto") else None
+    backbone = backbone or meta.get("backbone") or ("resnet18" if spec == "imagenet" else "resnet-tiny")
+    image_size = int(image_size or meta.get("image_size") or (card or {}).get("image_size") or 32)
+    torch.manual_seed(0)  # random weights (`none`) are the same on every call
+    encoder, dim = build_backbone(backbone, image_size)
+    init = resolve_init(spec, backbone, image_size)
+    info = dict(init.info)
+    if init.state is not None:
+        info.update(apply_state(encoder, init.state, info.get("source", info["kind"])))
+    encoder.eval()
+    return encoder, Preprocess.for_size(image_size), {
+        "sha256": info.get("sha256", ""), "step": 0, "dim": dim,
+        "model_config": {"backbone": backbone, "image_size": image_size}, "init": info}
 
 
 def _card_text(v: Any) -> str:

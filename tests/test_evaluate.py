@@ -237,3 +237,40 @@ def test_options_are_one_dataclass_and_unknown_ones_are_refused(checkpoint, labe
         evaluate(checkpoint, labelled_folder, knn_kk=5)
     r = evaluate(checkpoint, labelled_folder, EvalOptions(shots=(), knn_k=3, linear=False), progress=False)
     assert r["knn_k"] == 3 and r["few_shot"] == {} and "linear_top1" in r  # evaluate always fits the probe
+
+
+# ---------------------------------------------------------------------------------------------- where a run starts
+def _step0_from(init: str, path: Path) -> Path:
+    """A step-0 checkpoint of a run started from `init`: the encoder `evaluate <init>` must score."""
+    from byol.init import resolve_init, start_from
+
+    mcfg = ModelConfig(backbone="resnet-tiny", image_size=32)
+    model = BYOL(mcfg)
+    start_from(model, resolve_init(init, "resnet-tiny", 32))
+    save_checkpoint(path, {"config": {}, "model_config": asdict(mcfg), "preprocess": Preprocess.for_size(32).to_dict(),
+                           "model": model.state_dict(), "step": 0})
+    return path
+
+
+def test_evaluate_base_scores_the_encoder_a_run_starts_from(labelled_folder, tmp_path):
+    """`evaluate base` needs no checkpoint: it scores the shipped base as a run with --init base starts."""
+    r = evaluate("base", labelled_folder, **{**FAST, "shots": ()})
+    want = evaluate(_step0_from("base", tmp_path / "b.pt"), labelled_folder, **{**FAST, "shots": ()})
+    assert r["knn_top1"] == want["knn_top1"] and r["linear_top1"] == pytest.approx(want["linear_top1"], abs=0.05)
+    assert (r["checkpoint"]["step"], r["checkpoint"]["init"], r["checkpoint"]["backbone"]) == (0, "base", "resnet-tiny")
+    assert "where a run starts: --init base" in format_table(r)
+
+
+def test_evaluate_an_encoder_file_as_init_reads_it(checkpoint, labelled_folder, tmp_path):
+    """An encoder file written by export_base (what --init PATH reads) scores as the checkpoint it came from."""
+    from byol.init import export_base
+
+    export_base(checkpoint, tmp_path, {"data": "test"})
+    r = evaluate(tmp_path / "base-resnet-tiny.pt", labelled_folder, **{**FAST, "shots": ()})
+    want = evaluate(checkpoint, labelled_folder, **{**FAST, "shots": ()})
+    assert r["knn_top1"] == want["knn_top1"] and r["checkpoint"]["init"] == "path"
+
+
+def test_cli_evaluate_base(labelled_folder, capsys):
+    assert main(["evaluate", "base", str(labelled_folder), "--k", "5", "--shots", "", "--weight-decay", "1e-4"]) == 0
+    assert "--init base, no training" in capsys.readouterr().out
