@@ -31,7 +31,7 @@ def _add_evaluate(sub: _Sub) -> None:
     p = _command(
         sub,
         "evaluate",
-        help="score a checkpoint's encoder on a labelled folder (kNN, linear probe, few-shot)",
+        help="score a checkpoint's encoder, or the base, on a labelled folder (kNN, linear probe, few-shot)",
         description=(
             "Freeze the checkpoint's encoder, embed LABELLED_FOLDER with its evaluation transform and report\n"
             "weighted kNN top-1, linear-probe top-1 and few-shot top-1 of the linear probe and of the page's\n"
@@ -40,7 +40,11 @@ def _add_evaluate(sub: _Sub) -> None:
             "files that cannot be read are skipped and listed."
         ),
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `byol-search pretrain`")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint.pt written by `byol-search pretrain`, or where a run starts, untrained: base "
+                        "(the shipped base encoder), imagenet (when in torch's cache or online), none (random "
+                        "weights) or an encoder file that --init reads; compare the two to see what training "
+                        "on the folder added")
     p.add_argument("folder", metavar="LABELLED_FOLDER", help="folder with train/<class>/ and test/<class>/")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE (written atomically)")
