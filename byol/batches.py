@@ -30,6 +30,7 @@ from byol.augment import AugmentConfig, small_views, two_views
 from byol.optim import virtual_step
 
 ViewsFn = Callable[[torch.Tensor, AugmentConfig, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+SmallViewsFn = Callable[[torch.Tensor, AugmentConfig, int, int, torch.Generator], torch.Tensor]
 
 
 def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, local_batch: int) -> torch.Tensor:
@@ -75,6 +76,8 @@ class Batches:
     views_fn: ViewsFn = two_views  # (x: B,side,side,3 uint8, augment, gen) -> (v1, v2): B,3,S,S each
     small_crops: int = 0  # multi-crop: extra small views per image (0: the two views only)
     small_side: int = 0  # their side in px
+    # (x: B,side,side,3 uint8, augment, small_crops, small_side, gen) -> small_crops*B,3,s,s
+    small_views_fn: SmallViewsFn = small_views
 
     @property
     def n(self) -> int:
@@ -114,7 +117,7 @@ class Batches:
         two = self._two(x, gen, side)
         if self.small_crops <= 0:
             return two, None
-        small = small_views(x, self.augment, self.small_crops, self.small_side, gen)
+        small = self.small_views_fn(x, self.augment, self.small_crops, self.small_side, gen)
         return two, small.contiguous(memory_format=self.fmt)
 
     def _two(self, x: torch.Tensor, gen: torch.Generator, side: int) -> torch.Tensor:

@@ -1,16 +1,18 @@
-"""The time-budget planner: how many steps fit in a budget, and moving the end when the speed drifts.
+"""The time-budget planner: the run's plan, how many steps fit in a budget, and moving the end when the
+speed drifts.
 
 Public API
+    Plan                                          what a run was planned to do, and how re-plans moved its end
+    Plan.replan(done, fit) -> bool                moves the end to `fit` when it drifted enough
+    Plan.to_dict() / Plan.from_dict(d)            as stored in the checkpoint and logged (older forms read too)
     time_steps(run_step, tuner, budget) -> s      seconds per training step, from timed throwaway steps
     steps_in(time_left, step_seconds, ...) -> n   the steps (and evaluations) that fit in the time left
     replan_due(done, start, total, log_every)     whether the loop measures the speed again after `done`
     side_costs(sides, first, last) -> {side: s}   seconds per step at each view side (progressive resizing)
     fit_steps(done, start, total, ...) -> (n, s)  where the run must end to finish within the budget
-    replan(plan, done, fit) -> bool               moves the plan's end to `fit` when it drifted enough
 
-A plan is the dict byol.train stores in the checkpoint ("plan" in extra) and logs: total_steps (where the
-run ends), schedule_total (the steps the lr and tau schedules were planned for) and replans, a list of
-[step, virtual step, new total] read by byol.optim.virtual_step, plus facts about the run.
+byol.train stores the plan in the checkpoint ("plan" in extra, as Plan.to_dict()) and logs it; the
+schedules (byol.optim.schedules, byol.batches.side_schedule) read its schedule_total and replans.
 
 Why margins: the planned steps use 97% of the time left (the final checkpoint and plot come after the
 budget; step times wobble), a re-plan 98% of it (measured on real steps, so it knows more). A re-plan
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,53 @@ PLAN_STEPS, PLAN_WARMUP = 3, 1  # at least PLAN_WARMUP + 1 timed steps, at most 
 PLAN_SHARE = 0.15  # timing stops once it has taken this share of the budget (past the warm-up)
 PLAN_MARGIN, REPLAN_MARGIN = 0.97, 0.98  # share of the time left the steps may use (module docstring)
 DEFAULT_EVALS = 5  # kNN evaluations per run when eval_every is 0
+
+
+@dataclass
+class Plan:
+    """What a run was planned to do, and where budget re-plans moved its end. The first three fields are
+    what the loop and the schedules read; the rest are facts about the run, kept with it."""
+
+    total_steps: int  # where the run ends (moved by re-plans)
+    schedule_total: int = 0  # the steps the lr and tau schedules were planned for; 0 = total_steps
+    # one [step, virtual step, new total] per re-plan (byol.optim.virtual_step reads them)
+    replans: list[list[float]] = field(default_factory=list)
+    batch_size: int = 0  # images per step over all processes
+    view_sides: list[int] = field(default_factory=list)  # the views' sides stage by stage (progressive resizing)
+    side_seconds: dict[str, float] | None = None  # timed seconds per step at each view side (budget runs)
+    step_seconds: float | None = None  # timed seconds per step (budget runs); None when steps were given
+    budget: float = 0.0  # the wall-clock budget in seconds; 0 = steps were given
+    images: int = 0  # images in the cache
+    world_size: int = 1  # processes
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 or bf16
+    compiled: bool = False  # the forwards were compiled when the plan was made
+
+    def __post_init__(self) -> None:
+        if not self.schedule_total:
+            self.schedule_total = self.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as the checkpoint stores it and the log's "plan" record holds it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        """A stored plan, also as older versions wrote it: without schedule_total and replans (made before
+        budget re-plans), without view sides or compile facts; keys this version does not know are dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replan(self, done: int, fit: int) -> bool:
+        """Move the end from total_steps to `fit` after step `done`, when they differ by 2 steps and 10% of
+        the steps left; the rest of the schedules is then stretched or squeezed to end at `fit` (a
+        [done, virtual step, fit] entry in replans). Returns whether the plan changed."""
+        if abs(fit - self.total_steps) < max(2.0, 0.1 * (self.total_steps - done)):  # noise of a step or so
+            return False
+        v0 = virtual_step(done, self.schedule_total, self.replans)
+        self.replans.append([done, v0, fit])
+        self.total_steps = fit
+        return True
 
 
 def time_steps(run_step: Callable[[int], object], tuner: ThreadTuner, budget: float,
@@ -107,15 +157,3 @@ def fit_steps(done: int, start: int, total: int, train_seconds: float, time_left
     left = time_left * REPLAN_MARGIN - evals_left * eval_seconds
     return done + max(1, int(left / (per_step * future))), per_step
 
-
-def replan(plan: dict[str, Any], done: int, fit: int) -> bool:
-    """Move the plan's end from plan["total_steps"] to `fit` after step `done`, when they differ by 2 steps
-    and 10% of the steps left; the rest of the schedules is then stretched or squeezed to end at `fit`
-    (a [done, virtual step, fit] entry in plan["replans"]). Returns whether the plan changed."""
-    total = int(plan["total_steps"])
-    if abs(fit - total) < max(2.0, 0.1 * (total - done)):  # noise of a step or so
-        return False
-    v0 = virtual_step(done, int(plan["schedule_total"]), plan["replans"])
-    plan["replans"].append([done, v0, fit])
-    plan["total_steps"] = fit
-    return True

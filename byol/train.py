@@ -8,11 +8,11 @@ it, each with its own tests:
     byol.cpu       CPU tuning: the GEMM weight-gradient convolution (AMX) and the thread tuner
     byol.rng       the RNG states saved in a checkpoint for an exact resume
     byol.curves    log.jsonl read back, curves.png
-The names those modules took from here (ThreadTuner, GemmGradConv2d, plot_curves, ...) still import from
-byol.train.
 
 Public API
     train(cfg: TrainConfig) -> Path          runs (or resumes) a pretraining run; returns RUN_DIR/checkpoint.pt
+    train(cfg, parts=Parts(...))             the same with the loss, the views or the clock replaced (tests:
+                                             a loss that turns non-finite, views that interrupt, a fake clock)
     TrainConfig                              every setting, one comment per field (below); stored in the
                                              checkpoint as asdict(cfg) under "config"
     parse_duration("20m") -> 1200.0          "90s", "20m", "1.5h", "1h30m" -> seconds (ValueError otherwise)
@@ -48,7 +48,8 @@ periodic checkpoints), all but the final checkpoint and plot. The planner times 
 throwaway batches (the first at each thread count untimed: allocator and kernel set-up; see ThreadTuner;
 at most 15% of the budget), then restores the model and optimiser to their initial state: those steps are
 not counted and leave no trace, so a budget run is the same as a `steps` run of the planned length. It
-then sets total steps = (time left x 0.97) / (step time + evaluation time / eval_every). The plan is stored in the checkpoint; --resume keeps it.
+then sets total steps = (time left x 0.97) / (step time + evaluation time / eval_every). The plan
+(byol.planner.Plan) is stored in the checkpoint; --resume keeps it.
 When the measured speed drifts more than 10% from the plan (another program starts or stops), the rest of
 the schedules is stretched or squeezed (`virtual_step`) so lr and tau still complete within the budget;
 each re-plan is logged and stored in the plan. A `steps` run never re-plans and resumes exactly.
@@ -79,37 +80,26 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from byol import planner
-from byol.augment import AugmentConfig, two_views, write_preview
-from byol.batches import Batches, side_schedule, stage_sides
+from byol.augment import AugmentConfig, small_views, two_views, write_preview
+from byol.batches import Batches, SmallViewsFn, ViewsFn, side_schedule, stage_sides
 from byol.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from byol.cpu import (
-    GemmGradConv2d,
-    ThreadTuner,
-    conv_weight_grad,
-    cpu_has_amx,
-    cpu_thread_candidates,
-    use_gemm_weight_grads,
-)
+from byol.cpu import ThreadTuner, cpu_has_amx, cpu_thread_candidates, use_gemm_weight_grads
 from byol.curves import plot_curves, read_log
 from byol.fileio import core_count
 from byol.init import resolve_init, start_from
 from byol.loss import byol_loss, collapse_std
 from byol.model import BYOL, ModelConfig
 from byol.optim import OPTIMIZERS, build_optimizer, scaled_lr, schedules
-from byol.planner import PLAN_STEPS, PLAN_WARMUP
+from byol.planner import Plan
 from byol.preprocess import Preprocess
 from byol.rng import rng_state, set_rng_state
-from byol.step import Online, TrainStep
+from byol.step import LossFn, Online, TrainStep
 
 if TYPE_CHECKING:
     from byol.data import ImageCache
 
-__all__ = [  # the training API, and the names this module held before the CPU tuning, the planner, the
-    # step and the curves got their own modules (importable from here as before)
-    "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "parse_duration", "default_cache_side", "train",
-    "preview", "GemmGradConv2d", "ThreadTuner", "conv_weight_grad", "cpu_has_amx", "cpu_thread_candidates",
-    "use_gemm_weight_grads", "plot_curves", "PLAN_STEPS", "PLAN_WARMUP",
-]
+__all__ = ["Parts", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "default_cache_side", "parse_duration",
+           "preview", "train"]
 
 CROP_FRACTION = 0.625  # default side of the training views, as a fraction of the image size (crop_size)
 SMALL_FRACTION = 0.6  # default side of multi-crop's small views, as a fraction of the view side
@@ -231,6 +221,17 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: a checkpoint was saved; `resume` continues."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a run is made of besides its config, for a caller to replace (tests make a loss non-finite,
+    interrupt a step from its views, or run a budget on a clock that ticks the same on any machine)."""
+
+    loss_fn: LossFn = byol_loss  # TrainStep's loss: (p1, p2, z1', z2') -> the symmetric loss
+    views_fn: ViewsFn = two_views  # Batches' two augmented views of a batch
+    small_views_fn: SmallViewsFn = small_views  # Batches' multi-crop views
+    clock: Callable[[], float] = time.perf_counter  # seconds: the budget, checkpoint minutes, throughput
 
 
 def parse_duration(text: str) -> float:
@@ -367,7 +368,7 @@ def _open_images(cfg: TrainConfig, run_dir: Path, side: int, build: bool = True)
                             progress=cfg.progress)
 
 
-def _open_data(cfg: TrainConfig, procs: _Processes) -> Batches:
+def _open_data(cfg: TrainConfig, procs: _Processes, parts: Parts) -> Batches:
     """The decoded cache (rank 0 builds it, the others open it) and the batch size that fits it."""
     run_dir, world = Path(cfg.out), procs.world
     side = cfg.cache_side or default_cache_side(cfg.model.image_size)
@@ -391,8 +392,8 @@ def _open_data(cfg: TrainConfig, procs: _Processes) -> Batches:
         print(f"note: {n} images for batch size {cfg.batch_size}: training with batch {batch} "
               f"(lr scaled to it)", file=sys.stderr)
     return Batches(images, local_batch, cfg.augment, cfg.seed, procs.rank, world, device, procs.fmt,
-                   views_fn=two_views,  # read here, at the call: tests replace byol.train.two_views
-                   small_crops=cfg.small_crops, small_side=cfg.small_size)
+                   views_fn=parts.views_fn, small_crops=cfg.small_crops, small_side=cfg.small_size,
+                   small_views_fn=parts.small_views_fn)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -409,10 +410,11 @@ class _Run:
     optimizer: torch.optim.Optimizer
     aug_gen: torch.Generator  # this process's augmentation draws
     init_info: dict[str, Any]  # where the encoder started (byol.init), stored in the checkpoint
-    t0: float  # perf_counter() at the start of this call
+    clock: Callable[[], float]  # seconds (Parts.clock)
+    t0: float  # clock() at the start of this call
     preprocess: Preprocess = field(init=False)
     elapsed_before: float = 0.0  # seconds spent by the earlier calls of a resumed run
-    plan: dict[str, Any] = field(default_factory=dict)  # see byol.planner
+    plan: Plan = field(init=False)  # set by restore (a resumed run) or by train (a fresh one)
 
     def __post_init__(self) -> None:
         self.preprocess = Preprocess.for_size(self.cfg.model.image_size)
@@ -427,7 +429,7 @@ class _Run:
 
     def elapsed(self) -> float:
         """Seconds of the whole run so far, over all its calls."""
-        return self.elapsed_before + time.perf_counter() - self.t0
+        return self.elapsed_before + self.clock() - self.t0
 
     def log(self, rec: dict[str, Any]) -> None:
         """One record in log.jsonl (rank 0 writes)."""
@@ -450,7 +452,7 @@ class _Run:
             return 0
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        start, self.plan = int(ckpt["step"]), dict(ckpt["extra"]["plan"])
+        start, self.plan = int(ckpt["step"]), Plan.from_dict(ckpt["extra"]["plan"])
         self.elapsed_before = float(ckpt["extra"].get("elapsed", 0.0))
         set_rng_state(ckpt["rng"], self.aug_gen)
         if self.procs.main:  # drop log lines written after the checkpoint by an interrupted run
@@ -467,17 +469,17 @@ class _Run:
             "config": asdict(cfg), "model_config": asdict(cfg.model),
             "preprocess": self.preprocess.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "step": step, "rng": rng_state(self.aug_gen),
-            "extra": {"plan": self.plan, "elapsed": self.elapsed(), "init": self.init_info,
+            "extra": {"plan": self.plan.to_dict(), "elapsed": self.elapsed(), "init": self.init_info,
                       "sampler": {"seed": cfg.seed, "epoch": step // per_epoch, "per_epoch": per_epoch}},
         })
 
     def evaluate(self, step: int) -> tuple[float, float]:
         """(kNN top-1, seconds) of the online encoder on cfg.eval_folder after `step` steps, logged."""
-        te = time.perf_counter()
+        te = self.clock()
         assert self.cfg.eval_folder is not None
         acc = _knn_monitor(self.model.online_encoder, self.cfg.eval_folder, self.preprocess, self.procs.device,
                            self.procs.amp)
-        seconds = time.perf_counter() - te
+        seconds = self.clock() - te
         self.log({"kind": "eval", "step": step, "knn_top1": acc, "seconds": seconds, "elapsed": self.elapsed()})
         return acc, seconds
 
@@ -498,15 +500,16 @@ def _knn_monitor(encoder: nn.Module, folder: str, preprocess: Preprocess, device
 # ----------------------------------------------------------------------------------------------------------
 # the phases: build, plan, loop, save
 # ----------------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> Path:
-    """Run BYOL pretraining as configured; returns the path of the final checkpoint (RUN_DIR/checkpoint.pt)."""
-    t0 = time.perf_counter()
+def train(cfg: TrainConfig, parts: Parts = Parts()) -> Path:
+    """Run BYOL pretraining as configured; returns the path of the final checkpoint (RUN_DIR/checkpoint.pt).
+    `parts`: the loss, views and clock (Parts; the defaults are the paper's loss and views, and the wall clock)."""
+    t0 = parts.clock()
     cfg, ckpt = _settings(cfg)  # a copy: the caller's config is not changed
     compiled = _want_compile(cfg)
     procs = _processes(cfg, compiled)
     try:
         # -------------------------------------------------------------- build: data, model, optimiser, step
-        data = _open_data(cfg, procs)
+        data = _open_data(cfg, procs, parts)
         torch.manual_seed(cfg.seed)
         model = BYOL(cfg.model)
         if ckpt is None:
@@ -526,8 +529,8 @@ def train(cfg: TrainConfig) -> Path:
         lr_peak = scaled_lr(cfg.base_lr, data.batch)
         optimizer = build_optimizer(cfg.optimizer, online, lr_peak, cfg.weight_decay)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + procs.rank)
-        run = _Run(cfg, procs, data, model, optimizer, aug_gen, init_info, t0)
-        train_step = TrainStep(model, runs_online, optimizer, procs.amp, loss_fn=byol_loss, compile=compiled,
+        run = _Run(cfg, procs, data, model, optimizer, aug_gen, init_info, parts.clock, t0)
+        train_step = TrainStep(model, runs_online, optimizer, procs.amp, loss_fn=parts.loss_fn, compile=compiled,
                                distributed=procs.ddp, on_compile_failure=lambda msg: run.warn(0, msg))
         start = run.restore(ckpt)  # fresh, or exactly as saved
 
@@ -538,9 +541,7 @@ def train(cfg: TrainConfig) -> Path:
             print(f"kNN top-1 before training: {acc:.2%} ({eval_seconds:.1f} s)", file=sys.stderr)
         if ckpt is None:
             run.plan = _plan(run, train_step, lr_peak, eval_seconds)
-            run.log({"kind": "plan", "step": 0, **run.plan})
-        run.plan.setdefault("schedule_total", int(run.plan["total_steps"]))
-        run.plan.setdefault("replans", [])
+            run.log({"kind": "plan", "step": 0, **run.plan.to_dict()})
 
         # -------------------------------------------------------------- loop
         end = _loop(run, train_step, start, lr_peak, eval_seconds)
@@ -557,7 +558,7 @@ def train(cfg: TrainConfig) -> Path:
             dist.destroy_process_group()
 
 
-def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float) -> dict[str, Any]:
+def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float) -> Plan:
     """The plan of a fresh run: cfg.steps, or the steps that fit in cfg.budget (byol.planner), timed on
     throwaway batches whose updates are undone."""
     cfg, procs = run.cfg, run.procs
@@ -572,7 +573,7 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
             return float(train_step(x, lr_peak / 100, cfg.base_tau, check_finite=False, small=small)[0].item())
 
         def timed(side: int, tuner: ThreadTuner) -> float:
-            return planner.time_steps(lambda i: one_step(i, side), tuner, cfg.budget)
+            return planner.time_steps(lambda i: one_step(i, side), tuner, cfg.budget, clock=run.clock)
 
         step_seconds = timed(sides[-1], procs.tuner)
         if len(sides) > 1:  # progressive resizing: the smallest views too, at the thread count just chosen
@@ -588,10 +589,10 @@ def _plan(run: _Run, train_step: TrainStep, lr_peak: float, eval_seconds: float)
         if total < 1:
             raise ValueError(f"budget {cfg.budget:.0f} s is too short: one step takes {step_seconds:.2f} s "
                              f"and {run.elapsed():.0f} s are already spent (cache, evaluation, planning)")
-    return {"total_steps": total, "schedule_total": total, "replans": [], "batch_size": run.data.batch,
-            "view_sides": sides, "side_seconds": {str(x): c for x, c in costs.items()} or None,
-            "step_seconds": step_seconds, "budget": cfg.budget, "images": run.data.n, "world_size": procs.world,
-            "device": str(procs.device), "precision": procs.precision, "compiled": train_step.compiled}
+    return Plan(total_steps=total, schedule_total=total, replans=[], batch_size=run.data.batch, view_sides=sides,
+                side_seconds={str(x): c for x, c in costs.items()} or None, step_seconds=step_seconds,
+                budget=cfg.budget, images=run.data.n, world_size=procs.world, device=str(procs.device),
+                precision=procs.precision, compiled=train_step.compiled)
 
 
 @dataclass
@@ -599,7 +600,7 @@ class _Window:
     """The loop's record of the steps since the last log line, and what it keeps across lines."""
 
     good: tuple[dict[str, Any], dict[str, Any]]  # the last model and optimiser state known finite
-    t: float  # when the window started (perf_counter)
+    t: float  # when the window started (the run's clock)
     eval_last: float  # seconds of the last kNN evaluation
     steps: int = 0
     losses: list[float] = field(default_factory=list)  # the finite losses of the window
@@ -608,75 +609,94 @@ class _Window:
     train_seconds: float = 0.0  # in training steps during this call (what a re-plan measures)
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """The plan step by step: lr, tau and view side of each step, where the run ends and where this call does."""
+
+    total: int  # the plan's end
+    end: int  # this call's end: total, or stop_at
+    lrs: list[float]
+    taus: list[float]
+    sides: list[int]  # progressive resizing
+
+    @classmethod
+    def of(cls, run: _Run, lr_peak: float) -> _Schedule:
+        cfg, plan, total = run.cfg, run.plan.to_dict(), run.plan.total_steps
+        lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
+        end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
+        return cls(total, end, lrs, taus, side_schedule(total, plan, cfg.view_sides))
+
+
 def _loop(run: _Run, train_step: TrainStep, start: int, lr_peak: float, eval_seconds: float) -> int:
     """Steps start+1 .. end (the plan's end, or stop_at); returns end. Logs every log_every steps, evaluates,
     re-plans budget runs, saves every checkpoint_every steps or checkpoint_minutes. Ctrl-C or SIGTERM: the
     step in progress finishes, a checkpoint is saved and TrainingInterrupted raised (a second Ctrl-C
     interrupts at once)."""
-    cfg, procs, data, plan = run.cfg, run.procs, run.data, run.plan
-    total = int(plan["total_steps"])
-    end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
-    lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)  # per-step schedules
-    sides = side_schedule(total, plan, cfg.view_sides)  # per-step view sides (progressive resizing)
-    eval_every = cfg.eval_every or max(1, math.ceil(int(plan["schedule_total"]) / planner.DEFAULT_EVALS))
+    cfg, procs = run.cfg, run.procs
+    s = _Schedule.of(run, lr_peak)
+    eval_every = cfg.eval_every or max(1, math.ceil(run.plan.schedule_total / planner.DEFAULT_EVALS))
     budgeted = cfg.budget > 0 and cfg.steps <= 0 and cfg.stop_at <= 0
     with _stop_signals() as stop:
-        if procs.main:
-            crop = (f" (views {'-'.join(map(str, cfg.view_sides))} px)"
-                    if cfg.view_sides != [cfg.model.image_size] else "")
-            if cfg.small_crops:
-                crop += f" + {cfg.small_crops} small views of {cfg.small_size} px"
-            print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px{crop} on {data.n} images: steps "
-                  f"{start}-{end} of {total}, batch {data.batch}, {procs.precision} on {procs.device}"
-                  + (f" x {procs.world}" if procs.ddp else "") + (", compiled" if train_step.compiled else ""),
-                  file=sys.stderr)
-        bar = tqdm(total=total, initial=start, unit="step", disable=not (cfg.progress and procs.main),
+        _announce(run, train_step, start, s)
+        bar = tqdm(total=s.total, initial=start, unit="step", disable=not (cfg.progress and procs.main),
                    file=sys.stderr, dynamic_ncols=True)
-        w = _Window(good=train_step.snapshot(), t=time.perf_counter(), eval_last=eval_seconds)
-        saved_at = w.t
+        w = _Window(good=train_step.snapshot(), t=run.clock(), eval_last=eval_seconds)
+        saves = _Saves(run, w.t)
         try:
             step = start
-            while step < end:
-                procs.tuner.next()
-                ts = time.perf_counter()
-                x, small = data.step_views(step, run.aug_gen, sides[step])
-                loss, z = train_step(x, lrs[step], taus[step], small=small)
-                if torch.isfinite(loss):
-                    w.bad_in_row = 0
-                    w.losses.append(loss.item())
-                else:
-                    _skip(run, train_step, w, step, loss, lrs[step])
-                w.train_seconds += time.perf_counter() - ts
-                procs.tuner.record(time.perf_counter() - ts)
-                w.steps += 1
+            while step < s.end:
+                procs.tuner.next()  # the thread count of this step (byol.cpu.ThreadTuner)
+                seconds, z = _step(run, train_step, w, step, s)  # a non-finite loss: skipped (_skip)
+                procs.tuner.record(seconds)
                 done = step + 1
                 bar.update(1)
-                if done % cfg.log_every == 0 or done == end:
-                    _log_window(run, w, bar, done, lrs[step], taus[step], z)
+                if done % cfg.log_every == 0 or done == s.end:
+                    _log_window(run, w, bar, done, s.lrs[step], s.taus[step], z)
                     if w.bad_in_row == 0:
-                        w.good = train_step.snapshot()
-                if cfg.eval_folder and procs.main and (done % eval_every == 0 or done == total):
-                    acc, w.eval_last = run.evaluate(done)
-                    bar.set_postfix(loss=f"{np.mean(w.losses) if w.losses else float('nan'):.3f}", knn=f"{acc:.1%}")
-                    w.t = time.perf_counter()  # evaluation time is not training throughput
-                if (budgeted and planner.replan_due(done, start, total, cfg.log_every)
-                        and _replan(run, w, done, start, eval_every)):
-                    total = end = int(plan["total_steps"])
-                    lrs, taus = schedules(total, plan, lr_peak, cfg.warmup, cfg.base_tau)
-                    sides = side_schedule(total, plan, cfg.view_sides)
-                    bar.total = total
-                due = cfg.checkpoint_minutes > 0 and time.perf_counter() - saved_at >= cfg.checkpoint_minutes * 60
-                if (done % cfg.checkpoint_every == 0 or due) and done < end:
-                    run.save(done)
-                    saved_at = time.perf_counter()
-                if _stop_requested(stop, procs.ddp):
-                    run.save(done)
-                    raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to "
-                                              f"{run.ckpt_path}; continue with resume")
+                        w.good = train_step.snapshot()  # what _skip brings back
+                if cfg.eval_folder and procs.main and (done % eval_every == 0 or done == s.total):
+                    _evaluate(run, w, bar, done)
+                if budgeted and planner.replan_due(done, start, s.total, cfg.log_every) and _replan(
+                        run, w, done, start, eval_every):
+                    s = _Schedule.of(run, lr_peak)
+                    bar.total = s.total
+                saves.after(done, s.end)
+                if _stop_requested(stop, procs.ddp):  # every process votes: all stop at the same step
+                    _interrupted(run, done, s.total)
                 step = done
         finally:
             bar.close()
-    return end
+    return s.end
+
+
+def _announce(run: _Run, train_step: TrainStep, start: int, s: _Schedule) -> None:
+    """One line on stderr: what trains on what, which steps, how."""
+    cfg, procs = run.cfg, run.procs
+    if not procs.main:
+        return
+    crop = f" (views {'-'.join(map(str, cfg.view_sides))} px)" if cfg.view_sides != [cfg.model.image_size] else ""
+    if cfg.small_crops:
+        crop += f" + {cfg.small_crops} small views of {cfg.small_size} px"
+    print(f"training {cfg.model.backbone} @ {cfg.model.image_size} px{crop} on {run.data.n} images: steps "
+          f"{start}-{s.end} of {s.total}, batch {run.data.batch}, {procs.precision} on {procs.device}"
+          + (f" x {procs.world}" if procs.ddp else "") + (", compiled" if train_step.compiled else ""),
+          file=sys.stderr)
+
+
+def _step(run: _Run, train_step: TrainStep, w: _Window, step: int, s: _Schedule) -> tuple[float, torch.Tensor]:
+    """Training step `step` on its batch's views: (seconds it took, z for the log)."""
+    ts = run.clock()
+    x, small = run.data.step_views(step, run.aug_gen, s.sides[step])
+    loss, z = train_step(x, s.lrs[step], s.taus[step], small=small)
+    if torch.isfinite(loss):
+        w.bad_in_row = 0
+        w.losses.append(loss.item())
+    else:
+        _skip(run, train_step, w, step, loss, s.lrs[step])
+    seconds = run.clock() - ts
+    w.train_seconds += seconds
+    w.steps += 1
+    return seconds, z
 
 
 def _skip(run: _Run, train_step: TrainStep, w: _Window, step: int, loss: torch.Tensor, lr: float) -> None:
@@ -698,7 +718,7 @@ def _skip(run: _Run, train_step: TrainStep, w: _Window, step: int, loss: torch.T
 
 def _log_window(run: _Run, w: _Window, bar: tqdm, done: int, lr: float, tau: float, z: torch.Tensor) -> None:
     """The "train" record of the window ending at step `done` (and the collapse warning); a new window."""
-    dt = time.perf_counter() - w.t
+    dt = run.clock() - w.t
     ips = w.steps * run.data.batch / max(dt, 1e-9)
     loss, spread = float(np.mean(w.losses)) if w.losses else float("nan"), collapse_std(z.detach())
     rec = {"kind": "train", "step": done, "epoch": (done - 1) // run.data.per_epoch, "loss": loss, "lr": lr,
@@ -710,27 +730,58 @@ def _log_window(run: _Run, w: _Window, bar: tqdm, done: int, lr: float, tau: flo
         w.warned = True
         run.warn(done, f"collapse: std of normalised projections {spread:.4f} "
                        f"(healthy ~{healthy:.3f}); outputs are becoming constant")
-    w.losses, w.t, w.steps = [], time.perf_counter(), 0
+    w.losses, w.t, w.steps = [], run.clock(), 0
+
+
+def _evaluate(run: _Run, w: _Window, bar: tqdm, done: int) -> None:
+    """The kNN monitor after step `done` (logged); its time is kept out of the window's throughput."""
+    acc, w.eval_last = run.evaluate(done)
+    bar.set_postfix(loss=f"{np.mean(w.losses) if w.losses else float('nan'):.3f}", knn=f"{acc:.1%}")
+    w.t = run.clock()
 
 
 def _replan(run: _Run, w: _Window, done: int, start: int, eval_every: int) -> bool:
-    """Budget runs: the machine got slower or faster than planned; move the end (byol.planner.replan) so the
-    run, lr and tau still complete within the budget. Returns whether the plan changed (then logged)."""
-    cfg, procs, total = run.cfg, run.procs, int(run.plan["total_steps"])
+    """Budget runs: the machine got slower or faster than planned; move the end (Plan.replan) so the run,
+    lr and tau still complete within the budget. Returns whether the plan changed (then logged)."""
+    cfg, procs, plan = run.cfg, run.procs, run.plan
     weights = None
-    if run.plan.get("side_seconds"):  # progressive resizing: steps cost what their views' sides do
-        costs = {int(k): v for k, v in run.plan["side_seconds"].items()}
-        weights = [costs[x] / costs[cfg.view_sides[-1]] for x in side_schedule(total, run.plan, cfg.view_sides)]
-    fit, per_step = planner.fit_steps(done, start, total, w.train_seconds, cfg.budget - run.elapsed(),
+    if plan.side_seconds:  # progressive resizing: steps cost what their views' sides do
+        costs = {int(k): v for k, v in plan.side_seconds.items()}
+        sides = side_schedule(plan.total_steps, plan.to_dict(), cfg.view_sides)
+        weights = [costs[x] / costs[cfg.view_sides[-1]] for x in sides]
+    fit, per_step = planner.fit_steps(done, start, plan.total_steps, w.train_seconds, cfg.budget - run.elapsed(),
                                       w.eval_last, eval_every, evaluating=bool(cfg.eval_folder), weights=weights)
     if procs.ddp:  # rank 0 decides for everybody
         t = torch.tensor([fit if procs.main else 0], device=procs.device)
         dist.all_reduce(t)
         fit = int(t.item())
-    if not planner.replan(run.plan, done, fit):
+    if not plan.replan(done, fit):
         return False
     run.log({"kind": "replan", "step": done, "total_steps": fit, "step_seconds": per_step})
     return True
+
+
+class _Saves:
+    """The loop's checkpoints: every checkpoint_every steps, and checkpoint_minutes after the last one
+    however slow the steps (0: by steps only); never at the call's end (train saves there)."""
+
+    def __init__(self, run: _Run, now: float) -> None:
+        self.run, self.last = run, now
+
+    def after(self, done: int, end: int) -> None:
+        """Save after step `done` when one is due."""
+        cfg = self.run.cfg
+        late = cfg.checkpoint_minutes > 0 and self.run.clock() - self.last >= cfg.checkpoint_minutes * 60
+        if (done % cfg.checkpoint_every == 0 or late) and done < end:
+            self.run.save(done)
+            self.last = self.run.clock()
+
+
+def _interrupted(run: _Run, done: int, total: int) -> None:
+    """Ctrl-C or SIGTERM reached every process: save after step `done` and stop."""
+    run.save(done)
+    raise TrainingInterrupted(f"interrupted at step {done} of {total}; checkpoint saved to {run.ckpt_path}; "
+                              f"continue with resume")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, a job scheduler's or a laptop's shutdown

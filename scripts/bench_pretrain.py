@@ -371,7 +371,8 @@ def throughput(args, mach: dict) -> dict:
     # ours as a long run trains (compiled: runs of 5+ minutes compile; the first step pays for it), and
     # eager as short runs do (its warm-up also covers the thread tuner's probe steps at one thread); views at
     # the reference's resolution, and for our default backbone also at our default view size
-    from byol.train import ThreadTuner, TrainConfig, cpu_thread_candidates
+    from byol.cpu import ThreadTuner, cpu_thread_candidates
+    from byol.train import TrainConfig
 
     default = args.ours_backbone or ModelConfig.backbone
     views = TrainConfig(model=ModelConfig(image_size=size)).view_size

@@ -8,6 +8,7 @@ import torch
 from byol import planner
 from byol.cpu import ThreadTuner
 from byol.optim import schedules
+from byol.planner import Plan
 
 
 @pytest.fixture(autouse=True)
@@ -78,18 +79,18 @@ def test_fit_steps_from_the_measured_speed():
 
 
 def test_replan_ignores_noise_and_moves_the_end_otherwise():
-    plan = {"total_steps": 100, "schedule_total": 100, "replans": []}
-    assert not planner.replan(plan, 50, 104)  # within 10% of the 50 steps left
-    assert plan == {"total_steps": 100, "schedule_total": 100, "replans": []}
-    assert planner.replan(plan, 50, 150)
-    assert plan["total_steps"] == 150 and plan["replans"] == [[50, 50.0, 150]]
+    plan = Plan(total_steps=100)
+    assert not plan.replan(50, 104)  # within 10% of the 50 steps left
+    assert plan == Plan(total_steps=100, schedule_total=100, replans=[])
+    assert plan.replan(50, 150)
+    assert plan.total_steps == 150 and plan.replans == [[50, 50.0, 150]] and plan.schedule_total == 100
 
 
 def test_a_replanned_schedule_is_continuous_and_completes_at_the_new_end():
-    plan = {"total_steps": 100, "schedule_total": 100, "replans": []}
-    before_lr, before_tau = schedules(100, plan, 1.0, 0.05, 0.98)
-    planner.replan(plan, 40, 70)  # slower than planned: the run must end at 70
-    lrs, taus = schedules(70, plan, 1.0, 0.05, 0.98)
+    plan = Plan(total_steps=100)
+    before_lr, before_tau = schedules(100, plan.to_dict(), 1.0, 0.05, 0.98)
+    plan.replan(40, 70)  # slower than planned: the run must end at 70
+    lrs, taus = schedules(70, plan.to_dict(), 1.0, 0.05, 0.98)
     assert lrs[:41] == pytest.approx(before_lr[:41]) and taus[:41] == pytest.approx(before_tau[:41])
     assert lrs[-1] == pytest.approx(before_lr[-1], abs=0.01) and taus[-1] == pytest.approx(before_tau[-1], abs=1e-3)
     assert all(a >= b for a, b in zip(lrs[40:], lrs[41:]))  # still decaying
@@ -110,3 +111,21 @@ def test_fit_steps_with_weights_prices_the_steps_left_at_their_sides():
     assert fit == 20  # 10 s left buy 10 steps of weight 1
     # without weights the same measurement would have promised twice as many
     assert planner.fit_steps(10, 0, 20, 5.0, time_left=10.0 / planner.REPLAN_MARGIN)[0] == 30
+
+
+def test_a_plan_round_trips_and_reads_the_forms_older_versions_stored():
+    plan = Plan(total_steps=80, batch_size=256, view_sides=[16, 20], side_seconds={"16": 0.5, "20": 0.7},
+                step_seconds=0.6, budget=60.0, images=1000, world_size=2, device="cuda:0", precision="bf16",
+                compiled=True)
+    plan.replan(10, 40)
+    assert Plan.from_dict(plan.to_dict()) == plan
+    # the keys a checkpoint holds, in the order the log's "plan" record has always had them
+    assert list(plan.to_dict()) == ["total_steps", "schedule_total", "replans", "batch_size", "view_sides",
+                                    "side_seconds", "step_seconds", "budget", "images", "world_size", "device",
+                                    "precision", "compiled"]
+    # before re-plans (no schedule_total, no replans), before progressive resizing and compiling
+    old = {"total_steps": 500, "batch_size": 256, "step_seconds": None, "budget": 0.0, "images": 50000,
+           "world_size": 1, "device": "cpu", "precision": "fp32", "retired": "a key no longer written"}
+    p = Plan.from_dict(old)
+    assert (p.total_steps, p.schedule_total, p.replans, p.batch_size, p.images) == (500, 500, [], 256, 50000)
+    assert schedules(500, p.to_dict(), 1.0, 0.05, 0.98) == schedules(500, old, 1.0, 0.05, 0.98)

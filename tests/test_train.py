@@ -17,17 +17,19 @@ from imagegen import make_shapes
 
 import byol.train as train_mod
 from app.cli import main
+from byol.augment import small_views, two_views
 from byol.checkpoint import load_checkpoint, load_encoder
+from byol.cpu import GemmGradConv2d, ThreadTuner, use_gemm_weight_grads
+from byol.loss import byol_loss
 from byol.model import ModelConfig
 from byol.train import (
-    GemmGradConv2d,
-    ThreadTuner,
+    Parts,
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
     parse_duration,
+    preview,
     train,
-    use_gemm_weight_grads,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,24 +92,41 @@ def test_resume_is_exact(shapes_folder, tmp_path):
     assert [r["step"] for r in records(tmp_path / "b", "train")] == [1, 2, 3, 4]
 
 
-def test_nan_loss_is_skipped_once_and_stops_when_repeated(shapes_folder, tmp_path, monkeypatch):
-    real = train_mod.byol_loss
+def test_a_checkpoint_whose_plan_an_older_version_wrote_resumes_exactly(shapes_folder, tmp_path):
+    from byol.checkpoint import save_checkpoint
+
+    straight = train(tiny(shapes_folder, tmp_path / "a", steps=4))
+    cfg = tiny(shapes_folder, tmp_path / "b", steps=4, stop_at=2)
+    path = train(cfg)
+    ckpt = load_checkpoint(path)
+    # the plan as written before budget re-plans, progressive resizing and compiling
+    old = ("total_steps", "batch_size", "step_seconds", "budget", "images", "world_size", "device", "precision")
+    ckpt["extra"]["plan"] = {k: ckpt["extra"]["plan"][k] for k in old}
+    save_checkpoint(path, ckpt)
+    cfg.stop_at, cfg.resume = 0, True
+    resumed = train(cfg)
+    a, b = _params(straight), _params(resumed)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    plan = load_checkpoint(resumed)["extra"]["plan"]
+    assert plan["total_steps"] == plan["schedule_total"] == 4 and plan["replans"] == []
+
+
+def test_nan_loss_is_skipped_once_and_stops_when_repeated(shapes_folder, tmp_path):
     calls = {"n": 0}
 
     def nan_on_second(*args):
         calls["n"] += 1
-        loss = real(*args)
+        loss = byol_loss(*args)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(train_mod, "byol_loss", nan_on_second)
-    out = train(tiny(shapes_folder, tmp_path / "nan"))
+    out = train(tiny(shapes_folder, tmp_path / "nan"), Parts(loss_fn=nan_on_second))
     skips = records(tmp_path / "nan", "skip")
     assert [s["step"] for s in skips] == [2]
     assert all(torch.isfinite(v.float()).all() for v in _params(out).values())
 
-    monkeypatch.setattr(train_mod, "byol_loss", lambda *a: real(*a) * float("nan"))
     with pytest.raises(TrainingDiverged, match="not finite for 3 steps"):
-        train(tiny(shapes_folder, tmp_path / "nan2", steps=6))
+        train(tiny(shapes_folder, tmp_path / "nan2", steps=6), Parts(loss_fn=lambda *a: byol_loss(*a) * float("nan")))
 
 
 def test_three_image_folder_trains(tmp_path, capsys):
@@ -131,8 +150,7 @@ def test_hazard_folder_reports_bad_files(hazard_folder, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch, sig):
-    real = train_mod.two_views
+def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, sig):
     calls = {"n": 0}
     before = signal.getsignal(sig)
 
@@ -140,46 +158,33 @@ def test_ctrl_c_saves_and_resume_finishes(shapes_folder, tmp_path, monkeypatch, 
         calls["n"] += 1
         if calls["n"] == 2:
             os.kill(os.getpid(), sig)  # the step in progress finishes, then the run saves
-        return real(*args)
+        return two_views(*args)
 
-    monkeypatch.setattr(train_mod, "two_views", interrupt_on_second)
     cfg = tiny(shapes_folder, tmp_path / "run", steps=5)
     with pytest.raises(TrainingInterrupted, match="step 2 of 5"):
-        train(cfg)
+        train(cfg, Parts(views_fn=interrupt_on_second))
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
     assert signal.getsignal(sig) == before  # the run gives the signal back
-    monkeypatch.setattr(train_mod, "two_views", real)
     cfg.resume = True
     assert load_checkpoint(train(cfg))["step"] == 5
 
 
 class FakeClock:
-    """perf_counter for byol.train and its planner: every reading advances `tick` seconds, so a budget run
-    plans and re-plans the same way however busy the machine is."""
+    """A run's clock (Parts.clock) for byol.train and its planner: every reading advances `tick` seconds, so
+    a budget run plans and re-plans the same way however busy the machine is."""
 
     def __init__(self, tick: float):
         self.now, self.tick = 0.0, tick
 
-    def perf_counter(self) -> float:
+    def __call__(self) -> float:
         self.now += self.tick
         return self.now
 
-    def __getattr__(self, name):  # the rest of the time module, as it is
-        import time
 
-        return getattr(time, name)
-
-
-def test_budget_plans_the_steps(shapes_folder, tmp_path, monkeypatch):
-    from byol import planner
-
+def test_budget_plans_the_steps(shapes_folder, tmp_path):
     clock = FakeClock(tick=0.05)
-    monkeypatch.setattr(train_mod, "time", clock)
-    real_time_steps = planner.time_steps
-    monkeypatch.setattr(planner, "time_steps", lambda run_step, tuner, budget, clock=clock.perf_counter:
-                        real_time_steps(run_step, tuner, budget, clock=clock))
     out = tmp_path / "run"
-    train(tiny(shapes_folder, out, steps=0, budget=4.0, log_every=100))
+    train(tiny(shapes_folder, out, steps=0, budget=4.0, log_every=100), Parts(clock=clock))
     plan = records(out, "plan")[0]
     assert plan["total_steps"] >= 1 and plan["step_seconds"] == pytest.approx(clock.tick)  # one reading a step
     # the run ends where it was planned to, or where the last re-plan moved the end (the speed drifted)
@@ -190,14 +195,27 @@ def test_budget_plans_the_steps(shapes_folder, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("minutes, saved", [(1.0, [1, 2, 3, 4]), (0.0, [4])])
-def test_checkpoints_also_follow_the_clock(shapes_folder, tmp_path, monkeypatch, minutes, saved):
+def test_checkpoints_also_follow_the_clock(shapes_folder, tmp_path, minutes, saved):
     # every clock reading advances 100 s: with checkpoint_minutes=1 each step is "a minute later" and saves,
     # though checkpoint_every is far away; 0 saves by steps only (here: at the end)
-    monkeypatch.setattr(train_mod, "time", FakeClock(tick=100.0))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
     steps: list[int] = []
-    real_save = train_mod._Run.save
-    monkeypatch.setattr(train_mod._Run, "save", lambda run, step: (steps.append(step), real_save(run, step)))
-    train(tiny(shapes_folder, tmp_path / "run", steps=4, checkpoint_every=500, checkpoint_minutes=minutes))
+    written: set[tuple[int, float]] = set()
+
+    def seen() -> None:  # a checkpoint written since the last look: each save holds a later elapsed time
+        if ckpt.is_file():
+            c = load_checkpoint(ckpt)
+            if (c["step"], c["extra"]["elapsed"]) not in written:
+                written.add((c["step"], c["extra"]["elapsed"]))
+                steps.append(c["step"])
+
+    def views_after_saves(*args):  # each step starts by reading its views: what was saved after the last
+        seen()
+        return two_views(*args)
+
+    train(tiny(shapes_folder, tmp_path / "run", steps=4, checkpoint_every=500, checkpoint_minutes=minutes),
+          Parts(views_fn=views_after_saves, clock=FakeClock(tick=100.0)))
+    seen()  # the final checkpoint
     assert steps == saved
 
 
@@ -239,11 +257,10 @@ def test_compiled_run_matches_eager(shapes_folder, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
 
 
-def test_crop_size_trains_smaller_views_at_the_same_image_size(shapes_folder, tmp_path, monkeypatch):
+def test_crop_size_trains_smaller_views_at_the_same_image_size(shapes_folder, tmp_path):
     seen = []
-    two_views = train_mod.two_views
-    monkeypatch.setattr(train_mod, "two_views", lambda x, cfg, gen: seen.append(cfg.image_size) or two_views(x, cfg, gen))
-    path = train(tiny(shapes_folder, tmp_path / "run", steps=2, crop_size=24))
+    spy = Parts(views_fn=lambda x, cfg, gen: seen.append(cfg.image_size) or two_views(x, cfg, gen))
+    path = train(tiny(shapes_folder, tmp_path / "run", steps=2, crop_size=24), spy)
     assert seen == [24, 24]
     ckpt = load_checkpoint(path)
     assert ckpt["preprocess"]["size"] == 32 and ckpt["config"]["crop_size"] == 24
@@ -254,7 +271,7 @@ def test_crop_size_trains_smaller_views_at_the_same_image_size(shapes_folder, tm
 def test_preview_leaves_the_callers_config_alone(shapes_folder, tmp_path):
     cfg = tiny(shapes_folder, tmp_path / "run")
     assert cfg.augment.image_size == 32 and cfg.view_size == 20
-    assert train_mod.preview(cfg, pairs=2) == tmp_path / "run" / "preview.png"
+    assert preview(cfg, pairs=2) == tmp_path / "run" / "preview.png"
     assert (tmp_path / "run" / "preview.png").is_file()
     assert cfg.augment.image_size == 32  # the views were made at 20 px on a copy
 
@@ -398,11 +415,10 @@ def _unused_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_progressive_resizing_grows_the_views_stage_by_stage(shapes_folder, tmp_path, monkeypatch):
+def test_progressive_resizing_grows_the_views_stage_by_stage(shapes_folder, tmp_path):
     seen = []
-    two_views = train_mod.two_views
-    monkeypatch.setattr(train_mod, "two_views", lambda x, cfg, gen: seen.append(cfg.image_size) or two_views(x, cfg, gen))
-    path = train(tiny(shapes_folder, tmp_path / "run", steps=6, crop_size=24, view_start=16, view_stages=3))
+    spy = Parts(views_fn=lambda x, cfg, gen: seen.append(cfg.image_size) or two_views(x, cfg, gen))
+    path = train(tiny(shapes_folder, tmp_path / "run", steps=6, crop_size=24, view_start=16, view_stages=3), spy)
     assert seen == [16, 16, 20, 20, 24, 24]
     ckpt = load_checkpoint(path)
     assert ckpt["preprocess"]["size"] == 32 and ckpt["extra"]["plan"]["view_sides"] == [16, 20, 24]
@@ -421,17 +437,15 @@ def test_progressive_budget_run_times_both_ends(shapes_folder, tmp_path):
     assert load_checkpoint(out / "checkpoint.pt")["step"] == ([plan] + records(out, "replan"))[-1]["total_steps"]
 
 
-def test_multi_crop_trains_small_views_beside_the_two(shapes_folder, tmp_path, monkeypatch):
+def test_multi_crop_trains_small_views_beside_the_two(shapes_folder, tmp_path):
     seen = []
-    step_views = train_mod.Batches.step_views
 
-    def spy(self, step, gen, side=0):
-        two, small = step_views(self, step, gen, side)
+    def spy(*args):
+        small = small_views(*args)
         seen.append(tuple(small.shape))
-        return two, small
+        return small
 
-    monkeypatch.setattr(train_mod.Batches, "step_views", spy)
-    path = train(tiny(shapes_folder, tmp_path / "run", steps=2, small_crops=2))
+    path = train(tiny(shapes_folder, tmp_path / "run", steps=2, small_crops=2), Parts(small_views_fn=spy))
     assert seen == [(16, 3, 12, 12)] * 2  # 2 small views x batch 8, 12 px beside 20 px views
     ckpt = load_checkpoint(path)
     assert ckpt["config"]["small_crops"] == 2 and ckpt["preprocess"]["size"] == 32
