@@ -93,7 +93,11 @@ def test_embed_folder_keeps_order_skips_bad_and_restores_mode(labelled_copy, tmp
     assert [p for p, _ in out.bad] == [str(broken)] and out.bad[0][1]
     assert encoder.training  # a training loop's monitor must get its encoder back in train mode
     alone = embed_folder(encoder, pre, paths[:1], progress=False, precision="fp32").features
-    np.testing.assert_allclose(alone[0], out.features[0], rtol=1e-4, atol=1e-5)  # eval mode: batch-independent
+    # eval mode: a photo's features do not depend on its batch (train-mode BatchNorm would move them far). The
+    # convolutions may pick other kernels for another batch size (oneDNN on AVX-512 or AMX), so the same
+    # direction and length to 1e-4, not the same bits
+    cos = float(alone[0] @ out.features[0]) / np.linalg.norm(alone[0]) / np.linalg.norm(out.features[0])
+    assert cos > 1 - 1e-4 and np.linalg.norm(alone[0]) == pytest.approx(np.linalg.norm(out.features[0]), rel=1e-4)
     half = embed_folder(encoder, pre, paths, progress=False, precision="bf16").features
     cos = (half * out.features).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(out.features, axis=1)
     assert cos.min() > 0.999  # bfloat16 features point where the fp32 ones do

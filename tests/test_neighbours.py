@@ -60,6 +60,7 @@ def test_exact_graph_matches_a_brute_force_search():
     sims = x @ x.T
     want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(g.rows[:, 0], np.arange(len(x)))  # every photo finds itself first
+    # cosines of unit float32 vectors in 16 dimensions: two summation orders differ by at most ~16 x 6e-8
     np.testing.assert_allclose(g.scores, np.take_along_axis(sims, want, 1), atol=1e-5)
     assert g.rows.dtype == np.int32 and g.scores.shape == (40, 5)
     assert exact_graph(x[:3], k=10).rows.shape == (3, 3)  # k never above the collection
@@ -71,21 +72,27 @@ def test_graph_shapes_are_checked():
 
 
 def test_with_one_neighbour_it_is_the_plain_fewshot_classifier():
-    """k = 1 averages nothing: fit, draws and the cross-validated estimate are byol.probe's, exactly; the
-    logits are only sharpened."""
+    """k = 1 averages nothing: fit, draws and the cross-validated estimate are byol.probe's; the logits are only
+    sharpened. Two L-BFGS fits agree only as far as the optimiser's tolerance, and where it stops moves with the
+    CPU's arithmetic (AVX2, AVX-512, AMX; MKL or OpenBLAS) and the last bit of an input: the weights of the two
+    differed by 1.8e-4 on an Intel Xeon with AMX. So the test compares what the classifier says: the class of
+    every photo, the probabilities within 1e-3 (ten times that difference, still a thousandth of a
+    confidence), and accuracies within one photo (a photo on the boundary may fall either way)."""
     x, y = noisy_classes(30, 3, 32)
     nc = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1, sharpen=1.0)
     rows = np.array([0, 1, 30, 31, 60, 61])
-    np.testing.assert_allclose(nc.fit(rows, y[rows], 3).weight, probe.fit_fewshot(x[rows], y[rows], 3).weight,
-                               atol=1e-5)
+    ours, plain = nc.fit(rows, y[rows], 3), probe.fit_fewshot(x[rows], y[rows], 3)
+    np.testing.assert_array_equal(ours.predict(x)[0], plain.predict(x)[0])
+    np.testing.assert_allclose(ours.predict_proba(x), plain.predict_proba(x), atol=1e-3)
     pool, test = np.arange(0, 90, 2), np.arange(1, 90, 2)
     got = few_shot_top1(nc, pool, y[pool], test, y[test], shots=2, draws=3, seed=4)
     want = probe.few_shot_top1(x[pool], y[pool], x[test], y[test], 2, draws=3, seed=4, method="fewshot")
-    assert got == pytest.approx(want, abs=1e-6)
+    assert got[0] == pytest.approx(want[0], abs=1 / len(test) + 1e-9)
     assert cross_val_accuracy(nc, rows, y[rows]) == pytest.approx(
-        probe.cross_val_accuracy(x[rows], y[rows], method="fewshot"))
+        probe.cross_val_accuracy(x[rows], y[rows], method="fewshot"), abs=1 / len(rows) + 1e-9)
     sharp = NeighbourClassifier(exact_graph(x), k_features=1, k_predictions=1)  # SHARPEN: logits doubled
-    np.testing.assert_allclose(sharp.fit(rows, y[rows], 3).weight, 2 * nc.fit(rows, y[rows], 3).weight, atol=1e-5)
+    np.testing.assert_allclose(sharp.fit(rows, y[rows], 3).weight, 2 * nc.fit(rows, y[rows], 3).weight, rtol=1e-3,
+                               atol=1e-3 * np.abs(ours.weight).max())  # one fit on one machine, scaled: same to 1e-3
 
 
 def test_averaging_over_neighbours_beats_the_plain_classifier_with_one_label():
@@ -174,6 +181,6 @@ def test_choose_keeps_the_neighbours_where_they_help_and_the_plain_classifier_wh
     assert not chosen.averaged
     plain = probe.fit_fewshot(x[rows], y[rows], 2)  # its logits doubled, as the neighbour classifier's
     np.testing.assert_allclose(chosen.predict_proba(nc), probe.LinearProbe(2 * plain.weight, 2 * plain.bias).predict_proba(x),
-                               atol=1e-5)
+                               atol=1e-3)  # two fits of the same labels: as close as the optimiser's tolerance
     one = choose(nc, rows[[0, 10]], y[rows[[0, 10]]], 2)  # one label per class: nothing to compare
     assert one.averaged and one.accuracy is None
