@@ -1,0 +1,144 @@
+"""The index on disk at scale: build time and memory, single-query latency at the tuned recall, cold queries.
+
+Generates N clustered 256-d unit vectors (as scripts/bench_index.py makes them: themes, clusters, points) one
+shard at a time, never all in memory, and builds index/ondisk.py's base over them with the store's own
+code (vectors file, quantizers trained on a sample, IVF shards merged by faiss's merge_ondisk, nprobe and
+re-ranking tuned against exact search). Each stage runs in its own process so its peak RSS is its own:
+
+  build   ondisk.build: seconds, peak RSS, bytes per vector on disk, the tuned codec / nprobe / rerank
+  exact   ground truth: each held-out query's exact top-10, streamed over the float16 vectors file
+  serve   open the base (the page's start cost for the index), the first queries after the base's pages are
+          dropped from the page cache (posix_fadvise DONTNEED: cold), then p50 / p95 of single queries
+          (warm) and their recall@10 against exact search; peak RSS of the serving process (it counts the
+          mapped pages touched)
+
+    nice -n 5 .venv/bin/python scripts/bench_scale.py --n 1000000 --dir .cache/scale-1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from index import ondisk  # noqa: E402
+from index.ivf import recall_at_k  # noqa: E402
+
+D, GROUPS, SPREAD = 256, 1000, (1.0, 1.45)  # bench_index.py's defaults: a query's 10th neighbour at cosine ~0.37
+
+
+def centres(n: int) -> np.ndarray:
+    """The cluster centres (about 50 points each), the same in every process."""
+    rng = np.random.default_rng(0)
+    themes = _unit(rng.standard_normal((GROUPS, D), dtype=np.float32))
+    k = max(1, n // 50)
+    noise = rng.standard_normal((k, D), dtype=np.float32) * np.float32(SPREAD[0] / np.sqrt(D))
+    return _unit(themes[rng.integers(0, GROUPS, k)] + noise)
+
+
+def points(c: np.ndarray, m: int, seed: list[int]) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = c[rng.integers(0, len(c), m)] + rng.standard_normal((m, D), dtype=np.float32) * np.float32(SPREAD[1] / np.sqrt(D))
+    return _unit(x)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -------------------------------------------------------------------- stages, each in its own process
+def stage_build(n: int, out: Path) -> dict:
+    c = centres(n)
+
+    def fetch(ids: np.ndarray) -> np.ndarray:  # a shard of consecutive ids, generated from its first id
+        return points(c, len(ids), [1, int(ids[0])])
+
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    index = ondisk.build(out, "ondisk.1", np.arange(n, dtype=np.int64), fetch, target_recall=0.96)
+    seconds = time.perf_counter() - t
+    files = sum(p.stat().st_size for p in index.base_dir.iterdir())
+    return {"build_s": round(seconds, 1), "build_peak_rss_mb": round(peak_rss_mb()), **index.describe(),
+            "disk_bytes": files, "lists_bytes_per_vector": round((index.base_dir / "lists.ivfdata").stat().st_size / n, 1)}
+
+
+def stage_exact(n: int, out: Path, queries: int) -> dict:
+    q = points(centres(n), queries, [2])
+    vectors = np.load(out / "ondisk.1" / "vectors.npy", mmap_mode="r")
+    t = time.perf_counter()
+    gt = ondisk._exact_top(q, np.arange(n, dtype=np.int64), vectors, 10)
+    np.save(out / "exact.npy", gt)
+    return {"exact_s": round(time.perf_counter() - t, 1)}
+
+
+def stage_serve(n: int, out: Path, queries: int, cold: int) -> dict:
+    base = out / "ondisk.1"
+    for p in base.iterdir():  # drop the base's pages: the first queries read from the disk
+        fd = os.open(p, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    t = time.perf_counter()
+    empty = (np.zeros(0, np.int64), np.zeros((0, D), np.float32), np.zeros(0, np.int64))
+    index = ondisk.OnDiskIndex(base, *empty)
+    open_s = time.perf_counter() - t
+    q = points(centres(n), queries, [2])
+    faiss.omp_set_num_threads(1)  # as Store.search for single queries
+    times, found = [], []
+    for i in range(len(q)):
+        t = time.perf_counter()
+        found.append(index.search(q[i:i + 1], 10)[1][0])
+        times.append((time.perf_counter() - t) * 1e3)
+    gt = np.load(out / "exact.npy")
+    warm = times[cold:]
+    return {"open_s": round(open_s, 3), "cold_first_ms": [round(x, 1) for x in times[:cold]],
+            "p50_ms": round(float(np.percentile(warm, 50)), 2), "p95_ms": round(float(np.percentile(warm, 95)), 2),
+            "recall_at_10": round(recall_at_k(np.stack(found), gt, 10), 4), "serve_peak_rss_mb": round(peak_rss_mb())}
+
+
+def run_stage(*argv: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stdout + proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000)")
+    ap.add_argument("--dir", type=Path, default=Path(".cache/scale"), help="where the base is built")
+    ap.add_argument("--queries", type=int, default=300, help="held-out single queries (default 300)")
+    ap.add_argument("--cold", type=int, default=10, help="first queries reported as cold (default 10)")
+    ap.add_argument("--stage", choices=("build", "exact", "serve"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args()
+    if args.stage:
+        stage = {"build": lambda: stage_build(args.n, args.dir), "exact": lambda: stage_exact(args.n, args.dir, args.queries),
+                 "serve": lambda: stage_serve(args.n, args.dir, args.queries, args.cold)}[args.stage]
+        print(json.dumps(stage()))
+        return
+    common = ["--n", str(args.n), "--dir", str(args.dir), "--queries", str(args.queries), "--cold", str(args.cold)]
+    print(f"{args.n:,} x {D} clustered unit vectors, faiss {faiss.__version__}, {os.cpu_count()} cores", flush=True)
+    res = {"n": args.n}
+    for stage in ("build", "exact", "serve"):
+        res.update(run_stage(*common, "--stage", stage))
+        print(stage, json.dumps({k: v for k, v in res.items()}), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
