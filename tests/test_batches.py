@@ -87,3 +87,18 @@ def test_small_views_come_after_the_two_views_and_only_with_multi_crop():
     two_m, small = multi.step_views(0, torch.Generator().manual_seed(0))
     assert torch.equal(two_m, two)  # the two views are drawn as before
     assert small is not None and small.shape == (8, 3, 12, 12)
+
+
+def test_the_view_functions_are_parameters_and_see_the_steps_batch():
+    images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 4, 4, 3).contiguous()
+    seen = {}
+
+    def small_fn(x, augment, count, side, gen):  # stands in for byol.augment.small_views
+        seen["small"] = (x[:, 0, 0, 0].tolist(), count, side)
+        return torch.zeros(count * x.shape[0], 3, side, side)
+
+    b = Batches(images, 4, AugmentConfig(image_size=4), small_crops=2, small_side=2,
+                views_fn=lambda x, augment, gen: (x.permute(0, 3, 1, 2).float(),) * 2, small_views_fn=small_fn)
+    two, small = b.step_views(1, torch.Generator())
+    assert seen["small"] == (b.indices(1).tolist(), 2, 2)
+    assert two.shape == (8, 3, 4, 4) and small is not None and small.shape == (8, 3, 2, 2)
