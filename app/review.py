@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from index.duplicates import SIMILAR_COSINE, Found, Link, Photo, find_groups
+from index.duplicates import SIMILAR_COSINE, Found, Link, find_groups
 from index.photoinfo import PhotoInfo, PhotoInfoCache
 
 if TYPE_CHECKING:
@@ -85,15 +85,6 @@ def default_keep(members: Iterable[tuple[int, PhotoInfo]]) -> int:
         return (-(info.width or 0) * (info.height or 0), -(info.size or 0), info.taken or "9999", i)
 
     return min(members, key=rank)[0]
-
-
-def _seconds(iso: str | None) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(iso).timestamp() if iso else None
-    except ValueError:
-        return None
 
 
 class Decisions:
@@ -157,32 +148,26 @@ def review_groups(store: Store, infos: PhotoInfoCache, decisions: Decisions, lev
                   cosine: float = SIMILAR_COSINE, max_groups: int = MAX_GROUPS,
                   progress: Callable[[float, str], None] | None = None) -> Groups:
     """The first `max_groups` groups at `level` with each photo's facts, reason and decision (`.total`: how
-    many groups there are in all). Hashes an older index lacks are made first (once, from the files)."""
-    from index.duplicates import K_NEIGHBOURS
-    from index.photohash import PhotoHashes
+    many groups there are in all). What `index` made ahead (each photo's signature and EXIF time, the verdict
+    of every likely pair of copies) is read; what an older index lacks is made first (once)."""
+    from index.photohash import PhotoHashes, PixelCheck, neighbours_of, photos_of
 
-    ids = [int(i) for i in store.all_ids()]
     with PhotoHashes(store.index_dir) as ph:
-        ph.fill(store, progress=progress)
-        hashes, _, _ = ph.get(store, ids)
-    rows = {int(r["id"]): r for r in store.rows(ids)}
-    photos = [Photo(i, r.get("sha256"), hashes.get(i), (r["width"], r["height"]) if r.get("width") else None)
-              for i, r in rows.items()]
-    k = min(K_NEIGHBOURS + 1, max(store.count, 1))
-    if progress is not None:
-        progress(0.5, "comparing every photo with its neighbours")
-    found = find_groups(photos, lambda chunk: store.search(store.get_vectors(chunk), k), _PixelCheck(store),
-                        level, cosine, taken=lambda some: _exif_times(infos, some))
+        photos = photos_of(store, ph, progress=progress)
+        if progress is not None:
+            progress(0.5, "comparing every photo with its neighbours")
+        found = find_groups(list(photos.values()), neighbours_of(store), PixelCheck(ph, photos), level, cosine)
     shown = found[:max_groups]
     members = [i for f in shown for i in f.ids]
+    rows = {int(r["id"]): r for r in store.rows(members)}
     facts = infos.get(members)
     chosen = decisions.get(store, members)
     out: list[Group] = []
     for f in shown:
-        if any(i not in facts for i in f.ids):
+        if any(i not in facts or i not in rows for i in f.ids):
             continue  # a photo left the index meanwhile
         _settle_identical(f, rows, facts)
-        out.append(_group(len(out) + 1, f, facts, rows, chosen, lambda i: str(store.thumbnail_path(i))))
+        out.append(_group(len(out) + 1, f, facts, rows, chosen, lambda i: str(store.thumbs.path(i))))
     return Groups(out, len(found))
 
 
@@ -210,39 +195,6 @@ def _settle_identical(f: Found, rows: dict[int, dict[str, Any]], facts: dict[int
             f.links[i] = replace(link, kind="identical files", bits=0, match=1.0)
     if all(lk.kind == "identical files" for lk in f.links.values()):
         f.kind = "identical files"
-
-
-def _exif_times(infos: PhotoInfoCache, ids: list[int]) -> dict[int, float | None]:
-    """EXIF times of capture of the photos asked for (file dates never count)."""
-    return {i: (_seconds(f.taken) if f.taken_source == "exif" else None) for i, f in infos.get(ids).items()}
-
-
-class _PixelCheck:
-    """index.duplicates.Check from the index's thumbnails (256 px, through the safe decoder), each decoded once."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cache: dict[int, Any] = {}
-
-    def image(self, i: int) -> Any:
-        from byol.images import BadImage
-        from index.photohash import check_image
-
-        if i not in self.cache:
-            try:
-                self.cache[i] = check_image(self.store.thumbnail_path(i))
-            except (BadImage, OSError):
-                self.cache[i] = None
-        return self.cache[i]
-
-    def __call__(self, a: int, b: int) -> tuple[float, float] | None:
-        from index.photohash import contains
-
-        x, y = self.image(a), self.image(b)
-        if x is None or y is None:
-            return None
-        m = contains(x, y)
-        return m.score, m.scale
 
 
 def _group(number: int, f: Found, facts: dict[int, PhotoInfo], rows: dict[int, dict[str, Any]],

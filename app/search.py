@@ -103,7 +103,9 @@ def random_browse(store: Store, n: int, rng: np.random.Generator | None = None) 
 
 
 def duplicate_groups(store: Store, threshold: float, max_groups: int = 60) -> list[list[Hit]]:
-    """Groups of photos whose embeddings are at least `threshold` cosine-similar, largest groups first."""
+    """Groups of photos at cosine >= `threshold` that do not chain (Store.duplicates: each around a chosen
+    photo, at most index.duplicates.MAX_GROUP photos), largest groups first; each hit's score is its cosine
+    to the group's first photo."""
     groups = sorted(store.duplicates(float(threshold)), key=len, reverse=True)[:max_groups]
     out = []
     for g in groups:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
 from index.embed import EmbeddedBatch, Embedder
-from index.photohash import PhotoHashes, phash
+from index.photohash import PhotoHashes, Signature, check_ahead, signature
 from index.preview import remove_stale
 from index.store import (
     THUMB_SIDE,
@@ -223,7 +223,7 @@ class _Update:
             self.summary["added"] += len(add)
         for image_id, j in zip(ids, upd + add):
             store.put_thumbnail(image_id, batch.extras[j][1])
-        with PhotoHashes(self.index_dir) as hashes:  # the perceptual hash, from the decode made for the thumbnail
+        with PhotoHashes(self.index_dir) as hashes:  # the duplicate review's signature, from the decode made here
             hashes.put((image_id, rows[j], batch.extras[j][2], None) for image_id, j in zip(ids, upd + add))
 
     # -- save and report
@@ -232,9 +232,11 @@ class _Update:
 
         store, summary, bad = self.store, self.summary, self.bad
         store.save()
-        with PhotoHashes(self.index_dir) as hashes:  # an index made before hashes existed gets them once
+        with PhotoHashes(self.index_dir) as hashes:  # an index made before signatures existed gets them once
             hashes.keep_only(store.all_ids())
             hashes.fill(store)
+            # the duplicate review's pixel checks, made here so that the review only reads them
+            summary["pairs_checked"] = check_ahead(store, hashes) if store.count > 1 else 0
         # what a page served of the photos that left (their previews, and thumbnails a killed save left)
         remove_stale(store, thumbnails=True)
         summary.update(
@@ -277,9 +279,9 @@ def _stat_row(path: str, stats: dict[str, tuple[int, int]]) -> dict[str, Any]:
     return {"size": size, "mtime_ns": mtime}
 
 
-def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, bytes, int]:
-    """Run in the decode threads: the content hash, the thumbnail's JPEG bytes and the perceptual hash
-    (index/photohash.py, for the duplicate review).
+def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, bytes, Signature]:
+    """Run in the decode threads: the content hash, the thumbnail's JPEG bytes and the duplicate review's
+    signature (index/photohash.py: perceptual hash, grey image for the pixel check, EXIF time of capture).
 
     The embedding is made from a decode at the encoder's size (draft mode), exactly as a query or an
     evaluation decodes the same file, so a photo searched for finds itself at cosine 1. When that decode is
@@ -287,7 +289,7 @@ def _hash_and_thumb(path: Path, data: bytes, image: Image.Image) -> tuple[str, b
     """
     if max(image.size) < THUMB_SIDE:
         image = load_rgb(data, min_side=THUMB_SIDE)
-    return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image), phash(image)
+    return hashlib.sha256(data).hexdigest(), thumbnail_jpeg(image), signature(image, data)
 
 
 def _hash_files(paths: list[str], workers: int | None,

@@ -2,31 +2,33 @@
 
 Public API
     find_groups(photos, neighbours, check, level, cosine) -> [Found, ...]   the duplicate review's groups
+    copy_candidates(photos, neighbours) -> (pairs, cosines, bits)           the pairs whose pixels are checked
     centre_groups(order, links, cap) -> [[id, ...], ...]                     groups that do not chain
-    hash_pairs(ids, hashes, radius) -> {(a, b): bits}                         close perceptual hashes (FAISS)
-    duplicate_groups(ids, neighbours, threshold, batch) -> [[id, ...], ...]  cosine pairs joined transitively
+    similar_groups(ids, neighbours, threshold) -> [[id, ...], ...]          cosine groups that do not chain
                                                                               (the store's `duplicates`)
+    hash_pairs(ids, hashes, radius) -> {(a, b): bits}                         close perceptual hashes
 
 Two questions, answered separately:
 - **Copies** (the same photo resized, re-encoded, cropped, rotated by EXIF, converted, with or without its
-  metadata): identical bytes, or candidates (perceptual hashes within HASH_RADIUS bits through a FAISS binary
-  index, or embedding neighbours at cosine >= CROP_COSINE, where crops land) verified pair by pair from the
-  pixels (index.photohash.contains >= SAME_SCORE). Two photos whose EXIF times of capture differ are two
-  shots, never copies, however alike their pixels.
+  metadata): identical bytes, or candidates (perceptual hashes within HASH_RADIUS bits, found by
+  multi-index hashing, or embedding neighbours at cosine >= CROP_COSINE, where crops land) verified pair by
+  pair from the pixels (index.photohash: match >= SAME_SCORE). Two photos whose EXIF times of capture differ
+  are two shots, never copies, however alike their pixels; two of the same pixel size are copies only whole
+  (a cropped copy has fewer pixels; two frames of a burst shot the same second have the same).
 - **Bursts and similar shots**: embedding neighbours, a burst when both photos carry EXIF times of capture
   within BURST_S seconds (file dates never count: a copied folder gives every file the same one).
 
 Groups do not chain: photos are taken best first (most pixels), each one not yet grouped becomes a group's
 chosen photo and gathers the photos linked to IT, closest first, up to MAX_GROUP; A~B and B~C never put A
 and C together through B. The search is the caller's (index/store.py's k-nearest-neighbour search; the
-pixel check reads the index's thumbnails), so this module is the rule alone and is tested on constructed
-inputs.
+pixel check, index.photohash.PixelCheck, reads the signatures and verdicts stored at index time), so this
+module is the rule alone and is tested on constructed inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,44 +36,10 @@ import numpy as np
 Neighbours = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def duplicate_groups(ids: np.ndarray, neighbours: Neighbours, threshold: float = 0.95,
-                     batch: int = 4096) -> list[list[int]]:
-    """Groups of near-duplicates among `ids`: pairs with cosine >= threshold, merged with union-find.
-
-    `neighbours(chunk)` returns each id's nearest neighbours, best first (the id itself may be among them);
-    neighbours that are not in `ids` are ignored. Single linkage: A~B and B~C group A, B, C even when A and
-    C are further apart. Groups have at least two ids, each sorted ascending; the largest group comes first
-    (ties: the group with the smaller first id).
-    """
-    parent = {int(i): int(i) for i in ids}
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for start in range(0, len(ids), batch):
-        chunk = ids[start:start + batch]
-        scores, nbrs = neighbours(chunk)
-        for a, srow, nrow in zip(chunk, scores, nbrs):
-            for s, b in zip(srow, nrow):
-                if b < 0 or s < threshold:
-                    break  # neighbours come best first
-                if b != a and int(b) in parent:
-                    ra, rb = find(int(a)), find(int(b))
-                    if ra != rb:
-                        parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for i in parent:
-        groups.setdefault(find(i), []).append(i)
-    out = [sorted(g) for g in groups.values() if len(g) > 1]
-    return sorted(out, key=lambda g: (-len(g), g[0]))
-
-
 # ---------------------------------------------------------------- the duplicate review
-HASH_RADIUS = 10  # bits of 64: every resize, re-encode, conversion and rotation of Imagenette fell within 4
-CROP_COSINE = 0.88  # embedding neighbours this close are checked for crops (base encoder: crops >= 0.897)
+HASH_RADIUS = 6  # bits of 64: every resize, re-encode, conversion and rotation of Imagenette fell within 4
+CROP_COSINE = 0.92  # embedding neighbours this close are checked (base encoder: 3 of 1,800 copy pairs below,
+#                     and 2,876 pairs of other photos above against 19,250 above 0.88: each costs a check)
 K_NEIGHBOURS = 6  # neighbours per photo searched (every crop copy of the benchmark was in its photo's top 3)
 SAME_SCORE = 0.95  # pixel match (index.photohash.contains) of a copy: copies >= 0.958, distinct <= 0.914
 BURST_COSINE = 0.90  # embedding cosine of two frames of a burst (benchmark bursts >= 0.95)
@@ -117,26 +85,44 @@ class Found:
     links: dict[int, Link] = field(default_factory=dict)  # member id (not the chosen one) -> its link
 
 
-Check = Callable[[int, int], "tuple[float, float] | None"]  # (a, b) -> (match, scale), None when unreadable
+# pairs (a, b) -> {pair: (match, scale), or None when a photo could not be read}
+Check = Callable[[list[tuple[int, int]]], Mapping[tuple[int, int], "tuple[float, float] | None"]]
 
 
 def hash_pairs(ids: Sequence[int], hashes: Sequence[int], radius: int = HASH_RADIUS) -> dict[tuple[int, int], int]:
-    """{(a, b): Hamming distance} for a < b whose 64-bit hashes are within `radius` bits (FAISS binary index,
-    exact range search)."""
-    import faiss
+    """{(a, b): Hamming distance} for a < b whose 64-bit hashes are within `radius` bits, exactly.
 
-    if len(ids) < 2:
+    Multi-index hashing (Norouzi et al. 2012): the 64 bits cut into radius + 1 pieces; two hashes within
+    `radius` bits agree on at least one piece, so only hashes that share a piece are compared. An exhaustive
+    search of 100,000 hashes (FAISS IndexBinaryFlat range search) took 20 s on 2 cores; this takes about one.
+    """
+    n = len(ids)
+    if n < 2:
         return {}
-    codes = np.ascontiguousarray(np.asarray(hashes, ">i8").view(np.uint8).reshape(-1, 8))
-    index = faiss.IndexBinaryFlat(64)
-    index.add(codes)
-    lims, dist, found = index.range_search(codes, radius + 1)  # faiss keeps distances strictly below
+    h = np.asarray(hashes, np.int64).view(np.uint64)
+    cuts = np.linspace(0, 64, radius + 2).astype(np.uint64)
+    firsts, seconds = [], []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        piece = (h >> lo) & np.uint64((1 << int(hi - lo)) - 1)
+        order = np.argsort(piece, kind="stable")
+        run = piece[order]
+        starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
+        ends = np.r_[starts[1:], n]
+        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+            i, j = np.triu_indices(e - s, 1)
+            firsts.append(order[s + i])
+            seconds.append(order[s + j])
+    if not firsts:
+        return {}
+    a, b = np.concatenate(firsts), np.concatenate(seconds)
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    a, b = np.unique(np.stack([a, b]), axis=1)
+    bits = np.bitwise_count(h[a] ^ h[b])
+    keep = bits <= radius
+    idv = np.asarray(ids, np.int64)
     out: dict[tuple[int, int], int] = {}
-    for q in range(len(ids)):
-        for d, j in zip(dist[lims[q]:lims[q + 1]], found[lims[q]:lims[q + 1]]):
-            a, b = int(ids[q]), int(ids[int(j)])
-            if a < b:
-                out[(a, b)] = int(d)
+    for x, y, d in zip(idv[a[keep]].tolist(), idv[b[keep]].tolist(), bits[keep].tolist()):
+        out[(min(x, y), max(x, y))] = int(d)
     return out
 
 
@@ -144,6 +130,7 @@ def neighbour_pairs(ids: np.ndarray, neighbours: Neighbours, min_cosine: float,
                     batch: int = 4096) -> dict[tuple[int, int], float]:
     """{(a, b): cosine} for a < b where one is among the other's neighbours at cosine >= min_cosine."""
     member = {int(i) for i in ids}
+    min_cosine = float(np.float32(min_cosine))  # scores are float32: 0.95 means float32's 0.95
     out: dict[tuple[int, int], float] = {}
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
@@ -176,37 +163,59 @@ def centre_groups(order: Iterable[int], links: Mapping[int, Mapping[int, float]]
     return out
 
 
+def similar_groups(ids: np.ndarray, neighbours: Neighbours, threshold: float = SIMILAR_COSINE,
+                   cap: int = MAX_GROUP, batch: int = 4096) -> list[list[int]]:
+    """Groups of photos at cosine >= threshold that do not chain: the photo with the most such neighbours
+    (then the smaller id) is chosen first and gathers those close to IT, closest first, up to `cap`.
+
+    `neighbours(chunk)` returns each id's nearest neighbours, best first (the id itself may be among them);
+    neighbours not in `ids` are ignored. Groups have at least two ids, each sorted ascending; the largest
+    group comes first (ties: the group with the smaller first id).
+    """
+    links: dict[int, dict[int, float]] = {}
+    for (a, b), c in neighbour_pairs(np.asarray(ids, np.int64), neighbours, threshold, batch).items():
+        links.setdefault(a, {})[b] = links.setdefault(b, {})[a] = c
+    order = sorted(links, key=lambda i: (-len(links[i]), i))
+    groups = [sorted(g) for g in centre_groups(order, links, cap)]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
+
+
 def _best_first(p: Photo) -> tuple[int, int]:
     w, h = p.pixels or (0, 0)
     return (-w * h, p.id)
 
 
-Times = Callable[[list[int]], Mapping[int, float | None]]  # ids -> EXIF time of capture (None without one)
+def copy_candidates(photos: Mapping[int, Photo], neighbours: Neighbours, floor: float = CROP_COSINE,
+                    ) -> tuple[list[tuple[int, int]], dict[tuple[int, int], float], dict[tuple[int, int], int]]:
+    """(the pairs whose pixels decide whether they are copies, the neighbour pairs at cosine >= floor, the
+    hash pairs): candidates from the hashes or the neighbours, less identical files (decided by their bytes)
+    and pairs whose EXIF times of capture are a second or more apart (two shots). What `index` checks ahead
+    and what the review asks the check for."""
+    ids = np.asarray(sorted(photos), np.int64)
+    near = neighbour_pairs(ids, neighbours, floor)
+    hashed = [p for p in photos.values() if p.phash is not None]
+    close = hash_pairs([p.id for p in hashed], [p.phash for p in hashed])  # type: ignore[misc]
+    out = []
+    for a, b in sorted(set(close) | {k for k, c in near.items() if c >= CROP_COSINE}):
+        pa, pb = photos[a], photos[b]
+        apart = _seconds_apart(pa, pb)
+        if (pa.sha256 and pa.sha256 == pb.sha256) or (apart is not None and apart >= 1):
+            continue
+        out.append((a, b))
+    return out, near, close
 
 
 def find_groups(photos: Sequence[Photo], neighbours: Neighbours, check: Check, level: str = "copies",
-                cosine: float = SIMILAR_COSINE, cap: int = MAX_GROUP, taken: Times | None = None) -> list[Found]:
+                cosine: float = SIMILAR_COSINE, cap: int = MAX_GROUP) -> list[Found]:
     """The duplicate review's groups at `level` (one of LEVELS): copy groups first, then (from the photos
     left) bursts and similar shots; each group's members closest first, the largest groups first.
-
-    `taken`, when given, is asked once for the EXIF times of the photos in candidate pairs (reading a photo's
-    facts costs a file read, so only those are read); else Photo.taken is used.
-    """
+    `check` is asked once, for every candidate pair (copy_candidates)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     by_id = {p.id: p for p in photos}
-    ids = np.asarray(sorted(by_id), np.int64)
     floor = CROP_COSINE if level == "copies" else min(CROP_COSINE, BURST_COSINE, cosine)
-    near = neighbour_pairs(ids, neighbours, floor)
-    hashed = [p for p in photos if p.phash is not None]
-    close = hash_pairs([p.id for p in hashed], [p.phash for p in hashed])  # type: ignore[misc]
-    if taken is not None:
-        involved = sorted({i for pair in (*near, *close) for i in pair})
-        times = taken(involved)
-        for i in involved:
-            by_id[i] = replace(by_id[i], taken=times.get(i))
-        photos = list(by_id.values())
-    copies = _copy_links(by_id, near, close, check)
+    candidates, near, close = copy_candidates(by_id, neighbours, floor)
+    copies = _copy_links(by_id, near, close, candidates, check)
     groups = _collect(photos, copies, cap)
     if level != "copies":
         grouped = {i for f in groups for i in f.ids}
@@ -226,8 +235,10 @@ def _seconds_apart(a: Photo, b: Photo) -> float | None:
 
 
 def _copy_links(by_id: Mapping[int, Photo], near: Mapping[tuple[int, int], float],
-                close: Mapping[tuple[int, int], int], check: Check) -> dict[tuple[int, int], Link]:
-    """Identical files, and candidates verified from the pixels; pairs shot at different times are not copies."""
+                close: Mapping[tuple[int, int], int], candidates: list[tuple[int, int]],
+                check: Check) -> dict[tuple[int, int], Link]:
+    """Identical files, and candidates verified from the pixels: a match of SAME_SCORE, and whole when the
+    two have the same pixel size (a cropped copy has fewer pixels; two frames of a burst the same)."""
     out: dict[tuple[int, int], Link] = {}
     by_sha: dict[str, list[int]] = {}
     for p in by_id.values():
@@ -237,14 +248,16 @@ def _copy_links(by_id: Mapping[int, Photo], near: Mapping[tuple[int, int], float
         for i, a in enumerate(sorted(same)):
             for b in sorted(same)[i + 1:]:
                 out[(a, b)] = Link("identical files", near.get((a, b)), 0, 1.0, 1.0, None)
-    candidates = set(close) | {k for k, c in near.items() if c >= CROP_COSINE}
-    for a, b in sorted(candidates - set(out)):
-        apart = _seconds_apart(by_id[a], by_id[b])
-        if apart is not None and apart >= 1:
-            continue  # two moments of capture: two shots (a burst at most)
-        got = check(a, b)
-        if got is not None and got[0] >= SAME_SCORE:
-            out[(a, b)] = Link("the same photo", near.get((a, b)), close.get((a, b)), got[0], got[1], apart)
+    verdicts = check(candidates) if candidates else {}
+    for a, b in candidates:
+        got = verdicts.get((a, b))
+        if got is None or got[0] < SAME_SCORE:
+            continue
+        pa, pb = by_id[a], by_id[b]
+        if pa.pixels is not None and pa.pixels == pb.pixels and got[1] < 1.0:
+            continue  # the same size, matched only shifted or cut: two frames, not a copy
+        out[(a, b)] = Link("the same photo", near.get((a, b)), close.get((a, b)), got[0], got[1],
+                           _seconds_apart(pa, pb))
     return out
 
 

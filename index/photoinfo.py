@@ -27,13 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
-from index.store import db_path, path_from_db
+from index.database import db_path, path_from_db
 
 if TYPE_CHECKING:
     from index.store import Store
@@ -48,7 +48,7 @@ Progress = Callable[[float, str], None]  # (fraction done, description): app/lab
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (
   id INTEGER PRIMARY KEY,  -- the photo's id in the index
-  path,  -- as index.store.db_path stores it (text, or the bytes of a name that is not UTF-8)
+  path,  -- as index.database.db_path stores it (text, or the bytes of a name that is not UTF-8)
   size INTEGER, mtime_ns INTEGER,  -- the file's stat when read: the row is valid while they match
   width INTEGER, height INTEGER,  -- upright pixel size
   taken TEXT, taken_source TEXT,  -- ISO date taken; 'exif' or 'mtime'
@@ -123,6 +123,38 @@ def exif_datetime(value: object) -> str | None:
     return None
 
 
+def header_exif(img: Image.Image) -> Image.Exif:
+    """The EXIF of an opened photo, read from its header (no pixel decoded)."""
+    # PNG keeps EXIF in a chunk that may follow the pixels: getexif() would decode them to find it
+    raw = img.info.get("exif")
+    exif = Image.Exif()
+    if raw:
+        exif.load(raw)
+    elif img.format != "PNG":
+        exif = img.getexif()
+    return exif
+
+
+def exif_taken(exif: Image.Exif) -> str | None:
+    """EXIF DateTimeOriginal as ISO text, or None without one."""
+    return exif_datetime(exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL))
+
+
+def taken_seconds(data: bytes) -> float | None:
+    """The EXIF time of capture of a photo's bytes in seconds (the camera's clock read as UTC: only the time
+    between two photos is used), None without one or when the header cannot be read. File dates never count."""
+    import io
+
+    from byol.images import photo_formats
+
+    try:
+        with Image.open(io.BytesIO(data), formats=photo_formats()) as img:
+            iso = exif_taken(header_exif(img))
+    except Exception:  # an unreadable header means "no time of capture", never an error of the photo
+        return None
+    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() if iso else None
+
+
 def read_header(path: str) -> dict[str, Any]:
     """Pixel size (upright), EXIF DateTimeOriginal and stat of one photo, from its header only.
 
@@ -148,17 +180,11 @@ def read_header(path: str) -> dict[str, Any]:
             _register_heif()
         with Image.open(path, formats=photo_formats()) as img:  # the header only: no pixel is decoded
             w, h = img.size
-            # PNG keeps EXIF in a chunk that may follow the pixels: getexif() would decode them to find it
-            raw = img.info.get("exif")
-            exif = Image.Exif()
-            if raw:
-                exif.load(raw)
-            elif img.format != "PNG":
-                exif = img.getexif()
+            exif = header_exif(img)
             if exif.get(_ORIENTATION) in (5, 6, 7, 8):
                 w, h = h, w
             out.update(width=w, height=h)
-            taken = exif_datetime(exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL))
+            taken = exif_taken(exif)
             if taken:
                 out.update(taken=taken, taken_source="exif")
     except Image.DecompressionBombError:

@@ -59,7 +59,7 @@ from PIL import Image
 from byol import __version__
 from byol.data import mark_artifact_folder
 from byol.fileio import atomic_write_bytes, atomic_write_path
-from index.duplicates import duplicate_groups
+from index.duplicates import similar_groups
 from index.ivf import (
     TARGET_RECALL,
     build_ivf,
@@ -561,14 +561,12 @@ class Store:
             return [path_from_db(p) for (p,) in self._conn.execute("SELECT path FROM reserved")]
 
     def duplicates(self, threshold: float = 0.95, k: int = 16, batch: int = 4096) -> list[list[int]]:
-        """Groups of near-duplicates: images linked by cosine >= threshold, joined transitively.
-
-        Each image's k nearest neighbours are searched and pairs at or above the threshold are merged
-        (index/duplicates.py: single linkage, groups of at least two ids sorted ascending, largest first).
-        """
+        """Groups of images at cosine >= threshold that do not chain (index/duplicates.py similar_groups: each
+        around a chosen image, at most MAX_GROUP, ids ascending, largest group first) from each image's k
+        nearest neighbours."""
         k1 = min(k + 1, max(self.count, 1))  # the image itself comes back too
-        return duplicate_groups(self.all_ids(), lambda chunk: self.search(self.get_vectors(chunk), k1),
-                                threshold, batch)
+        return similar_groups(self.all_ids(), lambda chunk: self.search(self.get_vectors(chunk), k1),
+                              threshold, batch=batch)
 
     # ---------------------------------------------------------------- changing
     def add(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""index/photohash.py: the perceptual hash, the pixel check of a pair, the stored hashes and their refresh."""
+"""index/photohash.py: the perceptual hash, the pixel check of a pair, the stored signatures and verdicts and their
+refresh."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from index.photohash import PhotoHashes, check_image, contains, hamming, phash
+from index.photohash import PhotoHashes, PixelCheck, check_image, contains, hamming, phash, signature, whole
 
 
 def photo(seed: int, size=(160, 120)) -> Image.Image:
@@ -55,14 +56,17 @@ def test_hashes_are_valid_while_the_content_is_the_same(tmp_path):
     bad = store.rows([ids[0]])[0]["path"]
     open(bad, "wb").write(b"not a photo")
     with PhotoHashes(index_dir) as ph:
-        assert ph.get(store, ids)[2] == ids  # nothing hashed yet
+        assert ph.get(store, ids).missing == ids  # nothing signed yet
         assert ph.fill(store) == len(ids)
-        hashes, errors, missing = ph.get(store, ids)
-        assert missing == [] and set(hashes) == set(ids[1:]) and "not an image" in errors[ids[0]].lower()
+        known = ph.get(store, ids)
+        assert known.missing == [] and set(known.hashes) == set(ids[1:])
+        assert "not an image" in known.errors[ids[0]].lower()
+        greys = ph.greys(ids)
+        assert set(greys) == set(ids[1:]) and all(max(g.shape) == 64 for g in greys.values())
         assert ph.fill(store) == 0  # once per content
         row = store.rows([ids[1]])[0]
         store.update([ids[1]], [{**{k: row[k] for k in ("path", "width", "height")}, "sha256": "other", "size": 1}])
-        assert ph.get(store, ids)[2] == [ids[1]]  # new content: hashed again
+        assert ph.get(store, ids).missing == [ids[1]]  # new content: signed again
         store.remove([ids[2]])
         assert ph.keep_only(store.all_ids()) == 1
     store.close()
@@ -83,8 +87,53 @@ def test_index_stores_a_hash_for_every_photo(tmp_path_factory, shapes_folder, tm
     out = tmp_path / "idx"
     build_index(folder, encoder[1], out, log=lambda *a: None)
     with Store.open(out) as store, PhotoHashes(out) as ph:
-        hashes, errors, missing = ph.get(store, store.all_ids())
-        assert len(hashes) == store.count and not errors and not missing
+        known = ph.get(store, store.all_ids())
+        hashes = known.hashes
+        assert len(hashes) == store.count and not known.errors and not known.missing
         one = store.rows([next(iter(hashes))])[0]
         assert len(set(hashes.values())) > store.count // 2  # each photo's own hash, not a constant
         assert hamming(hashes[int(one["id"])], phash(Image.open(one["path"]).convert("RGB"))) <= 4
+
+
+def exif_jpeg(img: Image.Image, taken: str | None) -> bytes:
+    ex = Image.Exif()
+    if taken:
+        ex.get_ifd(0x8769)[0x9003] = taken
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=ex.tobytes())
+    return buf.getvalue()
+
+
+def test_the_signature_holds_the_time_of_capture_and_the_grey_image():
+    a = photo(3, (200, 150))
+    one, two = exif_jpeg(a, "2024:05:01 10:00:00"), exif_jpeg(a, "2024:05:01 10:00:07")
+    s1, s2 = signature(a, one), signature(a, two)
+    assert s2.taken - s1.taken == 7.0 and s1.phash == phash(a)
+    assert s1.grey.dtype == np.uint8 and s1.grey.shape == (48, 64)
+    assert signature(a, exif_jpeg(a, None)).taken is None and signature(a, b"not a photo").taken is None
+
+
+def test_same_size_frames_shifted_do_not_match_whole():
+    """Two frames of a burst (the same window moved 3% of the side) match highly once one is shifted inside
+    the other; taken whole they do not. A re-encode of the same size does."""
+    big = photo(4, (400, 300))
+    f1, f2 = big.crop((20, 15, 380, 285)), big.crop((31, 15, 391, 285))
+    assert contains(check_image(f1), check_image(f2)).score >= 0.95
+    assert whole(check_image(f1), check_image(f2)).score < whole(check_image(f1), check_image(jpeg(f1, 40))).score
+    assert whole(check_image(f1), check_image(jpeg(f1, 40))).score >= 0.98
+
+
+def test_verdicts_are_kept_by_content_and_read_back(tmp_path):
+    from index.duplicates import Photo
+
+    with PhotoHashes(tmp_path) as ph:
+        a, b, c = photo(5, (200, 150)), photo(6, (200, 150)), photo(5, (200, 150)).resize((100, 75))
+        rows = {i: {"sha256": f"sha{i}"} for i in (1, 2, 3)}
+        ph.put((i, rows[i], signature(img), None) for i, img in zip((1, 2, 3), (a, b, c)))
+        photos = {i: Photo(i, f"sha{i}", None, img.size) for i, img in zip((1, 2, 3), (a, b, c))}
+        check = PixelCheck(ph, photos)
+        got = check([(1, 2), (1, 3)])
+        assert check.checked == 2 and got[(1, 3)][0] >= 0.95 and got[(1, 2)][0] < 0.95
+        again = PixelCheck(ph, photos)
+        assert again([(1, 2), (1, 3)]) == got and again.checked == 0  # read back, not compared again
+        assert ph.verdicts([("sha1", "sha3")]) == {("sha1", "sha3"): got[(1, 3)]}
