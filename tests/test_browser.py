@@ -134,6 +134,9 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
     demo.page.labels.create("boxy")  # label 1 (the vocabulary is in name order)
     demo.page.labels.create("round")  # label 2
     drop = next(m for g in handlers.duplicates(demo.page, 0.95).groups for m in g.members if m.decision == "drop")
+    # a similar photo starts undecided (no choice made), and can be decided like any other
+    open_ = next(m for g in handlers.duplicates(demo.page, "similar photos").groups for m in g.members
+                 if m.decision == "undecided")
     # the photo facts are read in the background from launch: held after the first batch until `facts_done`
     facts_done = threading.Event()
     demo.page.give_way = lambda stop=None, **kw: facts_done.wait(60)
@@ -231,6 +234,14 @@ def test_map_select_number_key_preview_and_duplicate_export(tmp_path):
             expect(page.locator("#dup-status")).to_contain_text("no photo was deleted")
             expect(page.locator("#dup-file")).to_be_visible()
             _save_shot(page, "page-duplicates.png")
+            page.get_by_role("radio", name="similar photos").check()
+            undecided = page.locator(f"#dup-{open_.id}")
+            expect(undecided).to_be_visible()
+            expect(undecided.get_by_label("keep")).not_to_be_checked()
+            expect(undecided.get_by_label("drop")).not_to_be_checked()
+            undecided.get_by_label("drop").check()
+            expect(page.locator("#dup-status")).to_contain_text(f"Marked photo {open_.id} drop")
+            assert demo.page.decisions.get(demo.page.store, [open_.id]) == {open_.id: "drop"}
         out = sorted((index_dir / "exports").glob("duplicates-*.csv"))[-1]
         rows = {int(r["id"]): r for r in csv.DictReader(out.open())}
         assert rows[drop.id]["decision"] == "keep" and rows[drop.id]["decided_by"] == "person"

@@ -106,3 +106,47 @@ def test_a_decision_does_not_follow_changed_content(index):
         assert dec.get(s2, [i]) == {}
     dec.close()
     assert os.path.exists(row["path"]) and Image.open(row["path"]).size
+
+
+def test_exporting_again_replaces_the_last_duplicates_csv(tmp_path):
+    """The page keeps one duplicates CSV (app.exports.keep_newest), as it does for label exports; other
+    exports beside it stay."""
+    from test_search import ColourEmbedder
+
+    from app import handlers
+    from app.page import Page
+
+    index_dir, _ = make_index(tmp_path, per_class=4, duplicates=2)
+    page = Page(index_dir, embedder=ColourEmbedder())
+    try:
+        other = index_dir / "exports" / "labels-x.csv"
+        _, first = handlers.export_duplicates(page, "copies", stamp="t1")
+        other.write_text("kept")
+        _, second = handlers.export_duplicates(page, "copies", stamp="t2")
+        assert not first.exists() and second.exists() and other.exists()
+        assert sorted(p.name for p in (index_dir / "exports").glob("duplicates-*")) == ["duplicates-t2.csv"]
+    finally:
+        page.close()
+        page.labels.close()
+        page.store.close()
+
+
+def test_the_review_reads_the_verdicts_index_made(tmp_path):
+    """After `index`-like check_ahead, the review compares no pair from the pixels again."""
+    from index.duplicates import copy_candidates
+    from index.photohash import PhotoHashes, PixelCheck, check_ahead, neighbours_of, photos_of
+
+    from byol.fileio import file_sha256
+
+    index_dir, _ = make_index(tmp_path, per_class=4, duplicates=2)
+    with Store.open(index_dir, writable=True) as store, PhotoHashes(index_dir) as ph:
+        rows = store.rows(store.all_ids())  # content hashes, as `index` writes them
+        store.update([r["id"] for r in rows], [{k: r[k] for k in ("path", "width", "height", "size", "mtime_ns")}
+                                               | {"sha256": file_sha256(r["path"])} for r in rows])
+        first = check_ahead(store, ph)
+        photos = photos_of(store, ph)
+        pairs, _, _ = copy_candidates(photos, neighbours_of(store))
+        assert first == len(pairs)
+        check = PixelCheck(ph, photos)
+        assert set(check(pairs)) == set(pairs) and check.checked == 0
+        assert check_ahead(store, ph) == 0  # nothing new: nothing compared

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import review
+from app import exports, review
 from app.labels import Progress, no_progress
 from app.markup import plain
 from app.page import Page
@@ -81,4 +81,5 @@ def export_duplicates(page: Page, level: float | str, progress: Progress = no_pr
         raise ValueError("no near-duplicate groups at this setting: nothing to export")
     path = page.index_dir / "exports" / f"duplicates-{stamp or time.strftime('%Y%m%d-%H%M%S')}.csv"
     n = review.export_csv(groups, path)
+    exports.keep_newest(path, "duplicates-")  # one duplicates CSV on disk: exporting again replaces the last
     return (f"Wrote {n:,} rows ({len(groups)} groups) to `{plain(path)}`; no photo was deleted or changed", path)
