@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS label_names (name TEXT PRIMARY KEY, at REAL NOT NULL)
 CREATE TABLE IF NOT EXISTS labels (
   image_id INTEGER UNIQUE,  -- the photo's id in the index now; NULL while the photo is not in the index
   sha256 TEXT,  -- the photo's content: what the label follows
-  path,  -- its path (index.store.db_path: text, or the bytes of a name that is not UTF-8): the fallback
+  path,  -- its path (index.database.db_path: text, or the bytes of a name that is not UTF-8): the fallback
   label TEXT NOT NULL REFERENCES label_names(name) ON UPDATE CASCADE ON DELETE CASCADE,
   source TEXT NOT NULL DEFAULT 'human',
   at REAL NOT NULL);
@@ -180,7 +180,7 @@ class Labels:
     # ---------------------------------------------------------------- following photos
     def _sync(self) -> None:
         """Match every label with the index as it is now, when it changed since the last match (module doc)."""
-        from index.store import db_path, path_from_db
+        from index.database import db_path, path_from_db
 
         with self._lock:
             state = self._rows.state()
@@ -293,7 +293,7 @@ class Labels:
     # ---------------------------------------------------------------- assignments
     def assign(self, ids: Iterable[int], label: str, source: str = "human") -> int:
         """Label photos (replacing any label they had); creates the label if it is new."""
-        from index.store import db_path
+        from index.database import db_path
 
         ids = [int(i) for i in ids]
         label = self.create(label)
@@ -530,7 +530,7 @@ class Labels:
 
     def _fill_identity(self) -> None:
         """Give labels made from ids alone (accepted predictions) the content and path of their photo."""
-        from index.store import db_path
+        from index.database import db_path
 
         with self._lock:
             ids = [r[0] for r in self._query(f"SELECT image_id FROM labels WHERE {_ATTACHED} "

@@ -63,14 +63,10 @@ class Page:
     def check_encoder(self, embedder: Embedder) -> None:
         """Refuse an encoder other than the one the index was built with, as the command line does."""
         sha = getattr(embedder, "sha256", None)  # stand-ins in tests have none
-        if sha is None or sha == self.store.model_sha256:
-            return
-        from index.store import EncoderMismatch, rebuild_hint
-
-        raise EncoderMismatch(
-            f"{self.index_dir} was built with encoder {self.store.model_sha256[:12]}, but "
-            f"{getattr(embedder, 'model_path', self.store.model_path)} holds encoder {sha[:12]}: the file changed "
-            "after indexing, and searching by upload would give wrong results.\n" + rebuild_hint(self.index_dir))
+        if sha is not None:
+            self.store.check_encoder(sha, getattr(embedder, "model_path", self.store.model_path),
+                                     "the file changed after indexing, and searching by upload would give wrong "
+                                     "results")
 
     @property
     def embedder(self) -> Embedder:

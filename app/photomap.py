@@ -270,7 +270,7 @@ def _atlas_key(store: Store, ids: np.ndarray, cell: int, side: int) -> str:
     stats = np.zeros((len(ids), 2), np.int64)
     for j, i in enumerate(ids.tolist()):  # a changed photo (same id) has a new thumbnail: a new atlas
         try:
-            st = os.stat(store.thumbnail_path(i))
+            st = os.stat(store.thumbs.path(i))
             stats[j] = st.st_size, st.st_mtime_ns
         except OSError:
             pass
@@ -321,7 +321,7 @@ def build_atlas(store: Store, ids: Iterable[int], cell: int = THUMB_PX, sheet_si
         sheet = Image.new("RGB", (per_row * cell if rows > 1 else max(1, len(chunk)) * cell, max(1, rows) * cell),
                           (255, 255, 255))
         for j, i in enumerate(chunk.tolist()):
-            sheet.paste(_square_thumb(store.thumbnail_path(i), cell) or grey, ((j % per_row) * cell, (j // per_row) * cell))
+            sheet.paste(_square_thumb(store.thumbs.path(i), cell) or grey, ((j % per_row) * cell, (j // per_row) * cell))
 
         def save(f: BinaryIO, s: Image.Image = sheet) -> None:
             s.save(f, format="JPEG", quality=80)

@@ -53,7 +53,7 @@ def hits(store: Store, ids: Iterable[int], scores: Iterable[float] | None = None
     rows = {int(r["id"]): r for r in store.rows([i for i, _ in keep])} if keep else {}
     from byol.data import display_path
 
-    return [Hit(i, s, display_path(Path(str(rows[i]["path"])).name), str(store.thumbnail_path(i)))
+    return [Hit(i, s, display_path(Path(str(rows[i]["path"])).name), str(store.thumbs.path(i)))
             for i, s in keep if i in rows]
 
 

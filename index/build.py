@@ -28,16 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from byol.fileio import atomic_write_bytes, file_sha256
 from byol.images import load_rgb
+from index import repair, reservations
 from index.embed import EmbeddedBatch, Embedder
 from index.photohash import PhotoHashes, Signature, check_ahead, signature
 from index.preview import remove_stale
-from index.store import (
-    THUMB_SIDE,
-    EncoderMismatch,
-    Store,
-    rebuild_hint,
-    thumbnail_jpeg,
-)
+from index.store import EncoderMismatch, Store
+from index.thumbs import THUMB_SIDE, thumbnail_jpeg
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -89,7 +85,7 @@ def build_index(
         update.keep_touched()
         update.follow_moves()
         update.remove_gone()
-        store.release_reservations(keep_paths=update.stats, under=None if others else folder)
+        reservations.release(store, keep_paths=update.stats, under=None if others else folder)
         embed_seconds = update.embed(embedder, batch_size, save_every)
         return update.finish(embedder, t0, embed_seconds)
     finally:
@@ -222,7 +218,7 @@ class _Update:
             ids = list(ids) + store.add([rows[j] for j in add], batch.vectors[add]).tolist()
             self.summary["added"] += len(add)
         for image_id, j in zip(ids, upd + add):
-            store.put_thumbnail(image_id, batch.extras[j][1])
+            store.thumbs.put(image_id, batch.extras[j][1])
         with PhotoHashes(self.index_dir) as hashes:  # the duplicate review's signature, from the decode made here
             hashes.put((image_id, rows[j], batch.extras[j][2], None) for image_id, j in zip(ids, upd + add))
 
@@ -256,17 +252,17 @@ def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path
     if not Store.exists(index_dir):
         return Store.create(index_dir, *meta), []
     if rebuild:
-        store = Store.open_for_rebuild(index_dir, *meta)  # also opens the indexes Store.open refuses
-        others = [p for p in store.reserved_paths() if not _under(p, folder)]
+        store = repair.open_for_rebuild(index_dir, *meta)  # also opens the indexes Store.open refuses
+        others = [p for p in reservations.paths(store) if not _under(p, folder)]
         log(f"rebuilding {index_dir} with {embedder.model_path.name}: every photo is embedded again "
             "(ids, and so labels, are kept)" + (f", including {len(others)} from other folders" if others else ""))
         return store, others
     store = Store.open(index_dir, writable=True)
-    if store.model_sha256 != embedder.sha256:
-        msg = (f"{index_dir} was built with encoder {store.model_sha256[:12]} ({store.model_path}), not "
-               f"{embedder.sha256[:12]} ({embedder.model_path}).\n" + rebuild_hint(index_dir))
+    try:
+        store.check_encoder(embedder.sha256, embedder.model_path)
+    except EncoderMismatch:
         store.close()
-        raise EncoderMismatch(msg)
+        raise
     return store, []
 
 

@@ -232,7 +232,7 @@ def remove_pictures(store: Store, ids: Iterable[int]) -> int:
     be writing the thumbnails of new photos meanwhile."""
     removed, gone = 0, []
     for i in ids:
-        for f in (preview_file(store.index_dir, int(i)), Path(store.thumbnail_path(int(i)))):
+        for f in (preview_file(store.index_dir, int(i)), Path(store.thumbs.path(int(i)))):
             try:
                 f.unlink()
                 removed += 1
@@ -252,7 +252,7 @@ def remove_stale(store: Store, thumbnails: bool = False) -> int:
     keep = set(np.asarray(store.all_ids(), np.int64).tolist())
     roots = [Path(store.index_dir) / PREVIEW_DIR]
     if thumbnails:
-        roots.append(Path(store.thumbnail_path(0)).parent.parent)
+        roots.append(Path(store.thumbs.path(0)).parent.parent)
     removed = []
     for root in roots:
         for sub in root.iterdir() if root.is_dir() else ():

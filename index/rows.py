@@ -13,7 +13,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from index.store import _SQL_CHUNK, _chunks, db_path, path_from_db
+from index import database
+from index.database import db_path, path_from_db
 
 
 class Rows:
@@ -40,7 +41,7 @@ class Rows:
             self.close()
             # read-write mode though only read: a read-only connection cannot open a WAL database whose
             # -shm file is gone (the writer removes it on closing)
-            self._conn = sqlite3.connect(str(self.db), isolation_level=None, check_same_thread=False, timeout=30)
+            self._conn = database.connect(self.db)
             self._inode = (st.st_dev, st.st_ino)
         return self._conn
 
@@ -64,9 +65,9 @@ class Rows:
             conn = self._connection()
             if conn is None:
                 return out
-            for chunk in _chunks(sorted({int(i) for i in ids}), _SQL_CHUNK):
-                q = f"SELECT id, sha256, path, added_at FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-                out.update({i: (h, path_from_db(p), a) for i, h, p, a in conn.execute(q, chunk)})
+            q = "SELECT id, sha256, path, added_at FROM images WHERE id IN ({})"
+            out.update({i: (h, path_from_db(p), a)
+                        for i, h, p, a in database.select_in(conn, q, sorted({int(i) for i in ids}))})
         return out
 
     def ids_of(self, sha256s: Iterable[str] = (),
@@ -78,13 +79,12 @@ class Rows:
             conn = self._connection()
             if conn is None:
                 return by_hash, by_path
-            for chunk in _chunks(sorted(set(sha256s)), _SQL_CHUNK):
-                q = f"SELECT sha256, id, path FROM images WHERE sha256 IN ({','.join('?' * len(chunk))}) ORDER BY id"
-                for h, i, p in conn.execute(q, chunk):
-                    by_hash.setdefault(h, []).append((i, path_from_db(p)))
-            for names in _chunks(sorted({db_path(p) for p in paths}, key=repr), _SQL_CHUNK):
-                q = f"SELECT path, id FROM images WHERE path IN ({','.join('?' * len(names))})"
-                by_path.update({path_from_db(p): i for p, i in conn.execute(q, names)})
+            q = "SELECT sha256, id, path FROM images WHERE sha256 IN ({}) ORDER BY id"
+            for h, i, p in database.select_in(conn, q, sorted(set(sha256s))):
+                by_hash.setdefault(h, []).append((i, path_from_db(p)))
+            q = "SELECT path, id FROM images WHERE path IN ({})"
+            names = sorted({db_path(p) for p in paths}, key=repr)
+            by_path.update({path_from_db(p): i for p, i in database.select_in(conn, q, names)})
         return by_hash, by_path
 
     def snapshot(self) -> _RowsSnapshot:

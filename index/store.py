@@ -1,12 +1,14 @@
-"""The store: one INDEX_DIR holding FAISS vectors, SQLite metadata, thumbnails and a manifest.
+"""The store: one INDEX_DIR holding FAISS vectors, SQLite metadata, thumbnails and a manifest, and the protocol
+that changes them together (open, create, save, refresh; search; add, update, remove, reset).
 
 Layout (artifacts are the contract: FAISS id == SQLite `images.id` == thumbnail name):
 
     INDEX_DIR/
-      meta.sqlite          images(id, path, size, mtime_ns, sha256, width, height, added_at), meta(key, value)
+      meta.sqlite          images(id, path, size, mtime_ns, sha256, width, height, added_at), meta(key, value),
+                           reserved(path, id) (index/reservations.py)
       vectors.<gen>.faiss  the vectors of generation <gen> (unit vectors, inner product = cosine)
-      manifest.json        a readable mirror of `meta`: encoder sha256, preprocessing, dim, index type, count, ...
-      thumbs/<id // 1000>/<id>.jpg   thumbnails, 256 px on the longest side
+      manifest.json        a readable mirror of `meta` (index/manifest.py)
+      thumbs/<id // 1000>/<id>.jpg   thumbnails, 256 px on the longest side (index/thumbs.py)
       .writer.lock         held (flock) by the one process allowed to change the index
 
 Atomic saves. SQLite is the commit point. `save()` writes `vectors.<gen+1>.faiss` (temporary file, fsync,
@@ -16,14 +18,16 @@ opened it a moment ago). A process killed before the commit leaves generation <g
 the open transaction back; the stray new file is ignored and overwritten later); killed after it, generation
 <gen+1> is complete and the next open rewrites the lagging manifest.
 
-Paths are stored as text, or as a BLOB of the name's bytes when they are not UTF-8 (`db_path`), so any file
-name round-trips. A read-only store (the page) keeps the ids of the generation it loaded, so its ids always
-match its vectors while `index` saves newer generations beside it; after `refresh()` it still answers for ids
-of the generation before for a while (a request that began just before the refresh).
+Paths are stored as text, or as a BLOB of the name's bytes when they are not UTF-8 (index/database.py
+`db_path`), so any file name round-trips. A read-only store (the page) keeps the ids of the generation it
+loaded, so its ids always match its vectors while `index` saves newer generations beside it; after
+`refresh()` it still answers for ids of the generation before for a while (a request that began just before
+the refresh).
 
 Ids are stable: SQLite AUTOINCREMENT never reuses an id, an image that changes keeps its id (`update`), and
-`reset` (re-embedding everything with a new encoder) reserves each path's id so the path gets it back. The
-page's labels (INDEX_DIR/labels.sqlite) hold each photo's id, content hash and path, so they survive updates,
+`reset` (re-embedding everything with a new encoder) reserves each path's id so the path gets it back
+(index/reservations.py; index/repair.py opens an index for that even when `open` refuses it). The page's
+labels (INDEX_DIR/labels.sqlite) hold each photo's id, content hash and path, so they survive updates,
 re-encoding, and even an index built again from nothing (app/labels.py).
 
 Index type follows the collection's size: exact search (IndexIDMap2 over IndexFlatIP) below `exact_limit`
@@ -40,56 +44,40 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import faiss
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from byol import __version__
 from byol.data import mark_artifact_folder
-from byol.fileio import atomic_write_bytes, atomic_write_path
+from byol.fileio import atomic_write_path
+from index import database, manifest, reservations
+from index.database import db_path, path_from_db
+from index.dropped import Dropped
 from index.duplicates import similar_groups
-from index.ivf import (
-    TARGET_RECALL,
-    build_ivf,
-    ivf_nlist,
-    new_exact,
-    recall_at_k,
-    reshape,
-    without_self,
-)
+from index.ivf import TARGET_RECALL, gpu_copy, new_exact, omp_threads, reshape
 from index.ondisk import MEMORY_LIMIT, OnDiskIndex, generation_file
 from index.ondisk import clean as clean_ondisk
 from index.ondisk import reshape as reshape_ondisk
+from index.thumbs import Thumbnails
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-
-__all__ = [
-    "EXACT_LIMIT", "STORE_FORMAT", "THUMB_SIDE", "EncoderMismatch", "Store", "StoreError", "StoreInconsistent",
-    "StoreLocked", "db_path", "path_from_db", "rebuild_hint", "thumbnail_jpeg",
-    # importable from here as before they moved to index/ivf.py and byol/fileio.py
-    "TARGET_RECALL", "atomic_write_bytes", "build_ivf", "ivf_nlist", "recall_at_k", "without_self",
-]
 
 STORE_FORMAT = "byol-search/index/1"
-THUMB_SIDE = 256  # thumbnails: longest side in pixels (the page never serves full-size photos)
 EXACT_LIMIT = 50_000  # below this many vectors, exact search is fast enough (~5 ms per query on 2 cores at d=256)
 _ROW_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "added_at")
-_SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
 _LOAD_ATTEMPTS = 40  # reads of the newest generation while a writer replaces vector files under us
-_GONE_KEPT_S = 60.0  # seconds a read-only store still answers get_vectors for ids a refresh dropped
+_DROPPED_KEPT_S = 60.0  # seconds a read-only store still answers get_vectors for ids a refresh dropped
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -106,25 +94,6 @@ CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS reserved (path TEXT PRIMARY KEY, id INTEGER NOT NULL);
 """
-
-
-def db_path(path: str | os.PathLike[str]) -> str | bytes:
-    """A path as the database stores it: text when it is UTF-8, else the name's bytes (a BLOB).
-
-    Names that are not UTF-8 reach Python as lone surrogates, which SQLite refuses ("surrogates not
-    allowed"); their bytes round-trip exactly (`path_from_db`), and never equal any text path.
-    """
-    path = str(path)
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-
-
-def path_from_db(value: str | bytes) -> str:
-    """The str (what a folder scan gives) of a path stored by `db_path`."""
-    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 class StoreError(Exception):
@@ -156,6 +125,20 @@ def rebuild_hint(index_dir: Path) -> str:
     )
 
 
+def new_meta(dim: int, model_sha256: str, model_path: str, preprocess: dict[str, Any],
+             exact_limit: int = EXACT_LIMIT, target_recall: float = TARGET_RECALL,
+             memory_limit: int = MEMORY_LIMIT) -> dict[str, str]:
+    """The `meta` table of an empty index (generation 0, exact search)."""
+    now = repr(time.time())
+    return {
+        "format": STORE_FORMAT, "generation": "0", "vectors_file": "vectors.0.faiss", "dim": str(int(dim)),
+        "model_sha256": model_sha256, "model_path": model_path, "preprocess": json.dumps(preprocess),
+        "index_type": "exact", "nprobe": "0", "trained_on": "0", "exact_limit": str(int(exact_limit)),
+        "target_recall": repr(float(target_recall)), "memory_limit": str(int(memory_limit)), "created_at": now,
+        "updated_at": now, "version": __version__,
+    }
+
+
 class Store:
     """FAISS + SQLite + thumbnails in one folder. Open with `Store.create` or `Store.open`.
 
@@ -168,6 +151,7 @@ class Store:
     # ---------------------------------------------------------------- opening
     def __init__(self, index_dir: Path, conn: sqlite3.Connection, writable: bool, lock_fd: int | None):
         self.index_dir = index_dir
+        self.thumbs = Thumbnails(index_dir)
         self._conn = conn
         self._writable = writable
         self._lock_fd = lock_fd
@@ -178,8 +162,7 @@ class Store:
         self._dirty = False
         self._thumbs_to_delete: set[int] = set()
         self._ids: np.ndarray | None = None  # read-only stores: the ids of the loaded generation
-        # read-only stores: (ids, vectors, until) of ids dropped by refreshes less than _GONE_KEPT_S ago
-        self._gone: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self._dropped = Dropped(_DROPPED_KEPT_S)  # read-only stores: vectors of ids refreshes dropped just now
 
     @classmethod
     def create(
@@ -199,24 +182,16 @@ class Store:
             raise StoreError(f"{index_dir} already holds an index: open it, or rebuild it with --rebuild")
         index_dir.mkdir(parents=True, exist_ok=True)
         mark_artifact_folder(index_dir, "index")
-        lock_fd = _take_writer_lock(index_dir)
+        lock_fd = take_writer_lock(index_dir)
         try:
-            conn = _connect(index_dir / "meta.sqlite")
-            conn.execute("PRAGMA journal_mode=WAL")  # readers (the page) never block the writer
+            conn = database.connect(index_dir / "meta.sqlite", wal=True, durable=True)
             conn.executescript(_SCHEMA)
-            now = time.time()
-            meta = {
-                "format": STORE_FORMAT, "generation": "0", "vectors_file": "vectors.0.faiss", "dim": str(int(dim)),
-                "model_sha256": model_sha256, "model_path": str(Path(model_path).absolute()),
-                "preprocess": json.dumps(preprocess), "index_type": "exact", "nprobe": "0", "trained_on": "0",
-                "exact_limit": str(int(exact_limit)), "target_recall": repr(float(target_recall)),
-                "memory_limit": str(int(memory_limit)), "created_at": repr(now), "updated_at": repr(now), "version": __version__,
-            }
+            meta = new_meta(dim, model_sha256, str(Path(model_path).absolute()), preprocess, exact_limit,
+                            target_recall, memory_limit)
             # the vectors file exists before the database says it does: a crash here leaves no half index
             _write_faiss(new_exact(int(dim)), index_dir / "vectors.0.faiss")
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
-            conn.execute("COMMIT")
+            with database.transaction(conn):
+                conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
         except BaseException:
             os.close(lock_fd)
             raise
@@ -238,98 +213,51 @@ class Store:
         if not db.is_file():
             raise StoreError(f"{index_dir}: not an index (no meta.sqlite); build one with "
                              f"`byol-search index FOLDER --model encoder.onnx --out {index_dir}`")
-        lock_fd = _take_writer_lock(index_dir) if writable else None
+        lock_fd = take_writer_lock(index_dir) if writable else None
         try:
-            conn = _connect(db)
+            conn = database.connect(db, durable=True)
             store = cls(index_dir, conn, writable, lock_fd)
             store._load()
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        if model_sha256 is not None and model_sha256 != store.model_sha256:
-            store.close()
-            raise EncoderMismatch(
-                f"{index_dir} was built with encoder {store.model_sha256[:12]} ({store.model_path}), "
-                f"not {model_sha256[:12]}.\n" + rebuild_hint(index_dir)
-            )
+        if model_sha256 is not None:
+            try:
+                store.check_encoder(model_sha256)
+            except EncoderMismatch:
+                store.close()
+                raise
         store._check_manifest()
         return store
 
     @classmethod
-    def open_for_rebuild(cls, index_dir: str | Path, dim: int, model_sha256: str, model_path: str | Path,
-                         preprocess: dict[str, Any]) -> Store:
-        """Open (or create) an index to re-embed with an encoder, emptied by `reset`, ready for writing.
-
-        Also works on the indexes `open` refuses (vectors missing or from another save, an older format):
-        the rows (and so each path's id) are kept when the database is readable; a database that is not
-        one of ours is moved aside to meta.sqlite.broken-<time> and a new index is made. Labels follow
-        photos by content, so they survive either way.
-        """
-        index_dir = Path(index_dir).absolute()
-        meta = (dim, model_sha256, model_path, preprocess)
-        if not cls.exists(index_dir):
-            return cls.create(index_dir, *meta)
-        store: Store | None
-        try:
-            store = cls.open(index_dir, writable=True)
-        except StoreLocked:
-            raise
-        except (StoreError, sqlite3.DatabaseError, ValueError, KeyError) as e:
-            store = cls._salvage(index_dir, e)
-            if store is None:
-                return cls.create(index_dir, *meta)
-        store.reset(*meta)
+    def without_vectors(cls, index_dir: Path, conn: sqlite3.Connection, lock_fd: int, meta: dict[str, str]) -> Store:
+        """A writable store over an open database (whose writer lock `lock_fd` is held) with an empty index of
+        meta's dimension in place of vectors that cannot be loaded: index/repair.py, before `reset`."""
+        store = cls(index_dir, conn, True, lock_fd)
+        store._meta = meta
+        store._index = new_exact(int(meta["dim"]))
         return store
-
-    @classmethod
-    def _salvage(cls, index_dir: Path, error: BaseException) -> Store | None:
-        """A writable store over a database whose vectors cannot be loaded, or None after moving a database
-        that is not ours aside."""
-        lock_fd = _take_writer_lock(index_dir)
-        conn = None
-        try:
-            conn = _connect(index_dir / "meta.sqlite")
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            conn.execute("SELECT id, path, size, mtime_ns, sha256, width, height, added_at FROM images LIMIT 1")
-            if meta.get("format") != STORE_FORMAT:
-                raise StoreError(f"format {meta.get('format')!r}")
-            log.warning("%s: %s; rebuilding it, keeping its rows", index_dir, error)
-            now = repr(time.time())
-            defaults = {"generation": "0", "vectors_file": "vectors.0.faiss", "dim": "1", "model_sha256": "",
-                        "model_path": "", "preprocess": "{}", "index_type": "exact", "nprobe": "0", "trained_on": "0",
-                        "exact_limit": str(EXACT_LIMIT), "target_recall": repr(TARGET_RECALL), "created_at": now,
-                        "updated_at": now, "version": __version__}
-            store = cls(index_dir, conn, True, lock_fd)
-            store._meta = {**defaults, **meta}
-            store._index = new_exact(int(store._meta["dim"]))
-            return store
-        except (StoreError, sqlite3.DatabaseError, ValueError) as e:
-            if conn is not None:
-                conn.close()
-            os.close(lock_fd)
-            aside = index_dir / f"meta.sqlite.broken-{time.strftime('%Y%m%d-%H%M%S')}"
-            log.warning("%s: meta.sqlite is not a usable index (%s); moved to %s, building a new index",
-                        index_dir, e, aside.name)
-            os.replace(index_dir / "meta.sqlite", aside)
-            for suffix in ("-wal", "-shm"):
-                (index_dir / f"meta.sqlite{suffix}").unlink(missing_ok=True)
-            return None
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            os.close(lock_fd)
-            raise
 
     @staticmethod
     def exists(index_dir: str | Path) -> bool:
         return (Path(index_dir) / "meta.sqlite").is_file()
 
+    def check_encoder(self, sha256: str, path: str | Path | None = None, why: str = "") -> None:
+        """Refuse (EncoderMismatch) an encoder other than the one the index was built with: the hash of the
+        given encoder, its file when known, and why it matters to the caller, with how to rebuild."""
+        if sha256 == self.model_sha256:
+            return
+        given = sha256[:12] + ("" if path is None else f" ({path})")
+        raise EncoderMismatch(f"{self.index_dir} was built with encoder {self.model_sha256[:12]} ({self.model_path}), "
+                              f"not {given}" + (f": {why}" if why else "") + ".\n" + rebuild_hint(self.index_dir))
+
     def _load(self) -> None:
         """Read the committed generation's metadata and vectors (a snapshot: both in one read transaction)."""
         ids = None
         for attempt in range(_LOAD_ATTEMPTS):
-            with self._read_txn():
+            with database.snapshot(self._conn):
                 meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
                 if self._writable:  # the writer reads live rows: its own changes are in its transaction
                     rows = self._conn.execute("SELECT count(*) FROM images").fetchone()[0]
@@ -361,15 +289,9 @@ class Store:
             index.nprobe = int(meta["nprobe"])
 
     def _check_manifest(self) -> None:
-        manifest = self.index_dir / "manifest.json"
-        try:
-            gen = int(json.loads(manifest.read_text())["generation"])
-        except (OSError, ValueError, KeyError, TypeError):
-            gen = -1
-        if gen > self.generation:
-            with self._read_txn():  # a save may have committed since we loaded: compare with the database now
-                now = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
-        if gen > self.generation and gen > now:
+        gen = manifest.generation(self.index_dir)
+        # a save may have committed since we loaded: compare with the database now
+        if gen > self.generation and gen > self._committed_generation():
             raise StoreInconsistent(
                 f"{self.index_dir}: manifest.json is at generation {gen} but meta.sqlite at {self.generation}: "
                 "the files come from different saves (a partial copy or restore?). Rebuild with --rebuild")
@@ -380,14 +302,14 @@ class Store:
                 log.warning("%s: manifest.json lags the database (interrupted save); using the database",
                             self.index_dir)
 
+    def _committed_generation(self) -> int:
+        with database.snapshot(self._conn):
+            return int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
     def refresh(self) -> bool:
         """Reload when another process saved a newer generation; True when it did."""
         with self._lock:
-            if self._writable:
-                return False
-            with self._read_txn():
-                gen = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
-            if gen == self.generation:
+            if self._writable or self._committed_generation() == self.generation:
                 return False
             old_index, old_ids = self._index, self._ids
             try:
@@ -396,12 +318,9 @@ class Store:
                 log.warning("keeping generation %d: %s", self.generation, e)
                 return False
             # a request that read ids a moment ago may still ask for the vectors of those just removed
-            now = time.monotonic()
-            self._gone = [g for g in self._gone if g[2] > now]
             if old_ids is not None:
                 dropped = np.setdiff1d(old_ids, cast(np.ndarray, self._ids), assume_unique=True)
-                if len(dropped):
-                    self._gone.append((dropped, old_index.reconstruct_batch(dropped), now + _GONE_KEPT_S))
+                self._dropped.keep(dropped, old_index.reconstruct_batch(dropped) if len(dropped) else None)
             return True
 
     def close(self) -> None:
@@ -458,15 +377,24 @@ class Store:
         return self._meta["index_type"]
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return self._manifest_dict()
+    def memory_limit(self) -> int:
+        """Bytes the in-memory index may take; above it the index lives on disk (index/ondisk.py)."""
+        return int(self._meta.get("memory_limit", MEMORY_LIMIT))
 
-    def thumbnail_path(self, image_id: int) -> Path:
-        """Where the thumbnail of `image_id` lives (it may be missing for a file that failed to decode)."""
-        image_id = int(image_id)
-        return self.index_dir / "thumbs" / str(image_id // 1000) / f"{image_id}.jpg"
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What manifest.json says (index/manifest.py), for the changes made so far."""
+        ondisk = self._index.describe() if isinstance(self._index, OnDiskIndex) else None
+        return manifest.describe(self._meta, self.count, ondisk, self.memory_limit)
 
     # ---------------------------------------------------------------- reading
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The database connection for several SELECTs that see one state (under the store's lock); for the
+        modules beside the store that read its tables (index/reservations.py)."""
+        with self._lock, database.snapshot(self._conn) as conn:
+            yield conn
+
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """queries (n,d) or (d,) -> (scores (n,k) float32 cosine, ids (n,k) int64); missing slots id -1, score -inf.
 
@@ -477,7 +405,7 @@ class Store:
             k = max(1, int(k))
             if self.count == 0:
                 return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-            with _omp_threads(1 if len(q) <= 4 else None):
+            with omp_threads(1 if len(q) <= 4 else None):
                 scores, ids = self._searcher().search(q, k)
         scores[ids < 0] = -np.inf
         return scores, ids.astype(np.int64)
@@ -510,34 +438,29 @@ class Store:
                 raise KeyError(f"ids not in the index: {missing[:10]}") from e
 
     def _vectors_across_refresh(self, ids: np.ndarray) -> np.ndarray | None:
-        """A read-only store that refreshed: ids removed by the refreshes of the last _GONE_KEPT_S seconds
+        """A read-only store that refreshed: ids removed by the refreshes of the last _DROPPED_KEPT_S seconds
         (read by a request a moment before) are answered with their last vectors; None when some id is
         neither in the index nor among those."""
-        if self._writable or self._ids is None or not self._gone:
+        if self._writable or self._ids is None:
             return None
-        gone_ids = np.concatenate([g[0] for g in self._gone])
-        gone_vecs = np.concatenate([g[1] for g in self._gone])
         here = np.isin(ids, self._ids)
-        pos = {int(i): j for j, i in enumerate(gone_ids)}  # a later refresh's entry wins
-        if not all(int(i) in pos for i in ids[~here]):
+        gone = self._dropped.vectors(ids[~here])
+        if gone is None:
             return None
         out = np.empty((len(ids), self.dim), np.float32)
         if here.any():
             out[here] = self._index.reconstruct_batch(ids[here])
-        out[~here] = gone_vecs[[pos[int(i)] for i in ids[~here]]]
+        out[~here] = gone
         return out
 
     def rows(self, ids: npt.ArrayLike) -> list[dict[str, Any]]:
         """Metadata of `ids` in the order given: dicts with id, path, width, height, size, mtime_ns, sha256,
         added_at. Ids not in the store (e.g. removed by an update saved since) are left out: match by r['id']."""
         ids = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64)) if i >= 0]
-        found: dict[int, dict[str, Any]] = {}
-        cols = "id, " + ", ".join(_ROW_FIELDS)
+        q = f"SELECT id, {', '.join(_ROW_FIELDS)} FROM images WHERE id IN ({{}})"
         with self._lock:
-            for chunk in _chunks(ids, _SQL_CHUNK):
-                q = f"SELECT {cols} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-                for r in self._conn.execute(q, chunk):
-                    found[r[0]] = dict(zip(("id",) + _ROW_FIELDS, r), path=path_from_db(r[1]))
+            found = {r[0]: dict(zip(("id",) + _ROW_FIELDS, r), path=path_from_db(r[1]))
+                     for r in database.select_in(self._conn, q, ids)}
         return [found[i] for i in ids if i in found]
 
     def all_ids(self) -> np.ndarray:
@@ -555,11 +478,6 @@ class Store:
             return {path_from_db(p): {"id": i, "size": s, "mtime_ns": m, "sha256": h}
                     for p, i, s, m, h in self._conn.execute(q)}
 
-    def reserved_paths(self) -> list[str]:
-        """Paths whose ids `reset` holds for them until they are added again."""
-        with self._lock:
-            return [path_from_db(p) for (p,) in self._conn.execute("SELECT path FROM reserved")]
-
     def duplicates(self, threshold: float = 0.95, k: int = 16, batch: int = 4096) -> list[list[int]]:
         """Groups of images at cosine >= threshold that do not chain (index/duplicates.py similar_groups: each
         around a chosen image, at most MAX_GROUP, ids ascending, largest group first) from each image's k
@@ -569,6 +487,15 @@ class Store:
                               threshold, batch=batch)
 
     # ---------------------------------------------------------------- changing
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[sqlite3.Connection]:
+        """The database connection inside the writer's open transaction (under the store's lock), for the
+        modules beside the store that change its tables (index/reservations.py); committed by the next save()."""
+        with self._lock:
+            self._begin()
+            yield self._conn
+            self._changed()
+
     def add(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> np.ndarray:
         """Add images (rows: path plus any of size, mtime_ns, sha256, width, height) with their vectors.
 
@@ -581,14 +508,13 @@ class Store:
             now = time.time()
             for j, r in enumerate(rows):
                 path = db_path(Path(r["path"]).absolute())
-                reserved = self._conn.execute("SELECT id FROM reserved WHERE path=?", (path,)).fetchone()
                 vals = (path, r.get("size"), r.get("mtime_ns"), r.get("sha256"), r.get("width"), r.get("height"),
                         r.get("added_at", now))
-                if reserved:
-                    self._conn.execute("DELETE FROM reserved WHERE path=?", (path,))
+                reserved = reservations.take(self._conn, path)
+                if reserved is not None:
                     self._conn.execute(f"INSERT INTO images(id, {', '.join(_ROW_FIELDS)}) VALUES (?,?,?,?,?,?,?,?)",
-                                       (reserved[0],) + vals)
-                    ids[j] = reserved[0]
+                                       (reserved,) + vals)
+                    ids[j] = reserved
                 else:
                     cur = self._conn.execute(f"INSERT INTO images({', '.join(_ROW_FIELDS)}) VALUES (?,?,?,?,?,?,?)",
                                              vals)
@@ -624,17 +550,11 @@ class Store:
         ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
         with self._lock:
             self._begin()
-            for chunk in _chunks(ids.tolist(), _SQL_CHUNK):
-                self._conn.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            database.execute_in(self._conn, "DELETE FROM images WHERE id IN ({})", ids.tolist())
             n = self._index.remove_ids(ids)
             self._thumbs_to_delete.update(ids.tolist())
             self._changed()
             return int(n)
-
-    @property
-    def memory_limit(self) -> int:
-        """Bytes the in-memory index may take; above it the index lives on disk (index/ondisk.py)."""
-        return int(self._meta.get("memory_limit", MEMORY_LIMIT))
 
     def set_memory_limit(self, limit: int) -> None:
         """A new memory limit, applied (the index moved on disk or back) by the next save()."""
@@ -651,42 +571,18 @@ class Store:
             self._meta["encoder"] = json.dumps(info, sort_keys=True, default=str)
 
     def reset(self, dim: int, model_sha256: str, model_path: str | Path, preprocess: dict[str, Any]) -> None:
-        """Empty the index for a new encoder, reserving every path's id: re-adding a path gives it its old id.
-
-        Committed by the next `save()`; until then other processes still see the old encoder's index.
-        """
+        """Empty the index for a new encoder, reserving every path's id: re-adding a path gives it its old id
+        (index/reservations.py). Committed by the next `save()`; until then other processes still see the old
+        encoder's index."""
         with self._lock:
             self._begin()
-            self._conn.execute("INSERT OR REPLACE INTO reserved(path, id) SELECT path, id FROM images")
+            reservations.reserve_all(self._conn)
             self._conn.execute("DELETE FROM images")
             self._meta.update(dim=str(int(dim)), model_sha256=model_sha256, index_type="exact", nprobe="0",
                               model_path=str(Path(model_path).absolute()), preprocess=json.dumps(preprocess),
                               trained_on="0")
             self._index = new_exact(int(dim))
             self._changed()
-
-    def release_reservations(self, keep_paths: Iterable[str | Path] = (), under: str | Path | None = None) -> None:
-        """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder);
-        with `under`, only for paths inside that folder (other folders keep theirs until they are indexed)."""
-        with self._lock:
-            keep = {db_path(Path(p).absolute()) for p in keep_paths}
-            prefix = None if under is None else os.fsencode(str(Path(under).absolute()).rstrip("/") + "/")
-            gone = [p for (p,) in self._conn.execute("SELECT path FROM reserved") if p not in keep
-                    and (prefix is None or os.fsencode(path_from_db(p)).startswith(prefix))]
-            if gone:
-                self._begin()
-                for chunk in _chunks(gone, _SQL_CHUNK):
-                    self._conn.execute(f"DELETE FROM reserved WHERE path IN ({','.join('?' * len(chunk))})", chunk)
-                self._dirty = True
-
-    def put_thumbnail(self, image_id: int, image: Image.Image | bytes) -> Path:
-        """Write the thumbnail of `image_id`, replacing any old one: a PIL image (made into a JPEG of THUMB_SIDE
-        on the longest side) or JPEG bytes from `thumbnail_jpeg` (made in a decode thread)."""
-        path = self.thumbnail_path(image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = image if isinstance(image, bytes) else thumbnail_jpeg(image)
-        atomic_write_bytes(path, data, durable=False)  # a lost thumbnail is made again; no fsync per photo
-        return path
 
     def save(self) -> int:
         """Atomically persist every change since the last save; returns the generation now on disk."""
@@ -711,8 +607,7 @@ class Store:
             self._write_manifest()
             _save_step("manifest_written")
             self._dirty = False
-            for i in self._thumbs_to_delete:
-                self.thumbnail_path(i).unlink(missing_ok=True)
+            self.thumbs.remove(self._thumbs_to_delete)
             self._thumbs_to_delete.clear()
             self._clean_vector_files(gen)
             _save_step("done")
@@ -724,6 +619,7 @@ class Store:
             raise StoreError(f"{self.index_dir} is open read-only; open it with writable=True to change it")
 
     def _begin(self) -> None:
+        """Open the writer's transaction, kept open across changes until save() commits it."""
         self._require_writable()
         if not self._conn.in_transaction:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -734,18 +630,6 @@ class Store:
 
     def _has(self, image_id: int) -> bool:
         return self._conn.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is not None
-
-    @contextlib.contextmanager
-    def _read_txn(self) -> Iterator[None]:
-        """A consistent snapshot for several SELECTs (the writer's own open transaction already is one)."""
-        if self._conn.in_transaction:
-            yield
-            return
-        self._conn.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self._conn.execute("COMMIT")
 
     def _as_queries(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.atleast_2d(np.asarray(x, dtype=np.float32)))
@@ -765,16 +649,10 @@ class Store:
 
     def _searcher(self) -> faiss.Index:
         """The index to search: a GPU copy when faiss sees a GPU (made lazily, dropped on change), else the CPU one."""
-        if self._gpu_index is None and self.index_type != "ondisk" and faiss.get_num_gpus() > 0:
-            try:
-                self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self._index)
-                if self.index_type == "ivf":
-                    faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self._index.nprobe)
-                log.info("searching on the GPU (%d vectors)", self.count)
-            except Exception as e:  # a GPU build without support for this index type: search on the CPU
-                log.warning("GPU search unavailable (%s); searching on the CPU", e)
-                self._gpu_index = False
-        return self._gpu_index or self._index
+        if self._gpu_index is None:
+            gpu = gpu_copy(self._index, self.index_type)
+            self._gpu_index = False if gpu is None else gpu
+        return self._index if self._gpu_index is False else self._gpu_index
 
     def _reshape(self) -> None:
         """Switch between exact and IVF as the collection crosses `exact_limit` (with hysteresis), and retrain
@@ -794,27 +672,8 @@ class Store:
             self._index, changes = new
             m.update(changes)
 
-    def _manifest_dict(self) -> dict[str, Any]:
-        m = self._meta
-        out = {
-            "format": m["format"], "version": m["version"], "generation": int(m["generation"]),
-            "vectors_file": m["vectors_file"], "model_sha256": m["model_sha256"], "model_path": m["model_path"],
-            "preprocess": json.loads(m["preprocess"]), "dim": int(m["dim"]), "index_type": m["index_type"],
-            "count": self.count, "exact_limit": int(m["exact_limit"]),
-            "created_at": float(m["created_at"]), "updated_at": float(m["updated_at"]),
-        }
-        if m.get("encoder"):
-            out["encoder"] = json.loads(m["encoder"])
-        if m["index_type"] == "ivf":
-            out.update(nprobe=int(m["nprobe"]), trained_on=int(m["trained_on"]),
-                       recall_at_10=float(m.get("ivf_recall_at_10", "nan")))
-        if isinstance(self._index, OnDiskIndex):
-            out.update(memory_limit=self.memory_limit, ondisk=self._index.describe())
-        return out
-
     def _write_manifest(self) -> None:
-        data = (json.dumps(self._manifest_dict(), indent=2) + "\n").encode()
-        atomic_write_bytes(self.index_dir / "manifest.json", data)
+        manifest.write(self.index_dir, self.manifest)
 
     def _clean_vector_files(self, gen: int) -> None:
         """Delete vector files older than the previous generation, and temporary files of killed saves."""
@@ -831,38 +690,9 @@ class Store:
 
 
 # -------------------------------------------------------------------- files
-def thumbnail_jpeg(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
-    """JPEG bytes of `image` shrunk to `side` on its longest side (never enlarged)."""
-    img = image.convert("RGB") if image.mode != "RGB" else image.copy()
-    img.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-@contextlib.contextmanager
-def _omp_threads(n: int | None) -> Iterator[None]:
-    """Run a few queries on one thread: a single query has nothing to share between threads, and OpenMP's
-    waiting threads only slow it down (3x measured on a busy 2-core machine) while other requests run."""
-    if n is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def _connect(db: Path) -> sqlite3.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT in save)
-    conn = sqlite3.connect(str(db), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA synchronous=FULL")  # the commit that bumps the generation survives a power cut
-    return conn
-
-
-def _take_writer_lock(index_dir: Path) -> int:
+def take_writer_lock(index_dir: Path) -> int:
+    """The folder's writer lock (flock on .writer.lock), held until its descriptor is closed; StoreLocked when
+    another process holds it."""
     fd = os.open(index_dir / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -881,9 +711,3 @@ def _write_faiss(index: faiss.Index, path: Path) -> None:
         _save_step("faiss_tmp_written")
 
     atomic_write_path(path, write)
-
-
-def _chunks(seq: Sequence[_T], n: int) -> Iterator[Sequence[_T]]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
-

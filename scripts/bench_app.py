@@ -106,10 +106,10 @@ def build_bench_index(index_dir: Path, n: int, d: int, clusters: int) -> np.ndar
         a[8 + k % 32 : 16 + k % 32, :] = 255 - a[0, 0]
         protos.append(Image.fromarray(a))
     for k in range(clusters):
-        store.put_thumbnail(int(ids[np.flatnonzero(c == k)[0]]), protos[k])
-    first = {k: store.thumbnail_path(int(ids[np.flatnonzero(c == k)[0]])) for k in range(clusters)}
+        store.thumbs.put(int(ids[np.flatnonzero(c == k)[0]]), protos[k])
+    first = {k: store.thumbs.path(int(ids[np.flatnonzero(c == k)[0]])) for k in range(clusters)}
     for i, k in zip(ids.tolist(), c.tolist()):
-        p = store.thumbnail_path(i)
+        p = store.thumbs.path(i)
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
             os.link(first[k], p)

@@ -4,7 +4,7 @@ Generates N random-but-clustered unit vectors (Gaussian clouds around random uni
 embeddings of many small groups of similar photos), then measures, side by side in the same run:
 
   exact    IndexFlatIP (the store below its size threshold): p50/p95 single-query latency
-  ivf      the store's own index (index.store.build_ivf: IVF-Flat, spherical k-means, nprobe tuned to
+  ivf      the store's own index (index.ivf.build_ivf: IVF-Flat, spherical k-means, nprobe tuned to
            recall@10 >= 0.96 on stored vectors): build time, bytes/vector, and an nprobe sweep of recall@10
            against exact search and single-query latency on held-out queries
   hnsw     (--hnsw) IndexHNSWFlat, inner product, over an efSearch sweep, for comparison
@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.store import build_ivf, ivf_nlist, recall_at_k, without_self  # noqa: E402
+from index.ivf import build_ivf, ivf_nlist, recall_at_k, without_self  # noqa: E402
 
 THREADS = faiss.omp_get_max_threads()
 

@@ -48,7 +48,7 @@ def test_build_then_update_incrementally(encoder, fresh_shapes, tmp_path):
     assert json.loads((index_dir / "bad_files.jsonl").read_text().splitlines()[0])["path"].endswith("broken.jpg")
     with Store.open(index_dir) as st:
         ids_by_path = {r["path"]: r["id"] for r in st.rows(st.all_ids())}
-        assert all(st.thumbnail_path(i).is_file() for i in ids_by_path.values())
+        assert all(st.thumbs.path(i).is_file() for i in ids_by_path.values())
         r = st.rows([ids_by_path[str(folder / "circle" / "circle_001.jpg")]])[0]
         assert (r["width"], r["height"]) == (80, 80) and len(r["sha256"]) == 64 and r["size"] > 0
     # the manifest says where the encoder came from: its checkpoint and where that training started
@@ -84,7 +84,7 @@ def test_build_then_update_incrementally(encoder, fresh_shapes, tmp_path):
         assert len(now) == st.count
         ids = st.all_ids()
         assert (st.search(st.get_vectors(ids), 1)[1][:, 0] == ids).all()
-        assert not st.thumbnail_path(ids_by_path[str(folder / "square" / "square_002.jpg")]).exists()
+        assert not st.thumbs.path(ids_by_path[str(folder / "square" / "square_002.jpg")]).exists()
 
 
 def test_periodic_saves_and_other_encoder_refused(encoder, fresh_shapes, tmp_path):

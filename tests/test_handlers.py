@@ -464,7 +464,7 @@ def test_preview_shows_facts_and_neighbours_never_the_original(page):
     row = page.store.rows([page.by_class["circle"][7]])[0]
     Path(row["path"]).unlink()
     gone = handlers.open_photo(page, row["id"])
-    assert gone.image == str(page.store.thumbnail_path(row["id"])) and "no such file" in gone.facts
+    assert gone.image == str(page.store.thumbs.path(row["id"])) and "no such file" in gone.facts
 
 
 def test_preview_refuses_what_a_browser_never_sends(page):

@@ -193,7 +193,7 @@ def test_labels_survive_an_index_update(tmp_path):
         p = tmp_path / "photos" / "new.png"
         img.save(p)
         new_id = int(w.add([{"path": str(p)}], ColourEmbedder().embed_images([img]))[0])
-        w.put_thumbnail(new_id, img)
+        w.thumbs.put(new_id, img)
         w.save()
     labels.close()
     labels = Labels(index_dir)

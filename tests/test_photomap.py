@@ -106,7 +106,7 @@ def test_atlas_is_cached_by_ids_and_thumbnail_and_pruned(index, tmp_path):
     a = build_atlas(store, ids, cell=16, sheet_side=64)  # 16 per sheet: one sheet here
     assert a.per_row == 4 and len(a.sheets) == 1 and (a.folder / "atlas.json").is_file()
     with Image.open(a.sheets[0]) as sheet:
-        with Image.open(store.thumbnail_path(int(ids[5]))) as th:
+        with Image.open(store.thumbs.path(int(ids[5]))) as th:
             expect = np.asarray(th.convert("RGB").resize((1, 1), Image.BOX)).reshape(3).astype(int)
         got = np.asarray(sheet.convert("RGB").crop((16, 16, 32, 32)).resize((1, 1), Image.BOX)).reshape(3)
         assert np.abs(got.astype(int) - expect).max() < 40  # slot 5: row 1, column 1

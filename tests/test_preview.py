@@ -150,13 +150,13 @@ def test_pictures_of_removed_photos_are_deleted_and_only_theirs(many):
     made = [preview(many, i) for i in ids[:3]]
     thumbs = []
     for i in ids:
-        many.put_thumbnail(i, Image.new("RGB", (32, 24)))
-        thumbs.append(many.thumbnail_path(i))
+        many.thumbs.put(i, Image.new("RGB", (32, 24)))
+        thumbs.append(many.thumbs.path(i))
     assert remove_pictures(many, [ids[1]]) == 2
     assert not made[1].exists() and not thumbs[1].exists()
     assert made[0].exists() and made[2].exists() and thumbs[0].exists() and thumbs[2].exists()
     many.remove([ids[2]])
     many.save()  # the store deletes the thumbnails it removed itself; a killed save may not have
-    many.put_thumbnail(ids[2], Image.new("RGB", (32, 24)))  # as if left behind
+    many.thumbs.put(ids[2], Image.new("RGB", (32, 24)))  # as if left behind
     assert remove_stale(many, thumbnails=True) == 2  # ids[2]'s preview and thumbnail
     assert not made[2].exists() and not thumbs[2].exists() and made[0].exists() and thumbs[0].exists()

@@ -579,7 +579,7 @@ def removed_photo_pictures(root: Path, model: Path) -> dict:
         gone = int(page.store.all_ids()[0])
         call(demo, url, "open_photo", gone)
         sheets = sorted(index_dir.glob("atlas/*/sheet_000.jpg"))  # 8 photos: every one is on the map's sheet
-        files = {"preview": preview_file(index_dir, gone), "thumbnail": page.store.thumbnail_path(gone),
+        files = {"preview": preview_file(index_dir, gone), "thumbnail": page.store.thumbs.path(gone),
                  "sheet": sheets[0] if sheets else index_dir / "atlas" / "none"}
 
         def statuses() -> dict:

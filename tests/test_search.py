@@ -57,7 +57,7 @@ def make_index(root: Path, per_class: int = 8, seed: int = 0, duplicates: int = 
     ids = store.add([{"path": str(p), "width": im.width, "height": im.height} for p, im in zip(paths, images)],
                     enc.embed_images(images))
     for i, im in zip(ids, images):
-        store.put_thumbnail(int(i), im)
+        store.thumbs.put(int(i), im)
     store.save()
     store.close()
     by_class: dict[str, list[int]] = {}

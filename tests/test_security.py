@@ -261,7 +261,7 @@ def test_map_preview_and_review_endpoints_refuse_hostile_input(page):
 def test_only_the_index_pictures_are_served(page):
     demo, url, root, _ = page
     index_dir = root / "index"
-    ok = demo.page.store.thumbnail_path(int(demo.page.store.all_ids()[0]))
+    ok = demo.page.store.thumbs.path(int(demo.page.store.all_ids()[0]))
     assert httpx.get(f"{url}gradio_api/file={ok}").status_code == 200
     photo = next((root / "photos").rglob("*.png"))  # an original: never served
     for path in (photo, index_dir / "meta.sqlite", index_dir / "photo_info.sqlite", index_dir / "review.sqlite",
@@ -293,7 +293,7 @@ def test_the_file_route_never_fetches_a_web_address(page, monkeypatch):
             r = httpx.request(method, url + path)
             assert r.status_code == 403 and "<script>" not in r.text, (method, path, r.status_code)
     assert fetched == []
-    ok = demo.page.store.thumbnail_path(int(demo.page.store.all_ids()[0]))
+    ok = demo.page.store.thumbs.path(int(demo.page.store.all_ids()[0]))
     assert httpx.get(f"{url}gradio_api/file={ok}").status_code == 200  # the page's own pictures still are
 
 

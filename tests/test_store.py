@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index.store import EncoderMismatch, Store, StoreError, StoreInconsistent, StoreLocked, recall_at_k
+from index import repair, reservations
+from index.ivf import recall_at_k
+from index.store import EncoderMismatch, Store, StoreError, StoreInconsistent, StoreLocked
 
 DIM = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +105,7 @@ def test_reset_gives_paths_their_old_ids(tmp_path):
         assert s.count == 0 and s.dim == 16
         again = s.add(rows_for(3)[::-1], clustered(3, d=16))
         assert again.tolist() == ids[:3][::-1].tolist()
-        s.release_reservations(keep_paths=[])
+        reservations.release(s, keep_paths=[])
         s.save()
     with pytest.raises(EncoderMismatch):
         Store.open(tmp_path / "idx", model_sha256="a" * 64)
@@ -186,8 +188,8 @@ def test_ivf_above_the_limit_recall_vs_exact(tmp_path):
 def test_thumbnails_written_and_removed_after_save(tmp_path):
     with new_store(tmp_path / "idx") as s:
         (i,) = s.add(rows_for(1), clustered(1))
-        p = s.put_thumbnail(i, Image.new("RGB", (1000, 500), "red"))
-        assert p == s.thumbnail_path(i) and Image.open(p).size == (256, 128)
+        p = s.thumbs.put(i, Image.new("RGB", (1000, 500), "red"))
+        assert p == s.thumbs.path(i) and Image.open(p).size == (256, 128)
         s.save()
         s.remove([i])
         assert p.exists()  # the previous generation still shows it until the removal is saved
@@ -278,7 +280,7 @@ def test_rebuild_opens_an_index_that_open_refuses_and_keeps_ids(tmp_path):
         p.unlink()
     with pytest.raises(StoreInconsistent, match="--rebuild"):
         Store.open(tmp_path / "idx")
-    st = Store.open_for_rebuild(tmp_path / "idx", DIM, "b" * 64, tmp_path / "new.onnx", {})
+    st = repair.open_for_rebuild(tmp_path / "idx", DIM, "b" * 64, tmp_path / "new.onnx", {})
     again = st.add(rows_for(6), clustered(6, seed=2))
     st.save()
     st.close()
@@ -290,7 +292,7 @@ def test_rebuild_opens_an_index_that_open_refuses_and_keeps_ids(tmp_path):
 def test_rebuild_moves_a_database_that_is_not_an_index_aside(tmp_path):
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "meta.sqlite").write_bytes(b"not a database at all" * 100)
-    st = Store.open_for_rebuild(tmp_path / "idx", DIM, "b" * 64, tmp_path / "new.onnx", {})
+    st = repair.open_for_rebuild(tmp_path / "idx", DIM, "b" * 64, tmp_path / "new.onnx", {})
     st.add(rows_for(2), clustered(2))
     st.save()
     st.close()

@@ -61,7 +61,7 @@ def open_photo(page: Page, image_id: int, k: int = NEIGHBOURS) -> Preview:
     except KeyError:
         raise ValueError(f"photo {image_id} is not in the index (any more): search again") from None
     except BadImage as e:
-        image, problem = str(page.store.thumbnail_path(image_id)), e.reason
+        image, problem = str(page.store.thumbs.path(image_id)), e.reason
     info = page.infos.one(image_id)
     if info is None:
         raise ValueError(f"photo {image_id} is not in the index (any more): search again")
