@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from index import database
 from index.duplicates import SIMILAR_COSINE, Found, Link, find_groups
 from index.photoinfo import PhotoInfo, PhotoInfoCache
 
@@ -107,15 +108,9 @@ class Decisions:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
         rows = store.rows(list(ids))
         now = time.time()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?)",
-                                       [(int(r["id"]), r["sha256"], decision, now) for r in rows])
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, database.transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?)",
+                                   [(int(r["id"]), r["sha256"], decision, now) for r in rows])
         return len(rows)
 
     def keep_only(self, store: Store, group_ids: Iterable[int], keep: Iterable[int]) -> None:
@@ -127,10 +122,8 @@ class Decisions:
 
     def clear(self, ids: Iterable[int]) -> None:
         rows = [(int(i),) for i in ids]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._lock, database.transaction(self._conn):
             self._conn.executemany("DELETE FROM decisions WHERE image_id = ?", rows)
-            self._conn.execute("COMMIT")
 
     def get(self, store: Store, ids: Iterable[int]) -> dict[int, str]:
         """{id: decision} of the photos a person decided on, while their content is what it was."""
@@ -138,8 +131,8 @@ class Decisions:
         if not ids:
             return {}
         with self._lock:
-            q = f"SELECT image_id, sha256, decision FROM decisions WHERE image_id IN ({','.join('?' * len(ids))})"
-            got = {i: (h, d) for i, h, d in self._conn.execute(q, ids)}
+            q = "SELECT image_id, sha256, decision FROM decisions WHERE image_id IN ({})"
+            got = {i: (h, d) for i, h, d in database.select_in(self._conn, q, ids)}
         now = {int(r["id"]): r["sha256"] for r in store.rows(list(got))}
         return {i: d for i, (h, d) in got.items() if i in now and now[i] == h}
 
