@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
+from index import database
 from index.database import db_path, path_from_db
 
 if TYPE_CHECKING:
     from index.store import Store
 
 INFO_FILE = "photo_info.sqlite"
-_SQL_CHUNK = 900  # ids per `IN (...)` query, under SQLite's oldest variable limit
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _ORIENTATION = 0x0112
@@ -269,12 +269,8 @@ class PhotoInfoCache:
             if ids is None:
                 rows = self._conn.execute(f"SELECT {cols} FROM info").fetchall()
             else:
-                ids = sorted({int(i) for i in ids})
-                rows = []
-                for k in range(0, len(ids), _SQL_CHUNK):
-                    chunk = ids[k:k + _SQL_CHUNK]
-                    q = f"SELECT {cols} FROM info WHERE id IN ({','.join('?' * len(chunk))})"
-                    rows += self._conn.execute(q, chunk).fetchall()
+                rows = database.select_in(self._conn, f"SELECT {cols} FROM info WHERE id IN ({{}})",
+                                          sorted({int(i) for i in ids}))
         keys = ("size", "mtime_ns", "width", "height", "taken", "taken_source", "error")
         return {r[0]: self._info(r[0], path_from_db(r[1]), dict(zip(keys, r[2:]))) for r in rows}
 
@@ -350,14 +346,8 @@ class PhotoInfoCache:
         now = time.time()
         rows = [(i.id, db_path(i.path), i.size, i.mtime_ns, i.width, i.height, i.taken, i.taken_source, i.error, now)
                 for i in infos]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR REPLACE INTO info VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, database.transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO info VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _drop_except(self, keep: list[int]) -> None:
         with self._lock:
@@ -365,12 +355,5 @@ class PhotoInfoCache:
             gone = sorted(set(have) - set(keep))
             if not gone:
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for k in range(0, len(gone), _SQL_CHUNK):
-                    chunk = gone[k:k + _SQL_CHUNK]
-                    self._conn.execute(f"DELETE FROM info WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            with database.transaction(self._conn):
+                database.execute_in(self._conn, "DELETE FROM info WHERE id IN ({})", gone)
