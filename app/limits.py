@@ -5,8 +5,8 @@
   `open_photo` calls fills the previews' line only: searches keep their own slots and their own line.
   Past either bound gradio answers 503 with BUSY, which the page shows.
 - Uploads (`UploadLimit`): one upload request carries at most MAX_UPLOAD_BYTES (and says how long it is);
-  uploads wait at most UPLOAD_KEEP_S for their search and are deleted by the search that reads them
-  (app/ui.py), and all this page's waiting uploads together hold at most UPLOADS_MAX_BYTES; past that an
+  uploads wait at most UPLOAD_KEEP_S for their search and are deleted UPLOAD_SHOWN_S after the search that
+  reads them (`discard_after_search`: the browser still loads the upload to show it as the query), and all this page's waiting uploads together hold at most UPLOADS_MAX_BYTES; past that an
   upload is refused (507) with a message saying to try again in a few minutes.
 - The previews' disk: index/preview.py (PREVIEW_CACHE_BYTES, least recently used leave first).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,9 @@ QUEUE_WAITING_MAX = 32  # events of one kind (a concurrency group) waiting at on
 BUSY = ("byol-search is busy: {n} requests like this one are already waiting. Try again in a moment "
         "(a script sending many at once is refused past this).")
 UPLOAD_KEEP_S = 600.0  # an upload not searched within 10 minutes is deleted (by the next upload)
+# a searched upload stays this long, so the browser can load it into the query box (deleting it at once made
+# that load fail with a missing file), and then leaves the disk
+UPLOAD_SHOWN_S = 60.0
 UPLOADS_MAX_BYTES = 10 * MAX_UPLOAD_BYTES  # all of this page's uploads waiting for their search
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around one photo
 
@@ -118,3 +122,14 @@ class UploadLimit:
             return await self.app(scope, receive, send)
         log.warning("refused an upload from %s: %s", client_of(scope), refused[1])
         await answer(send, *refused)
+
+
+def discard_after_search(path: object, upload_dir: str | Path, uploaded: set[str],
+                         after_s: float | None = None) -> threading.Timer:
+    """Delete a searched (or refused) upload UPLOAD_SHOWN_S from now, in a daemon timer: the search has used
+    it, and the query box shows it meanwhile. Returns the timer (tests wait on it)."""
+    timer = threading.Timer(UPLOAD_SHOWN_S if after_s is None else after_s, discard_upload,
+                            args=(path, upload_dir, uploaded))
+    timer.daemon = True
+    timer.start()
+    return timer

@@ -35,7 +35,6 @@ from app.files import (
     UrlGuard,
     allowed_hosts,
     check_bind,
-    discard_upload,
     forwarded_headers_from,
     refuse_url_fetches,
     served_paths,
@@ -57,6 +56,7 @@ from app.handlers import (
     Vocabulary,
 )
 from app.labels import LABEL_RULE, Labels, Progress
+from app.limits import discard_after_search
 from app.markup import plain
 from app.page import Page
 from app.review import Group, member_markdown
@@ -452,9 +452,9 @@ def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> Non
     def on_upload(payload: Any, *flt: Any) -> tuple[Any, ...]:
         try:
             r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k, _filter(*flt))
-        finally:  # searched or refused, the upload has served: it leaves the server's disk now
-            discard_upload(payload.get("path") if isinstance(payload, dict) else None, _upload_dir(demo),
-                           demo.upload_file_set)
+        finally:  # searched or refused, the upload has served: it leaves the disk once the query box shows it
+            discard_after_search(payload.get("path") if isinstance(payload, dict) else None, _upload_dir(demo),
+                                 demo.upload_file_set)
         return _skips(len(c.search_out)) if r is None else _render_results(r)
 
     def on_more(q: dict[str, Any] | None, shown: list[int], *flt: Any) -> tuple[Any, ...]:

@@ -401,15 +401,23 @@ def test_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- bounds: uploads, the queue
-def test_an_upload_leaves_the_server_once_searched(page):
-    """The upload search deletes the file it was given (and gradio's folder for it): searched or refused,
-    no upload stays on the server's disk."""
+def test_an_upload_leaves_the_server_once_searched(page, monkeypatch):
+    """The upload search deletes the file it was given (and gradio's folder for it) once the query box has
+    had time to show it: searched or refused, no upload stays on the server's disk."""
+    import app.limits
+
+    monkeypatch.setattr(app.limits, "UPLOAD_SHOWN_S", 0.5)
     demo, url, root, _ = page
     photo = root / "photos" / "circle" / "circle_000.png"
     for content in (photo.read_bytes(), b"not a photo"):
         stored = httpx.post(url + "gradio_api/upload", files={"files": ("q.png", content)}).json()[0]
         assert os.path.exists(stored)
         call(demo, url, "upload_search", file_data(stored))
+        # the browser loads the upload into the query box after the search: it is still there for that
+        assert httpx.get(url + "gradio_api/file=" + stored).status_code == 200
+        deadline = time.monotonic() + 10
+        while os.path.exists(stored) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not os.path.exists(stored) and not os.path.exists(os.path.dirname(stored))
         assert stored not in demo.upload_file_set
 
