@@ -39,6 +39,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from index import database
+
 if TYPE_CHECKING:
     from index.duplicates import Photo
     from index.store import Store
@@ -49,7 +51,6 @@ _DCT_SIDE = 32  # the grey image the DCT is taken of (imagehash: hash_size * 4)
 _LOW = 8  # the 8x8 lowest frequencies make the 64 bits
 CHECK_SIDE = 64  # the longer side of the grey images `contains` compares
 SCALES = np.linspace(0.80, 1.0, 21)  # the smaller view's width as a fraction of the larger's (1% steps)
-_SQL_CHUNK = 900
 Progress = Callable[[float, str], None]
 
 
@@ -239,14 +240,8 @@ class PhotoHashes:
     def _write(self, sql: str, vals: list[tuple[Any, ...]]) -> None:
         if not vals:
             return
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(sql, vals)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, database.transaction(self._conn):
+            self._conn.executemany(sql, vals)
 
     def put(self, rows: Iterable[tuple[int, dict[str, Any], Signature | None, str | None]]) -> None:
         """Store (id, the store's row of the photo, its signature or None, error or None), one transaction."""
@@ -260,13 +255,8 @@ class PhotoHashes:
         self._write("INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", vals)
 
     def _select(self, cols: str, ids: list[int]) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
         with self._lock:
-            for k in range(0, len(ids), _SQL_CHUNK):
-                chunk = ids[k:k + _SQL_CHUNK]
-                q = f"SELECT {cols} FROM photos WHERE id IN ({','.join('?' * len(chunk))})"
-                out += self._conn.execute(q, chunk).fetchall()
-        return out
+            return database.select_in(self._conn, f"SELECT {cols} FROM photos WHERE id IN ({{}})", ids)
 
     def get(self, store: Store, ids: Iterable[int]) -> Known:
         """The valid hashes and times of photos in the store, why some could not be read, which lack one."""
@@ -329,8 +319,7 @@ class PhotoHashes:
         pairs = sorted(set(pairs))
         out: dict[tuple[str, str], Verdict] = {}
         with self._lock:
-            for k in range(0, len(pairs), _SQL_CHUNK // 2):
-                chunk = pairs[k:k + _SQL_CHUNK // 2]
+            for chunk in database.chunks(pairs, database.SQL_CHUNK // 2):  # two values a pair
                 q = ("SELECT a, b, match, scale FROM checks WHERE (a, b) IN (VALUES "
                      + ",".join("(?, ?)" for _ in chunk) + ")")
                 for a, b, m, sc in self._conn.execute(q, [x for pair in chunk for x in pair]):
