@@ -19,6 +19,8 @@ Pipeline: pretrain -> export -> index -> serve (or `run` to do all four, `demo` 
 """
 
 if TYPE_CHECKING:
+    from index.ray_engine import RayConfig
+
     _Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -247,6 +249,15 @@ def _add_scale_options(p: argparse.ArgumentParser) -> None:
                    help="memory the index may take, e.g. 4G, 512M (default: the index's own, 4G when new); "
                         "above it the index lives on disk: compressed codes searched memory-mapped, "
                         "re-ranked from float16 vectors")
+    g.add_argument("--engine", choices=("local", "ray"), default=None,
+                   help="where photos are embedded: local (default: this machine's cores) or ray (a Ray cluster: "
+                        "shards decoded in CPU tasks and embedded by one encoder session per GPU, each finished "
+                        "shard saved in INDEX_DIR/shards/ so a lost node or a kill costs only the shards in "
+                        "flight; needs pip install 'byol-search[ray]' and the photos and encoder at the same "
+                        "paths on every node)")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT", default=None,
+                   help="the Ray cluster to join (implies --engine ray): auto finds the one this machine is part "
+                        "of (`ray start`), HOST:PORT names its head; default: a Ray started on this machine")
 
 
 def _memory_limit(args: argparse.Namespace) -> int | None:
@@ -266,6 +277,17 @@ def _memory_limit(args: argparse.Namespace) -> int | None:
     return int(value * units[unit])
 
 
+def _ray_config(args: argparse.Namespace) -> RayConfig | None:
+    """--engine / --ray-address as the Ray engine's config (None: the local engine)."""
+    if args.engine == "local" and args.ray_address is not None:
+        raise UsageError("--ray-address joins a Ray cluster: use it with --engine ray, not --engine local")
+    if args.engine != "ray" and args.ray_address is None:
+        return None
+    from index.ray_engine import RayConfig  # imports no Ray: that waits until the engine runs
+
+    return RayConfig(address=args.ray_address)
+
+
 def _run_index(args: argparse.Namespace) -> int:
     import json
 
@@ -276,7 +298,8 @@ def _run_index(args: argparse.Namespace) -> int:
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if args.json else print
     memory_limit = _memory_limit(args)
     s = build_index(args.folder, args.model, args.out, batch_size=args.batch_size, workers=args.workers,
-                    rebuild=args.rebuild, save_every=args.save_every, log=log, memory_limit=memory_limit)
+                    rebuild=args.rebuild, save_every=args.save_every, log=log, memory_limit=memory_limit,
+                    ray=_ray_config(args))
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -509,7 +532,8 @@ def _run_run(args: argparse.Namespace) -> int:
     if args.image_size < 8:
         raise UsageError("--image-size must be at least 8")
     cfg = RunConfig(folder=args.folder, out=args.out, budget=budget, backbone=args.backbone,
-                    image_size=args.image_size, init=args.init, memory_limit=_memory_limit(args))
+                    image_size=args.image_size, init=args.init, memory_limit=_memory_limit(args),
+                    ray=_ray_config(args))
     return _run_pipeline(lambda: run(cfg), args)
 
 
@@ -599,6 +623,7 @@ ERRORS: tuple[tuple[str, int, Callable[[BaseException, argparse.Namespace], str]
     ("byol.export:ExportError", 1, lambda e, a: f"error: {e}"),  # ONNX and torch disagree
     ("byol.images:BadImage", 2, _bad_image),  # a query photo we cannot read
     ("index.store:StoreError", 2, lambda e, a: f"error: {e}"),  # not an index, another encoder, locked
+    ("index.ray_engine:RayEngineError", 2, lambda e, a: f"error: {e}"),  # no Ray, no cluster there, a shard failing
     # user mistakes: UsageError, bad TIME, checkpoint, folder, dataset, login; files missing or unreadable;
     # a gradio too old for the page
     ("builtins:ValueError", 2, lambda e, a: f"error: {e}"),

@@ -30,7 +30,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from index.ray_engine import RayConfig
 
 ENCODERS = "encoders"  # WORK_DIR/encoders/: one file per exported encoder, named by its hash
 
@@ -54,6 +57,7 @@ class RunConfig:
     seed: int = 0  # initialisation, data order and augmentation
     init: str = "auto"  # where the encoder starts: auto, none, base, imagenet or a checkpoint path (byol.init)
     memory_limit: int | None = None  # bytes the index may take in memory before it moves on disk (None: its own)
+    ray: RayConfig | None = None  # embed on a Ray cluster (index/ray_engine.py); None: on this machine
 
 
 def folder_listing(folder: str | Path) -> tuple[str, int]:
@@ -204,7 +208,8 @@ def _index(w: _Work, encoder: Path, log: Callable[[str], object], out: dict[str,
         with Store.open(w.index_dir) as s:
             rebuild = s.model_sha256 != model_sha  # a new encoder: re-embed in place, ids and labels kept
     log(f"index: {'re-embedding with the new encoder' if rebuild else 'adding new and changed photos'}")
-    summary = build_index(w.folder, encoder, w.index_dir, rebuild=rebuild, log=log, memory_limit=w.cfg.memory_limit)
+    summary = build_index(w.folder, encoder, w.index_dir, rebuild=rebuild, log=log, memory_limit=w.cfg.memory_limit,
+                          ray=w.cfg.ray)
     w.save("index", key)
     out.update(index_summary={k: summary[k] for k in ("count", "added", "updated", "removed", "bad")})
     return "done"

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from byol.data import BadFile
+    from index.ray_engine import RayConfig, RayEngine
 
 SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewrites the vector file: ~1 s per 250k)
 
@@ -54,15 +55,18 @@ def build_index(
     embedder: Embedder | None = None,
     log: Callable[[str], object] = print,
     memory_limit: int | None = None,
+    ray: RayConfig | None = None,
 ) -> dict[str, Any]:
     """Build or update the index of `folder` in `index_dir` with the ONNX encoder `model_path`.
 
     Refuses (EncoderMismatch) an index made with another encoder unless `rebuild`, which re-embeds every
     photo with the new encoder in place, keeping each path's id. `memory_limit` (bytes; default: the index's
     own, index/ondisk.py's MEMORY_LIMIT when new) is what the in-memory index may take before it moves on
-    disk. Returns a summary: added, updated (new
+    disk. `ray` (index/ray_engine.py) embeds on a Ray cluster, in resumable shards, instead of on this
+    machine's threads; the index is the same. Returns a summary: added, updated (new
     content, re-embedded), moved, touched (metadata only), removed, unchanged, bad (counts), bad_files
-    (path, reason), count, generation, index_type, provider, seconds, embed_rate (photos/s).
+    (path, reason), count, generation, index_type, provider, seconds, embed_rate (photos/s), and with `ray`
+    from_shards (photos taken from the shards an interrupted run had finished).
     """
     from byol.data import scan_folder
 
@@ -86,8 +90,13 @@ def build_index(
         update.follow_moves()
         update.remove_gone()
         reservations.release(store, keep_paths=update.stats, under=None if others else folder)
-        embed_seconds = update.embed(embedder, batch_size, save_every)
-        return update.finish(embedder, t0, embed_seconds)
+        engine = None if ray is None else _ray_engine(ray, index_dir, embedder, log)
+        embed_seconds = update.embed(embedder, batch_size, save_every, engine)
+        summary = update.finish(embedder, t0, embed_seconds)
+        if engine is not None:
+            engine.finished()  # the store has saved what the shards held
+            summary["from_shards"] = engine.resumed
+        return summary
     finally:
         store.close()
 
@@ -179,13 +188,16 @@ class _Update:
         return _hash_files(paths, self.workers, decode_many, desc)
 
     # -- embed new and changed photos, pipelined, saving every `save_every`
-    def embed(self, embedder: Embedder, batch_size: int, save_every: int) -> float:
-        """Embed changed then new photos; returns the seconds spent. Ctrl-C saves what is done, then raises."""
+    def embed(self, embedder: Embedder, batch_size: int, save_every: int, engine: RayEngine | None = None) -> float:
+        """Embed changed then new photos, here or on `engine`; returns the seconds spent. Ctrl-C saves what
+        is done, then raises."""
         todo = self.changed + self.new
         since_save, t_embed = 0, time.perf_counter()
+        batches = (engine.embed(todo, self.stats, batch_size, also=_hash_and_thumb) if engine is not None else
+                   embedder.embed_paths(todo, batch_size=batch_size, workers=self.workers, also=_hash_and_thumb,
+                                        desc="embedding"))
         try:
-            for batch in embedder.embed_paths(todo, batch_size=batch_size, workers=self.workers,
-                                              also=_hash_and_thumb, desc="embedding"):
+            for batch in batches:
                 self._store_batch(batch, todo)
                 since_save += len(batch.indices)
                 if since_save >= save_every:
@@ -264,6 +276,12 @@ def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path
         store.close()
         raise
     return store, []
+
+
+def _ray_engine(cfg: RayConfig, index_dir: Path, embedder: Embedder, log: Callable[[str], object]) -> RayEngine:
+    from index.ray_engine import RayEngine  # loaded only when the Ray engine is asked for
+
+    return RayEngine(cfg, index_dir, embedder, log)
 
 
 def _under(path: str, folder: Path) -> bool:
