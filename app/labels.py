@@ -17,12 +17,11 @@ with its content (preferring the same path), then to the row with its path; with
 detached (image_id NULL) until the photo returns. So labels survive updates, `--rebuild`, and an index
 deleted and built again, and never attach to another photo. Labels files written before hashes were kept
 are migrated on opening: their ids are trusted only when the label is younger than the index.
-The probe is the few-shot classifier of byol/neighbours.py: byol.probe.fit_fewshot (multinomial logistic
-regression, its penalty set by the number of labels per class) on every photo's embedding averaged over its
-nearest photos in the index, its probabilities averaged over the same neighbourhood, or on the embeddings as
-they are where cross-validation on the labels finds that better (byol.neighbours.choose); trained from as few
-as one labelled photo per class. Its weights and bias are stored as a LinearProbe's. The neighbour graph is
-found once per version of the index (index/neighbours.py) and kept in memory.
+The probe is logistic regression on the embeddings (byol.probe.fit_page), its confidence calibrated by
+cross-validation, trained from as few as one labelled photo per class; its weights and bias are stored as a
+LinearProbe's. On folders shaped like real ones the classifier that averaged over each photo's neighbours
+lost to it on some folders and label counts (BENCHMARKS.md), so it is no longer trained; a probe stored by it
+(features 'neighbours') still predicts over the index's neighbour graph (index/neighbours.py).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from app.csvfile import FORMULA_STARTS
-from index import database
 
 if TYPE_CHECKING:
     from byol.probe import LinearProbe
@@ -143,9 +141,10 @@ class ProbeReport:
     version: int  # probes.version of the probe that made the predictions
     classes: list[str]  # label names, in the probe's class order
     counts: dict[str, int]  # labelled photos per class used for training
-    accuracy: float | None  # cross-validated accuracy estimate; None with too few labels to estimate
+    accuracy: float | None  # estimated accuracy on the unlabelled photos (byol.probe.estimate); None: too few labels
     predicted: int  # photos given a prediction
     seconds: float  # wall time of fit + estimate + predict + save
+    accuracy_range: tuple[float, float] | None = None  # (low, high) around the estimate
 
 
 class Labels:
@@ -248,9 +247,19 @@ class Labels:
             return self._db.execute(sql, tuple(args)).fetchall()
 
     def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run fn inside one transaction: all of it lands or none of it (index/database.py transaction)."""
-        with self._lock, database.transaction(self._db):
-            return fn(self._db)
+        """Run fn inside one transaction: all of it lands or none of it. A COMMIT that fails (disk full, a
+        deferred constraint) is rolled back too, so the connection never stays inside a transaction that
+        would make every later write fail."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return out
 
     # ---------------------------------------------------------------- vocabulary
     def names(self) -> list[str]:
@@ -317,9 +326,10 @@ class Labels:
         ids = [int(i) for i in ids]
         out: dict[int, tuple[str, str]] = {}
         self._sync()
-        q = "SELECT image_id, label, source FROM labels WHERE image_id IN ({})"
-        with self._lock:
-            out.update({r[0]: (r[1], r[2]) for r in database.select_in(self._db, q, ids)})
+        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[i : i + 900]
+            q = f"SELECT image_id, label, source FROM labels WHERE image_id IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: (r[1], r[2]) for r in self._query(q, chunk)})
         return out
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -335,16 +345,14 @@ class Labels:
 
     # ---------------------------------------------------------------- the probe
     def train(self, store: Store, weight_decay: float | None = None, progress: Progress = no_progress) -> ProbeReport:
-        """Fit the probe on every labelled photo still in the index, estimate its accuracy, predict all.
+        """Fit the probe on every labelled photo still in the index, predict all, estimate its accuracy.
 
-        The probe is the few-shot classifier of byol/neighbours.py (byol.probe.fit_fewshot on
-        neighbour-averaged embeddings, probabilities averaged over the neighbours, or on the plain embeddings
-        where cross-validation on the labels says so; its penalty follows the number of labels per class, so
-        its confidence stays a probability from one label on); a weight_decay fits the plain logistic probe
-        with that penalty on the embeddings as they are instead.
+        The probe is logistic regression on the embeddings (byol.probe.fit_page; weight_decay: its penalty,
+        1e-4 by default), its confidence calibrated by cross-validation; trained from one labelled photo per
+        class. The accuracy reported is byol.probe.estimate's: the stratified cross-validation's accuracy and
+        the mean confidence on the photos still unlabelled, averaged, with a range.
         """
-        from byol import neighbours
-        from byol.probe import cross_val_accuracy, fit_linear
+        from byol.probe import estimate, fit_page
 
         t0 = time.perf_counter()
         progress(0.0, "reading labels")
@@ -357,47 +365,43 @@ class Labels:
                              f"(now: {len(ids)} labelled photo(s), {len(names)} label(s))")
         y = np.array([names.index(labelled[int(i)]) for i in ids])
         counts = {n: int((y == c).sum()) for c, n in enumerate(names)}
-        # a photo whose label has no other example is always missed when held out: with one photo per
-        # label there is nothing to estimate from
-        estimate = max(counts.values()) >= 2
-        features = None  # the plain embeddings, unless the neighbour classifier is chosen below
-        if weight_decay is None:  # the graph's averages run on every thread, before the fit's one-thread limit
-            graph_ids, nc = self._graphs.get(store, lambda f, d: progress(0.05 + 0.25 * f, d))
+        x = np.asarray(store.get_vectors(ids), np.float32)
+        progress(0.1, f"fitting the probe on {len(ids)} photos and cross-validating it")
         with _torch_threads(1) if len(ids) <= 20000 else contextlib.nullcontext():
-            if weight_decay is None:
-                rows = np.searchsorted(graph_ids, ids).clip(max=len(graph_ids) - 1)
-                keep = graph_ids[rows] == ids  # the index changed between the two reads: those wait
-                rows, y, ids = rows[keep], y[keep], ids[keep]
-                progress(0.3, f"fitting the probe on {len(ids)} photos, with and without the neighbours")
-                chosen = neighbours.choose(nc, rows, y, len(names))  # cross-validates both where it can
-                probe, accuracy = chosen.probe, chosen.accuracy if estimate else None
-                features = "neighbours" if chosen.averaged else None
-            else:
-                x = np.asarray(store.get_vectors(ids), np.float32)
-                progress(0.1, f"fitting the probe on {len(ids)} photos")
-                probe = fit_linear(x, y, len(names), weight_decay)
-                progress(0.3, "estimating accuracy (cross-validation)")
-                accuracy = (cross_val_accuracy(x, y, folds=5, weight_decay=weight_decay, method="logistic")
-                            if estimate else None)
+            fitted = fit_page(x, y, len(names), 1e-4 if weight_decay is None else weight_decay)
+        probe = fitted.probe
 
         def save(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias, model_sha256, features) "
                 "VALUES (?,?,?,?,?,?,?,?,?)",
-                (time.time(), json.dumps(names), json.dumps(counts), accuracy, int(probe.weight.shape[1]),
+                (time.time(), json.dumps(names), json.dumps(counts), None, int(probe.weight.shape[1]),
                  probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes(),
-                 getattr(store, "model_sha256", None), features))
+                 getattr(store, "model_sha256", None), None))
             assert cur.lastrowid is not None  # set by every INSERT
             return cur.lastrowid
 
         version = self._write(save)
-        predicted = self.predict(store, progress=lambda f, d: progress(0.4 + 0.6 * f, d))
-        return ProbeReport(version, names, counts, accuracy, predicted, time.perf_counter() - t0)
+        predicted = self.predict(store, progress=lambda f, d: progress(0.3 + 0.6 * f, d))
+        reported = estimate(fitted.cv, self._unlabelled_confidence(ids))
+        accuracy = None if reported is None else reported[0]
+        self._write(lambda db: db.execute("UPDATE probes SET accuracy = ? WHERE version = ?", (accuracy, version)))
+        return ProbeReport(version, names, counts, accuracy, predicted, time.perf_counter() - t0,
+                           None if reported is None else (reported[1], reported[2]))
+
+    def _unlabelled_confidence(self, labelled_ids: np.ndarray) -> float:
+        """The mean confidence of the predictions of the photos not among `labelled_ids` (0 with none)."""
+        rows = np.asarray(self._query("SELECT image_id, confidence FROM predictions"), np.float64).reshape(-1, 2)
+        rest = rows[~np.isin(rows[:, 0].astype(np.int64), labelled_ids), 1]
+        return float(rest.mean()) if len(rest) else 0.0
 
     def prepare(self, store: Store, progress: Progress = no_progress) -> None:
-        """Find the neighbour graph the probe fits and predicts on for the index as it is now (kept until the
-        index changes); training does it itself when it has not been done."""
-        self._graphs.get(store, progress)
+        """Find the neighbour graph that a probe fitted on neighbour-averaged embeddings (a labels file from
+        before the probe became plain logistic regression) predicts with, kept until the index changes; any
+        other probe needs nothing prepared."""
+        rows = self._query("SELECT features FROM probes ORDER BY version DESC LIMIT 1")
+        if rows and rows[0][0] == "neighbours":
+            self._graphs.get(store, progress)
 
     def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
         """(version, classes, LinearProbe, accuracy) of the newest probe, or None."""
@@ -425,7 +429,7 @@ class Labels:
                              "press Train to fit a probe on the new embeddings (your labels are kept)")
         features = self._query("SELECT features FROM probes WHERE version = ?", (version,))[0][0]
         averaged = None
-        if features == "neighbours":  # every photo at once: each one's probabilities are its neighbours'
+        if features == "neighbours":  # a probe trained before: each photo's probabilities are its neighbours'
             all_ids, nc = self._graphs.get(store, lambda f, d: progress(0.3 * f, d))
             averaged = nc.predict_proba(probe)  # n, C
         else:
@@ -458,9 +462,11 @@ class Labels:
         ids = [int(i) for i in ids]
         self._sync()
         out: dict[int, Prediction] = {}
-        q = "SELECT image_id, label, confidence, margin FROM predictions WHERE image_id IN ({})"
-        with self._lock:
-            out.update({r[0]: Prediction(*r) for r in database.select_in(self._db, q, ids)})
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            q = ("SELECT image_id, label, confidence, margin FROM predictions "
+                 f"WHERE image_id IN ({','.join('?' * len(chunk))})")
+            out.update({r[0]: Prediction(*r) for r in self._query(q, chunk)})
         return out
 
     def all_predictions(self) -> dict[int, str]:

@@ -3,9 +3,9 @@
 The field's protocol (Wu et al. 2018; used by lightly, solo-learn and DINO): the encoder is frozen, its
 features L2-normalised; weighted kNN with k=200 and t=0.1 against the train split, top-1 on the test split;
 a multinomial logistic regression on all train features; and the same probe given only 1, 5 or 10
-labelled images per class, averaged over several random draws, beside the few-shot classifier the page
-uses (byol/neighbours.py, over the neighbour graph of every photo of the folder, or plain where
-cross-validation on the labels prefers it) on the same draws. Images
+labelled images per class, averaged over several random draws: the page's few-shot classifier (byol.probe.
+fit_page makes the same predictions). The encoder is a checkpoint's or where a run starts (`base`,
+`imagenet`, `none`, an --init file), so that what training on the folder added can be read off. Images
 go through the ONE evaluation transform (byol.preprocess.Preprocess) that export, embedding and the page
 also use.
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from byol import neighbours, probe
+from byol import probe
 from byol.precision import resolve_precision
 from byol.preprocess import Preprocess
 
@@ -268,20 +268,13 @@ def evaluate_encoder(encoder: nn.Module, preprocess: Preprocess, labelled_folder
         clf = probe.fit_linear(x, train_y, c, weight_decay=wd)
         result["linear_top1"] = float((clf.predict(xt)[0] == test_y).mean())
         result["linear_weight_decay"] = wd
-    result["few_shot"] = {}  # the plain logistic probe
-    # byol.neighbours.choose's classifier (averaged over the neighbour graph, or plain where cross-validation on
-    # the labels prefers it), what the page uses, on the same draws; the collection whose neighbour graph it
-    # averages over is every photo of the folder (train and test), as the page's is its whole index
-    result["few_shot_classifier"] = {}
+    # the plain logistic probe, which is also the page's few-shot classifier (byol.probe.fit_page: the same
+    # predictions, its confidence calibrated)
+    result["few_shot"] = {}
     few_wd = weight_decay if weight_decay is not None else FEW_SHOT_WEIGHT_DECAY
-    nc = neighbours.NeighbourClassifier(neighbours.exact_graph(np.concatenate([x, xt]))) if o.shots else None
-    pool_rows, test_rows = np.arange(len(x)), np.arange(len(x), len(x) + len(xt))
     for n in o.shots:
         mean, std = probe.few_shot_top1(x, train_y, xt, test_y, n, draws, seed, weight_decay=few_wd)
         result["few_shot"][str(n)] = {"mean": mean, "std": std}
-        assert nc is not None
-        mean, std = neighbours.few_shot_top1(nc, pool_rows, train_y, test_rows, test_y, n, draws, seed)
-        result["few_shot_classifier"][str(n)] = {"mean": mean, "std": std}
     result.update(
         draws=draws,
         classes=classes,
@@ -356,10 +349,7 @@ def format_table(result: dict[str, Any]) -> str:
                      f"all train labels, weight decay {result['linear_weight_decay']:g}"))
     for n, r in result["few_shot"].items():
         rows.append((f"{n}-shot linear top-1", f"{r['mean']:.2%} ± {r['std']:.2%}",
-                     f"{n} label(s) per class, {result['draws']} draws"))
-    for n, r in result.get("few_shot_classifier", {}).items():
-        rows.append((f"{n}-shot few-shot top-1", f"{r['mean']:.2%} ± {r['std']:.2%}",
-                     "the page's classifier, same draws"))
+                     f"{n} label(s) per class, {result['draws']} draws; the page's classifier"))
     w = max(len(r[0]) for r in rows)
     v = max(len(r[1]) for r in rows)
     lines = []

@@ -18,6 +18,13 @@ No label is read by either average, so a photo's averaged embedding does not dep
 labelled; only the classifier does. Where the encoder's neighbourhoods mix kinds, averaging misleads; with two
 or more labels per class, cross-validation on them picks between this classifier and the plain one (`choose`).
 
+The page no longer trains it: on folders shaped like real ones (scripts/bench_folders.py: 10-20 kinds of 60-100
+photos, kinds of 30 to 800, kinds nobody labels, bursts; BENCHMARKS.md, "The few-shot classifier on folders
+shaped like real ones") `choose` lost up to 2.7 points to plain logistic regression at 5 and 10 labels per
+kind, and neither a neighbourhood of fixed size, a mixture with the plain classifier nor label propagation
+held level with it everywhere. The page trains byol.probe.fit_page; a probe that this classifier stored
+still predicts through `NeighbourClassifier.predict_proba`, and the benchmarks measure it.
+
 Measured with `scripts/bench_fewshot.py` (5 held-out Imagenette classes, 6,750 photos, 40 draws; BENCHMARKS.md,
 "The few-shot classifier over the neighbour graph"): over plain logistic regression, +6.3 points at 1 label per
 class and +6.3 at 5 on the default encoder (the sixth base + 15 minutes), +5.1 / +5.7 on the fifth base + 15

@@ -50,7 +50,7 @@ def main() -> None:
             # the same crop ratio as the training transform, at another side
             pre = replace(trained, size=side, resize=max(side, round(side * trained.resize / trained.size)))
             r = evaluate_encoder(encoder, pre, labelled, draws=args.draws, progress=False)
-            fs, fc = r["few_shot"], r["few_shot_classifier"]
+            fs = fc = r["few_shot"]  # the page's classifier is the logistic probe (byol.probe.fit_page)
             results["rows"].append({"checkpoint": str(path), "trained_size": trained.size, "size": side,
                                     "eval": r})
             print(f"| {Path(path).parent.name} | {trained.size} | {side} | {100 * r['knn_top1']:.1f} | "

@@ -108,8 +108,8 @@ def test_evaluate_checkpoint_keys_and_ranges(checkpoint, labelled_folder):
     r = evaluate(checkpoint, labelled_folder, **{**FAST, "weight_decay": None})  # the held-out choice
     for key in ("knn_top1", "linear_top1"):
         assert 0.0 <= r[key] <= 1.0
-    assert set(r["few_shot"]) == set(r["few_shot_classifier"]) == {"1", "2"}
-    for v in [*r["few_shot"].values(), *r["few_shot_classifier"].values()]:
+    assert set(r["few_shot"]) == {"1", "2"} and "few_shot_classifier" not in r  # the page's is the logistic probe
+    for v in r["few_shot"].values():
         assert 0.0 <= v["mean"] <= 1.0 and v["std"] >= 0.0
     assert (r["n_train"], r["n_test"], r["classes"]) == (24, 12, ["circle", "square", "triangle"])
     assert r["checkpoint"]["sha256"] == file_sha256(checkpoint)
@@ -117,7 +117,7 @@ def test_evaluate_checkpoint_keys_and_ranges(checkpoint, labelled_folder):
     assert r["linear_weight_decay"] in (1e-5, 1e-4, 1e-3)
     assert r["bad_files"] == [] and r["seconds"]["total"] > 0
     json.dumps(r)  # JSON-serialisable as it is
-    assert "kNN top-1" in format_table(r) and "1-shot few-shot top-1" in format_table(r)
+    assert "kNN top-1" in format_table(r) and "the page's classifier" in format_table(r)
 
 
 def test_evaluate_encoder_separates_colour_coded_shapes(labelled_folder):
@@ -143,7 +143,7 @@ def test_cli_json_and_out(checkpoint, labelled_folder, tmp_path, capsys):
                "--draws", "2", "--weight-decay", "1e-4", "--out", str(out)])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["few_shot"].keys() == printed["few_shot_classifier"].keys() == {"1"} and printed["knn_k"] == 5
+    assert printed["few_shot"].keys() == {"1"} and printed["knn_k"] == 5
     assert json.loads(out.read_text()) == printed
 
 
@@ -208,7 +208,6 @@ def test_evaluate_encoder_exact_on_constructed_colours(tmp_path):
     assert r["knn_top1"] == pytest.approx(want) and r["linear_top1"] == pytest.approx(want)
     for shots in ("1", "3"):
         assert r["few_shot"][shots] == pytest.approx({"mean": want, "std": 0.0})
-        assert r["few_shot_classifier"][shots] == pytest.approx({"mean": want, "std": 0.0})
     assert (r["n_train"], r["n_test"], r["dim"], r["draws"]) == (18, 12, 3, 3)
     assert r["classes"] == ["blue", "green", "red"] and r["precision"] == "fp32"
     assert (r["knn_k"], r["knn_t"], r["linear_weight_decay"]) == (200, 0.1, 1e-4)
@@ -226,8 +225,7 @@ def test_evaluate_passes_every_option_to_evaluate_encoder(checkpoint, labelled_f
     r = evaluate(checkpoint, labelled_folder, **opts)
     encoder, pre, _ = load_encoder(checkpoint)
     direct = evaluate_encoder(encoder, pre, labelled_folder, linear=True, **opts)
-    for key in ("knn_top1", "knn_k", "knn_t", "linear_top1", "linear_weight_decay", "few_shot",
-                "few_shot_classifier", "draws", "precision", "classes", "n_train", "n_test", "dim"):
+    for key in ("knn_top1", "knn_k", "knn_t", "linear_top1", "linear_weight_decay", "few_shot", "draws", "precision", "classes", "n_train", "n_test", "dim"):
         assert r[key] == direct[key], key
     assert (r["knn_k"], r["knn_t"], r["draws"], r["precision"]) == (7, 0.2, 3, "fp32")
     assert set(r["few_shot"]) == {"2"} and r["linear_weight_decay"] == 1e-3

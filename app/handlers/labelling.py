@@ -112,8 +112,10 @@ def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
     """(the training report, the counts table) after fitting the probe and predicting every photo."""
     page.require_photos()
     r = page.labels.train(page.store, progress=progress)
-    acc = ("not estimated yet (label at least 2 photos of one label and 3 in all)" if r.accuracy is None
-           else f"**{r.accuracy:.1%}** (cross-validated on your {sum(r.counts.values())} labels)")
+    lo, hi = r.accuracy_range or (0.0, 1.0)
+    acc = ("not estimated yet (label at least 2 photos of one label)" if r.accuracy is None
+           else f"**about {r.accuracy:.0%}** on the other photos (likely {lo:.0%} to {hi:.0%}: cross-validated on "
+                f"your {sum(r.counts.values())} labels and averaged with the predictions' confidence)")
     per = ", ".join(f"{plain(n)}: {c}" for n, c in r.counts.items())
     report = (f"Probe v{r.version} trained on {per}. Estimated accuracy {acc}. "
               f"Predicted {r.predicted:,} photos in {r.seconds:.1f} s.")
