@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from app.csvfile import FORMULA_STARTS
+from index import database
 
 if TYPE_CHECKING:
     from byol.probe import LinearProbe
@@ -247,19 +248,9 @@ class Labels:
             return self._db.execute(sql, tuple(args)).fetchall()
 
     def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run fn inside one transaction: all of it lands or none of it. A COMMIT that fails (disk full, a
-        deferred constraint) is rolled back too, so the connection never stays inside a transaction that
-        would make every later write fail."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            return out
+        """Run fn inside one transaction: all of it lands or none of it (index/database.py transaction)."""
+        with self._lock, database.transaction(self._db):
+            return fn(self._db)
 
     # ---------------------------------------------------------------- vocabulary
     def names(self) -> list[str]:
@@ -326,10 +317,9 @@ class Labels:
         ids = [int(i) for i in ids]
         out: dict[int, tuple[str, str]] = {}
         self._sync()
-        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            chunk = ids[i : i + 900]
-            q = f"SELECT image_id, label, source FROM labels WHERE image_id IN ({','.join('?' * len(chunk))})"
-            out.update({r[0]: (r[1], r[2]) for r in self._query(q, chunk)})
+        q = "SELECT image_id, label, source FROM labels WHERE image_id IN ({})"
+        with self._lock:
+            out.update({r[0]: (r[1], r[2]) for r in database.select_in(self._db, q, ids)})
         return out
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -462,11 +452,9 @@ class Labels:
         ids = [int(i) for i in ids]
         self._sync()
         out: dict[int, Prediction] = {}
-        for i in range(0, len(ids), 900):
-            chunk = ids[i : i + 900]
-            q = ("SELECT image_id, label, confidence, margin FROM predictions "
-                 f"WHERE image_id IN ({','.join('?' * len(chunk))})")
-            out.update({r[0]: Prediction(*r) for r in self._query(q, chunk)})
+        q = "SELECT image_id, label, confidence, margin FROM predictions WHERE image_id IN ({})"
+        with self._lock:
+            out.update({r[0]: Prediction(*r) for r in database.select_in(self._db, q, ids)})
         return out
 
     def all_predictions(self) -> dict[int, str]:
