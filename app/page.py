@@ -63,10 +63,12 @@ class Page:
     def check_encoder(self, embedder: Embedder) -> None:
         """Refuse an encoder other than the one the index was built with, as the command line does."""
         sha = getattr(embedder, "sha256", None)  # stand-ins in tests have none
-        if sha is not None:
-            self.store.check_encoder(sha, getattr(embedder, "model_path", self.store.model_path),
-                                     "the file changed after indexing, and searching by upload would give wrong "
-                                     "results")
+        if sha is None:
+            return
+        from index.store import check_encoder
+
+        check_encoder(self.store, self.index_dir, sha, getattr(embedder, "model_path", self.store.model_path),
+                      "the file changed after indexing, and searching by upload would give wrong results")
 
     @property
     def embedder(self) -> Embedder:

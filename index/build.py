@@ -32,7 +32,7 @@ from index import repair, reservations
 from index.embed import EmbeddedBatch, Embedder
 from index.photohash import PhotoHashes, Signature, check_ahead, signature
 from index.preview import remove_stale
-from index.store import EncoderMismatch, Store
+from index.store import EncoderMismatch, Store, check_encoder
 from index.thumbs import THUMB_SIDE, thumbnail_jpeg
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ def _open_store(index_dir: Path, embedder: Embedder, rebuild: bool, folder: Path
         return store, others
     store = Store.open(index_dir, writable=True)
     try:
-        store.check_encoder(embedder.sha256, embedder.model_path)
+        check_encoder(store, index_dir, embedder.sha256, embedder.model_path)
     except EncoderMismatch:
         store.close()
         raise

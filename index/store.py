@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faiss
 import numpy as np
@@ -123,6 +123,26 @@ def rebuild_hint(index_dir: Path) -> str:
         "or re-embed this one in place (image ids, and so labels, are kept):\n"
         f"  byol-search index FOLDER --model NEW.onnx --out {index_dir} --rebuild"
     )
+
+
+class Built(Protocol):
+    """What an index says of the encoder it was built with (a Store, or a stand-in with these two)."""
+
+    @property
+    def model_sha256(self) -> str: ...
+
+    @property
+    def model_path(self) -> str: ...
+
+
+def check_encoder(index: Built, index_dir: Path, sha256: str, path: str | Path | None = None, why: str = "") -> None:
+    """Refuse (EncoderMismatch) an encoder other than the one `index` was built with: the message names the
+    encoder given by its hash (and file, when known), why it matters to the caller, and how to rebuild."""
+    if sha256 == index.model_sha256:
+        return
+    given = sha256[:12] + ("" if path is None else f" ({path})")
+    raise EncoderMismatch(f"{index_dir} was built with encoder {index.model_sha256[:12]} ({index.model_path}), "
+                          f"not {given}" + (f": {why}" if why else "") + ".\n" + rebuild_hint(index_dir))
 
 
 def new_meta(dim: int, model_sha256: str, model_path: str, preprocess: dict[str, Any],
@@ -224,7 +244,7 @@ class Store:
             raise
         if model_sha256 is not None:
             try:
-                store.check_encoder(model_sha256)
+                check_encoder(store, index_dir, model_sha256)
             except EncoderMismatch:
                 store.close()
                 raise
@@ -243,15 +263,6 @@ class Store:
     @staticmethod
     def exists(index_dir: str | Path) -> bool:
         return (Path(index_dir) / "meta.sqlite").is_file()
-
-    def check_encoder(self, sha256: str, path: str | Path | None = None, why: str = "") -> None:
-        """Refuse (EncoderMismatch) an encoder other than the one the index was built with: the hash of the
-        given encoder, its file when known, and why it matters to the caller, with how to rebuild."""
-        if sha256 == self.model_sha256:
-            return
-        given = sha256[:12] + ("" if path is None else f" ({path})")
-        raise EncoderMismatch(f"{self.index_dir} was built with encoder {self.model_sha256[:12]} ({self.model_path}), "
-                              f"not {given}" + (f": {why}" if why else "") + ".\n" + rebuild_hint(self.index_dir))
 
     def _load(self) -> None:
         """Read the committed generation's metadata and vectors (a snapshot: both in one read transaction)."""
