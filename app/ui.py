@@ -22,12 +22,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import gradio as gr
+from gradio.blocks import Block
 
-from app import exports, handlers, photomap, search
+from app import exports, handlers, layout, photomap, search
 from app.files import (
     MAX_UPLOAD,
     HostGuard,
@@ -41,9 +41,7 @@ from app.files import (
 )
 from app.filters import Filter
 from app.handlers import (
-    CLICK_MODES,
     EXPORTS,
-    LABEL_KEYS,
     OPEN_MODE,
     SEARCH_MODE,
     SELECT_MODE,
@@ -55,12 +53,12 @@ from app.handlers import (
     Selection,
     Vocabulary,
 )
-from app.labels import LABEL_RULE, Labels, Progress
+from app.labels import Labels, Progress
+from app.layout import Clicks, DuplicatesTab, Layout, MapTab, PreviewBox, SearchTab, SelectionBar
 from app.limits import discard_after_search
 from app.markup import plain
 from app.page import Page
 from app.review import Group, member_markdown
-from index.duplicates import LEVELS, SIMILAR_COSINE
 
 if TYPE_CHECKING:
     from gradio.events import Dependency
@@ -83,29 +81,21 @@ EXPORT = {"concurrency_id": "export", "concurrency_limit": 1}
 MAP = {"concurrency_id": "map", "concurrency_limit": 2}
 DUPLICATES = {"concurrency_id": "duplicates", "concurrency_limit": 1}
 FILTER_TEXT_MAX = 500  # characters of a filter field read (a folder name, a date)
-# Number keys 1-9 press the label buttons (#label-key-N) unless the user is typing somewhere.
-KEYS_JS = r"""
-(() => {
-  if (window.byolLabelKeys) return;
-  window.byolLabelKeys = true;
-  document.addEventListener('keydown', e => {
-    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || !/^[1-9]$/.test(e.key)) return;
-    const t = e.target;
-    if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return;
-    const b = document.getElementById('label-key-' + e.key);
-    if (!b || b.offsetParent === null) return;
-    e.preventDefault();
-    b.click();
-  });
-})();
-"""
-CLEAR_MAP_JS = "() => { if (window.byolPhotoMap) window.byolPhotoMap.setSelection('photomap', []); }"
-RECOLOUR_MAP_JS = "(d) => { if (window.byolPhotoMap) window.byolPhotoMap.recolour('photomap', d); }"
+# the JavaScript the page's events run (js=) and its number keys, in app/static/ (package data)
+KEYS_JS, LOAD_MAP_JS, CLEAR_MAP_JS, RECOLOUR_MAP_JS = (
+    "labelkeys.js", "map_load.js", "map_clear.js", "map_recolour.js")
+
+
+def _js(name: str) -> str:
+    """One of app/static/'s scripts as gradio runs it: an event's js= is one function expression, so the file's
+    own comment lines are left out."""
+    lines = photomap.static_text(name).splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("//")).strip()
 
 
 def head_html() -> str:
     """What the page needs in its <head> (gradio 6 takes it in launch): the map's script and the label keys."""
-    return photomap.head_html() + f"\n<script>\n{KEYS_JS}\n</script>"
+    return photomap.head_html() + f"\n<script>\n{_js(KEYS_JS)}\n</script>"
 # The oldest gradio the page works with: launch(run_history=...) first came in 6.24, and with it every other
 # gradio 6 API used here (buttons=[], api_visibility, footer_links). pyproject.toml says the same.
 GRADIO_MIN = (6, 24)
@@ -132,6 +122,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # the page's handlers are wrapped and handed to gradio, which reads their annotations at run time
 # (gr.SelectData, gr.Progress): every name they use is imported above, outside TYPE_CHECKING
 Handler = Callable[..., Any]
+# what a handler returns: each component it changes with its new value (gradio leaves the other outputs as
+# they are), so a handler never depends on the order of its event's outputs
+Updates = dict[Block, Any]
 
 
 def _guard(n_out: int) -> Callable[[Handler], Handler]:
@@ -171,45 +164,54 @@ def _info(message: str) -> None:
 
 def _gallery(hits: list[search.Hit], captions: list[str] | None = None) -> tuple[list[tuple[str, str]], list[int]]:
     """(gallery value, ids) from hits: thumbnails with captions, and the ids clicks map back to."""
-    return _render_gallery(handlers.gallery(hits, captions))
-
-
-# ---------------------------------------------------------------- views -> component values
-def _render_gallery(g: Gallery) -> tuple[list[tuple[str, str]], list[int]]:
+    g = handlers.gallery(hits, captions)
     return g.items, g.ids
 
 
-def _render_results(r: Results) -> tuple[Any, ...]:
-    """[results, res_ids, query, search_note, tabs]: the Search tab, brought to the front."""
-    return r.gallery.items, r.gallery.ids, r.query, r.note, gr.Tabs(selected="search")
+# ---------------------------------------------------------------- views -> component values
+def _render_gallery(gallery: gr.Gallery, ids: gr.State, g: Gallery) -> Updates:
+    return {gallery: g.items, ids: g.ids}
 
 
-def _render_selection(s: Selection) -> tuple[Any, ...]:
-    """[sel_gallery, sel_ids, sel_note]."""
-    return s.gallery.items, s.ids, s.note
+def _render_results(c: Clicks, r: Results) -> Updates:
+    """The Search tab's results, brought to the front."""
+    s = c.search
+    return {**_render_gallery(s.results, s.ids, r.gallery), s.query: r.query, s.note: r.note,
+            c.tabs: gr.Tabs(selected="search")}
 
 
-def _render_vocabulary(v: Vocabulary) -> tuple[Any, ...]:
-    """[sel_label, label_pick, view_label, counts_md, flt_label, flt_pred, key 1 .. key 9]: every label
-    picker, the counts, the filters' label choices and the number-key buttons."""
-    keys = [gr.Button(value=t or "", visible=t is not None) for t in handlers.key_labels(v)]
+def _render_selection(bar: SelectionBar, s: Selection) -> Updates:
+    return {bar.gallery: s.gallery.items, bar.ids: s.ids, bar.note: s.note}
+
+
+def _render_vocabulary(ui: Layout, v: Vocabulary) -> Updates:
+    """Every label picker, the counts, the filters' label choices and the number-key buttons."""
+    bar, flt, tab = ui.clicks.bar, ui.clicks.search, ui.label
+    keys: Updates = {btn: gr.Button(value=t or "", visible=t is not None)
+                     for btn, t in zip(bar.keys, handlers.key_labels(v), strict=True)}
     any_name = ["", *v.names]
-    return (gr.Dropdown(choices=v.names), gr.Dropdown(choices=v.names), gr.Dropdown(choices=v.names), v.counts,
-            gr.Dropdown(choices=any_name), gr.Dropdown(choices=any_name), *keys)
+    return {bar.label: gr.Dropdown(choices=v.names), tab.pick: gr.Dropdown(choices=v.names),
+            tab.view_label: gr.Dropdown(choices=v.names), tab.counts: v.counts,
+            flt.label: gr.Dropdown(choices=any_name), flt.prediction: gr.Dropdown(choices=any_name), **keys}
 
 
-def _render_preview(p: Preview) -> tuple[Any, ...]:
-    """[preview_box, preview_img, preview_facts, preview_near, preview_near_ids, preview_id]."""
-    return gr.Column(visible=True), p.image, p.facts, p.neighbours.items, p.neighbours.ids, p.id
+def _render_preview(p: PreviewBox, v: Preview) -> Updates:
+    return {p.box: gr.Column(visible=True), p.image: v.image, p.facts: v.facts,
+            **_render_gallery(p.near, p.near_ids, v.neighbours), p.id: v.id}
+
+
+def _render_act(c: Clicks, r: Results | Selection | Preview) -> Updates:
+    """A click's view (Results, Selection or Preview) as the values of c.out (the rest left as they are)."""
+    if isinstance(r, Selection):
+        return _render_selection(c.bar, r)
+    if isinstance(r, Preview):
+        return _render_preview(c.preview, r)
+    return _render_results(c, r)
 
 
 def _filter(*values: object) -> Filter:
     """The filter fields' values (folder, label, prediction, from, to) as a Filter; None and junk as ''."""
     return Filter(*(str(v if v is not None else "").strip()[:FILTER_TEXT_MAX] for v in values))
-
-
-def _skips(n: int) -> tuple[Any, ...]:
-    return tuple(gr.skip() for _ in range(n))
 
 
 def _progress(progress: gr.Progress) -> Progress:
@@ -237,174 +239,42 @@ def build_app(index_dir: str | Path, store: Store | None = None, embedder: Embed
     check_gradio()
     page = Page(index_dir, store, embedder, labels)
     with gr.Blocks(title="byol-search", analytics_enabled=False) as demo:
-        c = SimpleNamespace(k=page_size)
-        _layout(page, c)
-        c.search_out = [c.results, c.res_ids, c.query, c.search_note, c.tabs]
-        c.sel_out = [c.sel_gallery, c.sel_ids, c.sel_note]
-        c.vocab_out = [c.sel_label, c.label_pick, c.view_label, c.counts_md, c.flt_label, c.flt_pred, *c.key_btns]
-        c.preview_out = [c.preview_box, c.preview_img, c.preview_facts, c.preview_near, c.preview_near_ids,
-                         c.preview_id]
-        c.act_out = c.search_out + c.sel_out + c.preview_out
-        _wire_search(demo, page, c, page_size)
-        _wire_duplicates(page, c, page_size)
-        _wire_labels(page, c, page_size)
-        _wire_map(page, c, page_size)
-
-        def on_load() -> tuple[Any, ...]:
-            title, v = handlers.load(page)
-            return (title, *_render_vocabulary(v), gr.Dropdown(choices=["", *handlers.folders(page)]))
-
-        _on(demo.load, on_load, None, [c.header, *c.vocab_out, c.flt_folder], api_visibility="private")
-
-        def on_tick() -> tuple[str, gr.Timer]:
-            status = handlers.facts_status(page)
-            return status, gr.Timer(active=bool(status))
-
-        c.facts_timer.tick(on_tick, None, [c.facts_md, c.facts_timer], api_visibility="private",
-                           show_progress="hidden")
+        ui = layout.build(page, functools.partial(_duplicate_groups, page, k=page_size))
+        _wire_search(demo, page, ui.clicks, page_size)
+        _wire_clicks(page, ui, page_size)
+        _wire_duplicates(page, ui.dups)
+        _wire_labels(page, ui, page_size)
+        _wire_map(page, ui, page_size)
+        _wire_status(demo, page, ui)
     demo.queue(default_concurrency_limit=2)
     demo.page = page  # for tests and scripts: the shared state behind the page
     return cast(gr.Blocks, demo)
 
 
-def _photo_gallery(label: str, elem_id: str | None = None, columns: int = 8, **kw: Any) -> gr.Gallery:
-    return gr.Gallery(label=label, columns=columns, height="auto", allow_preview=False, object_fit="cover",
-                      interactive=False, buttons=[], elem_id=elem_id, **kw)
+def _wire_status(demo: gr.Blocks, page: Page, ui: Layout) -> None:
+    """On load: the header, the vocabulary and the folders; then the facts' progress until it is done."""
+    status = ui.status
+    folder = ui.clicks.search.folder
+
+    def on_load() -> Updates:
+        title, v = handlers.load(page)
+        return {status.header: title, **_render_vocabulary(ui, v),
+                folder: gr.Dropdown(choices=["", *handlers.folders(page)])}
+
+    _on(demo.load, on_load, None, [status.header, *ui.vocab_out, folder], api_visibility="private")
+
+    def on_tick() -> Updates:
+        note = handlers.facts_status(page)
+        return {status.facts: note, status.facts_timer: gr.Timer(active=bool(note))}
+
+    status.facts_timer.tick(on_tick, None, [status.facts, status.facts_timer], api_visibility="private",
+                            show_progress="hidden")
 
 
-def _layout(page: Page, c: SimpleNamespace) -> SimpleNamespace:
-    """Every component of the page, in page order, into c (layout only: what they do is wired below)."""
-    c.header = gr.Markdown(handlers.header(page))
-    c.facts_md = gr.Markdown(elem_id="facts-status")
-    c.facts_timer = gr.Timer(2.0)
-    c.query = gr.State(None)  # {"vec": [...]} | {"id": n} | {"random": True}: what "show more" continues
-    c.sel_ids = gr.State([])
-    with gr.Accordion("Selection and labelling", open=True):
-        with gr.Row():
-            c.click_mode = gr.Radio(list(CLICK_MODES), value=OPEN_MODE, label="Clicking a photo",
-                                    info="in Search, Duplicates and Map; in Label it always selects", scale=2)
-            c.sel_label = gr.Dropdown(page.labels.names(), label="Label", allow_custom_value=True,
-                                      info="pick one, or type a new name", scale=2, elem_id="sel-label")
-            c.assign_btn = gr.Button("Assign to selected", variant="primary", scale=1)
-            c.unassign_btn = gr.Button("Remove their labels", scale=1)
-            c.clear_btn = gr.Button("Clear selection", scale=1)
-        with gr.Row(elem_id="label-keys"):
-            names = page.labels.names()
-            c.key_btns = [gr.Button(f"{n} {names[n - 1]}" if n <= len(names) else "", size="sm", min_width=60,
-                                    visible=n <= len(names), elem_id=f"label-key-{n}")
-                          for n in range(1, LABEL_KEYS + 1)]
-        c.sel_note = gr.Markdown("**0** selected · number keys 1-9 (or the buttons) label the selection",
-                                 elem_id="sel-note")
-        c.sel_gallery = gr.Gallery(label="Selected", columns=12, height=120, allow_preview=False,
-                                   object_fit="cover", interactive=False, buttons=[], elem_id="selection")
-    with gr.Column(visible=False, elem_id="preview") as c.preview_box:
-        c.preview_id = gr.State(None)
-        with gr.Row():
-            c.preview_img = gr.Image(label="Preview (1024 px)", type="filepath", interactive=False, height=460,
-                                     buttons=[], scale=3, elem_id="preview-image")
-            with gr.Column(scale=2):
-                c.preview_facts = gr.Markdown(elem_id="preview-facts")
-                with gr.Row():
-                    c.preview_search_btn = gr.Button("Search from it")
-                    c.preview_select_btn = gr.Button("Select it")
-                    c.preview_close_btn = gr.Button("Close", elem_id="preview-close")
-                c.preview_near = _photo_gallery("Nearest neighbours", "preview-neighbours", columns=4)
-                c.preview_near_ids = gr.State([])
-    with gr.Tabs() as c.tabs:
-        with gr.Tab("Search", id="search"):
-            with gr.Row():
-                c.upload = gr.Image(label="Query photo: upload or paste", type="filepath", height=220,
-                                    sources=["upload", "clipboard"], scale=1)
-                with gr.Column(scale=2):
-                    c.search_note = gr.Markdown("Upload a photo, or press **Random photos** and click one.")
-                    with gr.Row():
-                        c.random_btn = gr.Button("Random photos")
-                        c.more_btn = gr.Button("Show more")
-                        c.select_all_btn = gr.Button("Select all shown")
-            with gr.Accordion("Filter the results", open=False, elem_id="filters"):
-                with gr.Row():
-                    c.flt_folder = gr.Dropdown([""], value="", label="Sub-folder", allow_custom_value=True,
-                                               info="and the folders inside it")
-                    c.flt_label = gr.Dropdown(["", *page.labels.names()], value="", label="Labelled")
-                    c.flt_pred = gr.Dropdown(["", *page.labels.names()], value="", label="Predicted")
-                    c.flt_from = gr.Textbox("", label="Taken from", placeholder="YYYY-MM-DD", elem_id="date-from")
-                    c.flt_to = gr.Textbox("", label="Taken to", placeholder="YYYY-MM-DD", elem_id="date-to")
-                c.filter_note = gr.Markdown(elem_id="filter-note")
-            c.flt = [c.flt_folder, c.flt_label, c.flt_pred, c.flt_from, c.flt_to]
-            c.results = _photo_gallery("Results (cosine · file)", "results", columns=6)
-            c.res_ids = gr.State([])
-        with gr.Tab("Duplicates", id="duplicates"):
-            with gr.Row():
-                c.dup_level = gr.Radio(list(LEVELS), value="copies and bursts", label="Find",
-                                       info="copies: the same photo (resized, re-encoded, cropped), from the "
-                                            "pixels; bursts: shots seconds apart; similar: alike by the encoder")
-                c.threshold = gr.Slider(0.80, 1.0, value=SIMILAR_COSINE, step=0.005, label="Similar photos: cosine",
-                                        info="only for 'similar photos'; higher: closer photos")
-                c.dup_btn = gr.Button("Find near-duplicates")
-                c.dup_export_btn = gr.Button("Export decisions (CSV)")
-            c.dup_note = gr.Markdown(elem_id="dup-note")
-            c.dup_status = gr.Markdown(elem_id="dup-status")
-            c.dup_file = gr.File(label="Download", visible=False, elem_id="dup-file")
-            c.dup_groups = gr.State([])
-            _duplicate_groups(page, c)
-        with gr.Tab("Label", id="label"):
-            with gr.Row():
-                c.new_label = gr.Textbox(label="New label", placeholder="e.g. cats", scale=2, info=LABEL_RULE)
-                c.create_btn = gr.Button("Create", scale=1)
-                c.label_pick = gr.Dropdown(page.labels.names(), label="Existing label", scale=2)
-                c.rename_to = gr.Textbox(label="Rename to", scale=2)
-                c.rename_btn = gr.Button("Rename", scale=1)
-                c.delete_btn = gr.Button("Delete label", variant="stop", scale=1)
-            c.counts_md = gr.Markdown(handlers.counts_markdown(page))
-            with gr.Row():
-                c.train_btn = gr.Button("Train probe and predict all", variant="primary")
-                c.next_btn = gr.Button("Next batch to label")
-                c.select_batch_btn = gr.Button("Select the whole batch")
-            c.train_md = gr.Markdown(elem_id="train-report")
-            c.next_gallery = _photo_gallery("Least certain (click to select, then press a number key)",
-                                            "label-next")
-            c.next_ids = gr.State([])
-            with gr.Row():
-                c.view = gr.Radio(["predicted", "labelled"], value="predicted", label="Show photos")
-                c.view_label = gr.Dropdown(page.labels.names(), label="as label", elem_id="view-label")
-                c.order = gr.Radio(["most confident first", "least confident first"], value="most confident first",
-                                   label="Order")
-                c.view_btn = gr.Button("Show")
-            c.view_gallery = _photo_gallery("Photos (click to select, then assign the right label)", "predictions")
-            c.view_ids = gr.State([])
-            with gr.Row():
-                c.min_conf = gr.Slider(0.5, 1.0, value=0.9, step=0.01, label="Confidence at least")
-                c.accept_btn = gr.Button("Accept all predictions at or above it")
-                c.accept_sel_btn = gr.Button("Accept predictions of the selected")
-            with gr.Row():
-                c.export_kind = gr.Radio(list(handlers.EXPORTS), value="CSV", label="Export")
-                c.include_preds = gr.Checkbox(label="Include predictions at or above the confidence", value=False)
-                c.export_btn = gr.Button("Export")
-            c.export_md = gr.Markdown()
-            c.export_file = gr.File(label="Download", visible=False)
-        with gr.Tab("Map", id="map"):
-            with gr.Row():
-                c.colour_by = gr.Radio(["label", "prediction"], value="label", label="Colour by")
-                methods = ["PCA", "UMAP"] if search.umap_available() else ["PCA"]
-                c.method = gr.Radio(methods, value="PCA", label="Projection",
-                                    info=None if len(methods) > 1 else "pip install umap-learn for UMAP")
-                c.map_btn = gr.Button("Draw map", elem_id="draw-map")
-            c.map_note = gr.Markdown(elem_id="map-note")
-            gr.HTML(photomap.container_html("photomap"))
-            # the map's script and the server talk through these (app/photomap.py)
-            c.map_data = gr.Textbox(visible="hidden", elem_id="photomap-data")
-            c.map_picked = gr.Textbox(visible="hidden", elem_id="photomap-selection")
-            c.map_opened = gr.Textbox(visible="hidden", elem_id="photomap-open")
-            c.map_keys = gr.Textbox(visible="hidden", elem_id="photomap-keys")  # new colours, server -> page
-            c.map_state = gr.State(None)  # the layout drawn: what a selection or a click may name
-            c.map_sel = gr.State([])  # the part of the page's selection made on the map
-    return c
-
-
-def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
+def _duplicate_groups(page: Page, c: Clicks, tab: DuplicatesTab, k: int = PAGE) -> None:
     """The Duplicates tab's groups, drawn again whenever the list of groups changes: each photo with its
     facts and a keep / drop choice, saved as soon as it changes."""
-    @gr.render(inputs=[c.dup_groups])  # type: ignore[untyped-decorator]  # gradio leaves render() unannotated
+    @gr.render(inputs=[tab.groups])  # type: ignore[untyped-decorator]  # gradio leaves render() unannotated
     def groups(gs: list[Group] | None) -> None:
         for g in gs or []:
             with gr.Group():
@@ -419,26 +289,16 @@ def _duplicate_groups(page: Page, c: SimpleNamespace) -> None:
                                               in ("keep", "drop") else None, show_label=False, interactive=True,
                                               elem_id=f"dup-{m.id}")
                             _on(choice.input, lambda d, _i=m.id: handlers.decide(page, _i, d), [choice],
-                                [c.dup_status], api_visibility="private")
-                            _on(img.select, functools.partial(_act_fn(page, c, c.k), m.id),
-                                [c.click_mode, c.sel_ids, *c.flt], c.act_out, api_visibility="private")
+                                [tab.status], api_visibility="private")
+                            _on(img.select, functools.partial(_act_fn(page, c, k), m.id),
+                                c.inputs, c.out, api_visibility="private")
 
 
-def _act_fn(page: Page, c: SimpleNamespace, k: int = PAGE) -> Handler:
-    def run(image_id: int, mode: str, selected: list[int], *flt: Any) -> tuple[Any, ...]:
+def _act_fn(page: Page, c: Clicks, k: int = PAGE) -> Handler:
+    def run(image_id: int, mode: str, selected: list[int], *flt: Any) -> Updates:
         return _render_act(c, handlers.act(page, image_id, mode, selected, k, _filter(*flt)))
 
     return run
-
-
-def _render_act(c: SimpleNamespace, r: Results | Selection | Preview) -> tuple[Any, ...]:
-    """A click's view (Results, Selection or Preview) as the values of c.act_out (the rest skipped)."""
-    n_search, n_sel, n_prev = len(c.search_out), len(c.sel_out), len(c.preview_out)
-    if isinstance(r, Selection):
-        return (*_skips(n_search), *_render_selection(r), *_skips(n_prev))
-    if isinstance(r, Preview):
-        return (*_skips(n_search + n_sel), *_render_preview(r))
-    return (*_render_results(r), *_skips(n_sel + n_prev))
 
 
 def _on(event: Callable[..., Dependency], fn: Handler, inputs: Any, outputs: list[Any], **kw: Any) -> Dependency:
@@ -446,74 +306,87 @@ def _on(event: Callable[..., Dependency], fn: Handler, inputs: Any, outputs: lis
     return event(_guard(len(outputs))(fn), inputs, outputs, **kw)
 
 
-def _wire_search(demo: gr.Blocks, page: Page, c: SimpleNamespace, k: int) -> None:
-    """Upload, random photos, show more, filters, clicks in the result galleries, the preview, the selection bar."""
+def _wire_search(demo: gr.Blocks, page: Page, c: Clicks, k: int) -> None:
+    """Upload, random photos, show more, search or open a photo by id (for scripts), the filters."""
+    s, preview = c.search, c.preview
 
-    def on_upload(payload: Any, *flt: Any) -> tuple[Any, ...]:
+    def on_upload(payload: Any, *flt: Any) -> Updates | Any:
         try:
             r = handlers.search_upload(page, payload, _upload_dir(demo), demo.upload_file_set, k, _filter(*flt))
         finally:  # searched or refused, the upload has served: it leaves the disk once the query box shows it
             discard_after_search(payload.get("path") if isinstance(payload, dict) else None, _upload_dir(demo),
                                  demo.upload_file_set)
-        return _skips(len(c.search_out)) if r is None else _render_results(r)
+        return gr.skip() if r is None else _render_results(c, r)
 
-    def on_more(q: dict[str, Any] | None, shown: list[int], *flt: Any) -> tuple[Any, ...]:
+    def on_more(q: dict[str, Any] | None, shown: list[int], *flt: Any) -> Updates:
         g, note = handlers.show_more(page, q, shown, k, _filter(*flt))
-        return (*_render_gallery(g), note)
+        return {**_render_gallery(s.results, s.ids, g), s.note: note}
 
-    _on(c.upload.upload, on_upload, [c.upload, *c.flt], c.search_out, preprocess=False, **SEARCHES,
+    _on(s.upload.upload, on_upload, [s.upload, *s.filters], c.search_out, preprocess=False, **SEARCHES,
         api_name="upload_search")
-    _on(c.random_btn.click, lambda *flt: _render_results(handlers.random_photos(page, k, _filter(*flt))), c.flt,
-        c.search_out, **SEARCHES, api_name="random_photos")
-    _on(c.more_btn.click, on_more, [c.query, c.res_ids, *c.flt], [c.results, c.res_ids, c.search_note],
+    _on(s.random_btn.click, lambda *flt: _render_results(c, handlers.random_photos(page, k, _filter(*flt))),
+        s.filters, c.search_out, **SEARCHES, api_name="random_photos")
+    _on(s.more_btn.click, on_more, [s.query, s.ids, *s.filters], [s.results, s.ids, s.note],
         **SEARCHES, api_name="show_more")
     # click-to-search without a click, for scripts and tests: the same code path as a click
     search_id_box = gr.Number(visible=False, precision=0)
-    _on(search_id_box.submit, lambda i: _render_results(handlers.search_id(page, int(i), k)), [search_id_box],
+    _on(search_id_box.submit, lambda i: _render_results(c, handlers.search_id(page, int(i), k)), [search_id_box],
         c.search_out, **SEARCHES, api_name="search_id")
     open_box = gr.Number(visible=False, precision=0)
-    _on(open_box.submit, lambda i: _render_preview(handlers.open_photo(page, int(i))), [open_box], c.preview_out,
-        **PREVIEWS, api_name="open_photo")
+    _on(open_box.submit, lambda i: _render_preview(preview, handlers.open_photo(page, int(i))), [open_box],
+        preview.out, **PREVIEWS, api_name="open_photo")
+    _wire_filters(page, s)
+
+
+def _wire_filters(page: Page, s: SearchTab) -> None:
+    """The filter fields: the note saying how many photos pass them, as they change."""
 
     def on_filter(*flt: Any) -> str:
         return handlers.filter_note(page, _filter(*flt))
 
-    for box in (c.flt_folder, c.flt_label, c.flt_pred):
-        _on(box.change, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
-    for box in (c.flt_from, c.flt_to):
-        _on(box.submit, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
-        _on(box.blur, on_filter, c.flt, [c.filter_note], api_visibility="private", **SEARCHES)
-    _on(gr.Button(visible=False).click, on_filter, c.flt, [c.filter_note], api_name="filter_count")
+    for box in (s.folder, s.label, s.prediction):
+        _on(box.change, on_filter, s.filters, [s.filter_note], api_visibility="private", **SEARCHES)
+    for date in (s.date_from, s.date_to):
+        _on(date.submit, on_filter, s.filters, [s.filter_note], api_visibility="private", **SEARCHES)
+        _on(date.blur, on_filter, s.filters, [s.filter_note], api_visibility="private", **SEARCHES)
+    _on(gr.Button(visible=False).click, on_filter, s.filters, [s.filter_note], api_name="filter_count")
+
+
+def _wire_clicks(page: Page, ui: Layout, k: int) -> None:
+    """Clicks in the galleries, the selection bar's buttons (but labelling: _wire_labels), the preview's."""
+    c, tab = ui.clicks, ui.label
+    s, bar, preview = c.search, c.bar, c.preview
 
     def clicked(ids: list[int], mode: str, selected: list[int], folder: Any, label: Any, prediction: Any,
-                date_from: Any, date_to: Any, evt: gr.SelectData) -> tuple[Any, ...]:
+                date_from: Any, date_to: Any, evt: gr.SelectData) -> Updates:
         flt = _filter(folder, label, prediction, date_from, date_to)
         return _render_act(c, handlers.click(page, ids, _index(evt), mode, selected, k, flt))
 
-    def clicked_select(ids: list[int], selected: list[int], evt: gr.SelectData) -> tuple[Any, ...]:
-        return _render_selection(handlers.click_select(page, ids, _index(evt), selected))
+    def clicked_select(ids: list[int], selected: list[int], evt: gr.SelectData) -> Updates:
+        return _render_selection(bar, handlers.click_select(page, ids, _index(evt), selected))
 
-    for gallery, ids_state, name in ((c.results, c.res_ids, "click_result"),
-                                     (c.preview_near, c.preview_near_ids, "click_neighbour")):
-        _on(gallery.select, clicked, [ids_state, c.click_mode, c.sel_ids, *c.flt], c.act_out,
-            **SEARCHES, api_name=name, api_visibility="undocumented")
-    for gallery, ids_state, name in ((c.next_gallery, c.next_ids, "click_next"),
-                                     (c.view_gallery, c.view_ids, "click_prediction")):
-        _on(gallery.select, clicked_select, [ids_state, c.sel_ids], c.sel_out, api_name=name,
+    for gallery, ids_state, name in ((s.results, s.ids, "click_result"),
+                                     (preview.near, preview.near_ids, "click_neighbour")):
+        _on(gallery.select, clicked, [ids_state, *c.inputs], c.out, **SEARCHES, api_name=name,
             api_visibility="undocumented")
-    _on(c.sel_gallery.select, clicked_select, [c.sel_ids, c.sel_ids], c.sel_out, api_name="click_selected",
+    for gallery, ids_state, name in ((tab.next_gallery, tab.next_ids, "click_next"),
+                                     (tab.view_gallery, tab.view_ids, "click_prediction")):
+        _on(gallery.select, clicked_select, [ids_state, bar.ids], bar.out, api_name=name,
+            api_visibility="undocumented")
+    _on(bar.gallery.select, clicked_select, [bar.ids, bar.ids], bar.out, api_name="click_selected",
         api_visibility="undocumented")
-    _on(c.select_all_btn.click, lambda shown, sel: _render_selection(handlers.select_all(page, shown, sel)),
-        [c.res_ids, c.sel_ids], c.sel_out, api_name="select_all")
-    _on(c.clear_btn.click, lambda: (*_render_selection(handlers.clear_selection(page)), []), None,
-        [*c.sel_out, c.map_sel], api_name="clear_selection").then(None, None, None, js=CLEAR_MAP_JS)
+    _on(s.select_all_btn.click, lambda shown, sel: _render_selection(bar, handlers.select_all(page, shown, sel)),
+        [s.ids, bar.ids], bar.out, api_name="select_all")
+    _on(bar.clear_btn.click, lambda: {**_render_selection(bar, handlers.clear_selection(page)), ui.map.selected: []},
+        None, [*bar.out, ui.map.selected], api_name="clear_selection").then(None, None, None, js=_js(CLEAR_MAP_JS))
     # the preview's own buttons
-    _on(c.preview_search_btn.click,
-        lambda i, *flt: _render_results(handlers.search_id(page, _opened(i), k, _filter(*flt))),
-        [c.preview_id, *c.flt], c.search_out, **SEARCHES, api_visibility="private")
-    _on(c.preview_select_btn.click, lambda i, sel: _render_selection(handlers.toggle(page, sel, _opened(i))),
-        [c.preview_id, c.sel_ids], c.sel_out, api_visibility="private")
-    c.preview_close_btn.click(lambda: gr.Column(visible=False), None, [c.preview_box], api_visibility="private")
+    _on(preview.search_btn.click,
+        lambda i, *flt: _render_results(c, handlers.search_id(page, _opened(i), k, _filter(*flt))),
+        [preview.id, *s.filters], c.search_out, **SEARCHES, api_visibility="private")
+    _on(preview.select_btn.click,
+        lambda i, sel: _render_selection(bar, handlers.toggle(page, sel, _opened(i))),
+        [preview.id, bar.ids], bar.out, api_visibility="private")
+    preview.close_btn.click(lambda: gr.Column(visible=False), None, [preview.box], api_visibility="private")
 
 
 def _opened(image_id: int | float | str | None) -> int:
@@ -522,149 +395,172 @@ def _opened(image_id: int | float | str | None) -> int:
     return int(image_id)
 
 
-def _wire_duplicates(page: Page, c: SimpleNamespace, k: int) -> None:
+def _wire_duplicates(page: Page, d: DuplicatesTab) -> None:
     def on_duplicates(t: float, level: str = "copies and bursts",
-                      progress: gr.Progress = gr.Progress()) -> tuple[list[Group], str]:
-        d: Duplicates = handlers.duplicates(page, level, _progress(progress), cosine=t)
-        return d.groups, d.note
+                      progress: gr.Progress = gr.Progress()) -> Updates:
+        found: Duplicates = handlers.duplicates(page, level, _progress(progress), cosine=t)
+        return {d.groups: found.groups, d.note: found.note}
 
-    outputs = [c.dup_groups, c.dup_note]
-    inputs = [c.threshold, c.dup_level]
-    _on(c.dup_btn.click, on_duplicates, inputs, outputs, api_name="duplicates", **DUPLICATES)
-    _on(c.threshold.release, on_duplicates, inputs, outputs, api_visibility="undocumented", **DUPLICATES)
-    _on(c.dup_level.input, on_duplicates, inputs, outputs, api_visibility="undocumented", **DUPLICATES)
+    outputs = [d.groups, d.note]
+    inputs = [d.threshold, d.level]
+    _on(d.find_btn.click, on_duplicates, inputs, outputs, api_name="duplicates", **DUPLICATES)
+    _on(d.threshold.release, on_duplicates, inputs, outputs, api_visibility="undocumented", **DUPLICATES)
+    _on(d.level.input, on_duplicates, inputs, outputs, api_visibility="undocumented", **DUPLICATES)
 
     def on_export(t: float, level: str = "copies and bursts",
-                  progress: gr.Progress = gr.Progress()) -> tuple[str, gr.File]:
+                  progress: gr.Progress = gr.Progress()) -> Updates:
         note, path = handlers.export_duplicates(page, level, _progress(progress), cosine=t)
-        return note, gr.File(value=str(_download_copy(path)), visible=True)
+        return {d.status: note, d.file: gr.File(value=str(_download_copy(path)), visible=True)}
 
-    _on(c.dup_export_btn.click, on_export, inputs, [c.dup_status, c.dup_file], api_name="export_duplicates",
-        **EXPORT)
+    _on(d.export_btn.click, on_export, inputs, [d.status, d.file], api_name="export_duplicates", **EXPORT)
 
     def on_decide(image_id: float, decision: str) -> str:
         return handlers.decide(page, int(image_id), decision)
 
     box_id, box_decision = gr.Number(visible=False, precision=0), gr.Textbox(visible=False)
-    _on(gr.Button(visible=False).click, on_decide, [box_id, box_decision], [c.dup_status], api_name="decide")
+    _on(gr.Button(visible=False).click, on_decide, [box_id, box_decision], [d.status], api_name="decide")
 
 
-def _wire_labels(page: Page, c: SimpleNamespace, k: int) -> None:
-    """The vocabulary, assignments (button or number key), the probe, accepting predictions and the exports."""
-    vocab, sel = _render_vocabulary, _render_selection
-    new_vocab = [c.new_label, *c.vocab_out]
-    _on(c.create_btn.click, lambda name: ("", *vocab(handlers.create_label(page, name))), [c.new_label],
-        new_vocab, api_name="create_label")
-    _on(c.new_label.submit, lambda name: ("", *vocab(handlers.create_label(page, name))), [c.new_label],
-        new_vocab, api_visibility="undocumented")
-    _on(c.rename_btn.click, lambda old, new: ("", *vocab(handlers.rename_label(page, old, new))),
-        [c.label_pick, c.rename_to], [c.rename_to, *c.vocab_out], api_name="rename_label")
-    _on(c.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, _info)), [c.label_pick],
-        c.vocab_out, api_name="delete_label")
+def _recolours(page: Page, m: MapTab) -> Callable[[Dependency], Dependency]:
+    """After labels or predictions changed: the map shown gets its new colours (keys only)."""
 
     def on_recolour(layout: photomap.PhotoMap | None, by: str) -> Any:
         data = handlers.map_colours(page, layout, by)
         return gr.skip() if data is None else data
 
     def recolours(event: Dependency) -> Dependency:
-        """After labels or predictions changed: the map shown gets its new colours (keys only)."""
         # gradio's .then is a functools.partial of an unannotated listener: the Dependency it returns is untyped
-        return cast("Dependency", event.then(_guard(1)(on_recolour), [c.map_state, c.colour_by], [c.map_keys],
+        return cast("Dependency", event.then(_guard(1)(on_recolour), [m.layout, m.colour_by], [m.keys],
                                              api_visibility="private", show_progress="hidden").then(
-            None, [c.map_keys], None, js=RECOLOUR_MAP_JS))
+            None, [m.keys], None, js=_js(RECOLOUR_MAP_JS)))
 
-    # an assignment empties the selection (on the map too), refreshes the label-next queue and the map's colours
-    assigned_out = [*c.sel_out, *c.vocab_out, c.map_sel, c.next_gallery, c.next_ids]
+    return recolours
 
-    def after_assign(s: Selection, v: Vocabulary) -> tuple[Any, ...]:
+
+def _wire_vocabulary(page: Page, ui: Layout) -> None:
+    """Creating, renaming and deleting labels: every label picker follows."""
+    tab, vocab_out = ui.label, ui.vocab_out
+
+    def vocab(v: Vocabulary, *emptied: Block) -> Updates:
+        return {**_render_vocabulary(ui, v), **{box: "" for box in emptied}}
+
+    _on(tab.create_btn.click, lambda name: vocab(handlers.create_label(page, name), tab.new_label),
+        [tab.new_label], [tab.new_label, *vocab_out], api_name="create_label")
+    _on(tab.new_label.submit, lambda name: vocab(handlers.create_label(page, name), tab.new_label),
+        [tab.new_label], [tab.new_label, *vocab_out], api_visibility="undocumented")
+    _on(tab.rename_btn.click, lambda old, new: vocab(handlers.rename_label(page, old, new), tab.rename_to),
+        [tab.pick, tab.rename_to], [tab.rename_to, *vocab_out], api_name="rename_label")
+    _on(tab.delete_btn.click, lambda old: vocab(handlers.delete_label(page, old, _info)), [tab.pick],
+        vocab_out, api_name="delete_label")
+
+
+def _wire_assign(page: Page, ui: Layout, k: int) -> None:
+    """Assignments (button or number key): the selection empties (on the map too), the label-next queue and
+    the map's colours follow."""
+    bar, tab = ui.clicks.bar, ui.label
+    recolours = _recolours(page, ui.map)
+    assigned_out = [*bar.out, *ui.vocab_out, ui.map.selected, tab.next_gallery, tab.next_ids]
+
+    def after_assign(s: Selection, v: Vocabulary) -> Updates:
         batch = handlers.next_batch(page, k)
-        return (*sel(s), *vocab(v), [], *(_skips(2) if batch is None else _render_gallery(batch)))
+        queue = {} if batch is None else _render_gallery(tab.next_gallery, tab.next_ids, batch)
+        return {**_render_selection(bar, s), **_render_vocabulary(ui, v), ui.map.selected: [], **queue}
 
-    def on_assign(selected: list[int], label: str) -> tuple[Any, ...]:
+    def on_assign(selected: list[int], label: str) -> Updates:
         return after_assign(*handlers.assign(page, selected, label, _info))
 
-    def on_unassign(selected: list[int]) -> tuple[Any, ...]:
+    def on_unassign(selected: list[int]) -> Updates:
         s, v = handlers.unassign(page, selected)
-        return (*sel(s), *vocab(v))
+        return {**_render_selection(bar, s), **_render_vocabulary(ui, v)}
 
-    recolours(_on(c.assign_btn.click, on_assign, [c.sel_ids, c.sel_label], assigned_out, api_name="assign"
-                  ).then(None, None, None, js=CLEAR_MAP_JS))
-    def on_key(n: Any, name: str | None, selected: list[int]) -> tuple[Any, ...]:
+    recolours(_on(bar.assign_btn.click, on_assign, [bar.ids, bar.label], assigned_out, api_name="assign"
+                  ).then(None, None, None, js=_js(CLEAR_MAP_JS)))
+
+    def on_key(n: Any, name: str | None, selected: list[int]) -> Updates:
         """A number key labels with the name it showed; when that is no longer the label at its place (labels
         changed in another tab), nothing is labelled and the keys are shown again as they are now."""
         try:
             return after_assign(*handlers.label_key(page, n, name, selected, _info))
         except handlers.KeyMismatch as e:
             gr.Warning(_text(str(e)))
-            return (*_skips(len(c.sel_out)), *vocab(handlers.vocabulary(page)), *_skips(3))
+            return _render_vocabulary(ui, handlers.vocabulary(page))
 
     # the script's way: the key's number and the label name it means (both required)
     key_number, key_label = gr.Number(visible=False, precision=0), gr.Textbox(visible=False)
-    recolours(_on(gr.Button(visible=False).click, on_key, [key_number, key_label, c.sel_ids], assigned_out,
+    recolours(_on(gr.Button(visible=False).click, on_key, [key_number, key_label, bar.ids], assigned_out,
                   api_name="label_key"))
-    # a button (or its number key, KEYS_JS) sends its own text, "N name": the label it showed when pressed
-    for n, btn in enumerate(c.key_btns, 1):
+    # a button (or its number key, app/static/labelkeys.js) sends its own text, "N name": the label it showed
+    for n, btn in enumerate(bar.keys, 1):
         recolours(_on(btn.click, lambda shown, selected, _n=n: on_key(_n, handlers.key_name(_n, shown), selected),
-                      [btn, c.sel_ids], assigned_out, api_visibility="private").then(None, None, None,
-                                                                                      js=CLEAR_MAP_JS))
-    recolours(_on(c.unassign_btn.click, on_unassign, [c.sel_ids], c.sel_out + c.vocab_out, api_name="unassign"))
+                      [btn, bar.ids], assigned_out, api_visibility="private").then(None, None, None,
+                                                                                   js=_js(CLEAR_MAP_JS)))
+    recolours(_on(bar.unassign_btn.click, on_unassign, [bar.ids], bar.out + ui.vocab_out, api_name="unassign"))
 
-    def on_train(progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
-        return handlers.train(page, _progress(progress))
 
-    def on_accept_selected(selected: list[int]) -> tuple[Any, ...]:
+def _wire_labels(page: Page, ui: Layout, k: int) -> None:
+    """The vocabulary, assignments, the probe, label-next, accepting predictions and the exports."""
+    bar, tab = ui.clicks.bar, ui.label
+    recolours = _recolours(page, ui.map)
+    _wire_vocabulary(page, ui)
+    _wire_assign(page, ui, k)
+
+    def on_train(progress: gr.Progress = gr.Progress()) -> Updates:
+        report, counts = handlers.train(page, _progress(progress))
+        return {tab.train_report: report, tab.counts: counts}
+
+    def on_accept_selected(selected: list[int]) -> Updates:
         counts, s = handlers.accept_selected(page, selected, _info)
-        return (counts, *sel(s))
+        return {tab.counts: counts, **_render_selection(bar, s)}
 
-    recolours(_on(c.train_btn.click, on_train, None, [c.train_md, c.counts_md], api_name="train", **TRAIN))
-    _on(c.next_btn.click, lambda: _render_gallery(handlers.label_next(page, k)), None,
-        [c.next_gallery, c.next_ids], api_name="label_next")
-    _on(c.select_batch_btn.click, lambda shown, s: _render_selection(handlers.select_all(page, shown, s)),
-        [c.next_ids, c.sel_ids], c.sel_out, api_name="select_batch")
-    _on(c.view_btn.click,
-        lambda kind, label, order: _render_gallery(handlers.show_labelled(page, kind, label, order, k, _info)),
-        [c.view, c.view_label, c.order], [c.view_gallery, c.view_ids], api_name="show_labelled")
-    recolours(_on(c.accept_btn.click, lambda conf: handlers.accept(page, conf, _info), [c.min_conf],
-                  [c.counts_md], api_name="accept"))
-    recolours(_on(c.accept_sel_btn.click, on_accept_selected, [c.sel_ids], [c.counts_md, *c.sel_out],
+    recolours(_on(tab.train_btn.click, on_train, None, [tab.train_report, tab.counts], api_name="train", **TRAIN))
+    _on(tab.next_btn.click, lambda: _render_gallery(tab.next_gallery, tab.next_ids, handlers.label_next(page, k)),
+        None, [tab.next_gallery, tab.next_ids], api_name="label_next")
+    _on(tab.select_batch_btn.click, lambda shown, s: _render_selection(bar, handlers.select_all(page, shown, s)),
+        [tab.next_ids, bar.ids], bar.out, api_name="select_batch")
+
+    def on_view(kind: str, label: str, order: str) -> Updates:
+        return _render_gallery(tab.view_gallery, tab.view_ids,
+                               handlers.show_labelled(page, kind, label, order, k, _info))
+
+    _on(tab.view_btn.click, on_view, [tab.view, tab.view_label, tab.order], [tab.view_gallery, tab.view_ids],
+        api_name="show_labelled")
+    recolours(_on(tab.accept_btn.click, lambda conf: handlers.accept(page, conf, _info), [tab.min_conf],
+                  [tab.counts], api_name="accept"))
+    recolours(_on(tab.accept_sel_btn.click, on_accept_selected, [bar.ids], [tab.counts, *bar.out],
                   api_name="accept_selected"))
 
-    def on_export(kind: str, with_preds: bool, conf: float,
-                  progress: gr.Progress = gr.Progress()) -> tuple[str, gr.File]:
+    def on_export(kind: str, with_preds: bool, conf: float, progress: gr.Progress = gr.Progress()) -> Updates:
         note, path = handlers.export(page, kind, with_preds, conf, _progress(progress))
-        if path is None:
-            return note, gr.File(visible=False)
-        return note, gr.File(value=str(_download_copy(path)), visible=True)
+        file = gr.File(visible=False) if path is None else gr.File(value=str(_download_copy(path)), visible=True)
+        return {tab.export_note: note, tab.export_file: file}
 
-    _on(c.export_btn.click, on_export, [c.export_kind, c.include_preds, c.min_conf], [c.export_md, c.export_file],
-        api_name="export", **EXPORT)
+    _on(tab.export_btn.click, on_export, [tab.export_kind, tab.include_preds, tab.min_conf],
+        [tab.export_note, tab.export_file], api_name="export", **EXPORT)
 
 
-def _wire_map(page: Page, c: SimpleNamespace, k: int) -> None:
+def _wire_map(page: Page, ui: Layout, k: int) -> None:
     """The photo map: drawing it (then handing the payload to its script), region selections, clicks."""
+    m, c = ui.map, ui.clicks
 
-    def on_map(by: str, how: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str, photomap.PhotoMap]:
-        m: MapView = handlers.draw_map(page, by, how, _progress(progress))
-        return m.data, m.note, m.layout
+    def on_map(by: str, how: str, progress: gr.Progress = gr.Progress()) -> Updates:
+        v: MapView = handlers.draw_map(page, by, how, _progress(progress))
+        return {m.data: v.data, m.note: v.note, m.layout: v.layout}
 
-    _on(c.map_btn.click, on_map, [c.colour_by, c.method], [c.map_data, c.map_note, c.map_state],
-        api_name="draw_map", **MAP).then(None, [c.map_data], None,
-                                         js="(d) => { window.byolPhotoMap.load('photomap', d); }")
+    _on(m.draw_btn.click, on_map, [m.colour_by, m.method], [m.data, m.note, m.layout],
+        api_name="draw_map", **MAP).then(None, [m.data], None, js=_js(LOAD_MAP_JS))
 
-    def on_pick(layout: photomap.PhotoMap | None, text: str, selected: list[int],
-                from_map: list[int]) -> tuple[Any, ...]:
+    def on_pick(layout: photomap.PhotoMap | None, text: str, selected: list[int], from_map: list[int]) -> Updates:
         s, ids = handlers.map_select(page, layout, text, selected, from_map)
-        return (*_render_selection(s), ids)
+        return {**_render_selection(c.bar, s), m.selected: ids}
 
     # .change, not .input: the script's input event reaches gradio 6.31 as a change (app/photomap.py)
-    _on(c.map_picked.change, on_pick, [c.map_state, c.map_picked, c.sel_ids, c.map_sel], [*c.sel_out, c.map_sel],
+    _on(m.picked.change, on_pick, [m.layout, m.picked, c.bar.ids, m.selected], [*c.bar.out, m.selected],
         api_name="map_select", api_visibility="undocumented")
 
-    def on_open(layout: photomap.PhotoMap | None, text: str, mode: str, selected: list[int],
-                *flt: Any) -> tuple[Any, ...]:
+    def on_open(layout: photomap.PhotoMap | None, text: str, mode: str, selected: list[int], *flt: Any) -> Updates:
         return _render_act(c, handlers.map_open(page, layout, text, mode, selected, k, _filter(*flt)))
 
-    _on(c.map_opened.change, on_open, [c.map_state, c.map_opened, c.click_mode, c.sel_ids, *c.flt], c.act_out,
+    _on(m.opened.change, on_open, [m.layout, m.opened, *c.inputs], c.out,
         **SEARCHES, api_name="map_open", api_visibility="undocumented")
 
 
