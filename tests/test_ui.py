@@ -494,3 +494,24 @@ def test_label_names_the_rule_refuses_are_explained_on_the_page(served):
 
     box = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "New label")
     assert box.info == LABEL_RULE and "= + - @" in LABEL_RULE
+
+
+def test_the_page_scripts_are_the_files_in_app_static():
+    """The number keys go into the page's head whole; each event's js= is one function expression (gradio calls
+    it with the event's values), so the files' own comment lines are left out of it."""
+    import shutil
+    import subprocess
+
+    from app.photomap import static_text
+    from app.ui import CLEAR_MAP_JS, KEYS_JS, LOAD_MAP_JS, RECOLOUR_MAP_JS, _js, head_html
+
+    keys = static_text(KEYS_JS)
+    assert "window.byolLabelKeys" in keys and _js(KEYS_JS) in head_html()
+    snippets = [_js(name) for name in (LOAD_MAP_JS, CLEAR_MAP_JS, RECOLOUR_MAP_JS)]
+    for name, js in zip((LOAD_MAP_JS, CLEAR_MAP_JS, RECOLOUR_MAP_JS), snippets, strict=True):
+        assert "//" in static_text(name) and "//" not in js and "=>" in js, name
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the snippets' shape was checked, not that they parse")
+    for js in snippets:  # what gradio does with js=: call it as a function
+        check = f"const f = ({js}); if (typeof f !== 'function') process.exit(3);"
+        assert subprocess.run(["node", "-e", check], capture_output=True, timeout=30).returncode == 0, js
