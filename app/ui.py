@@ -1,8 +1,8 @@
-"""The page: `build_app(index_dir) -> gr.Blocks`, the layout and its wiring to app/handlers/.
+"""The page: `build_app(index_dir) -> gr.Blocks`, its components (app/layout.py) wired to app/handlers/.
 
 What each event does lives in app/handlers/ (plain functions of the shared Page and the inputs, tested
-without a server); here each handler's view is turned into the values of its components (the render
-functions below) and wrapped by _guard.
+without a server); here each handler's view is turned into {component: value} (the render functions below:
+gradio leaves an event's other outputs as they are) and wrapped by _guard.
 
 Every gallery carries a gr.State list of photo ids beside it; a click's index is looked up in that list,
 so the browser only ever hands back ids, never paths. Bad input (a non-image upload, an empty index,
