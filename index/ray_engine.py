@@ -6,9 +6,8 @@ decode (index/embed.py over byol.images.load_rgb: the allow-list, bomb guard, EX
 every bad file) and the caller's `also` (the content hash, thumbnail and perceptual hash), and returns the
 encoder-ready pixels and the rest as two objects; an actor of the pool (`Encoder`: one onnxruntime session,
 one GPU each where the cluster has GPUs) turns the pixels into vectors. The driver writes each finished shard
-(`shards/<name>.npz` with the vectors and the thumbnails' bytes, then `shards/<name>.json`, the shard's
-manifest and its commit point: photos, sizes, hashes, bad files, the encoder, the npz's sha256) and hands it
-to index/build.py, which adds it to the store exactly as the local engine's batches. Shards are handed over
+into INDEX_DIR/shards/ (index/shards.py: vectors, rows, bad files and a manifest, the commit point) and hands
+it to index/build.py, which adds it to the store exactly as the local engine's batches. Shards are handed over
 in the order of the photo list, so a path gets the id the local engine would give it.
 
 A killed driver, a lost node or Ctrl-C loses at most the shards in flight: the next run takes every photo
@@ -36,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
-import json
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -47,15 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from byol.fileio import atomic_write, atomic_write_bytes, core_count
+from byol.fileio import core_count
 from byol.preprocess import Preprocess
 from index.embed import Decoded, EmbeddedBatch, Embedder
 from index.embed import _decode_file as decode_file  # the local engine's decode, shared rather than copied
+from index.shards import SHARD_DIR, ShardFolder
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT = "byol-search/shard/1"
-SHARD_DIR = "shards"  # under INDEX_DIR
 SHARD_SIZE = 1000  # photos per shard: what a lost node or a kill can cost, and one file pair per shard
 MIN_SHARDS = 32  # a small run is still cut this finely, so that every decoding CPU of a cluster has work
 _PROBE_S = 5.0  # seconds to wait for HOST:PORT to answer before ray.init (which waits minutes on a wrong one)
@@ -198,9 +194,10 @@ class RayEngine:
 
     def __init__(self, cfg: RayConfig, index_dir: Path, embedder: Embedder,
                  log: Callable[[str], object] = print) -> None:
-        self.cfg, self.dir, self.embedder, self.log = cfg, Path(index_dir) / SHARD_DIR, embedder, log
+        self.cfg, self.embedder, self.log = cfg, embedder, log
+        self.shards = ShardFolder(Path(index_dir) / SHARD_DIR, {"model_sha256": embedder.sha256,
+                                                                 "preprocess": embedder.preprocess.to_dict()})
         self.resumed = 0  # photos of the last `embed` taken from shards an earlier run finished
-        self.identity: dict[str, Any] = {"model_sha256": embedder.sha256, "preprocess": embedder.preprocess.to_dict()}
 
     def embed(self, paths: Sequence[str], stats: dict[str, tuple[int, int]], batch_size: int,
               also: Callable[[Path, bytes, Any], Any] | None = None) -> Iterator[EmbeddedBatch]:
@@ -218,10 +215,7 @@ class RayEngine:
 
     def finished(self) -> None:
         """Delete every shard: the store has saved what they held."""
-        for p in self.dir.glob("*"):
-            p.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.dir.rmdir()
+        self.shards.clear()
 
     # -- which photos finished shards hold, and the new shards for the rest
     def _plan(self, paths: Sequence[str], stats: dict[str, tuple[int, int]]
@@ -230,10 +224,16 @@ class RayEngine:
         where = {p: i for i, p in enumerate(paths)}
         taken: set[int] = set()
         done: dict[str, EmbeddedBatch] = {}
-        for name in sorted(p.stem for p in self.dir.glob("*.json")):
-            batch = self._read(name, where, stats, taken)
+
+        def position(photo: dict[str, Any]) -> int | None:  # still to embed, unchanged, in no other shard
+            i = where.get(photo["path"])
+            ok = i is not None and i not in taken and stats.get(photo["path"]) == (photo["size"], photo["mtime_ns"])
+            return i if ok else None
+
+        for name in self.shards.names():
+            batch = self.shards.read(name, position)
             if batch is None:
-                self._delete(name)  # another encoder, changed files, already saved, or torn: of no use
+                self.shards.delete(name)  # another encoder, changed files, already saved, or torn: of no use
             else:
                 done[name] = batch
                 taken.update(batch.indices, (i for i, _ in batch.bad))
@@ -245,14 +245,10 @@ class RayEngine:
         return [u for _, u in sorted(units, key=lambda t: t[0])], done
 
     def _new_shard(self, paths: Sequence[str], stats: dict[str, tuple[int, int]], positions: list[int]) -> _Shard:
-        h = hashlib.sha256(self.identity["model_sha256"].encode())
+        h = hashlib.sha256(self.embedder.sha256.encode())
         for i in positions:
             h.update(f"\0{paths[i]}\0{stats[paths[i]]}".encode(errors="surrogateescape"))
         return _Shard(h.hexdigest()[:24], positions)
-
-    def _delete(self, name: str) -> None:
-        (self.dir / f"{name}.json").unlink(missing_ok=True)  # the commit point goes first
-        (self.dir / f"{name}.npz").unlink(missing_ok=True)
 
     # -- running shards on the cluster
     def _compute(self, shards: list[_Shard], paths: Sequence[str], stats: dict[str, tuple[int, int]],
@@ -264,121 +260,15 @@ class RayEngine:
                                                                           also)) as pool, _Bar(*counts) as bar:
             ready: dict[int, EmbeddedBatch] = {}
             nxt = 0
-            for k, result in pool.run([[paths[i] for i in s.positions] for s in shards]):
+            for k, (vectors, rest) in pool.run([[paths[i] for i in s.positions] for s in shards]):
                 s = shards[k]
-                ready[k] = self._write(s, paths, stats, *result)
+                photos = [{"path": paths[i], "size": stats[paths[i]][0], "mtime_ns": stats[paths[i]][1]}
+                          for i in s.positions]
+                ready[k] = self.shards.write(s.name, photos, vectors, rest, {paths[i]: i for i in s.positions})
                 bar.shard_done(len(s.positions))
                 while nxt in ready:
                     yield ready.pop(nxt)
                     nxt += 1
-
-    # -- shard files
-    def _write(self, shard: _Shard, paths: Sequence[str], stats: dict[str, tuple[int, int]],
-               vectors: np.ndarray, rest: dict[str, Any]) -> EmbeddedBatch:
-        """Write one finished shard (the npz, then its manifest: the commit point); returns its batch."""
-        blobs: list[bytes] = []
-        extras = [_encode_extra(x, blobs) for x in rest["extras"]]
-        buf = io.BytesIO()
-        np.savez(buf, vectors=np.ascontiguousarray(vectors, np.float32),
-                 blobs=np.frombuffer(b"".join(blobs), np.uint8), ends=np.cumsum([len(b) for b in blobs], dtype=np.int64))
-        npz = buf.getvalue()
-        atomic_write(self.dir / f"{shard.name}.npz", lambda f: f.write(npz))
-        pos = shard.positions
-        photos = [{"path": paths[p], "size": stats[paths[p]][0], "mtime_ns": stats[paths[p]][1]} for p in pos]
-        for row, (j, size, extra) in enumerate(zip(rest["good"], rest["sizes"], extras)):
-            photos[j].update(row=row, width=size[0], height=size[1], extra=extra)
-        for j, reason in rest["bad"]:
-            photos[j]["reason"] = reason
-        manifest = {"format": SHARD_FORMAT, **self.identity, "count": len(vectors),
-                    "npz_sha256": hashlib.sha256(npz).hexdigest(), "photos": photos}
-        atomic_write_bytes(self.dir / f"{shard.name}.json", json.dumps(manifest).encode())
-        return _batch(manifest, vectors, blobs, {paths[p]: p for p in pos})
-
-    def _read(self, name: str, where: dict[str, int], stats: dict[str, tuple[int, int]],
-              taken: set[int]) -> EmbeddedBatch | None:
-        """A finished shard's batch, restricted to the photos still to embed and unchanged; None when of no use."""
-        try:
-            manifest = json.loads((self.dir / f"{name}.json").read_bytes())
-            npz = (self.dir / f"{name}.npz").read_bytes()
-            if (manifest.get("format") != SHARD_FORMAT or hashlib.sha256(npz).hexdigest() != manifest["npz_sha256"]
-                    or any(manifest.get(k) != v for k, v in self.identity.items())):
-                return None
-            with np.load(io.BytesIO(npz), allow_pickle=False) as z:
-                vectors, data, ends = z["vectors"], z["blobs"].tobytes(), z["ends"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        blobs = [data[a:b] for a, b in zip([0, *ends[:-1].tolist()], ends.tolist())]
-        usable = {p["path"]: where[p["path"]] for p in manifest["photos"]
-                  if where.get(p["path"]) is not None and where[p["path"]] not in taken
-                  and stats.get(p["path"]) == (p["size"], p["mtime_ns"])}
-        if not usable:
-            return None
-        try:
-            return _batch(manifest, vectors, blobs, usable)
-        except (ValueError, KeyError, TypeError, IndexError, ImportError):  # a shard of another version
-            return None
-
-
-def _batch(manifest: dict[str, Any], vectors: np.ndarray, blobs: list[bytes],
-           position: dict[str, int]) -> EmbeddedBatch:
-    """The EmbeddedBatch of a shard's photos found in `position` (path -> position in the list)."""
-    from byol.data import BadFile
-
-    good = [p for p in manifest["photos"] if p["path"] in position and "row" in p]
-    bad = [(position[p["path"]], BadFile(p["path"], p["reason"])) for p in manifest["photos"]
-           if p["path"] in position and "reason" in p]
-    rows = np.asarray([p["row"] for p in good], np.int64)
-    return EmbeddedBatch([position[p["path"]] for p in good], np.ascontiguousarray(vectors[rows], np.float32),
-                         [(p["width"], p["height"]) for p in good], [_decode_extra(p["extra"], blobs) for p in good],
-                         bad)
-
-
-def _encode_extra(extra: Any, blobs: list[bytes]) -> Any:
-    """`also`'s result as JSON, without pickle: bytes and arrays go to the shard's npz (by number), tuples and
-    lists become lists, a NamedTuple of this package is named so it comes back as itself."""
-    if isinstance(extra, bytes):
-        blobs.append(extra)
-        return {"blob": len(blobs) - 1}
-    if isinstance(extra, np.ndarray):
-        blobs.append(np.ascontiguousarray(extra).tobytes())
-        return {"array": len(blobs) - 1, "dtype": extra.dtype.str, "shape": list(extra.shape)}
-    if isinstance(extra, np.generic):
-        return extra.item()
-    if isinstance(extra, tuple) and hasattr(extra, "_fields"):
-        kind = type(extra)
-        return {"tuple": f"{kind.__module__}:{kind.__qualname__}", "items": [_encode_extra(x, blobs) for x in extra]}
-    if isinstance(extra, tuple | list):
-        return [_encode_extra(x, blobs) for x in extra]
-    return extra
-
-
-def _decode_extra(extra: Any, blobs: list[bytes]) -> Any:
-    if isinstance(extra, list):
-        return tuple(_decode_extra(x, blobs) for x in extra)
-    if not isinstance(extra, dict):
-        return extra
-    if "blob" in extra:
-        return blobs[int(extra["blob"])]
-    if "array" in extra:
-        dtype = np.dtype(extra["dtype"])
-        if dtype.hasobject:
-            raise ValueError("a shard holds an array of Python objects")
-        return np.frombuffer(blobs[int(extra["array"])], dtype).reshape(extra["shape"]).copy()
-    return _named_tuple(extra["tuple"])(*(_decode_extra(x, blobs) for x in extra["items"]))
-
-
-def _named_tuple(name: str) -> Any:
-    """The NamedTuple class `module:Name`, only from this package's index/ and byol/ (a shard names nothing else)."""
-    import importlib
-
-    module, _, attr = name.partition(":")
-    if module.split(".")[0] not in ("index", "byol"):
-        raise ValueError(f"a shard names {name!r}, not one of byol-search's records")
-    kind = getattr(importlib.import_module(module), attr, None)
-    if not (isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields")):
-        raise ValueError(f"a shard names {name!r}, not one of byol-search's records")
-    return kind
-
 
 class _Pool:
     """The actor pool and the decode tasks on a connected cluster; `run` keeps a window of shards in flight."""

@@ -13,6 +13,21 @@ re-ranking tuned against exact search). Each stage runs in its own process so it
           mapped pages touched)
 
     nice -n 5 .venv/bin/python scripts/bench_scale.py --n 1000000 --dir .cache/scale-1m
+
+With --engines FOLDER (real photos), the Ray engine of `index` (index/ray_engine.py) against the local engine,
+side by side in one run, each building a fresh index of the same photos with the same encoder:
+
+  local   build_index on this machine's threads: seconds, photos/s while embedding (run before and after ray,
+          the photos read once beforehand so that every run finds them in the page cache)
+  ray     build_index on a Ray of this machine's cores, started before the run (the photos/s a standing
+          cluster gives) and timed on its own (what `index --engine ray` adds when it starts Ray itself)
+  cluster a simulated cluster of 3 one-CPU nodes (ray.cluster_utils.Cluster, 2 encoder sessions) on
+          --cluster-folder: once whole, once with a worker node (one with an encoder session when there is
+          one) removed when half the shards are done;
+          photos lost or doubled against the folder, and the seconds the loss cost
+
+    nice -n 5 .venv/bin/python scripts/bench_scale.py --engines .cache/imagenette --model ENCODER.onnx \
+        --cluster-folder .cache/imagenette/val --dir .cache/scale-engines
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -109,6 +125,90 @@ def stage_serve(n: int, out: Path, queries: int, cold: int) -> dict:
             "recall_at_10": round(recall_at_k(np.stack(found), gt, 10), 4), "serve_peak_rss_mb": round(peak_rss_mb())}
 
 
+# -------------------------------------------------------------------- the Ray engine against the local one
+def engines(folder: Path, model: Path, out: Path) -> dict:
+    import ray
+
+    from byol.data import scan_folder
+    from index.build import build_index
+    from index.ray_engine import RayConfig
+
+    for p in scan_folder(folder):  # every run reads the photos from the page cache, the first as the others
+        p.read_bytes()
+    res: dict = {}
+    for name in ("local", "ray", "local2"):  # local on both sides of ray: the machine's drift shows
+        shutil.rmtree(out / name, ignore_errors=True)
+        cfg = None
+        if name == "ray":
+            t = time.perf_counter()
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level="error")
+            res["ray_start_s"] = round(time.perf_counter() - t, 1)
+            cfg = RayConfig()
+        t = time.perf_counter()
+        s = build_index(folder, model, out / name, log=lambda *a: None, ray=cfg)
+        res[f"{name}_s"] = round(time.perf_counter() - t, 1)
+        res[f"{name}_photos_per_s"] = round(s["embed_rate"], 1)
+        res["photos"], res["bad"] = s["added"], s["bad"]
+        if name == "ray":
+            ray.shutdown()
+        print(name, json.dumps(res), flush=True)
+    local = (res["local_photos_per_s"] + res["local2_photos_per_s"]) / 2
+    res["ratio"] = round(res["ray_photos_per_s"] / local, 3)
+    n = res["photos"]
+    res["ratio_with_ray_start"] = round(n / (n / res["ray_photos_per_s"] + res["ray_start_s"]) / local, 3)
+    return res
+
+
+def cluster_run(folder: Path, model: Path, out: Path, remove_node: bool) -> dict:
+    """One build on 3 one-CPU nodes; with `remove_node`, a worker node goes when half the shards are done."""
+    import threading
+
+    import ray
+    from ray._private.state import actors
+    from ray.cluster_utils import Cluster
+
+    from byol.data import scan_folder
+    from index.build import build_index
+    from index.ray_engine import MIN_SHARDS, RayConfig
+    from index.store import Store
+
+    shutil.rmtree(out, ignore_errors=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="error")
+    cluster.wait_for_nodes()
+    photos = sorted(str(p.absolute()) for p in scan_folder(folder))
+    shards = -(-len(photos) // max(1, min(1000, -(-len(photos) // MIN_SHARDS))))
+    res: dict = {"shards": shards}
+
+    def remove() -> None:
+        while len(list((out / "shards").glob("*.json"))) < shards // 2:
+            time.sleep(0.05)
+        with_actor = {a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"] == "Encoder"}
+        node = next((w for w in workers if w.node_id in with_actor), workers[0])
+        res.update(removed_at_s=round(time.perf_counter() - t, 1), removed_node_had_session=node.node_id in with_actor,
+                   shards_done_when_removed=len(list((out / "shards").glob("*.json"))))
+        cluster.remove_node(node, allow_graceful=False)
+
+    try:
+        if remove_node:
+            threading.Thread(target=remove, daemon=True).start()
+        t = time.perf_counter()
+        # two encoder sessions (the default for 3 CPUs is one): the removed node is then likelier to hold one
+        s = build_index(folder, model, out, log=lambda *a: None, ray=RayConfig(actors=2))
+        res["s"] = round(time.perf_counter() - t, 1)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    with Store.open(out) as st:
+        paths = [r["path"] for r in st.rows(st.all_ids())]
+    indexed = set(paths) | {p for p in photos if p in {b["path"] for b in s["bad_files"]}}
+    res.update(photos=len(photos), indexed=len(paths), bad=s["bad"], lost=len(set(photos) - indexed),
+               doubled=len(paths) - len(set(paths)))
+    return res
+
+
 def run_stage(*argv: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
     if proc.returncode:
@@ -122,6 +222,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path(".cache/scale"), help="where the base is built")
     ap.add_argument("--queries", type=int, default=300, help="held-out single queries (default 300)")
     ap.add_argument("--cold", type=int, default=10, help="first queries reported as cold (default 10)")
+    ap.add_argument("--engines", metavar="FOLDER", type=Path, help="compare the Ray engine with the local one on FOLDER")
+    ap.add_argument("--model", metavar="ENCODER.onnx", type=Path, help="the encoder for --engines")
+    ap.add_argument("--cluster-folder", metavar="FOLDER", type=Path, help="the simulated cluster's photos (--engines)")
     ap.add_argument("--stage", choices=("build", "exact", "serve"), help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
@@ -129,6 +232,19 @@ def main() -> None:
         stage = {"build": lambda: stage_build(args.n, args.dir), "exact": lambda: stage_exact(args.n, args.dir, args.queries),
                  "serve": lambda: stage_serve(args.n, args.dir, args.queries, args.cold)}[args.stage]
         print(json.dumps(stage()))
+        return
+    if args.engines:
+        res = {"folder": str(args.engines), "model": str(args.model), "cores": os.cpu_count()}
+        res.update(engines(args.engines, args.model, args.dir))
+        print("engines", json.dumps(res), flush=True)
+        if args.cluster_folder:
+            for removed in (False, True):
+                r = cluster_run(args.cluster_folder, args.model, args.dir / "cluster", removed)
+                res["cluster_node_removed" if removed else "cluster_whole"] = r
+                print("cluster", json.dumps(r), flush=True)
+            res["cluster_seconds_lost"] = round(res["cluster_node_removed"]["s"] - res["cluster_whole"]["s"], 1)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
         return
     common = ["--n", str(args.n), "--dir", str(args.dir), "--queries", str(args.queries), "--cold", str(args.cold)]
     print(f"{args.n:,} x {D} clustered unit vectors, faiss {faiss.__version__}, {os.cpu_count()} cores", flush=True)
