@@ -133,10 +133,9 @@ def test_exporting_again_replaces_the_last_duplicates_csv(tmp_path):
 
 def test_the_review_reads_the_verdicts_index_made(tmp_path):
     """After `index`-like check_ahead, the review compares no pair from the pixels again."""
+    from byol.fileio import file_sha256
     from index.duplicates import copy_candidates
     from index.photohash import PhotoHashes, PixelCheck, check_ahead, neighbours_of, photos_of
-
-    from byol.fileio import file_sha256
 
     index_dir, _ = make_index(tmp_path, per_class=4, duplicates=2)
     with Store.open(index_dir, writable=True) as store, PhotoHashes(index_dir) as ph:
