@@ -19,7 +19,8 @@ holds of a folder):
                    probabilities averaged over three tenths as many ("features only": without the second
                    average; "k=A/B": A and B whatever the size)
   neighbours or plain   that or fewshot on the plain features, whichever cross-validates better on the labels
-                   (byol.neighbours.choose): what `evaluate` and the page use
+                   (byol.neighbours.choose): what `evaluate` and the page used until
+                   folders shaped like real ones showed it losing (scripts/bench_folders.py)
   neighbour-averaged k=K alpha=A   the features averaged (database-side augmentation) with other settings
   power + collection-centred   sqrt of the features, centred on the collection's mean (PT-MAP's transform)
   PCA drop K whiten G          the collection's top K principal directions dropped, the rest scaled

@@ -20,11 +20,14 @@ Shapes (folder: what `pretrain` adapts on; labelled: the kinds the user labels):
                exposure, JPEG quality: a phone's burst or an edited copy), 1,000-odd photos
 
     python scripts/bench_folders.py build                       # folders under .cache/folders/, made once
-    nice -n 5 python scripts/bench_folders.py adapt uneven      # base + 613 steps on one folder (~15-30 min)
+    nice -n 5 python scripts/bench_folders.py adapt uneven      # base + 613 steps on one folder (15 min alone)
     python scripts/bench_folders.py run --draws 40              # every shape, encoder, label count; JSON + table
 
 Adapting is one `byol-search pretrain` per folder (the unlabelled shape shares the uneven folder's run); a shape
-whose folder has no adapted run yet is measured on the base alone and the table says so.
+whose folder has no adapted run yet is measured on the base alone (its rows say "base"). The candidates are the
+classifiers measured before choosing what the page ships (BENCHMARKS.md, "The few-shot classifier on folders
+shaped like real ones"); "page (logistic, calibrated) + estimates" is what it ships, byol.probe.fit_page and
+byol.probe.estimate, and its table gives each estimate minus the truth.
 """
 
 from __future__ import annotations
