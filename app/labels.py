@@ -386,12 +386,10 @@ class Labels:
         return float(rest.mean()) if len(rest) else 0.0
 
     def prepare(self, store: Store, progress: Progress = no_progress) -> None:
-        """Find the neighbour graph that a probe fitted on neighbour-averaged embeddings (a labels file from
-        before the probe became plain logistic regression) predicts with, kept until the index changes; any
-        other probe needs nothing prepared."""
-        rows = self._query("SELECT features FROM probes ORDER BY version DESC LIMIT 1")
-        if rows and rows[0][0] == "neighbours":
-            self._graphs.get(store, progress)
+        """Find the index's neighbour graph (kept until the index changes): a probe fitted on neighbour-averaged
+        embeddings (a labels file from before the probe became plain logistic regression) predicts with it.
+        Training no longer needs it."""
+        self._graphs.get(store, progress)
 
     def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
         """(version, classes, LinearProbe, accuracy) of the newest probe, or None."""

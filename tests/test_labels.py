@@ -386,16 +386,16 @@ def test_the_estimate_is_within_reach_of_the_truth_on_noisy_classes():
     assert abs(np.mean([d for d, _ in hits])) <= 0.08 and np.mean([h for _, h in hits]) >= 0.7, hits
 
 
-def test_prepare_finds_the_graph_only_for_a_probe_that_averaged_over_neighbours(setup):
-    """The page prepares the neighbour graph in the background; only a probe stored by the neighbour classifier
-    (features 'neighbours') predicts with it, and it still does: each photo's probabilities are its neighbours'."""
+def test_a_probe_that_averaged_over_neighbours_still_predicts_through_the_graph(setup):
+    """Training needs no neighbour graph; a probe stored by the neighbour classifier (features 'neighbours')
+    still predicts with it: each photo's probabilities are its neighbours'."""
     store, labels, by_class, _ = setup
     for cls, ids in by_class.items():
         labels.assign(ids[:2], cls)
     labels.train(store)
-    labels.prepare(store)
-    assert labels._graphs._value is None  # a plain probe: nothing found
+    assert labels._graphs._value is None  # training found no graph
     names = sorted(by_class)
+    labels.prepare(store)  # what the page does in the background from launch
     graph_ids, nc = labels._graphs.get(store)
     rows = np.searchsorted(graph_ids, sorted(labels.labelled()))
     old = nc.fit(rows, [names.index(labels.labelled()[int(graph_ids[r])]) for r in rows], len(names))
