@@ -94,7 +94,7 @@ def hash_pairs(ids: Sequence[int], hashes: Sequence[int], radius: int = HASH_RAD
 
     Multi-index hashing (Norouzi et al. 2012): the 64 bits cut into radius + 1 pieces; two hashes within
     `radius` bits agree on at least one piece, so only hashes that share a piece are compared. An exhaustive
-    search of 100,000 hashes (FAISS IndexBinaryFlat range search) took 20 s on 2 cores; this takes about one.
+    search of 100,000 hashes (FAISS IndexBinaryFlat range search) took 20 s on 2 cores; this takes 0.5 s.
     """
     n = len(ids)
     if n < 2:
@@ -109,14 +109,14 @@ def hash_pairs(ids: Sequence[int], hashes: Sequence[int], radius: int = HASH_RAD
         starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
         ends = np.r_[starts[1:], n]
         for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-            i, j = np.triu_indices(e - s, 1)
-            firsts.append(order[s + i])
-            seconds.append(order[s + j])
+            a, b = _close_in_run(order[s:e], h, radius)
+            firsts.append(a)
+            seconds.append(b)
     if not firsts:
         return {}
     a, b = np.concatenate(firsts), np.concatenate(seconds)
     a, b = np.minimum(a, b), np.maximum(a, b)
-    a, b = np.unique(np.stack([a, b]), axis=1)
+    a, b = np.unique(np.stack([a, b]), axis=1)  # a pair sharing several pieces was found once per piece
     bits = np.bitwise_count(h[a] ^ h[b])
     keep = bits <= radius
     idv = np.asarray(ids, np.int64)
@@ -124,6 +124,29 @@ def hash_pairs(ids: Sequence[int], hashes: Sequence[int], radius: int = HASH_RAD
     for x, y, d in zip(idv[a[keep]].tolist(), idv[b[keep]].tolist(), bits[keep].tolist()):
         out[(min(x, y), max(x, y))] = int(d)
     return out
+
+
+def _close_in_run(members: np.ndarray, h: np.ndarray, radius: int,
+                  cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of `members` (positions in `h`) whose hashes are within `radius` bits, each pair once.
+
+    Filtered here, run by run, so that only close pairs are kept: 100,000 hashes share pieces in some 70
+    million pairs, nearly all far apart. Rows are compared in blocks of at most `cells` distances, so a run
+    of many alike photos stays within about 32 MB.
+    """
+    m = len(members)
+    hm = h[members]
+    step = max(1, cells // m)
+    firsts, seconds = [], []
+    for lo in range(0, m - 1, step):
+        hi = min(m - 1, lo + step)
+        d = np.bitwise_count(hm[lo:hi, None] ^ hm[None, lo + 1:])  # (rows lo..hi) x (columns lo+1..m)
+        r, c = np.nonzero(d <= radius)
+        r, c = r + lo, c + lo + 1
+        keep = c > r
+        firsts.append(members[r[keep]])
+        seconds.append(members[c[keep]])
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def neighbour_pairs(ids: np.ndarray, neighbours: Neighbours, min_cosine: float,
