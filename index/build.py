@@ -201,14 +201,19 @@ class _Update:
                 self._store_batch(batch, todo)
                 since_save += len(batch.indices)
                 if since_save >= save_every:
-                    self.store.save()
+                    self._save(engine)
                     since_save = 0
         except KeyboardInterrupt:
-            self.store.save()
+            self._save(engine)
             self.log(f"interrupted: {self.summary['added'] + self.summary['updated']} photos embedded so far "
                      "are saved; run the same command again to finish")
             raise
         return time.perf_counter() - t_embed
+
+    def _save(self, engine: RayEngine | None) -> None:
+        self.store.save()
+        if engine is not None:
+            engine.saved()  # what its shards held so far is in the saved generation: they can go
 
     def _store_batch(self, batch: EmbeddedBatch, todo: list[str]) -> None:
         """Rows, vectors and thumbnails of one batch: todo[:len(changed)] keep their ids, the rest get new ones."""

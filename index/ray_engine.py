@@ -198,6 +198,7 @@ class RayEngine:
         self.shards = ShardFolder(Path(index_dir) / SHARD_DIR, {"model_sha256": embedder.sha256,
                                                                  "preprocess": embedder.preprocess.to_dict()})
         self.resumed = 0  # photos of the last `embed` taken from shards an earlier run finished
+        self.handed: list[str] = []  # shards handed over since the store last saved
 
     def embed(self, paths: Sequence[str], stats: dict[str, tuple[int, int]], batch_size: int,
               also: Callable[[Path, bytes, Any], Any] | None = None) -> Iterator[EmbeddedBatch]:
@@ -211,7 +212,15 @@ class RayEngine:
         counts = (len(paths), self.resumed, len(units), len(done))
         computed = self._compute(todo, paths, stats, batch_size, also, counts) if todo else iter(())
         for unit in units:
-            yield next(computed) if isinstance(unit, _Shard) else done[unit]
+            batch = next(computed) if isinstance(unit, _Shard) else done[unit]
+            self.handed.append(unit.name if isinstance(unit, _Shard) else unit)
+            yield batch
+
+    def saved(self) -> None:
+        """Delete the shards handed over so far: the store has saved what they held (disk stays bounded)."""
+        for name in self.handed:
+            self.shards.delete(name)
+        self.handed.clear()
 
     def finished(self) -> None:
         """Delete every shard: the store has saved what they held."""

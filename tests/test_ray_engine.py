@@ -3,6 +3,7 @@ a worker node removed mid-job, a killed driver resumed from its finished shards,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,6 +59,22 @@ def slow_also(path, data, image):
     """The index's own `also` (content hash, thumbnail, duplicate signature), slowed down."""
     time.sleep(SLOW_PHOTO_S)
     return build._hash_and_thumb(path, data, image)
+
+
+def held_in(shards: Path) -> list[str]:
+    """The photos the finished shards in `shards` hold (a shard is finished once its manifest is written)."""
+    out = []
+    for p in shards.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):  # deleted while listed
+            out += [photo["path"] for photo in json.loads(p.read_text())["photos"]]
+    return out
+
+
+def saved_generation(index_dir: Path) -> int:
+    try:
+        return int(json.loads((index_dir / "manifest.json").read_text())["generation"])
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def contents(index_dir: Path) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
@@ -122,7 +139,7 @@ def slow_also(path, data, image):
     return build._hash_and_thumb(path, data, image)
 
 build._hash_and_thumb = slow_also  # pickled by value into the decode tasks (defined in __main__)
-build.build_index(sys.argv[1], sys.argv[2], sys.argv[3], ray=RayConfig(shard_size=2), log=print)
+build.build_index(sys.argv[1], sys.argv[2], sys.argv[3], ray=RayConfig(shard_size=2), save_every=4, log=print)
 """
 
 
@@ -137,19 +154,24 @@ def test_killed_driver_resumes_from_finished_shards(photos, encoder, local_index
     shards = index_dir / SHARD_DIR
     try:
         deadline = time.monotonic() + 120
-        while len(list(shards.glob("*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        # kill once the store has saved and a finished shard holds photos the save did not
+        while not (saved_generation(index_dir) >= 1 and set(held_in(shards)) - set(contents(index_dir)[0])) \
+                and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the job ended before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
         proc.wait()
-    finished = [json.loads(p.read_text()) for p in shards.glob("*.json")]
-    held = [p["path"] for m in finished for p in m["photos"]]
-    assert 3 <= len(finished) < 25 and len(held) == len(set(held))  # 25 files, a shard each (MIN_SHARDS): mid-job
+    held = held_in(shards)
+    saved = set(contents(index_dir)[0])
+    assert len(held) == len(set(held)) and 0 < len(saved) + len(held) < 25  # 25 files: killed mid-job
+    # a save (every 4 photos) deletes the shards it holds; a kill between the two leaves at most those 4
+    assert len(saved & set(held)) <= 4
 
     with ray_started():
         s = build_index(photos, encoder, index_dir, ray=RayConfig(shard_size=2), log=quiet)
-    assert s["from_shards"] == len(held) and s["added"] == 24 and s["bad"] == 1
+    assert s["from_shards"] == len(set(held) - saved) > 0 and s["added"] == 24 - len(saved) and s["unchanged"] == len(saved)
+    assert s["bad"] == 1
     assert_same_index(index_dir, local_index, same_ids=False)
 
 
