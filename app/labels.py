@@ -1,4 +1,6 @@
-"""Labels in SQLite next to the index, and the linear probe that labels the rest (exports: app/exports.py).
+"""The label database of one index: the vocabulary, which photo has which label, the probe's predictions
+stored beside them, browsing them, and the rows every export writes (app/exports.py). The probe that
+fills the predictions is app/probe.py.
 
 INDEX_DIR/labels.sqlite holds
   label_names(name, at)                                   the label vocabulary
@@ -11,39 +13,30 @@ INDEX_DIR/labels.sqlite holds
 
 A label follows its PHOTO, not an id: it holds the photo's content hash (sha256) and path beside the id it
 has in the index now. Whenever the index has changed (a new generation, or a new index: created_at differs),
-every label is checked against it (`_sync`): a label stays on its id while that row still holds the same
+every label is checked against it (`sync`): a label stays on its id while that row still holds the same
 content or path (an edited photo keeps its path, a moved one its content), and otherwise moves to the row
 with its content (preferring the same path), then to the row with its path; with neither, it is kept but
 detached (image_id NULL) until the photo returns. So labels survive updates, `--rebuild`, and an index
 deleted and built again, and never attach to another photo. Labels files written before hashes were kept
-are migrated on opening: their ids are trusted only when the label is younger than the index.
-The probe is logistic regression on the embeddings (byol.probe.fit_page), its confidence calibrated by
-cross-validation, trained from as few as one labelled photo per class; its weights and bias are stored as a
-LinearProbe's. On folders shaped like real ones the classifier that averaged over each photo's neighbours
-lost to it on some folders and label counts (BENCHMARKS.md), so it is no longer trained; a probe stored by it
-(features 'neighbours') still predicts over the index's neighbour graph (index/neighbours.py).
+are migrated on opening (`open_database`): their ids are trusted only when the label is younger than the index.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import numpy as np
 
 from app.csvfile import FORMULA_STARTS
 from index import database
 
 if TYPE_CHECKING:
-    from byol.probe import LinearProbe
     from index.store import Store
 
 _T = TypeVar("_T")
@@ -72,7 +65,7 @@ CREATE TABLE IF NOT EXISTS probes (
   features TEXT);  -- 'neighbours': fitted on neighbour-averaged embeddings (byol/neighbours.py); NULL: plain
 """
 
-_INDEXES = ("CREATE INDEX IF NOT EXISTS predictions_margin ON predictions(margin)",
+_PREDICTION_INDEXES = ("CREATE INDEX IF NOT EXISTS predictions_margin ON predictions(margin)",
             "CREATE INDEX IF NOT EXISTS predictions_label ON predictions(label, confidence)")
 _MIGRATE_V1 = """
 ALTER TABLE labels RENAME TO labels_v1;
@@ -91,18 +84,21 @@ def no_progress(fraction: float, desc: str) -> None:
     pass
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run torch on n threads inside the block. A probe on a few hundred labels is hundreds of tiny ops:
-    a second thread only adds hand-offs, which cost 8x on a busy 2-core machine (measured: 8 s against 1 s)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def open_database(path: Path) -> sqlite3.Connection:
+    """The labels file at `path`, created with the schema above or migrated to it: files from before labels
+    kept their photo's hash get the hash and path columns (their ids are then checked by `Labels.sync`), and
+    probes from before the `features` column are plain ones."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.executescript(_SCHEMA)
+    if "sha256" not in {r[1] for r in db.execute("PRAGMA table_info(labels)")}:
+        db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V1 + "COMMIT;")  # labels keyed by id alone
+    if "features" not in {r[1] for r in db.execute("PRAGMA table_info(probes)")}:
+        db.execute("ALTER TABLE probes ADD COLUMN features TEXT")  # probes before it: plain
+    for q in _PREDICTION_INDEXES:
+        db.execute(q)
+    return db
 
 
 # What check_label_name allows, for the page to show beside the name box (each refusal names its own part)
@@ -137,17 +133,6 @@ class Prediction:
     margin: float  # top probability minus the runner-up's: small means the probe hesitates
 
 
-@dataclass
-class ProbeReport:
-    version: int  # probes.version of the probe that made the predictions
-    classes: list[str]  # label names, in the probe's class order
-    counts: dict[str, int]  # labelled photos per class used for training
-    accuracy: float | None  # estimated accuracy on the unlabelled photos (byol.probe.estimate); None: too few labels
-    predicted: int  # photos given a prediction
-    seconds: float  # wall time of fit + estimate + predict + save
-    accuracy_range: tuple[float, float] | None = None  # (low, high) around the estimate
-
-
 class Labels:
     """The label database of one index. Thread-safe: the page calls it from several worker threads."""
 
@@ -155,20 +140,8 @@ class Labels:
         self.path = Path(index_dir) / LABELS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        if "sha256" not in {r[1] for r in self._db.execute("PRAGMA table_info(labels)")}:
-            self._db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_V1 + "COMMIT;")  # labels keyed by id alone
-        if "features" not in {r[1] for r in self._db.execute("PRAGMA table_info(probes)")}:
-            self._db.execute("ALTER TABLE probes ADD COLUMN features TEXT")  # probes before it: plain
-        for q in _INDEXES:
-            self._db.execute(q)
-        from index.neighbours import GraphCache
+        self._db = open_database(self.path)
         from index.rows import Rows
-
-        self._graphs = GraphCache()  # the index's neighbour graph, found once per version of the index
 
         self._rows = Rows(index_dir)
         self._synced: tuple[float, int] | None = None
@@ -179,7 +152,7 @@ class Labels:
             self._rows.close()
 
     # ---------------------------------------------------------------- following photos
-    def _sync(self) -> None:
+    def sync(self) -> None:
         """Match every label with the index as it is now, when it changed since the last match (module doc)."""
         from index.database import db_path, path_from_db
 
@@ -235,7 +208,7 @@ class Labels:
                                (image_id, sha, None if path is None else db_path(path), rowid))
                 db.execute("INSERT OR REPLACE INTO synced VALUES ('created_at', ?)", (repr(created_at),))
 
-            self._write(go)
+            self.write(go)
             self._synced = state
 
     @staticmethod
@@ -243,22 +216,22 @@ class Labels:
         row = db.execute("SELECT value FROM synced WHERE key = 'created_at'").fetchone()
         return None if row is None else float(row[0])
 
-    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
-    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    def write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run fn inside one transaction: all of it lands or none of it (index/database.py transaction)."""
         with self._lock, database.transaction(self._db):
             return fn(self._db)
 
     # ---------------------------------------------------------------- vocabulary
     def names(self) -> list[str]:
-        return [r[0] for r in self._query("SELECT name FROM label_names ORDER BY name")]
+        return [r[0] for r in self.query("SELECT name FROM label_names ORDER BY name")]
 
     def create(self, name: str) -> str:
         name = check_label_name(name)
-        self._write(lambda db: db.execute("INSERT OR IGNORE INTO label_names VALUES (?, ?)", (name, time.time())))
+        self.write(lambda db: db.execute("INSERT OR IGNORE INTO label_names VALUES (?, ?)", (name, time.time())))
         return name
 
     def rename(self, old: str, new: str) -> str:
@@ -274,12 +247,12 @@ class Labels:
                 names = [new if c == old else c for c in json.loads(classes)]
                 db.execute("UPDATE probes SET classes = ? WHERE version = ?", (json.dumps(names), version))
 
-        self._write(go)
+        self.write(go)
         return new
 
     def delete(self, name: str) -> None:
         """Remove a label, its assignments and the predictions of it."""
-        self._write(lambda db: db.execute("DELETE FROM label_names WHERE name = ?", (name,)))
+        self.write(lambda db: db.execute("DELETE FROM label_names WHERE name = ?", (name,)))
 
     # ---------------------------------------------------------------- assignments
     def assign(self, ids: Iterable[int], label: str, source: str = "human") -> int:
@@ -289,34 +262,34 @@ class Labels:
         ids = [int(i) for i in ids]
         label = self.create(label)
         now = time.time()
-        self._sync()
+        self.sync()
         photo = self._rows.by_id(ids)  # what each id shows now: the label follows that photo
         rows = [(i, *((photo[i][0], db_path(photo[i][1])) if i in photo else (None, None)), label, source, now)
                 for i in ids]
-        self._write(lambda db: db.executemany(
+        self.write(lambda db: db.executemany(
             "INSERT OR REPLACE INTO labels (image_id, sha256, path, label, source, at) VALUES (?, ?, ?, ?, ?, ?)",
             rows))
         return len(ids)
 
     def unassign(self, ids: Iterable[int]) -> int:
         rows = [(int(i),) for i in ids]
-        self._write(lambda db: db.executemany("DELETE FROM labels WHERE image_id = ?", rows))
+        self.write(lambda db: db.executemany("DELETE FROM labels WHERE image_id = ?", rows))
         return len(rows)
 
     def labelled(self, source: str | None = None) -> dict[int, str]:
         """{image id: label}, all sources or one (labels of photos now in the index)."""
-        self._sync()
+        self.sync()
         if source is None:
-            rows = self._query(f"SELECT image_id, label FROM labels WHERE {_ATTACHED}")
+            rows = self.query(f"SELECT image_id, label FROM labels WHERE {_ATTACHED}")
         else:
-            rows = self._query(f"SELECT image_id, label FROM labels WHERE {_ATTACHED} AND source = ?", (source,))
+            rows = self.query(f"SELECT image_id, label FROM labels WHERE {_ATTACHED} AND source = ?", (source,))
         return dict(rows)
 
     def labels_of(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
         """{id: (label, source)} for those of ids that have a label."""
         ids = [int(i) for i in ids]
         out: dict[int, tuple[str, str]] = {}
-        self._sync()
+        self.sync()
         q = "SELECT image_id, label, source FROM labels WHERE image_id IN ({})"
         with self._lock:
             out.update({r[0]: (r[1], r[2]) for r in database.select_in(self._db, q, ids)})
@@ -325,114 +298,17 @@ class Labels:
     def counts(self) -> dict[str, dict[str, int]]:
         """{label: {'human': n, 'accepted': n, 'predicted': n}} for every label, zeros included."""
         out = {n: {"human": 0, "accepted": 0, "predicted": 0} for n in self.names()}
-        self._sync()
+        self.sync()
         q = f"SELECT label, source, COUNT(*) FROM labels WHERE {_ATTACHED} GROUP BY label, source"
-        for label, source, n in self._query(q):
+        for label, source, n in self.query(q):
             out[label][source] = n
-        for label, n in self._query("SELECT label, COUNT(*) FROM predictions GROUP BY label"):
+        for label, n in self.query("SELECT label, COUNT(*) FROM predictions GROUP BY label"):
             out[label]["predicted"] = n
         return out
 
-    # ---------------------------------------------------------------- the probe
-    def train(self, store: Store, weight_decay: float | None = None, progress: Progress = no_progress) -> ProbeReport:
-        """Fit the probe on every labelled photo still in the index, predict all, estimate its accuracy.
-
-        The probe is logistic regression on the embeddings (byol.probe.fit_page; weight_decay: its penalty,
-        1e-4 by default), its confidence calibrated by cross-validation; trained from one labelled photo per
-        class. The accuracy reported is byol.probe.estimate's: the stratified cross-validation's accuracy and
-        the mean confidence on the photos still unlabelled, averaged, with a range.
-        """
-        from byol.probe import estimate, fit_page
-
-        t0 = time.perf_counter()
-        progress(0.0, "reading labels")
-        labelled = self.labelled()
-        ids = np.fromiter(labelled, np.int64, len(labelled))
-        ids = ids[np.isin(ids, np.asarray(store.all_ids(), np.int64))]
-        names = sorted({labelled[int(i)] for i in ids})
-        if len(names) < 2:
-            raise ValueError("label photos of at least two different labels before training "
-                             f"(now: {len(ids)} labelled photo(s), {len(names)} label(s))")
-        y = np.array([names.index(labelled[int(i)]) for i in ids])
-        counts = {n: int((y == c).sum()) for c, n in enumerate(names)}
-        x = np.asarray(store.get_vectors(ids), np.float32)
-        progress(0.1, f"fitting the probe on {len(ids)} photos and cross-validating it")
-        with _torch_threads(1) if len(ids) <= 20000 else contextlib.nullcontext():
-            fitted = fit_page(x, y, len(names), 1e-4 if weight_decay is None else weight_decay)
-        probe = fitted.probe
-
-        def save(db: sqlite3.Connection) -> int:
-            cur = db.execute(
-                "INSERT INTO probes (at, classes, counts, accuracy, dim, weight, bias, model_sha256, features) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                (time.time(), json.dumps(names), json.dumps(counts), None, int(probe.weight.shape[1]),
-                 probe.weight.astype(np.float32).tobytes(), probe.bias.astype(np.float32).tobytes(),
-                 getattr(store, "model_sha256", None), None))
-            assert cur.lastrowid is not None  # set by every INSERT
-            return cur.lastrowid
-
-        version = self._write(save)
-        predicted = self.predict(store, progress=lambda f, d: progress(0.3 + 0.6 * f, d))
-        reported = estimate(fitted.cv, self._unlabelled_confidence(ids))
-        accuracy = None if reported is None else reported[0]
-        self._write(lambda db: db.execute("UPDATE probes SET accuracy = ? WHERE version = ?", (accuracy, version)))
-        return ProbeReport(version, names, counts, accuracy, predicted, time.perf_counter() - t0,
-                           None if reported is None else (reported[1], reported[2]))
-
-    def _unlabelled_confidence(self, labelled_ids: np.ndarray) -> float:
-        """The mean confidence of the predictions of the photos not among `labelled_ids` (0 with none)."""
-        rows = np.asarray(self._query("SELECT image_id, confidence FROM predictions"), np.float64).reshape(-1, 2)
-        rest = rows[~np.isin(rows[:, 0].astype(np.int64), labelled_ids), 1]
-        return float(rest.mean()) if len(rest) else 0.0
-
-    def prepare(self, store: Store, progress: Progress = no_progress) -> None:
-        """Find the index's neighbour graph (kept until the index changes): a probe fitted on neighbour-averaged
-        embeddings (a labels file from before the probe became plain logistic regression) predicts with it.
-        Training no longer needs it."""
-        self._graphs.get(store, progress)
-
-    def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
-        """(version, classes, LinearProbe, accuracy) of the newest probe, or None."""
-        from byol.probe import LinearProbe
-
-        rows = self._query("SELECT version, classes, accuracy, dim, weight, bias FROM probes "
-                           "ORDER BY version DESC LIMIT 1")
-        if not rows:
-            return None
-        version, classes, accuracy, dim, w, b = rows[0]
-        classes = json.loads(classes)
-        probe = LinearProbe(np.frombuffer(w, np.float32).reshape(len(classes), dim).copy(),
-                            np.frombuffer(b, np.float32).copy())
-        return version, classes, probe, accuracy
-
-    def predict(self, store: Store, chunk: int = 65536, progress: Progress = no_progress) -> int:
-        """Predict every photo in the index with the newest probe; replaces all earlier predictions."""
-        last = self.last_probe()
-        if last is None:
-            raise ValueError("no probe yet: label photos of two labels and train first")
-        version, classes, probe, _ = last
-        trained_on = self._query("SELECT model_sha256 FROM probes WHERE version = ?", (version,))[0][0]
-        if probe.weight.shape[1] != int(store.dim) or trained_on != getattr(store, "model_sha256", None):
-            raise ValueError("the index was re-embedded with another encoder since the probe was trained: "
-                             "press Train to fit a probe on the new embeddings (your labels are kept)")
-        features = self._query("SELECT features FROM probes WHERE version = ?", (version,))[0][0]
-        averaged = None
-        if features == "neighbours":  # a probe trained before: each photo's probabilities are its neighbours'
-            all_ids, nc = self._graphs.get(store, lambda f, d: progress(0.3 * f, d))
-            averaged = nc.predict_proba(probe)  # n, C
-        else:
-            all_ids = np.asarray(store.all_ids(), np.int64)
-        rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(all_ids), chunk):
-            ids = all_ids[start : start + chunk]
-            p = (averaged[start : start + chunk] if averaged is not None
-                 else probe.predict_proba(store.get_vectors(ids)))  # n, C
-            top2 = -np.partition(-p, 1, axis=1)[:, :2] if p.shape[1] > 1 else np.c_[p, np.zeros(len(p))]
-            best = p.argmax(1)
-            rows.extend(zip(ids.tolist(), [classes[c] for c in best], top2[:, 0].tolist(),
-                            (top2[:, 0] - top2[:, 1]).tolist(), [version] * len(ids)))
-            progress(min(1.0, (start + len(ids)) / max(1, len(all_ids))) * 0.8, f"predicted {start + len(ids)} photos")
-        progress(0.9, "saving predictions")
+    # ---------------------------------------------------------------- predictions
+    def replace_predictions(self, rows: list[tuple[int, str, float, float, int]]) -> None:
+        """Store (image_id, label, confidence, margin, probe_version) rows in place of every earlier prediction."""
 
         def save(db: sqlite3.Connection) -> None:
             # replacing every row: dropping the indexes and building them after the insert halves the time
@@ -440,15 +316,14 @@ class Labels:
             db.execute("DROP INDEX IF EXISTS predictions_label")
             db.execute("DELETE FROM predictions")
             db.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?)", rows)
-            for q in _INDEXES:
+            for q in _PREDICTION_INDEXES:
                 db.execute(q)
 
-        self._write(save)
-        return len(rows)
+        self.write(save)
 
     def predictions(self, ids: Iterable[int]) -> dict[int, Prediction]:
         ids = [int(i) for i in ids]
-        self._sync()
+        self.sync()
         out: dict[int, Prediction] = {}
         q = "SELECT image_id, label, confidence, margin FROM predictions WHERE image_id IN ({})"
         with self._lock:
@@ -456,14 +331,14 @@ class Labels:
         return out
 
     def all_predictions(self) -> dict[int, str]:
-        self._sync()
-        return dict(self._query("SELECT image_id, label FROM predictions"))
+        self.sync()
+        return dict(self.query("SELECT image_id, label FROM predictions"))
 
     def browse(self, label: str, predicted: bool = True, most_confident: bool = True,
                limit: int = 48, offset: int = 0) -> list[Prediction]:
         """Photos predicted as `label` (not yet labelled), or labelled `label`, ordered by confidence."""
         order = "DESC" if most_confident else "ASC"
-        self._sync()
+        self.sync()
         if predicted:
             q = ("SELECT p.image_id, p.label, p.confidence, p.margin FROM predictions p "
                  "LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL AND p.label = ? "
@@ -472,52 +347,18 @@ class Labels:
             q = ("SELECT l.image_id, l.label, COALESCE(p.confidence, 1.0), COALESCE(p.margin, 1.0) FROM labels l "
                  "LEFT JOIN predictions p ON p.image_id = l.image_id WHERE l.image_id IS NOT NULL AND l.label = ? "
                  f"ORDER BY COALESCE(p.confidence, 1.0) {order}, l.at DESC LIMIT ? OFFSET ?")
-        return [Prediction(*r) for r in self._query(q, (label, int(limit), int(offset)))]
+        return [Prediction(*r) for r in self.query(q, (label, int(limit), int(offset)))]
 
-    def label_next(self, n: int = 24) -> list[Prediction]:
-        """Unlabelled photos the probe is least sure about (smallest margin between its top two labels).
-
-        Margin sampling (Scheffer et al. 2001): labelling these moves the decision boundary most.
-        """
-        q = ("SELECT p.image_id, p.label, p.confidence, p.margin FROM predictions p "
-             "LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL ORDER BY p.margin ASC LIMIT ?")
-        return [Prediction(*r) for r in self._query(q, (int(n),))]
-
-    def accept(self, min_confidence: float | None = None, ids: Iterable[int] | None = None) -> int:
-        """Turn predictions into labels (source 'accepted'): all at or above a confidence, or those of `ids`.
-
-        Photos a person already labelled keep their label.
-        """
-        if (min_confidence is None) == (ids is None):
-            raise ValueError("accept needs either a minimum confidence or a list of ids")
-        now = time.time()
-        base = ("INSERT INTO labels (image_id, label, source, at) SELECT p.image_id, p.label, 'accepted', ? "
-                "FROM predictions p LEFT JOIN labels l ON l.image_id = p.image_id WHERE l.image_id IS NULL AND ")
-
-        def go(db: sqlite3.Connection) -> int:
-            if ids is None:
-                assert min_confidence is not None  # checked above: one of the two is given
-                return db.execute(base + "p.confidence >= ?", (now, float(min_confidence))).rowcount
-            n = 0
-            for i in ids:
-                n += db.execute(base + "p.image_id = ?", (now, int(i))).rowcount
-            return n
-
-        self._sync()
-        n = int(self._write(go))
-        self._fill_identity()
-        return n
-
-    def _fill_identity(self) -> None:
+    def fill_identity(self) -> None:
         """Give labels made from ids alone (accepted predictions) the content and path of their photo."""
         from index.database import db_path
 
         with self._lock:
-            ids = [r[0] for r in self._query(f"SELECT image_id FROM labels WHERE {_ATTACHED} "
-                                             "AND sha256 IS NULL AND path IS NULL")]
+            ids = [r[0] for r in self.query(f"SELECT image_id FROM labels WHERE {_ATTACHED} "
+                                            "AND sha256 IS NULL AND path IS NULL")]
             photo = self._rows.by_id(ids)
             if photo:
-                self._write(lambda db: db.executemany(
+                self.write(lambda db: db.executemany(
                     "UPDATE labels SET sha256 = ?, path = ? WHERE image_id = ?",
                     [(h, db_path(p), i) for i, (h, p, _) in photo.items()]))
 
@@ -529,9 +370,9 @@ class Labels:
         with source 'predicted'; empty when it has neither.
         """
         ids = [int(i) for i in store.all_ids()]
-        self._sync()
-        labelled = {r[0]: (r[1], r[2]) for r in self._query(f"SELECT image_id, label, source FROM labels WHERE {_ATTACHED}")}
-        preds = {r[0]: (r[1], r[2]) for r in self._query("SELECT image_id, label, confidence FROM predictions")}
+        self.sync()
+        labelled = {r[0]: (r[1], r[2]) for r in self.query(f"SELECT image_id, label, source FROM labels WHERE {_ATTACHED}")}
+        preds = {r[0]: (r[1], r[2]) for r in self.query("SELECT image_id, label, confidence FROM predictions")}
         out = []
         for start in range(0, len(ids), 10000):
             for row in store.rows(ids[start : start + 10000]):

@@ -1,7 +1,8 @@
 """What every session of the page shares: the store, the label database, the encoder for uploads, the photo
 facts (index/photoinfo.py, filled in a background thread from page start), the duplicate decisions, the
-default photo map (laid out with its thumbnail sheets in a background thread from page start) and every
-photo's neighbours, which the probe averages over (found in a background thread after the map).
+default photo map (laid out with its thumbnail sheets in a background thread from page start), the probe
+(app/probe.py) and, only while its newest probe is an old one fitted on neighbour-averaged embeddings, every
+photo's neighbours (found in a background thread after the map).
 
 The page's handlers (app/handlers/) take a Page as their first argument; app/ui.py builds one per page.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.labels import Labels
+from app.probe import Probe
 
 if TYPE_CHECKING:
     from app.review import Decisions
@@ -26,7 +28,8 @@ log = logging.getLogger("byol_search.page")
 
 
 class Page:
-    """What all sessions share: the store, the label database and the encoder (loaded when the page is built)."""
+    """What all sessions share: the store, the label database, its probe and the encoder (loaded when the page is
+    built)."""
 
     def __init__(self, index_dir: str | Path, store: Store | None = None, embedder: Embedder | None = None,
                  labels: Labels | None = None):
@@ -37,6 +40,7 @@ class Page:
             store = Store.open(self.index_dir)
         self.store: Store = store
         self.labels = labels or Labels(self.index_dir)
+        self.probe = Probe(self.labels)
         self._infos: PhotoInfoCache | None = None
         self._decisions: Decisions | None = None
         self._lazy_lock = threading.Lock()
@@ -92,7 +96,7 @@ class Page:
 
     def refresh(self) -> None:
         """Pick up a newer saved generation of the index (an update run beside the page), at most once a second;
-        the neighbours of its photos are then found again in the background."""
+        the neighbours of its photos are then found again in the background when the probe needs them."""
         now = time.monotonic()
         if now - self._refreshed > 1.0 and hasattr(self.store, "refresh"):
             self._refreshed = now
@@ -227,10 +231,12 @@ class Page:
             return self._map_thread
 
     def start_neighbours(self) -> threading.Thread:
-        """Find every photo's neighbours, which the probe averages over (index/neighbours.py), in a background
-        thread from launch, after the map and giving way to requests between batches, so that the first "Train"
-        does not wait for them (21 s at 100,000 photos on 2 cores); a Train pressed meanwhile waits for this
-        same work instead of doing it twice."""
+        """Find every photo's neighbours (index/neighbours.py) in a background thread from launch, after the map
+        and giving way to requests between batches, when the newest probe needs them (`Probe.needs_graph`: one
+        fitted on neighbour-averaged embeddings, from before the probe became plain logistic regression), so
+        that its first prediction does not wait for them (21 s at 100,000 photos on 2 cores); a prediction made
+        meanwhile waits for this same work instead of doing it twice. With a plain probe, or none, the thread
+        ends at once: training a plain probe and predicting with it never need the graph."""
         with self._lazy_lock:
             if self._graph_thread is not None:
                 return self._graph_thread
@@ -244,10 +250,12 @@ class Page:
                     raise Stopped  # the page is closing: nothing is kept, the next training starts over
 
             def run() -> None:
-                self.wait_map()
                 try:
+                    if not self.probe.needs_graph():
+                        return  # a plain probe predicts from the embeddings alone
+                    self.wait_map()
                     if not self._fill_stop.is_set():
-                        self.labels.prepare(self.store, progress=between_batches)
+                        self.probe.prepare(self.store, progress=between_batches)
                 except Stopped:
                     pass
                 except Exception as e:  # the first training finds them instead; say why in the log

@@ -250,17 +250,19 @@ def bench_concurrent(url: str, ids: np.ndarray, clients: int, seconds: float) ->
 
 def bench_probe(store, clusters: np.ndarray, work: Path) -> dict:
     from app.labels import Labels
+    from app.probe import Probe
 
     rng = np.random.default_rng(0)
     all_ids = store.all_ids()
     labels = Labels(work)
     for k in range(5):  # 5 classes x 10 labels = 50
         labels.assign(rng.choice(all_ids[clusters == k], 10, replace=False), f"class_{k}")
+    probe = Probe(labels)
     t = time.perf_counter()
-    labels.train(store)  # the first training finds every photo's neighbours (once per version of the index)
+    probe.train(store)  # the first training finds every photo's neighbours (once per version of the index)
     first = time.perf_counter() - t
     t = time.perf_counter()
-    report = labels.train(store)
+    report = probe.train(store)
     total = time.perf_counter() - t
     preds = labels.predictions(all_ids[:2000])
     truth = {int(i): f"class_{k}" for i, k in zip(all_ids[:2000], clusters[:2000]) if k < 5}

@@ -8,7 +8,7 @@ and Imagenette; kinds the base encoder saw are marked in the table), gives each 
 have (the shipped base alone, and the base + 15 minutes of `pretrain` on that folder: the 613 steps the
 default 15-minute run made alone on the 2-core AVX2 machine, BENCHMARKS.md), and runs the page's path on it:
 `shots` labelled photos of every labelled kind drawn at random, the classifier fitted, the estimate the page
-would report (what `Labels.train` computes) and the truth, top-1 on every other photo of the labelled kinds.
+would report (what `app.probe.Probe.train` computes) and the truth, top-1 on every other photo of the labelled kinds.
 
 Shapes (folder: what `pretrain` adapts on; labelled: the kinds the user labels):
   heldout      the 5 held-out Imagenette classes, train split (4,759 photos)       the headline, never seen

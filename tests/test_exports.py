@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from app import exports
+from app.probe import Probe
 from index.store import Store
 
 
@@ -20,7 +21,7 @@ def test_exports(setup, tmp_path):
     store, labels, by_class, _ = setup
     labels.assign(by_class["circle"][:2], "round")
     labels.assign(by_class["square"][:2], "boxy")
-    labels.train(store)
+    Probe(labels).train(store)
 
     n = exports.export_csv(labels, store, tmp_path / "out" / "labels.csv")
     rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
@@ -52,9 +53,9 @@ def test_csv_cells_that_start_like_a_formula_stay_text(setup, tmp_path):
     import time
 
     store, labels, by_class, _ = setup
-    labels._write(lambda db: db.execute("INSERT INTO label_names VALUES ('=1+1', ?)", (time.time(),)))
-    labels._write(lambda db: db.execute("INSERT INTO label_names VALUES ('@SUM(A1)', ?)", (time.time(),)))
-    labels._write(lambda db: db.executemany(
+    labels.write(lambda db: db.execute("INSERT INTO label_names VALUES ('=1+1', ?)", (time.time(),)))
+    labels.write(lambda db: db.execute("INSERT INTO label_names VALUES ('@SUM(A1)', ?)", (time.time(),)))
+    labels.write(lambda db: db.executemany(
         "INSERT INTO labels (image_id, label, source, at) VALUES (?, ?, 'human', ?)",
         [(by_class["circle"][0], "=1+1", time.time()), (by_class["square"][0], "@SUM(A1)", time.time())]))
     exports.export_csv(labels, store, tmp_path / "labels.csv")

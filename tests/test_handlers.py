@@ -284,23 +284,80 @@ def test_the_map_prepared_from_launch_is_the_first_draws(page):
     assert page.start_map() is page.start_map()  # once per page
 
 
-def test_the_neighbours_found_from_launch_are_the_first_trainings(page):
-    page.start_neighbours().join()  # what launch starts, after the map
-    graph = page.labels._graphs.get(page.store)
-    assert len(graph[0]) == page.store.count
+def _store_a_neighbour_probe(page):
+    """A probe as the neighbour classifier stored it (features 'neighbours', from before the probe became plain
+    logistic regression): it predicts through the neighbour graph. Its weights are random: any will do."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(2, page.store.dim)).astype(np.float32), np.zeros(2, np.float32)
+    for name in ("circle", "square"):
+        page.labels.create(name)
+    page.labels.write(lambda db: db.execute(
+        "INSERT INTO probes (at, classes, counts, dim, weight, bias, model_sha256, features) "
+        "VALUES (0, ?, '{}', ?, ?, ?, ?, 'neighbours')",
+        (json.dumps(["circle", "square"]), page.store.dim, weight.tobytes(), bias.tobytes(),
+         page.store.model_sha256)))
+    return weight, bias
+
+
+def _counting_graph_searches(monkeypatch):
+    """The list each search of the index for every photo's neighbours appends to."""
+    from index import neighbours
+
+    calls = []
+    real = neighbours.store_graph
+
+    def counted(store, **kw):
+        calls.append(1)
+        return real(store, **kw)
+
+    monkeypatch.setattr(neighbours, "store_graph", counted)
+    return calls
+
+
+def test_a_page_whose_probe_is_plain_never_searches_for_neighbours(page, monkeypatch):
+    """Training and predicting with a plain probe use the embeddings alone, so what launch starts in the
+    background finds no neighbour graph, before a probe exists or after training."""
+    calls = _counting_graph_searches(monkeypatch)
+    page.start_neighbours().join()  # what launch starts, after the map: no probe yet
     for cls in ("square", "circle"):
         page.labels.assign(page.by_class[cls][:2], cls)
     report, _ = handlers.train(page)
-    assert "Predicted" in report and page.labels._graphs.get(page.store) is graph  # not found again
+    assert "Predicted" in report
+    page._graph_thread = None  # as a new page on the same labels would
+    page.start_neighbours().join()
+    assert not calls and page.probe._graphs._value is None
+    assert page.start_neighbours() is page.start_neighbours()  # once per page
+
+
+def test_the_neighbours_found_from_launch_are_an_old_neighbour_probes(page, monkeypatch):
+    """A labels file whose newest probe averaged over neighbours: launch finds the graph in the background, and
+    the probe then predicts through that same graph without searching again."""
+    from byol.probe import LinearProbe
+
+    weight, bias = _store_a_neighbour_probe(page)
+    calls = _counting_graph_searches(monkeypatch)
+    page.start_neighbours().join()  # what launch starts, after the map
+    graph = page.probe._graphs.get(page.store)
+    assert len(graph[0]) == page.store.count and len(calls) == 1
+    assert page.probe.predict(page.store) == page.store.count and len(calls) == 1  # not found again
+    ids, nc = graph
+    want = nc.predict_proba(LinearProbe(weight, bias)).argmax(1)
+    preds = page.labels.predictions(ids)
+    assert [preds[int(i)].label for i in ids] == [["circle", "square"][c] for c in want]
     assert page.start_neighbours() is page.start_neighbours()  # once per page
 
 
 def test_an_index_update_beside_the_page_finds_the_new_neighbours_in_the_background(page, tmp_path):
     from index.store import Store
 
+    _store_a_neighbour_probe(page)  # only a probe that predicts through the graph needs it
     first = page.start_neighbours()
     first.join()
-    before = page.labels._graphs.get(page.store)
+    before = page.probe._graphs.get(page.store)
     with Store.open(page.index_dir, writable=True) as w:
         w.add([{"path": str(tmp_path / "new.png")}], page.store.get_vectors(page.by_class["square"][:1]))
         w.save()
@@ -309,7 +366,7 @@ def test_an_index_update_beside_the_page_finds_the_new_neighbours_in_the_backgro
     second = page.start_neighbours()
     assert second is not first
     second.join()
-    ids, _ = page.labels._graphs._value
+    ids, _ = page.probe._graphs._value
     assert len(ids) == page.store.count == len(before[0]) + 1
 
 
@@ -350,8 +407,9 @@ def test_a_closing_page_stops_finding_the_neighbours(page, monkeypatch):
         return real(store, progress=report, batch=8, **kw)
 
     monkeypatch.setattr(neighbours, "store_graph", closing)
+    _store_a_neighbour_probe(page)  # only a probe that predicts through the graph needs it
     page.start_neighbours().join(timeout=30)
-    assert len(seen) == 1 and page.labels._graphs._value is None
+    assert len(seen) == 1 and page.probe._graphs._value is None
 
 
 def test_map_colours_follow_labels_without_a_new_layout(page):

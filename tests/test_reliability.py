@@ -373,6 +373,7 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
     the page does) while a writer process saves new generations; returns requests, errors, saves."""
     from app import search
     from app.labels import Labels
+    from app.probe import Probe
     from index.store import Store
 
     index_dir = root / "idx"
@@ -380,7 +381,8 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
     store, labels = Store.open(index_dir), Labels(index_dir)
     labels.assign(store.all_ids()[:40:2], "even")
     labels.assign(store.all_ids()[1:40:2], "odd")
-    labels.train(store)
+    probe = Probe(labels)
+    probe.train(store)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen([sys.executable, __file__, "writer", str(index_dir), str(seconds)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -410,10 +412,10 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
         elif op == "label":
             labels.assign([int(rng.choice(ids))], rng.choice(["even", "odd"]))
         elif op == "predict":
-            if labels.last_probe() is not None:
-                labels.predict(store)
+            if probe.last_probe() is not None:
+                probe.predict(store)
         elif op == "train":
-            labels.train(store)
+            probe.train(store)
         elif op == "table":
             labels.table(store)
 

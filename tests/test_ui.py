@@ -253,7 +253,7 @@ def test_map_draw_select_and_open(served):
     assert not logs  # the map state lives in the server's session, which this call does not share
 def test_unexpected_failure_is_a_short_message(served, monkeypatch):
     demo, _, _, session, _, _ = served
-    monkeypatch.setattr(demo.page.labels, "label_next", lambda n: 1 / 0)
+    monkeypatch.setattr(demo.page.probe, "label_next", lambda n: 1 / 0)
     out, _ = session.call("label_next")
     text = json.dumps(out)
     assert "Something went wrong (ZeroDivisionError" in text and "Traceback" not in text

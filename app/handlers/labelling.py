@@ -97,7 +97,7 @@ def key_name(number: int, shown: str | None) -> str | None:
 
 def next_batch(page: Page, k: int) -> Gallery | None:
     """The label-next queue after an assignment; None when there are no predictions yet (nothing to refresh)."""
-    preds = page.labels.label_next(k)
+    preds = page.probe.label_next(k)
     return prediction_gallery(page, preds, guess=True) if preds else None
 
 
@@ -111,7 +111,7 @@ def unassign(page: Page, selected: list[int]) -> tuple[Selection, Vocabulary]:
 def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
     """(the training report, the counts table) after fitting the probe and predicting every photo."""
     page.require_photos()
-    r = page.labels.train(page.store, progress=progress)
+    r = page.probe.train(page.store, progress=progress)
     lo, hi = r.accuracy_range or (0.0, 1.0)
     acc = ("not estimated yet (label at least 2 photos of one label)" if r.accuracy is None
            else f"**about {r.accuracy:.0%}** on the other photos (likely {lo:.0%} to {hi:.0%}: cross-validated on "
@@ -124,7 +124,7 @@ def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
 
 def label_next(page: Page, k: int) -> Gallery:
     """The unlabelled photos the probe is least sure about."""
-    preds = page.labels.label_next(k)
+    preds = page.probe.label_next(k)
     if not preds:
         raise ValueError("no predictions yet: label two kinds of photos and press Train")
     return prediction_gallery(page, preds, guess=True)
@@ -143,7 +143,7 @@ def show_labelled(page: Page, kind: str, label: str, order: str, k: int, notify:
 
 
 def accept(page: Page, min_confidence: float, notify: Notify = _quiet) -> str:
-    n = page.labels.accept(min_confidence=float(min_confidence))
+    n = page.probe.accept(min_confidence=float(min_confidence))
     notify(f"Accepted {n} prediction(s) at confidence >= {min_confidence:.2f}")
     return counts_markdown(page)
 
@@ -151,7 +151,7 @@ def accept(page: Page, min_confidence: float, notify: Notify = _quiet) -> str:
 def accept_selected(page: Page, selected: list[int], notify: Notify = _quiet) -> tuple[str, Selection]:
     if not selected:
         raise ValueError("select photos first")
-    n = page.labels.accept(ids=selected)
+    n = page.probe.accept(ids=selected)
     notify(f"Accepted {n} prediction(s)")
     return counts_markdown(page), selection(page, [])
 
