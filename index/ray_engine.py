@@ -37,7 +37,7 @@ import functools
 import hashlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,11 +210,14 @@ class RayEngine:
             self.log(f"resuming: {self.resumed} photos from {len(done)} shards an earlier run finished, "
                      f"{len(paths) - self.resumed} to embed in {len(todo)} shards")
         counts = (len(paths), self.resumed, len(units), len(done))
-        computed = self._compute(todo, paths, stats, batch_size, also, counts) if todo else iter(())
-        for unit in units:
-            batch = next(computed) if isinstance(unit, _Shard) else done[unit]
-            self.handed.append(unit.name if isinstance(unit, _Shard) else unit)
-            yield batch
+        computed = self._compute(todo, paths, stats, batch_size, also, counts)
+        try:
+            for unit in units:
+                batch = next(computed) if isinstance(unit, _Shard) else done[unit]
+                self.handed.append(unit.name if isinstance(unit, _Shard) else unit)
+                yield batch
+        finally:
+            computed.close()  # a caller that stops early ends the pool and Ray now, not when collected
 
     def saved(self) -> None:
         """Delete the shards handed over so far: the store has saved what they held (disk stays bounded)."""
@@ -262,9 +265,12 @@ class RayEngine:
     # -- running shards on the cluster
     def _compute(self, shards: list[_Shard], paths: Sequence[str], stats: dict[str, tuple[int, int]],
                  batch_size: int, also: Callable[[Path, bytes, Any], Any] | None,
-                 counts: tuple[int, int, int, int]) -> Iterator[EmbeddedBatch]:
+                 counts: tuple[int, int, int, int]) -> Generator[EmbeddedBatch, None, None]:
         """Run `shards` on the cluster; yields their batches in the order given, each after it is written.
-        `counts` (photos, photos done, shards, shards done) start the progress bar once the cluster is up."""
+        `counts` (photos, photos done, shards, shards done) start the progress bar once the cluster is up;
+        no shards: nothing is started."""
+        if not shards:
+            return
         with connected(self.cfg.address) as ray, contextlib.closing(_Pool(ray, self.cfg, self.embedder, batch_size,
                                                                           also)) as pool, _Bar(*counts) as bar:
             ready: dict[int, EmbeddedBatch] = {}

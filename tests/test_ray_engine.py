@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -128,6 +129,19 @@ def test_errors_without_a_traceback(photos, encoder, tmp_path, capsys, monkeypat
     assert main(["index", str(photos), "--model", str(encoder), "--out", out]) == 0
 
 
+def test_run_takes_the_engine(monkeypatch, tmp_path):
+    """`run` hands --engine ray / --ray-address to the index stage (the pipeline's build_index call)."""
+    import app.pipeline
+
+    seen = []
+    monkeypatch.setattr(app.pipeline, "run", lambda cfg: seen.append(cfg) or {})
+    monkeypatch.setattr("app.cli._run_pipeline", lambda call, args: call() and 0)
+    assert main(["run", str(tmp_path), "--no-serve", "--ray-address", "auto"]) == 0
+    assert main(["run", str(tmp_path), "--no-serve", "--engine", "ray"]) == 0
+    assert main(["run", str(tmp_path), "--no-serve"]) == 0
+    assert [(c.ray and c.ray.address) for c in seen] == ["auto", None, None] and seen[1].ray is not None
+
+
 # -------------------------------------------------------------------- a killed driver
 _DRIVER = """
 import sys, time
@@ -177,10 +191,13 @@ def test_killed_driver_resumes_from_finished_shards(photos, encoder, local_index
 
 # -------------------------------------------------------------------- the same index as the local engine
 class ray_started:
-    """A Ray of 2 CPUs in this process for the block (the engine uses it as it is)."""
+    """A Ray of 2 CPUs (and `gpus` logical GPUs) in this process for the block (the engine uses it as it is)."""
+
+    def __init__(self, gpus: int = 0):
+        self.gpus = gpus
 
     def __enter__(self):
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local",
+        ray.init(num_cpus=2, num_gpus=self.gpus, include_dashboard=False, log_to_driver=False, address="local",
                  logging_level="error")
         return self
 
@@ -189,11 +206,13 @@ class ray_started:
 
 
 @pytest.mark.slow
-def test_same_index_as_the_local_engine(photos, encoder, local_index, tmp_path, capsys):
+def test_same_index_as_the_local_engine(photos, encoder, local_index, tmp_path, capsys, caplog):
+    """On a Ray that declares a GPU: one encoder session, holding it (onnxruntime runs it on the CPU here)."""
     index_dir = tmp_path / "idx"
-    with ray_started():
+    with ray_started(gpus=1), caplog.at_level(logging.INFO, logger="index.ray_engine"):
         assert main(["index", str(photos), "--model", str(encoder), "--out", str(index_dir), "--engine", "ray"]) == 0
         assert "24 added" in capsys.readouterr().out
+        assert "2 CPUs, 1 GPUs, 1 encoder sessions" in caplog.text
         assert_same_index(index_dir, local_index)
         # the same search answers
         with Store.open(index_dir) as st, Store.open(local_index) as ref:
