@@ -337,7 +337,10 @@ class _Pool:
         queue = list(range(len(shards)))[::-1]
         try:
             while queue or flight:
-                while queue and len(flight) < window:
+                # shards are handed over in order: while one is slow (its node lost), the finished ones after
+                # it wait in memory, so no shard starts more than 4 windows past the oldest one unfinished
+                oldest = min((f[0] for f in flight.values()), default=queue[-1] if queue else 0)
+                while queue and len(flight) < window and queue[-1] < oldest + 4 * window:
                     k = queue.pop()
                     vec, rest, a = self._submit(shards[k])
                     flight[vec] = (k, rest, a, 1)
