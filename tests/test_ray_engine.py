@@ -189,6 +189,44 @@ def test_killed_driver_resumes_from_finished_shards(photos, encoder, local_index
     assert_same_index(index_dir, local_index, same_ids=False)
 
 
+_CLI = """
+import sys, time
+from index import build
+
+def slow_also(path, data, image):
+    time.sleep({delay})
+    return build._hash_and_thumb(path, data, image)
+
+build._hash_and_thumb = slow_also
+from app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_what_is_done(photos, encoder, tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it, Ray's processes included) during
+    `index --engine ray`: exit status 130, the photos handed over so far saved, their shards gone."""
+    index_dir = tmp_path / "idx"
+    proc = subprocess.Popen([sys.executable, "-c", _CLI.format(delay=SLOW_PHOTO_S), "index", str(photos), "--model",
+                             str(encoder), "--out", str(index_dir), "--engine", "ray"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(held_in(index_dir / SHARD_DIR)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before Ctrl-C"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "run the same command again" in out and "Traceback" not in err
+    saved = set(contents(index_dir)[0])
+    assert 0 < len(saved) < 24 and not saved & set(held_in(index_dir / SHARD_DIR))
+
+
 # -------------------------------------------------------------------- the same index as the local engine
 class ray_started:
     """A Ray of 2 CPUs (and `gpus` logical GPUs) in this process for the block (the engine uses it as it is)."""
