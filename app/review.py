@@ -18,7 +18,6 @@ that starts like a formula is written as text). Nothing is ever deleted.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -94,8 +93,7 @@ class Decisions:
     def __init__(self, index_dir: str | Path):
         self.db = Path(index_dir) / REVIEW_FILE
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.db), isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = database.connect(self.db, wal=True)
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:

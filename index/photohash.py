@@ -28,7 +28,6 @@ it saves, and the review reads the verdicts. Older indexes are signed once, from
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -223,8 +222,7 @@ class PhotoHashes:
     def __init__(self, index_dir: str | Path) -> None:
         self.db = Path(index_dir) / HASH_FILE
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.db), isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = database.connect(self.db, wal=True)
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -22,7 +22,6 @@ Writes are SQLite transactions (one per batch), so an interrupted fill keeps eve
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -219,8 +218,7 @@ class PhotoInfoCache:
         self.db = Path(store.index_dir) / INFO_FILE
         self._root = str(Path(root).absolute()) if root is not None else None
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.db), isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")  # the page reads while a fill writes
+        self._conn = database.connect(self.db, wal=True)  # the page reads while a fill writes
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
