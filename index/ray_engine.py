@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SHARD_SIZE = 1000  # photos per shard: what a lost node or a kill can cost, and one file pair per shard
 MIN_SHARDS = 32  # a small run is still cut this finely, so that every decoding CPU of a cluster has work
+CPUS_PER_SESSION = 4  # on a cluster without GPUs: one encoder session (of as many threads) per 4 CPUs
 _PROBE_S = 5.0  # seconds to wait for HOST:PORT to answer before ray.init (which waits minutes on a wrong one)
 
 
@@ -67,7 +68,7 @@ class RayConfig:
 
     address: str | None = None  # None: a Ray started on this machine for the run; "auto" or HOST:PORT: a cluster
     shard_size: int = SHARD_SIZE  # photos per shard at most (fewer when the run has under MIN_SHARDS x as many)
-    actors: int | None = None  # encoder sessions: default one per GPU, else one per 4 CPUs (at least 1)
+    actors: int | None = None  # encoder sessions: default one per GPU, else one per CPUS_PER_SESSION CPUs
     max_attempts: int = 3  # submissions of one shard before the run stops with its error
 
 
@@ -100,8 +101,10 @@ def decode_shard(paths: Sequence[str], preprocess: dict[str, Any],
 class Encoder:
     """An actor of the pool: one onnxruntime session of the exported encoder."""
 
-    def __init__(self, model_path: str, batch_size: int) -> None:
-        self.embedder, self.batch_size = Embedder(model_path), batch_size
+    def __init__(self, model_path: str, batch_size: int, on_gpu: bool) -> None:
+        # on CPUs, a session's threads are its share of a node's cores, not all of them (sessions share nodes)
+        threads = None if on_gpu else min(core_count(), CPUS_PER_SESSION)
+        self.embedder, self.batch_size = Embedder(model_path, threads=threads), batch_size
 
     def identity(self) -> tuple[str, str]:
         """(the encoder file's sha256 on this node, the provider it runs on)."""
@@ -294,11 +297,11 @@ class _Pool:
         self.preprocess = embedder.preprocess.to_dict()
         res = ray.cluster_resources()
         gpus, self.cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
-        n = cfg.actors or (gpus if gpus else max(1, self.cpus // 4))
+        n = cfg.actors or (gpus if gpus else max(1, self.cpus // CPUS_PER_SESSION))
         # on GPUs, one GPU and one CPU feed each session; on CPUs, no reservation (see the module docstring)
         opts = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
         actor = ray.remote(max_restarts=-1, max_task_retries=-1, **opts)(Encoder)
-        self.actors = [actor.remote(str(embedder.model_path), batch_size) for _ in range(n)]
+        self.actors = [actor.remote(str(embedder.model_path), batch_size, bool(gpus)) for _ in range(n)]
         self.decode = ray.remote(num_cpus=1, max_retries=5, retry_exceptions=False)(decode_shard)
         self.busy = [0] * n  # shards in flight per actor
         try:
@@ -316,7 +319,11 @@ class _Pool:
 
     def _check(self, embedder: Embedder) -> None:
         """Every actor runs the driver's encoder (the same file on every node)."""
-        identities = self.ray.get([a.identity.remote() for a in self.actors])
+        try:
+            identities = self.ray.get([a.identity.remote() for a in self.actors])
+        except self.ray.exceptions.RayError as e:  # the session could not start there: the file missing, ...
+            raise RayEngineError(f"an encoder session could not start on the cluster (is {embedder.model_path} "
+                                 f"on every node?): {str(e).strip().splitlines()[-1]}") from None
         log.info("encoder sessions on %s", ", ".join(sorted({p for _, p in identities})))
         for sha, _ in identities:
             if sha != embedder.sha256:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from imagegen import make_shapes
 from app.cli import main
 from index import build
 from index.build import build_index
-from index.ray_engine import SHARD_DIR, RayConfig
+from index.embed import Embedder
+from index.ray_engine import SHARD_DIR, RayConfig, RayEngineError
 from index.store import Store
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need Ray: pip install -e '.[ray]'")
@@ -259,6 +261,13 @@ def test_same_index_as_the_local_engine(photos, encoder, local_index, tmp_path, 
         # nothing new: nothing to embed, and nothing of Ray needed
         s = build_index(photos, encoder, index_dir, ray=RayConfig(), log=quiet)
         assert (s["unchanged"], s["added"], s["from_shards"]) == (24, 0, 0)
+        # an encoder file the sessions cannot open (as on a node without it): a clear error, no traceback
+        gone = tmp_path / "gone.onnx"
+        shutil.copy(encoder, gone)
+        embedder = Embedder(gone)
+        gone.unlink()
+        with pytest.raises(RayEngineError, match="could not start .*gone.onnx on every node.*no such model file"):
+            build_index(photos, gone, tmp_path / "idx2", embedder=embedder, ray=RayConfig(), log=quiet)
 
 
 # -------------------------------------------------------------------- a worker node lost mid-job
