@@ -1,5 +1,6 @@
 """The Ray engine for `index` (index/ray_engine.py) on a Ray inside the test: the same index as the local engine,
-a worker node removed mid-job, a killed driver resumed from its finished shards, and the errors a user sees."""
+a worker node removed mid-job, a killed driver resumed from its finished shards, Ctrl-C, and the errors a user
+sees (the last with Ray made unimportable: the local engine must not need it)."""
 
 from __future__ import annotations
 
