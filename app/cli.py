@@ -637,6 +637,14 @@ def _error_type(name: str) -> type[BaseException] | None:
     return getattr(sys.modules.get(module), attr, None)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit raises no second broken pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (tests capture it)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -645,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of the output went away (`| head`): stop quietly, as shell tools do
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped this way
     except BaseException as e:
         for name, status, message in ERRORS:
             kind = _error_type(name)

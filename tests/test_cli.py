@@ -79,6 +79,22 @@ def test_an_unexpected_error_is_not_hidden(monkeypatch):
         main(["pretrain", "photos", "--out", "r"])
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`byol-search search ... | head -1`: when the reader closes the pipe, the command stops with the status
+    a shell gives such a tool (141) and no 'Broken pipe' error or traceback."""
+    import subprocess
+    import sys
+
+    code = ("import app.cli as c\n"
+            "c._run_pretrain = lambda args: [print('photo', i) for i in range(10**6)] and 0\n"
+            "raise SystemExit(c.main(['pretrain', 'photos', '--out', 'r']))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"photo 0\n"
+    p.stdout.close()  # what `head -1` does after its line
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and err == b""
+
+
 def test_user_mistakes_before_any_work(tmp_path, capsys):
     assert main(["pretrain", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "no such folder" in capsys.readouterr().err
