@@ -85,7 +85,7 @@ class Probe:
         The probe is logistic regression on the embeddings (byol.probe.fit_page; weight_decay: its penalty,
         1e-4 by default), its confidence calibrated by cross-validation; trained from one labelled photo per
         class. The accuracy reported is byol.probe.estimate's: the stratified cross-validation's accuracy and
-        the mean confidence on the photos still unlabelled, averaged, with a range.
+        the mean confidence on the photos still unlabelled, the higher of the two, with a range.
         """
         from byol.probe import estimate, fit_page
 

@@ -18,6 +18,8 @@ Shapes (folder: what `pretrain` adapts on; labelled: the kinds the user labels):
   unlabelled   the uneven folder with 5 kinds labelled, half its photos of kinds nobody labels
   bursts       5 held-out Imagenette kinds of 120 photos, a third of them shot again 1-5 times (crop,
                exposure, JPEG quality: a phone's burst or an edited copy), 1,000-odd photos
+  closeup      10 Imagenette kinds of 60 to 300 photos as grey close-ups (the middle 45% of the frame,
+               no colour): a domain the base never trained on, as a lab's or a catalogue's photos are
 
     python scripts/bench_folders.py build                       # folders under .cache/folders/, made once
     nice -n 5 python scripts/bench_folders.py adapt uneven      # base + 613 steps on one folder (15 min alone)
@@ -77,8 +79,9 @@ SHAPES = (
     Shape("uneven", "uneven", None, "5 of 10 kinds"),
     Shape("unlabelled", "uneven", ("k0 ", "k1 ", "k4 ", "k6 ", "k9 "), "5 of 10 kinds"),  # name prefixes
     Shape("bursts", "bursts", None, "no (held-out classes)"),
+    Shape("closeup", "closeup", None, "no (grey close-ups; 5 of the kinds in colour, whole)"),
 )
-FOLDERS = ("uneven", "cifar", "bursts", "heldout", "mixed20")  # the order adaptation runs in
+FOLDERS = ("uneven", "cifar", "bursts", "heldout", "mixed20", "closeup")  # the order adaptation runs in
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -122,6 +125,20 @@ def _burst_copy(src: Path, dest: Path, rng: np.random.Generator) -> None:
     dest.write_bytes(buf.getvalue())
 
 
+def _closeup(src: Path, dest: Path) -> None:
+    """A grey close-up of a photo: the middle 45% of its frame, no colour, saved at the original size."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        w, h = im.size
+        cw, ch = int(w * 0.45), int(h * 0.45)
+        x, y = (w - cw) // 2, (h - ch) // 2
+        im = im.convert("L").crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+    dest.write_bytes(buf.getvalue())
+
+
 def build(name: str) -> Path:
     """WORK/name/photos/<kind>/ (links to the datasets' files, or new files for bursts); made once."""
     dest = WORK / name / "photos"
@@ -151,8 +168,18 @@ def build(name: str) -> Path:
                  for i, (w, s) in enumerate(zip(order, sizes))}
     elif name == "bursts":
         kinds = {NETTE_NAMES[w]: list(rng.permutation(_files(nette / "train" / w))[:120]) for w in HELD_OUT_IMAGENETTE}
+    elif name == "closeup":
+        kinds = {NETTE_NAMES[w]: list(rng.permutation(_nette(nette, w))[: rng.integers(60, 301)])
+                 for w in SEEN_IMAGENETTE + HELD_OUT_IMAGENETTE}
     else:
         raise SystemExit(f"no folder {name!r}; choose from {', '.join(FOLDERS)}")
+    if name == "closeup":  # new files, not links
+        for kind, files in kinds.items():
+            (tmp / kind).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                _closeup(f, tmp / kind / f.name)
+        os.rename(tmp, dest)
+        return dest
     _link(tmp, kinds)
     if name == "bursts":  # a third of the photos get 1-5 near-duplicates beside them
         for kind, files in kinds.items():
@@ -178,8 +205,9 @@ def collection(name: str) -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------------------------------------
 # the encoders: the base alone, and the base + 15 minutes on the folder
 # ----------------------------------------------------------------------------------------------------------
-def adapted(name: str) -> Path:
-    return WORK / name / "adapt" / "checkpoint.pt"
+def adapted(name: str, tag: str = "") -> Path:
+    """The folder's base + 15 minutes run; `tag` names a run with other settings (the defaults study)."""
+    return WORK / name / f"adapt{tag}" / "checkpoint.pt"
 
 
 def _finished(run: Path) -> bool:
@@ -187,11 +215,11 @@ def _finished(run: Path) -> bool:
     return log.is_file() and any(json.loads(line)["kind"] == "end" for line in log.read_text().splitlines())
 
 
-def adapt(name: str, steps: int = ADAPT_STEPS, extra: list[str] | None = None) -> Path:
-    """`byol-search pretrain FOLDER --init base --steps 613` as a user runs it (default settings)."""
-    photos, run = build(name), adapted(name).parent
+def adapt(name: str, steps: int = ADAPT_STEPS, extra: list[str] | None = None, tag: str = "") -> Path:
+    """`byol-search pretrain FOLDER --init base --steps 613` as a user runs it (default settings, or `extra`)."""
+    photos, run = build(name), adapted(name, tag).parent
     if _finished(run):
-        return adapted(name)
+        return adapted(name, tag)
     exe = ROOT / ".venv" / "bin" / "byol-search"
     cmd = [str(exe), "pretrain", str(photos), "--out", str(run), "--steps", str(steps), "--init", "base",
            "--cache-dir", str(WORK / name / "cache-32"), "--no-progress", *(extra or [])]
@@ -200,7 +228,7 @@ def adapt(name: str, steps: int = ADAPT_STEPS, extra: list[str] | None = None) -
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     (run / "command.txt").write_text(" ".join(cmd) + f"\n{time.perf_counter() - t0:.0f} s\n")
-    return adapted(name)
+    return adapted(name, tag)
 
 
 def base_checkpoint() -> Path:
@@ -505,8 +533,9 @@ def run(args: argparse.Namespace) -> None:
         if args.shapes and shape.name not in args.shapes.split(","):
             continue
         encoders = {"base": base_checkpoint()}
-        if adapted(shape.folder).is_file() and _finished(adapted(shape.folder).parent):
-            encoders["base + 15 min"] = adapted(shape.folder)
+        for tag in [""] + [t for t in args.tags.split(",") if t]:
+            if adapted(shape.folder, tag).is_file() and _finished(adapted(shape.folder, tag).parent):
+                encoders[f"base + 15 min{tag}"] = adapted(shape.folder, tag)
         for enc, ckpt in encoders.items():
             if args.encoders and enc not in args.encoders.split(","):
                 continue
@@ -528,11 +557,15 @@ def main() -> None:
     a = sub.add_parser("adapt", help="base + 613 steps of pretrain on one folder (or several, in turn)")
     a.add_argument("folders", nargs="+", choices=FOLDERS)
     a.add_argument("--steps", type=int, default=ADAPT_STEPS)
+    a.add_argument("--tag", default="", help="run into adapt<TAG>/ (a setting of the defaults study)")
+    a.add_argument("--extra-args", default="", help="pretrain options beside the defaults, e.g. '--base-tau 0.99'")
     r = sub.add_parser("run", help="every shape, encoder and label count")
     r.add_argument("--shots", default="1,2,5,10,20")
     r.add_argument("--draws", type=int, default=40)
     r.add_argument("--shapes", default="", help="comma list (default: all)")
     r.add_argument("--encoders", default="", help="'base', 'base + 15 min' (default: both where adapted)")
+    r.add_argument("--tags", default="", help="comma list of adapt --tag runs to measure beside (encoders "
+                   "'base + 15 min<TAG>')")
     r.add_argument("--methods", default="", help="semicolon list of candidates (logistic always)")
     r.add_argument("--keep", action="store_true", help="add to --out's results instead of starting afresh")
     r.add_argument("--out", type=Path, default=WORK / "result.json")
@@ -549,7 +582,7 @@ def main() -> None:
             print(f"{name}: {len(paths)} photos, {len(sizes)} kinds, {min(sizes.values())}-{max(sizes.values())} each")
     elif args.cmd == "adapt":
         for name in args.folders:
-            print(f"{name}: {adapt(name, args.steps)}", flush=True)
+            print(f"{name}: {adapt(name, args.steps, args.extra_args.split(), args.tag)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -183,8 +183,10 @@ def test_a_probe_saved_before_neighbour_averaging_still_predicts(setup):
 
 def test_the_estimate_is_within_reach_of_the_truth_on_noisy_classes():
     """On embeddings where the truth is well below 100% (overlapping classes), the reported accuracy lies within
-    8 points of the share of unlabelled photos predicted right on average over 10 draws of 5 labels per class,
-    and its range holds that share in 7 draws of 10 at least."""
+    10 points of the share of unlabelled photos predicted right on average over 10 draws of 5 labels per class,
+    and its range holds that share in 8 draws of 10 at least. (On these Gaussian classes the calibrated
+    confidence reads about 8 points high, where on photo folders it reads low, and the higher of it and the
+    cross-validation is reported: the bound is looser than the 5 points measured on folders.)"""
     from byol.probe import LinearProbe, estimate, fit_page
 
     rng = np.random.default_rng(0)
@@ -200,7 +202,7 @@ def test_the_estimate_is_within_reach_of_the_truth_on_noisy_classes():
         acc, low, high = estimate(fitted.cv, float(p.max(1).mean()))
         hits.append((acc - truth, low <= truth <= high))
         assert isinstance(fitted.probe, LinearProbe) and 0.4 < truth < 0.9  # neither trivial nor hopeless
-    assert abs(np.mean([d for d, _ in hits])) <= 0.08 and np.mean([h for _, h in hits]) >= 0.7, hits
+    assert abs(np.mean([d for d, _ in hits])) <= 0.10 and np.mean([h for _, h in hits]) >= 0.8, hits
 
 
 def test_a_probe_that_averaged_over_neighbours_still_predicts_through_the_graph(setup):

@@ -201,12 +201,13 @@ def test_page_probe_is_logistic_regression_with_calibrated_confidence():
     assert abs(page.probe.predict(x)[1].mean() - truth) < abs(plain.predict(x)[1].mean() - truth)
 
 
-def test_estimate_averages_cross_validation_and_confidence_and_ranges_around_both():
+def test_estimate_reports_the_higher_of_cross_validation_and_confidence_and_ranges_around_both():
     cv = probe.CrossValidated(np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 0, 1, 2, 1, 2, 2]] * 5,
                               np.array([0, 1, 2, 1, 0, 1, 2, 0, 2, 2]), 3)
     assert cv.accuracy() == pytest.approx(np.mean([2 / 3, 2 / 3, 1.0]))  # classes weigh alike
     acc, low, high = probe.estimate(cv, 0.9)
-    assert acc == pytest.approx((cv.accuracy() + 0.9) / 2)
+    assert acc == pytest.approx(0.9)  # both read low: the higher is the nearer
+    assert probe.estimate(cv, 0.2)[0] == pytest.approx(cv.accuracy())
     assert low < cv.accuracy() < high and high >= 0.9 and 0 <= low and high <= 1
     assert probe.estimate(None, 0.9) is None
     one = probe.CrossValidated(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), 3)
