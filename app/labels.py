@@ -307,8 +307,9 @@ class Labels:
         return out
 
     # ---------------------------------------------------------------- predictions
-    def replace_predictions(self, rows: list[tuple[int, str, float, float, int]]) -> None:
-        """Store (image_id, label, confidence, margin, probe_version) rows in place of every earlier prediction."""
+    def replace_predictions(self, rows: Iterable[tuple[int, str, float, float, int]]) -> None:
+        """Store (image_id, label, confidence, margin, probe_version) rows in place of every earlier prediction
+        (an iterable: rows made while they are inserted, in one transaction)."""
 
         def save(db: sqlite3.Connection) -> None:
             # replacing every row: dropping the indexes and building them after the insert halves the time

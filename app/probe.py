@@ -133,11 +133,16 @@ class Probe:
         return self.labels.write(save)
 
     def _unlabelled_confidence(self, labelled_ids: np.ndarray) -> float:
-        """The mean confidence of the predictions of the photos not among `labelled_ids` (0 with none)."""
-        rows = np.asarray(self.labels.query("SELECT image_id, confidence FROM predictions"),
-                          np.float64).reshape(-1, 2)
-        rest = rows[~np.isin(rows[:, 0].astype(np.int64), labelled_ids), 1]
-        return float(rest.mean()) if len(rest) else 0.0
+        """The mean confidence of the predictions of the photos not among `labelled_ids` (0 with none): summed
+        in SQLite, all photos less the labelled ones, so that no list of every prediction is made."""
+        ((total, count),) = self.labels.query("SELECT TOTAL(confidence), COUNT(*) FROM predictions")
+        ids = [int(i) for i in labelled_ids]
+        for part in range(0, len(ids), 500):
+            marks = ",".join("?" * len(ids[part : part + 500]))
+            ((t, c),) = self.labels.query("SELECT TOTAL(confidence), COUNT(*) FROM predictions "
+                                          f"WHERE image_id IN ({marks})", tuple(ids[part : part + 500]))
+            total, count = total - t, count - c
+        return float(total / count) if count else 0.0
 
     # ---------------------------------------------------------------- the stored probe
     def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
@@ -184,17 +189,18 @@ class Probe:
             averaged = nc.predict_proba(probe)  # n, C
         else:
             all_ids = np.asarray(store.all_ids(), np.int64)
-        rows: list[tuple[int, str, float, float, int]] = []
-        for start in range(0, len(all_ids), chunk):
-            ids = all_ids[start : start + chunk]
-            p = (averaged[start : start + chunk] if averaged is not None
-                 else probe.predict_proba(store.get_vectors(ids)))  # n, C
-            rows.extend(_rows(ids, p, classes, version))
-            done = start + len(ids)
-            progress(min(1.0, done / max(1, len(all_ids))) * PREDICT_ROWS, f"predicted {done} photos")
-        progress(PREDICT_SAVING, "saving predictions")
-        self.labels.replace_predictions(rows)
-        return len(rows)
+        def rows() -> Iterator[tuple[int, str, float, float, int]]:  # chunk by chunk: memory bounded at any size
+            for start in range(0, len(all_ids), chunk):
+                ids = all_ids[start : start + chunk]
+                p = (averaged[start : start + chunk] if averaged is not None
+                     else probe.predict_proba(store.get_vectors(ids)))  # n, C
+                yield from _rows(ids, p, classes, version)
+                done = start + len(ids)
+                progress(min(1.0, done / max(1, len(all_ids))) * PREDICT_ROWS, f"predicted {done} photos")
+            progress(PREDICT_SAVING, "saving predictions")
+
+        self.labels.replace_predictions(rows())
+        return len(all_ids)
 
     # ---------------------------------------------------------------- using the predictions
     def label_next(self, n: int = 24) -> list[Prediction]:
