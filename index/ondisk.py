@@ -5,10 +5,12 @@ keeps them in a *base* folder written once and never changed, plus a small in-me
 
     INDEX_DIR/ondisk.<gen>/      a base, named by the generation whose save built it
       trained.faiss              the quantizers (coarse centroids + PQ or SQ8), trained on a sample
-      index.faiss, lists.ivfdata the inverted lists: per-shard IVF files merged by faiss.contrib.ondisk's
-                                 merge_ondisk into one OnDiskInvertedLists file, opened memory-mapped
-      ids.npy, vectors.npy       every base id ascending, and its vector (float16, memory-mapped): re-ranking
-                                 and `get_vectors` read the rows they need, nothing else
+      index.faiss, lists.ivfdata the inverted lists: per-shard IVF files merged (in faiss.contrib.ondisk's
+                                 merge_ondisk layout, written with pwrite) into one OnDiskInvertedLists
+                                 file, opened memory-mapped
+      ids.npy, vectors.npy       every base id ascending, and its vector (float16, read with pread by
+                                 index/vectorfile.py, never mapped): re-ranking and `get_vectors` read the
+                                 rows they need, nothing else
       base.json                  codec, nlist, nprobe, rerank, measured recall@10, trained_on
     INDEX_DIR/vectors.<gen>.ondisk.npz   one generation: the base's name, the delta (ids and float32 vectors
                                  of photos added or re-embedded since), and the base ids removed since
@@ -21,9 +23,17 @@ quantizers, no re-encoding of the old codes), retraining everything when the col
 A base is built in `.ondisk.<gen>.tmp/`, fsynced and renamed into place before the generation file that
 names it is written, so a kill at any moment leaves the previous generation whole (index/store.py commits).
 
-Memory while serving: the coarse centroids, the delta, the removed ids, and the pages of lists, ids and
-vectors that searches touch (the kernel drops them under pressure). While building: one shard of vectors
-and the training sample (scripts/bench_scale.py measures both).
+Memory while serving: the coarse centroids, the delta, the removed ids, and the pages of lists and ids that
+searches touch (the kernel drops them under pressure); vectors are read row by row, never mapped. While
+building: the ids, one shard of vectors, and the training sample (at most MAX_SAMPLE vectors); the vectors
+file is written and read with ordinary file I/O and the lists are merged with pwrite, so the 5 GB of a 10M
+base pass through the page cache, never through this process's resident memory (scripts/bench_scale.py
+measures both).
+
+Shards: each is a plain `ShardWork` (rows of the folder's files, the quantizers in its trained.faiss) that
+`encode_shard` turns into one IVF file, anywhere the folder is visible. A `Runner` maps a list of them:
+`run_here` on this machine, one after the other; the Ray engine offers its own for the index it builds
+(`offer_runner`, index/ray_engine.py), which runs them as cluster tasks.
 
 Codes: IVF-PQ (dim/8 bytes per vector) when re-ranking at most MAX_RERANK x k candidates reaches the target
 recall@10 against exact search, else IVF-SQ8 (dim bytes); nprobe and rerank are tuned on stored vectors
@@ -38,22 +48,32 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from faiss.contrib.ondisk import merge_ondisk
 
 from byol.fileio import atomic_write_bytes, fsync_dir
+from index import vectorfile
 from index.ivf import ivf_nlist, new_exact, recall_at_k, without_self
+from index.vectorfile import VectorFile
 
 log = logging.getLogger(__name__)
 
 MEMORY_LIMIT = 4 * 2**30  # bytes the in-memory index may take before the store puts it on disk (--memory-limit)
 COMPACT_FRACTION = 0.1  # a new base once delta + removed ids pass this fraction of the base
 SHARD = 250_000  # vectors per IVF shard while building: one shard in RAM (256 MB at 256-d)
+# Coarse lists at most: k-means and assigning every vector cost time in proportion to nlist. Measured here (2
+# shared cores, 40 points per centroid): 4.7 s per k-means iteration at 4,096 lists, 19 s at 8,192, so the
+# ~16,384 that index/ivf.py's 4 sqrt(n) asks for at 10M would spend ~16 min training and ~19 min assigning
+# per codec; with 4,096, lists of ~2,400 codes at 10M still scan in well under a millisecond per probe.
+MAX_NLIST = 4096
+MAX_SAMPLE = 1_000_000  # training vectors at most (40 per list below that): ~1 GB of float32 at 256-d
+TRAINED = "trained.faiss"
 RERANKS = (4, 8, 16)  # candidates per result re-scored from the float16 vectors, tried in this order
 MAX_NPROBE_SHARE = 8  # a configuration must reach the recall with nprobe <= nlist / this, or the next is tried
 TUNE_QUERIES = 500  # stored vectors queried when tuning (as index/ivf.py)
@@ -62,6 +82,19 @@ _READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside in
 
 Step = Callable[[str], None]
 Fetch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    """One IVF shard to encode: positions `rows` (ascending) of `folder`'s ids.npy and vectors.npy, encoded
+    with `folder`'s trained.faiss, written to `out`. Plain values: it runs wherever the folder is visible."""
+
+    folder: Path
+    rows: np.ndarray
+    out: Path
+
+
+Runner = Callable[[list[ShardWork]], list[Path]]  # encodes every shard, returns their files in the same order
 
 
 def ram_bytes(n: int, dim: int) -> int:
@@ -89,7 +122,7 @@ class OnDiskIndex:
         moved = self.info.get("lists_path") != str(lists)
         self.ivf = faiss.read_index(str(base_dir / "index.faiss"), _READ_FLAGS if moved else 0)
         self.base_ids: np.ndarray = np.load(base_dir / "ids.npy", mmap_mode="r")
-        self.base_vectors: np.ndarray = np.load(base_dir / "vectors.npy", mmap_mode="r")
+        self.base_vectors = VectorFile(base_dir / "vectors.npy")
         self.removed = np.unique(np.asarray(removed, np.int64))  # base ids no longer (or no longer here) live
         self.delta = new_exact(self.d)
         if len(delta_ids):
@@ -162,8 +195,7 @@ class OnDiskIndex:
         valid = flat >= 0
         rows = np.searchsorted(self.base_ids, flat[valid])
         vecs = np.zeros((len(flat), self.d), np.float32)
-        order = np.argsort(rows)  # ascending rows: the mapped file is read forward
-        vecs[np.flatnonzero(valid)[order]] = self.base_vectors[rows[order]]
+        vecs[valid] = self.base_vectors.rows(rows)  # those rows only, read from the file (not mapped)
         scores = np.einsum("qcd,qd->qc", vecs.reshape(len(q), -1, self.d), q).astype(np.float32)
         scores[cand < 0] = -np.inf
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -182,7 +214,7 @@ class OnDiskIndex:
             if len(rest) else np.ones(0, bool)
         if not np.all(ok):
             raise RuntimeError(f"id {int(rest[~ok][0])} not found")
-        out[~in_delta] = self.base_vectors[rows]
+        out[~in_delta] = self.base_vectors.rows(rows)
         return out
 
     # -- changing
@@ -258,19 +290,64 @@ def clean(index_dir: Path, keep: list[str]) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+# -------------------------------------------------------------------- who encodes the shards
+_runners: dict[Path, weakref.ref[Any]] = {}
+
+
+def offer_runner(index_dir: Path, runner: Runner | None) -> None:
+    """Encode the shards of the bases built in `index_dir` with `runner` from now on (None: here again).
+
+    Held weakly (so it must be an object, not a function): an engine that offers its runner withdraws it by
+    going away, however its run ended. The store calls `reshape` without a runner; this is how it gets one.
+    """
+    key = Path(index_dir).absolute()
+    if runner is None:
+        _runners.pop(key, None)
+    else:
+        _runners[key] = weakref.ref(runner)
+
+
+def run_here(works: list[ShardWork]) -> list[Path]:
+    """The shards encoded in this process, one after the other (one shard's vectors in memory)."""
+    return [encode_shard(w) for w in works]
+
+
+def _runner_for(index_dir: Path) -> Runner:
+    ref = _runners.get(Path(index_dir).absolute())
+    runner: Runner | None = ref() if ref is not None else None
+    return runner or run_here
+
+
+def encode_shard(work: ShardWork) -> Path:
+    """`work`'s vectors encoded with its folder's quantizers into `work.out`, written atomically (a task run
+    twice, or killed, never leaves half a shard)."""
+    shard = faiss.read_index(str(work.folder / TRAINED))
+    rows = np.asarray(work.rows, np.int64)
+    ids = np.load(work.folder / "ids.npy", mmap_mode="r")
+    x = VectorFile(work.folder / "vectors.npy").rows(rows).astype(np.float32)
+    shard.add_with_ids(x, np.ascontiguousarray(ids[rows], np.int64))
+    tmp = work.out.with_name(f"{work.out.name}.{os.getpid()}.tmp")
+    faiss.write_index(shard, str(tmp))
+    os.replace(tmp, work.out)
+    return work.out
+
+
 # -------------------------------------------------------------------- building a base
 def build(index_dir: Path, name: str, ids: np.ndarray, fetch: Fetch, target_recall: float,
-          sample: int | None = None, step: Step = lambda s: None, chunk: int = SHARD) -> OnDiskIndex:
+          sample: int | None = None, step: Step = lambda s: None, chunk: int = SHARD,
+          runner: Runner | None = None) -> OnDiskIndex:
     """A new base `index_dir/name` over `ids` (ascending), whose vectors `fetch(ids_chunk)` gives in chunks
-    of `chunk` (never all at once): vectors file, quantizers trained on a sample, shards, merge, tuning."""
+    of `chunk` (never all at once): vectors file, quantizers trained on a sample, shards (encoded by `runner`,
+    default: the one offered for `index_dir`, else here), merge, tuning."""
+    runner = runner or _runner_for(index_dir)
     tmp = _fresh_tmp(index_dir, name)
     vectors = _write_vectors(tmp, ids, fetch, chunk)
     info: dict[str, Any] = {}
     for codec in ("pq", "sq8"):
         trained = _train(vectors, codec, sample)
-        shards = _add_shards(tmp, trained, ids, lambda part: vectors[np.searchsorted(ids, part)], chunk, step)
-        merged = faiss.clone_index(trained)
-        merge_ondisk(merged, [str(s) for s in shards], str(tmp / "lists.ivfdata"))
+        faiss.write_index(trained, str(tmp / TRAINED))
+        shards = _add_shards(tmp, np.arange(len(ids)), chunk, runner, step)
+        merged = _merge(trained, shards, tmp)
         _write_lists_index(merged, tmp, index_dir / name)
         for s in shards:
             s.unlink()
@@ -279,42 +356,31 @@ def build(index_dir: Path, name: str, ids: np.ndarray, fetch: Fetch, target_reca
         if info["reached"]:
             break
         log.info("index on disk: PQ codes reach recall@10 %.3f only; SQ8 codes instead", info["recall_at_10"])
+        del merged
         (tmp / "lists.ivfdata").unlink()
-    faiss.write_index(trained, str(tmp / "trained.faiss"))
     info.update(codec=codec, nlist=int(trained.nlist), dim=int(vectors.shape[1]), trained_on=len(ids))
     return _publish(tmp, index_dir / name, info, step)
 
 
 def compact(old: OnDiskIndex, index_dir: Path, name: str, ids: np.ndarray, step: Step = lambda s: None,
-            chunk: int = SHARD) -> OnDiskIndex:
+            chunk: int = SHARD, runner: Runner | None = None) -> OnDiskIndex:
     """A new base from `old`: its lists minus the removed ids, plus the delta's vectors encoded with the same
-    quantizers; the vectors file rewritten in id order (a sequential copy)."""
+    quantizers (by `runner`, as in `build`); the vectors file rewritten in id order (a sequential copy)."""
+    runner = runner or _runner_for(index_dir)
     tmp = _fresh_tmp(index_dir, name)
     vectors = _write_vectors(tmp, ids, old.reconstruct_batch, chunk)
-    trained = faiss.read_index(str(old.base_dir / "trained.faiss"))
+    shutil.copyfile(old.base_dir / TRAINED, tmp / TRAINED)
+    trained = faiss.read_index(str(tmp / TRAINED))
     delta_ids = np.sort(old.delta_ids())
-    shards = _add_shards(tmp, trained, delta_ids, old.delta.reconstruct_batch, chunk, step)
-    shard_indexes = [faiss.read_index(str(s), faiss.IO_FLAG_MMAP) for s in shards]
-    ivfs = [faiss.extract_index_ivf(i) for i in shard_indexes]  # views: shard_indexes keeps them alive
-    merged = faiss.clone_index(trained)
-    lists = faiss.OnDiskInvertedLists(merged.nlist, merged.code_size, str(tmp / "lists.ivfdata"))
-    old_lists = old.ivf.invlists
-    for list_no in range(merged.nlist):  # old codes are copied, never decoded and encoded again
-        parts = [_list_entries(old_lists, list_no, merged.code_size, drop=old.removed)]
-        parts += [_list_entries(ivf.invlists, list_no, merged.code_size) for ivf in ivfs]
-        list_ids = np.concatenate([p[0] for p in parts])
-        if len(list_ids):
-            codes = np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
-            lists.add_entries(list_no, len(list_ids), faiss.swig_ptr(list_ids), faiss.swig_ptr(codes))
-    merged.ntotal = int(sum(lists.list_size(i) for i in range(merged.nlist)))
-    merged.replace_invlists(lists, True)
-    lists.this.disown()
+    delta_rows = np.searchsorted(ids, delta_ids)
+    if len(delta_ids) and not np.array_equal(ids[np.minimum(delta_rows, len(ids) - 1)], delta_ids):
+        raise ValueError("compact: the delta holds ids that are not among the live ids")
+    shards = _add_shards(tmp, delta_rows, chunk, runner, step)
+    merged = _merge(trained, shards, tmp, old)  # old codes are copied, never decoded and encoded again
     _write_lists_index(merged, tmp, index_dir / name)
-    del ivfs, shard_indexes
     for s in shards:
         s.unlink()
     step("ondisk_merged")
-    shutil.copyfile(old.base_dir / "trained.faiss", tmp / "trained.faiss")
     info = {**_tune(merged, ids, vectors, old.info["recall_target"], reranks=(old.rerank, *RERANKS)),
             **{k: old.info[k] for k in ("codec", "nlist", "dim", "trained_on")}}
     return _publish(tmp, index_dir / name, info, step)
@@ -327,17 +393,74 @@ def _write_lists_index(merged: Any, tmp: Path, final: Path) -> None:
     faiss.write_index(merged, str(tmp / "index.faiss"))
 
 
-def _list_entries(lists: Any, list_no: int, code_size: int,
-                  drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    n = int(lists.list_size(list_no))
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros((0, code_size), np.uint8)
-    ids = faiss.rev_swig_ptr(lists.get_ids(list_no), n).copy()
-    codes = faiss.rev_swig_ptr(lists.get_codes(list_no), n * code_size).copy().reshape(n, code_size)
-    if drop is not None and len(drop):
-        keep = ~np.isin(ids, drop)
-        ids, codes = ids[keep], codes[keep]
-    return ids, codes
+def _merge(trained: Any, shards: list[Path], tmp: Path, old: OnDiskIndex | None = None) -> Any:
+    """`trained` over one OnDiskInvertedLists file, tmp/lists.ivfdata: per list, `old`'s entries minus its
+    removed ids, then each shard's in order, every list contiguous (faiss's merge_ondisk layout). Written with
+    pwrite, shards read one at a time: merge_ondisk maps every shard and the output, and every page it touches
+    stays resident (at 10M with SQ8 codes, 2 x 2.6 GB); here memory holds one shard (10-66 MB at 250k)."""
+    nlist, cs = int(trained.nlist), int(trained.code_size)
+    sizes = np.zeros(nlist, np.uint64)
+    for _, lists in _shard_lists(shards):
+        sizes += np.array([lists.list_size(j) for j in range(nlist)], np.uint64)
+    if old is not None:
+        sizes += np.array([len(ids) for ids, _ in _old_entries(old, cs, codes=False)], np.uint64)
+    out = faiss.OnDiskInvertedLists(nlist, cs, str(tmp / "lists.ivfdata"))
+    out.set_all_lists_sizes(faiss.swig_ptr(sizes))
+    total = int(sizes.sum())
+    out.update_totsize(total * (cs + 8))  # as merge_from_multiple: the file sized, mapped, every list in place
+    start = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) * (cs + 8))[:-1]])
+    filled = np.zeros(nlist, np.int64)
+    fd = os.open(tmp / "lists.ivfdata", os.O_WRONLY)
+    try:
+        def put(j: int, ids: np.ndarray, codes: np.ndarray) -> None:  # a list: its codes, then its ids
+            os.pwrite(fd, np.ascontiguousarray(codes).data, int(start[j] + filled[j] * cs))
+            os.pwrite(fd, np.ascontiguousarray(ids).data, int(start[j] + int(sizes[j]) * cs + filled[j] * 8))
+            filled[j] += len(ids)
+
+        if old is not None:
+            for j, (ids, codes) in enumerate(_old_entries(old, cs, codes=True)):
+                if len(ids):
+                    put(j, ids, codes)
+        for _, lists in _shard_lists(shards):
+            for j in range(nlist):
+                n = lists.list_size(j)
+                if n:
+                    put(j, faiss.rev_swig_ptr(lists.get_ids(j), n), faiss.rev_swig_ptr(lists.get_codes(j), n * cs))
+    finally:
+        os.close(fd)
+    assert np.array_equal(filled, sizes.astype(np.int64)), "merge: lists not filled as sized"
+    merged = faiss.clone_index(trained)
+    merged.replace_invlists(out, True)
+    out.this.disown()
+    merged.ntotal = total
+    return merged
+
+
+def _shard_lists(shards: list[Path]) -> Iterator[tuple[Any, Any]]:
+    """(index, its inverted lists) of each shard file, read whole, one at a time (never mapped)."""
+    for s in shards:
+        index = faiss.read_index(str(s))
+        yield index, faiss.extract_index_ivf(index).invlists
+        del index
+
+
+def _old_entries(old: OnDiskIndex, cs: int, codes: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, codes) of each list of `old`'s base without its removed ids, read with pread from its lists file
+    (its map is the serving index's: touching it would make every page resident here)."""
+    lists = faiss.downcast_InvertedLists(old.ivf.invlists)
+    fd = os.open(old.base_dir / "lists.ivfdata", os.O_RDONLY)
+    try:
+        for j in range(int(lists.nlist)):
+            meta = lists.lists.at(j)
+            n, at = int(meta.size), int(meta.offset)
+            ids = np.frombuffer(os.pread(fd, n * 8, at + int(meta.capacity) * cs), np.int64)
+            c = np.frombuffer(os.pread(fd, n * cs, at), np.uint8).reshape(n, cs) if codes else np.zeros((n, 0), np.uint8)
+            if len(old.removed) and n:
+                keep = ~np.isin(ids, old.removed)
+                ids, c = ids[keep], c[keep]
+            yield np.ascontiguousarray(ids), np.ascontiguousarray(c)
+    finally:
+        os.close(fd)
 
 
 def _fresh_tmp(index_dir: Path, name: str) -> Path:
@@ -348,28 +471,28 @@ def _fresh_tmp(index_dir: Path, name: str) -> Path:
     return tmp
 
 
-def _write_vectors(tmp: Path, ids: np.ndarray, fetch: Fetch, chunk: int) -> np.ndarray:
-    """ids.npy and vectors.npy (float16, unit rows) written chunk by chunk; returns the vectors, mapped."""
+def _write_vectors(tmp: Path, ids: np.ndarray, fetch: Fetch, chunk: int) -> VectorFile:
+    """ids.npy and vectors.npy (float16, unit rows) written chunk by chunk; returns the vectors' reader."""
     np.save(tmp / "ids.npy", ids)
-    first = fetch(ids[:1]) if len(ids) else np.zeros((1, 1), np.float32)
-    out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16, shape=(len(ids), first.shape[1]))
-    for a in range(0, len(ids), chunk):
-        x = np.asarray(fetch(ids[a:a + chunk]), np.float32)
-        out[a:a + len(x)] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    out.flush()
-    del out
-    vectors: np.ndarray = np.load(tmp / "vectors.npy", mmap_mode="r")
-    return vectors
+    first = np.asarray(fetch(ids[:chunk]), np.float32) if len(ids) else np.zeros((0, 1), np.float32)
+
+    def unit_chunks() -> Iterator[np.ndarray]:
+        for a in range(0, max(len(ids), 1), chunk):
+            x = first if a == 0 else np.asarray(fetch(ids[a:a + chunk]), np.float32)
+            yield x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    vectorfile.write(tmp / "vectors.npy", unit_chunks(), len(ids), first.shape[1])
+    return VectorFile(tmp / "vectors.npy")
 
 
-def _train(vectors: np.ndarray, codec: str, sample: int | None, seed: int = 0) -> Any:
+def _train(vectors: VectorFile, codec: str, sample: int | None, seed: int = 0) -> Any:
     """An empty IVF-PQ (dim/8 bytes) or IVF-SQ8 (dim bytes) index, spherical k-means on a sample."""
     n, d = vectors.shape
-    nlist = ivf_nlist(n)
+    nlist = min(ivf_nlist(n), MAX_NLIST)
     rng = np.random.default_rng(seed)
-    take = min(n, sample or max(nlist * 40, 256 * 40))
+    take = min(n, sample or min(max(nlist * 40, 256 * 40), MAX_SAMPLE))
     rows = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
-    x = np.ascontiguousarray(vectors[rows], np.float32)
+    x = np.ascontiguousarray(vectors.rows(rows), np.float32)
     quantizer = faiss.IndexFlatIP(d)
     if codec == "pq":
         m = max(k for k in range(1, d // 8 + 1) if d % k == 0)  # sub-quantizers: dim/8 bytes per vector
@@ -383,20 +506,19 @@ def _train(vectors: np.ndarray, codec: str, sample: int | None, seed: int = 0) -
     return index
 
 
-def _add_shards(tmp: Path, trained: Any, ids: np.ndarray, fetch: Fetch, chunk: int, step: Step) -> list[Path]:
-    """One IVF file per `chunk` vectors, encoded with `trained`'s quantizers; only one shard in memory."""
-    out = []
-    for i, a in enumerate(range(0, len(ids), chunk)):
-        shard = faiss.clone_index(trained)
-        part = ids[a:a + chunk]
-        shard.add_with_ids(np.ascontiguousarray(fetch(part), np.float32), part)
-        out.append(tmp / f"shard.{i}.faiss")
-        faiss.write_index(shard, str(out[-1]))
+def _add_shards(tmp: Path, rows: np.ndarray, chunk: int, runner: Runner, step: Step) -> list[Path]:
+    """One IVF file per `chunk` of `rows` (positions in tmp's files), encoded by `runner` with tmp's
+    trained.faiss."""
+    works = [ShardWork(tmp, rows[a:a + chunk], tmp / f"shard.{i}.faiss") for i, a in enumerate(range(0, len(rows), chunk))]
+    shards = runner(works) if works else []
+    if [Path(s) for s in shards] != [w.out for w in works] or not all(w.out.is_file() for w in works):
+        raise RuntimeError(f"{tmp}: the shards were not all encoded")
+    for _ in shards:
         step("ondisk_shard_written")
-    return out
+    return [w.out for w in works]
 
 
-def _tune(merged: Any, ids: np.ndarray, vectors: np.ndarray, target_recall: float,
+def _tune(merged: Any, ids: np.ndarray, vectors: VectorFile, target_recall: float,
           reranks: tuple[int, ...] = RERANKS, k: int = 10, seed: int = 0) -> dict[str, Any]:
     """The smallest nprobe (then rerank) whose recall@10 against exact search, on stored vectors as queries
     (leaving each query's own id out, as index/ivf.py), reaches `target_recall`."""
@@ -407,7 +529,7 @@ def _tune(merged: Any, ids: np.ndarray, vectors: np.ndarray, target_recall: floa
     trial.removed = np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n, min(n, TUNE_QUERIES), replace=False))
-    q, own = np.ascontiguousarray(vectors[pick], np.float32), ids[pick]
+    q, own = np.ascontiguousarray(vectors.rows(pick), np.float32), ids[pick]
     k = min(k, n - 1)
     best = {"nprobe": 1, "rerank": reranks[0], "recall_at_10": 1.0, "reached": True}
     if k >= 1:
@@ -429,16 +551,17 @@ def _tune(merged: Any, ids: np.ndarray, vectors: np.ndarray, target_recall: floa
     return best
 
 
-def _exact_top(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
-    """The ids of each query's k best by inner product, streamed over the (mapped) vectors file."""
+def _exact_top(q: np.ndarray, ids: np.ndarray, vectors: VectorFile, k: int, chunk: int = 200_000) -> np.ndarray:
+    """The ids of each query's k best by inner product, streamed over the vectors file (read, not mapped);
+    faiss.knn per chunk (a full score matrix and its argpartition took 1.8 GB at 500 queries x 200k rows)."""
+    q = np.ascontiguousarray(q, np.float32)
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
     for a in range(0, len(ids), chunk):
-        s = q @ np.asarray(vectors[a:a + chunk], np.float32).T
-        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k] if s.shape[1] > k else \
-            np.tile(np.arange(s.shape[1]), (len(q), 1))
-        best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
-        best_i = np.concatenate([best_i, ids[a + top]], 1)
+        x = vectors.span(a, a + chunk).astype(np.float32)
+        s, i = faiss.knn(q, x, min(k, len(x)), faiss.METRIC_INNER_PRODUCT)
+        best_s = np.concatenate([best_s, s], 1)
+        best_i = np.concatenate([best_i, ids[a + i]], 1)
         keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
     return best_i

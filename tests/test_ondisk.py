@@ -1,5 +1,6 @@
-"""The index on disk (index/ondisk.py): recall against exact search, updates, the store's choice by memory
-limit, atomic saves under SIGKILL while a base is built, and the page and commands on it."""
+"""The index on disk (index/ondisk.py): recall against exact search, updates, shards encoded by the runner
+offered for the folder, the store's choice by memory limit, atomic saves under SIGKILL while a base is built,
+and the page and commands on it."""
 
 from __future__ import annotations
 
@@ -91,6 +92,45 @@ def test_removed_ids_never_come_back_and_changes_survive_a_reopen_and_a_compacti
     _, found = compacted.search(q, 10)
     assert not np.isin(found, gone).any()
     assert recall_at_k(found, exact_top(live_x, live_ids, q)) >= 0.90
+
+
+def test_shards_go_through_the_runner_offered_for_the_index_folder(base, tmp_path):
+    """A base and its compaction encode their shards with the runner given, or the one offered for the folder
+    (the Ray engine's way in, index/ray_engine.py), and search as the base built with the default runner."""
+    root, index, x, ids = base
+
+    class Counting:  # an object: offer_runner holds it weakly
+        def __init__(self):
+            self.shards = []
+
+        def __call__(self, works):
+            self.shards += [len(w.rows) for w in works]
+            return ondisk.run_here(works)
+
+    runner = Counting()
+    ondisk.offer_runner(tmp_path, runner)
+    try:
+        # 6,000 vectors in shards of 2,500: the last one short; the vectors file read in several chunks
+        again = ondisk.build(tmp_path, "ondisk.1", ids, lambda part: x[(part - 10) // 3], 0.96, chunk=2500)
+        assert runner.shards == [2500, 2500, 1000]
+        assert {k: again.info[k] for k in ("codec", "nlist", "nprobe", "rerank")} == \
+            {k: index.info[k] for k in ("codec", "nlist", "nprobe", "rerank")}
+        q = noisy(x, 300)
+        gt = exact_top(x, ids, q)
+        assert abs(recall_at_k(again.search(q, 10)[1], gt) - recall_at_k(index.search(q, 10)[1], gt)) <= 0.01
+        new_x = clustered(300, clusters=5, seed=9)
+        new_ids = np.arange(300, dtype=np.int64) + 100_000
+        again.remove_ids(ids[:100])
+        again.add_with_ids(new_x, new_ids)
+        live = np.concatenate([ids[100:], new_ids])
+        compacted = ondisk.compact(again, tmp_path, "ondisk.2", live, chunk=128)
+        assert runner.shards[3:] == [128, 128, 44]  # the delta only: the old codes are copied
+        _, found = compacted.search(new_x, 1)  # in the lists now: found as the recall tuned for finds them
+        assert np.mean(found[:, 0] == new_ids) >= 0.9 and not np.isin(compacted.search(x[:100], 10)[1], ids[:100]).any()
+    finally:
+        ondisk.offer_runner(tmp_path, None)
+    ondisk.offer_runner(tmp_path / "other", Counting())  # held weakly: a runner gone is a runner withdrawn
+    assert ondisk._runner_for(tmp_path / "other") is ondisk.run_here
 
 
 # ---------------------------------------------------------------- the store on disk
