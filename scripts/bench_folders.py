@@ -522,6 +522,48 @@ def estimate_summary(results: dict, shots: list[int]) -> str:
     return "\n".join(lines)
 
 
+def report(files: list[Path], shots: list[int]) -> str:
+    """The tables BENCHMARKS.md gives, from one or more `run --out` files: per shape and encoder, logistic
+    top-1 (mean and spread over draws), the classifier shipped before minus logistic, the page's estimate minus
+    the truth and how often its range holds the truth; then 5-shot top-1 of every encoder of each shape."""
+    results: dict = {}
+    for f in files:
+        results.update(json.loads(f.read_text()))
+    page, before = "page (logistic, calibrated) + estimates", "shipped (neighbours or plain, k=n/40)"
+    lines = ["| shape / encoder | draws | logistic top-1 at " + " / ".join(map(str, shots)) + " (std) | classifier shipped "
+             "before, minus logistic | estimate minus truth at 2 / 5 / 10 / 20 | range holds the truth (mean width) |",
+             "|---|---|---|---|---|---|"]
+    for key, res in results.items():
+        top = {n: 100 * np.array(res["logistic"][str(n)]["top1"]) for n in shots if str(n) in res["logistic"]}
+        cells = [" / ".join(f"{t.mean():.1f}" for t in top.values()) + " (" + " / ".join(f"{t.std():.1f}" for t in top.values()) + ")"]
+        if before in res:
+            cells.append(" / ".join(f"{(100 * np.array(res[before][str(n)]['top1']) - top[n]).mean():+.1f}" for n in top))
+        else:
+            cells.append("")
+        est, cover = [], []
+        for n in (2, 5, 10, 20):
+            if page not in res or str(n) not in res[page]:
+                continue
+            r = res[page][str(n)]
+            pairs = [(e, t) for e, t in zip(r["estimate"], r["top1"]) if isinstance(e, dict) and "reported" in e]
+            est.append(f"{100 * np.mean([e['reported'] - t for e, t in pairs]):+.1f}")
+            cover.append(f"{np.mean([e['low'] <= t <= e['high'] for e, t in pairs]):.0%} "
+                         f"({100 * np.mean([e['high'] - e['low'] for e, _ in pairs]):.0f})")
+        draws = len(next(iter(top.values())))
+        lines.append(f"| {key} | {draws} | " + " | ".join(cells + [" / ".join(est), " / ".join(cover)]) + " |")
+    by_shape: dict = {}
+    for key, res in results.items():
+        shape, enc = key.split(" / ", 1)
+        if "5" in res["logistic"]:
+            by_shape.setdefault(shape, {})[enc] = np.array(res["logistic"]["5"]["top1"]) * 100
+    encs = sorted({e for v in by_shape.values() for e in v}, key=lambda e: (e != "base", e != "base + 15 min", e))
+    lines += ["", "| shape | " + " | ".join(f"5-shot, {e}" for e in encs) + " |", "|---" * (1 + len(encs)) + "|"]
+    for shape, v in by_shape.items():
+        lines.append(f"| {shape} | " + " | ".join(f"{v[e].mean():.1f} ± {v[e].std() / np.sqrt(len(v[e])):.1f}"
+                                                    if e in v else "" for e in encs) + " |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> None:
     shots = [int(s) for s in args.shots.split(",")]
     fits = candidates()
@@ -569,8 +611,13 @@ def main() -> None:
     r.add_argument("--methods", default="", help="semicolon list of candidates (logistic always)")
     r.add_argument("--keep", action="store_true", help="add to --out's results instead of starting afresh")
     r.add_argument("--out", type=Path, default=WORK / "result.json")
+    t = sub.add_parser("report", help="the tables of BENCHMARKS.md from run --out files")
+    t.add_argument("files", nargs="+", type=Path)
+    t.add_argument("--shots", default="1,2,5,10,20")
     args = ap.parse_args()
-    if args.cmd == "run":
+    if args.cmd == "report":
+        print(report(args.files, [int(s) for s in args.shots.split(",")]))
+    elif args.cmd == "run":
         import torch
 
         torch.set_num_threads(1)
