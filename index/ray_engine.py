@@ -25,6 +25,13 @@ Surviving a lost node, by design rather than by hope:
 - a shard whose calls still fail is submitted again whole, up to `max_attempts` times, before the run stops
   with the error (its finished shards kept).
 
+An index that goes on disk (past the store's memory limit, index/ondisk.py) while the engine runs has its IVF
+shards encoded on the cluster too: the engine offers the store a `ShardRunner`, which runs each shard (one
+chunk of the base's vectors, encoded with the quantizers the driver trained on a sample) as a one-CPU task
+that reads the base's files in INDEX_DIR and writes its shard file there; the driver merges the shards. The
+tasks need INDEX_DIR where they run (one machine, or a shared filesystem): a shard whose task fails is
+encoded on the driver instead, the same file either way.
+
 Why Ray tasks and an actor pool, not Ray Data: the unit this engine must see is the shard (written once when
 complete, submitted again whole when lost, skipped by the next run, handed to the store in list order), and a
 Ray Data stream gives blocks in its own order with one failure for the whole dataset.
@@ -48,6 +55,7 @@ from byol.fileio import core_count
 from byol.preprocess import Preprocess
 from index.embed import Decoded, EmbeddedBatch, Embedder
 from index.embed import _decode_file as decode_file  # the local engine's decode, shared rather than copied
+from index.ondisk import ShardWork, encode_shard, offer_runner
 from index.shards import SHARD_DIR, ShardFolder
 
 log = logging.getLogger(__name__)
@@ -114,6 +122,31 @@ class Encoder:
         """n x size x size x 3 uint8 -> n x dim float32 unit vectors (index/embed.py's own preprocessing)."""
         e = self.embedder
         return e.embed_array(e.preprocess.normalize(pixels), self.batch_size)
+
+
+class ShardRunner:
+    """index/ondisk.py's Runner on the cluster: each shard of an on-disk base one Ray task (see the module
+    docstring); the shard files in the order given."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.on_cluster = 0  # shards encoded by cluster tasks so far (the others: on the driver)
+
+    def __call__(self, works: list[ShardWork]) -> list[Path]:
+        with connected(self.address) as ray:
+            task = ray.remote(num_cpus=1, max_retries=3)(encode_shard)
+            refs = [task.remote(w) for w in works]  # as many at once as the cluster has CPUs
+            out = []
+            for w, ref in zip(works, refs):
+                try:
+                    out.append(Path(ray.get(ref)))
+                    self.on_cluster += 1
+                except ray.exceptions.RayError as e:
+                    log.warning("shard %s failed on the cluster (%s); encoding it here",
+                                w.out.name, str(e).strip().splitlines()[-1])
+                    out.append(encode_shard(w))
+        log.info("index on disk: %d of %d shards encoded as Ray tasks", self.on_cluster, len(works))
+        return out
 
 
 # -------------------------------------------------------------------- connecting
@@ -202,6 +235,9 @@ class RayEngine:
                                                                  "preprocess": embedder.preprocess.to_dict()})
         self.resumed = 0  # photos of the last `embed` taken from shards an earlier run finished
         self.handed: list[str] = []  # shards handed over since the store last saved
+        # a base the store builds while this engine lives encodes its shards on the cluster (held weakly there)
+        self.index_dir, self.shard_runner = Path(index_dir), ShardRunner(cfg.address)
+        offer_runner(self.index_dir, self.shard_runner)
 
     def embed(self, paths: Sequence[str], stats: dict[str, tuple[int, int]], batch_size: int,
               also: Callable[[Path, bytes, Any], Any] | None = None) -> Iterator[EmbeddedBatch]:
@@ -229,8 +265,9 @@ class RayEngine:
         self.handed.clear()
 
     def finished(self) -> None:
-        """Delete every shard: the store has saved what they held."""
+        """Delete every shard: the store has saved what they held. Bases built later encode here again."""
         self.shards.clear()
+        offer_runner(self.index_dir, None)
 
     # -- which photos finished shards hold, and the new shards for the rest
     def _plan(self, paths: Sequence[str], stats: dict[str, tuple[int, int]]

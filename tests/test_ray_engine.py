@@ -1,6 +1,7 @@
 """The Ray engine for `index` (index/ray_engine.py) on a Ray inside the test: the same index as the local engine,
-a worker node removed mid-job, a killed driver resumed from its finished shards, Ctrl-C, and the errors a user
-sees (the last with Ray made unimportable: the local engine must not need it)."""
+an index on disk whose IVF shards are Ray tasks, a worker node removed mid-job, a killed driver resumed from its
+finished shards, Ctrl-C, and the errors a user sees (the last with Ray made unimportable: the local engine must
+not need it)."""
 
 from __future__ import annotations
 
@@ -259,6 +260,12 @@ def test_same_index_as_the_local_engine(photos, encoder, local_index, tmp_path, 
         with Store.open(index_dir) as st, Store.open(local_index) as ref:
             q = ref.get_vectors(ref.all_ids()[:5])
             assert [set(r.tolist()) for r in st.search(q, 5)[1]] == [set(r.tolist()) for r in ref.search(q, 5)[1]]
+        # past its memory limit the index goes on disk, its IVF shard encoded as a Ray task
+        assert main(["index", str(photos), "--model", str(encoder), "--out", str(tmp_path / "on-disk"),
+                     "--engine", "ray", "--memory-limit", "1K"]) == 0
+        assert "1 of 1 shards encoded as Ray tasks" in caplog.text
+        with Store.open(tmp_path / "on-disk") as st:
+            assert st.index_type == "ondisk" and st.count == 24
         # nothing new: nothing to embed, and nothing of Ray needed
         s = build_index(photos, encoder, index_dir, ray=RayConfig(), log=quiet)
         assert (s["unchanged"], s["added"], s["from_shards"]) == (24, 0, 0)
@@ -269,6 +276,40 @@ def test_same_index_as_the_local_engine(photos, encoder, local_index, tmp_path, 
         gone.unlink()
         with pytest.raises(RayEngineError, match="could not start .*gone.onnx on every node.*no such model file"):
             build_index(photos, gone, tmp_path / "idx2", embedder=embedder, ray=RayConfig(), log=quiet)
+
+
+# -------------------------------------------------------------------- an index on disk
+def test_shards_of_an_index_on_disk_run_as_ray_tasks(tmp_path):
+    """A base (IVF shards as one-CPU Ray tasks, merged on the driver) searches as the base built here; a store
+    that goes on disk while an engine lives builds its base with the engine's runner."""
+    from test_ondisk import exact_top, noisy
+    from test_store import DIM, clustered, new_store, rows_for
+
+    from index import ondisk
+    from index.ivf import recall_at_k
+    from index.ray_engine import ShardRunner
+
+    x = clustered(6000, clusters=120, spread=0.5, seed=3)
+    ids = np.arange(6000, dtype=np.int64)
+    here = ondisk.build(tmp_path / "here", "ondisk.1", ids, lambda part: x[part], 0.96, chunk=2000)
+    with ray_started():
+        runner = ShardRunner(None)
+        on_ray = ondisk.build(tmp_path / "ray", "ondisk.1", ids, lambda part: x[part], 0.96, chunk=2000, runner=runner)
+        assert runner.on_cluster == 3
+        q = noisy(x, 300)
+        gt = exact_top(x, ids, q)
+        assert abs(recall_at_k(on_ray.search(q, 10)[1], gt) - recall_at_k(here.search(q, 10)[1], gt)) <= 0.01
+        assert on_ray.info["nprobe"] == here.info["nprobe"] and on_ray.info["rerank"] == here.info["rerank"]
+        # the store's own save, with the runner offered as RayEngine offers it
+        offered = ShardRunner(None)
+        ondisk.offer_runner(tmp_path / "idx", offered)
+        try:
+            with new_store(tmp_path / "idx", memory_limit=ondisk.ram_bytes(1000, DIM)) as s:
+                s.add(rows_for(1500), x[:1500])
+                s.save()
+                assert s.index_type == "ondisk" and offered.on_cluster == 1
+        finally:
+            ondisk.offer_runner(tmp_path / "idx", None)
 
 
 # -------------------------------------------------------------------- a worker node lost mid-job
