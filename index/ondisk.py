@@ -30,10 +30,8 @@ file is written and read with ordinary file I/O and the lists are merged with pw
 base pass through the page cache, never through this process's resident memory (scripts/bench_scale.py
 measures both).
 
-Shards: each is a plain `ShardWork` (rows of the folder's files, the quantizers in its trained.faiss) that
-`encode_shard` turns into one IVF file, anywhere the folder is visible. A `Runner` maps a list of them:
-`run_here` on this machine, one after the other; the Ray engine offers its own for the index it builds
-(`offer_runner`, index/ray_engine.py), which runs them as cluster tasks.
+Shards (index/ivfshards.py): encoded here one after the other, or by the runner offered for the index
+folder (the Ray engine's cluster tasks), then merged into one lists file.
 
 Codes: IVF-PQ (dim/8 bytes per vector) when re-ranking at most MAX_RERANK x k candidates reaches the target
 recall@10 against exact search, else IVF-SQ8 (dim bytes); nprobe and rerank are tuned on stored vectors
@@ -48,9 +46,7 @@ import logging
 import math
 import os
 import shutil
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +56,7 @@ import numpy as np
 from byol.fileio import atomic_write_bytes, fsync_dir
 from index import vectorfile
 from index.ivf import ivf_nlist, new_exact, recall_at_k, without_self
+from index.ivfshards import TRAINED, Runner, ShardWork, merge, runner_for
 from index.vectorfile import VectorFile
 
 log = logging.getLogger(__name__)
@@ -73,7 +70,6 @@ SHARD = 250_000  # vectors per IVF shard while building: one shard in RAM (256 M
 # per codec; with 4,096, lists of ~2,400 codes at 10M still scan in well under a millisecond per probe.
 MAX_NLIST = 4096
 MAX_SAMPLE = 1_000_000  # training vectors at most (40 per list below that): ~1 GB of float32 at 256-d
-TRAINED = "trained.faiss"
 RERANKS = (4, 8, 16)  # candidates per result re-scored from the float16 vectors, tried in this order
 MAX_NPROBE_SHARE = 8  # a configuration must reach the recall with nprobe <= nlist / this, or the next is tried
 TUNE_QUERIES = 500  # stored vectors queried when tuning (as index/ivf.py)
@@ -82,19 +78,6 @@ _READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside in
 
 Step = Callable[[str], None]
 Fetch = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class ShardWork:
-    """One IVF shard to encode: positions `rows` (ascending) of `folder`'s ids.npy and vectors.npy, encoded
-    with `folder`'s trained.faiss, written to `out`. Plain values: it runs wherever the folder is visible."""
-
-    folder: Path
-    rows: np.ndarray
-    out: Path
-
-
-Runner = Callable[[list[ShardWork]], list[Path]]  # encodes every shard, returns their files in the same order
 
 
 def ram_bytes(n: int, dim: int) -> int:
@@ -290,48 +273,6 @@ def clean(index_dir: Path, keep: list[str]) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-# -------------------------------------------------------------------- who encodes the shards
-_runners: dict[Path, weakref.ref[Any]] = {}
-
-
-def offer_runner(index_dir: Path, runner: Runner | None) -> None:
-    """Encode the shards of the bases built in `index_dir` with `runner` from now on (None: here again).
-
-    Held weakly (so it must be an object, not a function): an engine that offers its runner withdraws it by
-    going away, however its run ended. The store calls `reshape` without a runner; this is how it gets one.
-    """
-    key = Path(index_dir).absolute()
-    if runner is None:
-        _runners.pop(key, None)
-    else:
-        _runners[key] = weakref.ref(runner)
-
-
-def run_here(works: list[ShardWork]) -> list[Path]:
-    """The shards encoded in this process, one after the other (one shard's vectors in memory)."""
-    return [encode_shard(w) for w in works]
-
-
-def _runner_for(index_dir: Path) -> Runner:
-    ref = _runners.get(Path(index_dir).absolute())
-    runner: Runner | None = ref() if ref is not None else None
-    return runner or run_here
-
-
-def encode_shard(work: ShardWork) -> Path:
-    """`work`'s vectors encoded with its folder's quantizers into `work.out`, written atomically (a task run
-    twice, or killed, never leaves half a shard)."""
-    shard = faiss.read_index(str(work.folder / TRAINED))
-    rows = np.asarray(work.rows, np.int64)
-    ids = np.load(work.folder / "ids.npy", mmap_mode="r")
-    x = VectorFile(work.folder / "vectors.npy").rows(rows).astype(np.float32)
-    shard.add_with_ids(x, np.ascontiguousarray(ids[rows], np.int64))
-    tmp = work.out.with_name(f"{work.out.name}.{os.getpid()}.tmp")
-    faiss.write_index(shard, str(tmp))
-    os.replace(tmp, work.out)
-    return work.out
-
-
 # -------------------------------------------------------------------- building a base
 def build(index_dir: Path, name: str, ids: np.ndarray, fetch: Fetch, target_recall: float,
           sample: int | None = None, step: Step = lambda s: None, chunk: int = SHARD,
@@ -339,7 +280,7 @@ def build(index_dir: Path, name: str, ids: np.ndarray, fetch: Fetch, target_reca
     """A new base `index_dir/name` over `ids` (ascending), whose vectors `fetch(ids_chunk)` gives in chunks
     of `chunk` (never all at once): vectors file, quantizers trained on a sample, shards (encoded by `runner`,
     default: the one offered for `index_dir`, else here), merge, tuning."""
-    runner = runner or _runner_for(index_dir)
+    runner = runner or runner_for(index_dir)
     tmp = _fresh_tmp(index_dir, name)
     vectors = _write_vectors(tmp, ids, fetch, chunk)
     info: dict[str, Any] = {}
@@ -347,7 +288,7 @@ def build(index_dir: Path, name: str, ids: np.ndarray, fetch: Fetch, target_reca
         trained = _train(vectors, codec, sample)
         faiss.write_index(trained, str(tmp / TRAINED))
         shards = _add_shards(tmp, np.arange(len(ids)), chunk, runner, step)
-        merged = _merge(trained, shards, tmp)
+        merged = merge(trained, shards, tmp / "lists.ivfdata")
         _write_lists_index(merged, tmp, index_dir / name)
         for s in shards:
             s.unlink()
@@ -366,7 +307,7 @@ def compact(old: OnDiskIndex, index_dir: Path, name: str, ids: np.ndarray, step:
             chunk: int = SHARD, runner: Runner | None = None) -> OnDiskIndex:
     """A new base from `old`: its lists minus the removed ids, plus the delta's vectors encoded with the same
     quantizers (by `runner`, as in `build`); the vectors file rewritten in id order (a sequential copy)."""
-    runner = runner or _runner_for(index_dir)
+    runner = runner or runner_for(index_dir)
     tmp = _fresh_tmp(index_dir, name)
     vectors = _write_vectors(tmp, ids, old.reconstruct_batch, chunk)
     shutil.copyfile(old.base_dir / TRAINED, tmp / TRAINED)
@@ -376,7 +317,8 @@ def compact(old: OnDiskIndex, index_dir: Path, name: str, ids: np.ndarray, step:
     if len(delta_ids) and not np.array_equal(ids[np.minimum(delta_rows, len(ids) - 1)], delta_ids):
         raise ValueError("compact: the delta holds ids that are not among the live ids")
     shards = _add_shards(tmp, delta_rows, chunk, runner, step)
-    merged = _merge(trained, shards, tmp, old)  # old codes are copied, never decoded and encoded again
+    # old codes are copied, never decoded and encoded again
+    merged = merge(trained, shards, tmp / "lists.ivfdata", old=(old.ivf.invlists, old.base_dir / "lists.ivfdata", old.removed))
     _write_lists_index(merged, tmp, index_dir / name)
     for s in shards:
         s.unlink()
@@ -391,76 +333,6 @@ def _write_lists_index(merged: Any, tmp: Path, final: Path) -> None:
     without FAISS's IO_FLAG_ONDISK_SAME_DIR correction, which it reports on stderr)."""
     faiss.downcast_InvertedLists(merged.invlists).filename = str(final / "lists.ivfdata")
     faiss.write_index(merged, str(tmp / "index.faiss"))
-
-
-def _merge(trained: Any, shards: list[Path], tmp: Path, old: OnDiskIndex | None = None) -> Any:
-    """`trained` over one OnDiskInvertedLists file, tmp/lists.ivfdata: per list, `old`'s entries minus its
-    removed ids, then each shard's in order, every list contiguous (faiss's merge_ondisk layout). Written with
-    pwrite, shards read one at a time: merge_ondisk maps every shard and the output, and every page it touches
-    stays resident (at 10M with SQ8 codes, 2 x 2.6 GB); here memory holds one shard (10-66 MB at 250k)."""
-    nlist, cs = int(trained.nlist), int(trained.code_size)
-    sizes = np.zeros(nlist, np.uint64)
-    for _, lists in _shard_lists(shards):
-        sizes += np.array([lists.list_size(j) for j in range(nlist)], np.uint64)
-    if old is not None:
-        sizes += np.array([len(ids) for ids, _ in _old_entries(old, cs, codes=False)], np.uint64)
-    out = faiss.OnDiskInvertedLists(nlist, cs, str(tmp / "lists.ivfdata"))
-    out.set_all_lists_sizes(faiss.swig_ptr(sizes))
-    total = int(sizes.sum())
-    out.update_totsize(total * (cs + 8))  # as merge_from_multiple: the file sized, mapped, every list in place
-    start = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) * (cs + 8))[:-1]])
-    filled = np.zeros(nlist, np.int64)
-    fd = os.open(tmp / "lists.ivfdata", os.O_WRONLY)
-    try:
-        def put(j: int, ids: np.ndarray, codes: np.ndarray) -> None:  # a list: its codes, then its ids
-            os.pwrite(fd, np.ascontiguousarray(codes).data, int(start[j] + filled[j] * cs))
-            os.pwrite(fd, np.ascontiguousarray(ids).data, int(start[j] + int(sizes[j]) * cs + filled[j] * 8))
-            filled[j] += len(ids)
-
-        if old is not None:
-            for j, (ids, codes) in enumerate(_old_entries(old, cs, codes=True)):
-                if len(ids):
-                    put(j, ids, codes)
-        for _, lists in _shard_lists(shards):
-            for j in range(nlist):
-                n = lists.list_size(j)
-                if n:
-                    put(j, faiss.rev_swig_ptr(lists.get_ids(j), n), faiss.rev_swig_ptr(lists.get_codes(j), n * cs))
-    finally:
-        os.close(fd)
-    assert np.array_equal(filled, sizes.astype(np.int64)), "merge: lists not filled as sized"
-    merged = faiss.clone_index(trained)
-    merged.replace_invlists(out, True)
-    out.this.disown()
-    merged.ntotal = total
-    return merged
-
-
-def _shard_lists(shards: list[Path]) -> Iterator[tuple[Any, Any]]:
-    """(index, its inverted lists) of each shard file, read whole, one at a time (never mapped)."""
-    for s in shards:
-        index = faiss.read_index(str(s))
-        yield index, faiss.extract_index_ivf(index).invlists
-        del index
-
-
-def _old_entries(old: OnDiskIndex, cs: int, codes: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, codes) of each list of `old`'s base without its removed ids, read with pread from its lists file
-    (its map is the serving index's: touching it would make every page resident here)."""
-    lists = faiss.downcast_InvertedLists(old.ivf.invlists)
-    fd = os.open(old.base_dir / "lists.ivfdata", os.O_RDONLY)
-    try:
-        for j in range(int(lists.nlist)):
-            meta = lists.lists.at(j)
-            n, at = int(meta.size), int(meta.offset)
-            ids = np.frombuffer(os.pread(fd, n * 8, at + int(meta.capacity) * cs), np.int64)
-            c = np.frombuffer(os.pread(fd, n * cs, at), np.uint8).reshape(n, cs) if codes else np.zeros((n, 0), np.uint8)
-            if len(old.removed) and n:
-                keep = ~np.isin(ids, old.removed)
-                ids, c = ids[keep], c[keep]
-            yield np.ascontiguousarray(ids), np.ascontiguousarray(c)
-    finally:
-        os.close(fd)
 
 
 def _fresh_tmp(index_dir: Path, name: str) -> Path:

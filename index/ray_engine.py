@@ -55,7 +55,7 @@ from byol.fileio import core_count
 from byol.preprocess import Preprocess
 from index.embed import Decoded, EmbeddedBatch, Embedder
 from index.embed import _decode_file as decode_file  # the local engine's decode, shared rather than copied
-from index.ondisk import ShardWork, encode_shard, offer_runner
+from index.ivfshards import ShardWork, encode_shard, offer_runner
 from index.shards import SHARD_DIR, ShardFolder
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Encoder:
 
 
 class ShardRunner:
-    """index/ondisk.py's Runner on the cluster: each shard of an on-disk base one Ray task (see the module
+    """index/ivfshards.py's Runner on the cluster: each shard of an on-disk base one Ray task (see the module
     docstring); the shard files in the order given."""
 
     def __init__(self, address: str | None) -> None:

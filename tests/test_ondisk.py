@@ -17,7 +17,7 @@ from test_search import ColourEmbedder, make_index
 from test_store import DIM, REPO, clustered, new_store, rows_for
 
 from app import search
-from index import ondisk
+from index import ivfshards, ondisk
 from index.ivf import recall_at_k
 from index.store import Store
 
@@ -105,10 +105,10 @@ def test_shards_go_through_the_runner_offered_for_the_index_folder(base, tmp_pat
 
         def __call__(self, works):
             self.shards += [len(w.rows) for w in works]
-            return ondisk.run_here(works)
+            return ivfshards.run_here(works)
 
     runner = Counting()
-    ondisk.offer_runner(tmp_path, runner)
+    ivfshards.offer_runner(tmp_path, runner)
     try:
         # 6,000 vectors in shards of 2,500: the last one short; the vectors file read in several chunks
         again = ondisk.build(tmp_path, "ondisk.1", ids, lambda part: x[(part - 10) // 3], 0.96, chunk=2500)
@@ -128,9 +128,9 @@ def test_shards_go_through_the_runner_offered_for_the_index_folder(base, tmp_pat
         _, found = compacted.search(new_x, 1)  # in the lists now: found as the recall tuned for finds them
         assert np.mean(found[:, 0] == new_ids) >= 0.9 and not np.isin(compacted.search(x[:100], 10)[1], ids[:100]).any()
     finally:
-        ondisk.offer_runner(tmp_path, None)
-    ondisk.offer_runner(tmp_path / "other", Counting())  # held weakly: a runner gone is a runner withdrawn
-    assert ondisk._runner_for(tmp_path / "other") is ondisk.run_here
+        ivfshards.offer_runner(tmp_path, None)
+    ivfshards.offer_runner(tmp_path / "other", Counting())  # held weakly: a runner gone is a runner withdrawn
+    assert ivfshards.runner_for(tmp_path / "other") is ivfshards.run_here
 
 
 # ---------------------------------------------------------------- the store on disk

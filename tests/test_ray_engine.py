@@ -285,7 +285,7 @@ def test_shards_of_an_index_on_disk_run_as_ray_tasks(tmp_path):
     from test_ondisk import exact_top, noisy
     from test_store import DIM, clustered, new_store, rows_for
 
-    from index import ondisk
+    from index import ivfshards, ondisk
     from index.ivf import recall_at_k
     from index.ray_engine import ShardRunner
 
@@ -302,14 +302,14 @@ def test_shards_of_an_index_on_disk_run_as_ray_tasks(tmp_path):
         assert on_ray.info["nprobe"] == here.info["nprobe"] and on_ray.info["rerank"] == here.info["rerank"]
         # the store's own save, with the runner offered as RayEngine offers it
         offered = ShardRunner(None)
-        ondisk.offer_runner(tmp_path / "idx", offered)
+        ivfshards.offer_runner(tmp_path / "idx", offered)
         try:
             with new_store(tmp_path / "idx", memory_limit=ondisk.ram_bytes(1000, DIM)) as s:
                 s.add(rows_for(1500), x[:1500])
                 s.save()
                 assert s.index_type == "ondisk" and offered.on_cluster == 1
         finally:
-            ondisk.offer_runner(tmp_path / "idx", None)
+            ivfshards.offer_runner(tmp_path / "idx", None)
 
 
 # -------------------------------------------------------------------- a worker node lost mid-job
