@@ -72,6 +72,7 @@ MAX_NLIST = 4096
 MAX_SAMPLE = 1_000_000  # training vectors at most (40 per list below that): ~1 GB of float32 at 256-d
 RERANKS = (4, 8, 16)  # candidates per result re-scored from the float16 vectors, tried in this order
 MAX_NPROBE_SHARE = 8  # a configuration must reach the recall with nprobe <= nlist / this, or the next is tried
+PLATEAU = 0.002  # recall@10 gained by the next nprobe below which a re-ranking depth is given up (not the last)
 TUNE_QUERIES = 500  # stored vectors queried when tuning (as index/ivf.py)
 _READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss, and mapped
 # (OnDiskInvertedLists maps it itself; adding IO_FLAG_MMAP crashes faiss 1.15 on these lists)
@@ -409,6 +410,7 @@ def _tune(merged: Any, ids: np.ndarray, vectors: VectorFile, target_recall: floa
         best = {"recall_at_10": 0.0, "reached": False}
         reranks = tuple(dict.fromkeys(reranks))
         for rerank in reranks:  # a few candidates and nprobe <= nlist / 8, else more candidates; the last: any
+            last = -1.0
             for nprobe in _nprobe_steps(int(merged.nlist), everything=rerank == reranks[-1]):
                 trial.nprobe, trial.rerank = nprobe, rerank
                 recall = recall_at_k(without_self(trial._search_base(q, k + 1)[1], own, k), gt, k)
@@ -417,6 +419,9 @@ def _tune(merged: Any, ids: np.ndarray, vectors: VectorFile, target_recall: floa
                     break
                 if recall > best["recall_at_10"]:
                     best = {"nprobe": nprobe, "rerank": rerank, "recall_at_10": recall, "reached": False}
+                if rerank != reranks[-1] and nprobe >= 8 and recall - last < PLATEAU:
+                    break  # the codes' ranking, not the lists probed, limits it: more candidates next
+                last = recall
             if best["reached"]:
                 break
     best["recall_target"] = target_recall
