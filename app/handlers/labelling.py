@@ -114,8 +114,9 @@ def train(page: Page, progress: Progress = no_progress) -> tuple[str, str]:
     r = page.probe.train(page.store, progress=progress)
     lo, hi = r.accuracy_range or (0.0, 1.0)
     acc = ("not estimated yet (label at least 2 photos of one label)" if r.accuracy is None
-           else f"**about {r.accuracy:.0%}** on the other photos (likely {lo:.0%} to {hi:.0%}: cross-validated on "
-                f"your {sum(r.counts.values())} labels and averaged with the predictions' confidence)")
+           else f"**about {r.accuracy:.0%}** on the other photos (likely {lo:.0%} to {hi:.0%}: the higher of a "
+                f"cross-validation on your {sum(r.counts.values())} labels and the predictions' mean confidence; "
+                "both read low with few labels)")
     per = ", ".join(f"{plain(n)}: {c}" for n, c in r.counts.items())
     report = (f"Probe v{r.version} trained on {per}. Estimated accuracy {acc}. "
               f"Predicted {r.predicted:,} photos in {r.seconds:.1f} s.")
