@@ -194,7 +194,8 @@ def test_killed_driver_resumes_from_finished_shards(photos, encoder, local_index
 
 
 _CLI = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's job has it: the suite may leave it ignored
 from index import build
 
 def slow_also(path, data, image):
