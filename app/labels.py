@@ -331,6 +331,18 @@ class Labels:
             out.update({r[0]: Prediction(*r) for r in database.select_in(self._db, q, ids)})
         return out
 
+    def mean_confidence(self, excluding: Iterable[int]) -> float:
+        """The mean confidence of the predictions of every photo but `excluding` (0 with none), summed in SQLite:
+        all the predictions less those of `excluding`, so that no list of every prediction is made."""
+        ids = [int(i) for i in excluding]
+        self.sync()
+        with self._lock:
+            ((total, count),) = self._db.execute("SELECT TOTAL(confidence), COUNT(*) FROM predictions").fetchall()
+            for t, c in database.select_in(self._db, "SELECT TOTAL(confidence), COUNT(*) FROM predictions "
+                                           "WHERE image_id IN ({})", ids):
+                total, count = total - t, count - c
+        return float(total / count) if count else 0.0
+
     def all_predictions(self) -> dict[int, str]:
         self.sync()
         return dict(self.query("SELECT image_id, label FROM predictions"))

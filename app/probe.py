@@ -99,7 +99,7 @@ class Probe:
             fitted = fit_page(x, y, len(names), 1e-4 if weight_decay is None else weight_decay)
         version = self._save(store, fitted.probe, names, counts)
         predicted = self.predict(store, progress=_within(progress, *TRAIN_PREDICTING))
-        reported = estimate(fitted.cv, self._unlabelled_confidence(ids))
+        reported = estimate(fitted.cv, self.labels.mean_confidence(ids))
         accuracy = None if reported is None else reported[0]
         self.labels.write(lambda db: db.execute("UPDATE probes SET accuracy = ? WHERE version = ?",
                                                 (accuracy, version)))
@@ -132,17 +132,6 @@ class Probe:
 
         return self.labels.write(save)
 
-    def _unlabelled_confidence(self, labelled_ids: np.ndarray) -> float:
-        """The mean confidence of the predictions of the photos not among `labelled_ids` (0 with none): summed
-        in SQLite, all photos less the labelled ones, so that no list of every prediction is made."""
-        ((total, count),) = self.labels.query("SELECT TOTAL(confidence), COUNT(*) FROM predictions")
-        ids = [int(i) for i in labelled_ids]
-        for part in range(0, len(ids), 500):
-            marks = ",".join("?" * len(ids[part : part + 500]))
-            ((t, c),) = self.labels.query("SELECT TOTAL(confidence), COUNT(*) FROM predictions "
-                                          f"WHERE image_id IN ({marks})", tuple(ids[part : part + 500]))
-            total, count = total - t, count - c
-        return float(total / count) if count else 0.0
 
     # ---------------------------------------------------------------- the stored probe
     def last_probe(self) -> tuple[int, list[str], LinearProbe, float | None] | None:
