@@ -12,7 +12,7 @@ import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -25,15 +25,22 @@ def cell(value: Any) -> Any:
 
 
 def write(path: str | Path, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
-    """Write `rows` (dicts keyed by `fields`) with a header, atomically; returns the number of rows."""
-    from byol.fileio import atomic_write_bytes
+    """Write `rows` (dicts keyed by `fields`) with a header, atomically, as they come (an export of every photo
+    of a large index is never held in memory); returns the number of rows."""
+    from byol.fileio import atomic_write
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
-    w.writeheader()
     n = 0
-    for row in rows:
-        w.writerow({k: cell(v) for k, v in row.items()})
-        n += 1
-    atomic_write_bytes(path, buf.getvalue())
+
+    def write_rows(f: BinaryIO) -> None:
+        nonlocal n
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        w = csv.DictWriter(text, fieldnames=list(fields), lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: cell(v) for k, v in row.items()})
+            n += 1
+        text.flush()
+        text.detach()  # the file is atomic_write's to sync and close
+
+    atomic_write(path, write_rows)
     return n

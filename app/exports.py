@@ -55,7 +55,7 @@ def export_csv(labels: Labels, store: Store, path: str | Path) -> int:
     """Every photo with its label and prediction as CSV; returns the number of rows."""
     from byol.data import display_path
 
-    rows = [{**r, "path": display_path(r["path"])} for r in labels.table(store, include_predictions=False)]
+    rows = ({**r, "path": display_path(r["path"])} for r in labels.table(store, include_predictions=False))
     return csvfile.write(path, CSV_FIELDS, rows)  # a label or path that starts like a formula stays text
 
 
@@ -72,7 +72,7 @@ def export_imagefolder(labels: Labels, store: Store, out_dir: str | Path, copy: 
     """
     out_dir = Path(out_dir)
     check_free(out_dir)
-    rows = [r for r in labels.table(store, include_predictions, min_confidence) if r["label"]]
+    rows = [r for r in labels.table(store, include_predictions, min_confidence) if r["label"]]  # labelled ones
     if not rows:
         raise ValueError("nothing to export: no photo has a label yet")
     earlier = _earlier_copies(out_dir.parent) if copy else {}

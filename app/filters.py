@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.search import Hit, hits, unit
+from index import folders
 
 if TYPE_CHECKING:
     from index.photoinfo import PhotoInfoCache
@@ -82,11 +83,9 @@ def allowed(store: Store, f: Filter, infos: PhotoInfoCache | None = None,
     undated = 0
     folder = f.folder.strip().strip("/")
     if folder:
-        root = infos.root if infos is not None else _common_root(store)
+        root = infos.root if infos is not None else folders.root(store)
         prefix = os.path.join(root, folder) if root else folder
-        paths = store.files()  # path -> {id, ...}: the index's own paths, no file is touched
-        inside = np.fromiter((r["id"] for p, r in paths.items() if p == prefix or p.startswith(prefix + "/")), np.int64)
-        keep &= np.isin(ids, inside)
+        keep &= np.isin(ids, folders.ids_under(store, prefix))  # the index's own paths: no file is touched
     for name, by in ((f.label, labelled), (f.prediction, predicted)):
         if name:
             keep &= np.isin(ids, np.fromiter((i for i, n in (by or {}).items() if n == name), np.int64))
@@ -101,14 +100,6 @@ def allowed(store: Store, f: Filter, infos: PhotoInfoCache | None = None,
         keep &= np.isin(ids, in_range)
     out = ids[keep]
     return Allowed(out, len(out), len(ids), undated)
-
-
-def _common_root(store: Store) -> str:
-    paths = list(store.files())
-    try:
-        return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
-    except ValueError:
-        return ""
 
 
 def search_filtered(store: Store, query: np.ndarray, allowed_ids: np.ndarray | None, k: int,

@@ -28,10 +28,12 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
 
 from app.csvfile import FORMULA_STARTS
 from index import database
@@ -344,8 +346,20 @@ class Labels:
         return float(total / count) if count else 0.0
 
     def all_predictions(self) -> dict[int, str]:
+        """{id: predicted label} of every photo (one entry per photo: ~1.5 GB at 10,000,000 photos; the page
+        asks `predicted_labels` of the photos it shows, or `predicted_ids` of one label, instead)."""
         self.sync()
         return dict(self.query("SELECT image_id, label FROM predictions"))
+
+    def predicted_labels(self, ids: Iterable[int]) -> dict[int, str]:
+        """{id: predicted label} of those of `ids` that have a prediction."""
+        return {i: p.label for i, p in self.predictions(ids).items()}
+
+    def predicted_ids(self, label: str) -> np.ndarray:
+        """The ids predicted as `label`, ascending (the predictions' label index)."""
+        self.sync()
+        return np.sort(np.fromiter((r[0] for r in self.query("SELECT image_id FROM predictions WHERE label = ?",
+                                                                (label,))), np.int64))
 
     def browse(self, label: str, predicted: bool = True, most_confident: bool = True,
                limit: int = 48, offset: int = 0) -> list[Prediction]:
@@ -376,24 +390,26 @@ class Labels:
                     [(h, db_path(p), i) for i, (h, p, _) in photo.items()]))
 
     # ---------------------------------------------------------------- the rows every export writes
-    def table(self, store: Store, include_predictions: bool = True, min_confidence: float = 0.0) -> list[dict[str, Any]]:
-        """One dict per photo in the index: id, path, label, source, predicted, confidence.
+    def table(self, store: Store, include_predictions: bool = True, min_confidence: float = 0.0,
+              chunk: int = 10000) -> Iterator[dict[str, Any]]:
+        """One dict per photo in the index, in id order: id, path, label, source, predicted, confidence.
 
         `label` is the photo's label, or (include_predictions) its prediction at or above min_confidence
-        with source 'predicted'; empty when it has neither.
+        with source 'predicted'; empty when it has neither. Made `chunk` photos at a time (their rows and
+        predictions read together), so an export of 10,000,000 photos never holds them all.
         """
-        ids = [int(i) for i in store.all_ids()]
+        ids = store.all_ids()
         self.sync()
         labelled = {r[0]: (r[1], r[2]) for r in self.query(f"SELECT image_id, label, source FROM labels WHERE {_ATTACHED}")}
-        preds = {r[0]: (r[1], r[2]) for r in self.query("SELECT image_id, label, confidence FROM predictions")}
-        out = []
-        for start in range(0, len(ids), 10000):
-            for row in store.rows(ids[start : start + 10000]):
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            preds = self.predictions(part)
+            for row in store.rows(part):
                 i = int(row["id"])
                 label, source = labelled.get(i, ("", ""))
-                pred, conf = preds.get(i, ("", None))
-                if not label and include_predictions and pred and conf >= min_confidence:
+                p = preds.get(i)
+                pred, conf = (p.label, p.confidence) if p is not None else ("", None)
+                if not label and include_predictions and pred and conf is not None and conf >= min_confidence:
                     label, source = pred, "predicted"
-                out.append({"id": i, "path": str(row["path"]), "label": label, "source": source,
-                            "predicted": pred, "confidence": "" if conf is None else round(conf, 4)})
-        return out
+                yield {"id": i, "path": str(row["path"]), "label": label, "source": source,
+                       "predicted": pred, "confidence": "" if conf is None else round(conf, 4)}

@@ -50,6 +50,8 @@ class Page:
         self._map_thread: threading.Thread | None = None
         self._graph_thread: threading.Thread | None = None
         self._refreshed = 0.0
+        self._folders: tuple[tuple[float, int, int] | None, list[str]] = (None, [])
+        self._folders_lock = threading.Lock()
         # the ids of the generation the page shows: when a newer one drops some, their pictures leave too
         self._ids = store.all_ids() if hasattr(store, "all_ids") else None
         self._last_request = 0.0  # when a handler last asked for the photos (background work gives way)
@@ -173,6 +175,23 @@ class Page:
                 self._infos = PhotoInfoCache(self.store)
             return self._infos
 
+    def folders(self, limit: int = 2000) -> list[str]:
+        """The folders below the photos' root that hold photos, and their parents (index/folders.py), kept per
+        version of the index: every page load asks for them, and at 10,000,000 photos they take a 14 s scan."""
+        from index import folders
+
+        key = (float(self.store.created_at), int(self.store.generation), int(limit))
+        with self._folders_lock:  # one scan at a time; a second asker waits for it and shares its answer
+            if self._folders[0] != key:
+                self._folders = (key, folders.folders(self.store, self.infos.root, limit))
+            return self._folders[1]
+
+    def _find_folders(self) -> None:
+        try:
+            self.folders()
+        except Exception as e:  # the first page load finds them instead; say why in the log
+            log.warning("finding the photos' folders failed: %s", e)
+
     @property
     def decisions(self) -> Decisions:
         """Keep / drop decisions of the duplicate review (app.review.Decisions)."""
@@ -210,7 +229,8 @@ class Page:
     def start_map(self) -> threading.Thread:
         """Lay out the default photo map (PCA, every labelled photo included) and make its thumbnail sheets in
         a background thread from launch, so that the first "Draw map" finds both ready (app/photomap.py keeps
-        layouts per index generation and the sheets in INDEX_DIR/atlas/); `wait_map` joins it."""
+        layouts per index generation and the sheets in INDEX_DIR/atlas/); `wait_map` joins it. The folder
+        filter's choices are found after it, for the first page load."""
         with self._lazy_lock:
             if self._map_thread is not None:
                 return self._map_thread
@@ -225,6 +245,8 @@ class Page:
                         photomap.build_atlas(self.store, pm.sample)
                 except Exception as e:  # the map is then made on the first click instead; say why in the log
                     log.warning("preparing the photo map failed: %s", e)
+                # then the folder filter's choices, which every page load asks for (no draw waits for them)
+                threading.Thread(target=self._find_folders, name="photo-folders", daemon=True).start()
 
             self._map_thread = threading.Thread(target=run, name="photo-map", daemon=True)
             self._map_thread.start()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
-from index import database
+from index import database, folders
 from index.database import db_path, path_from_db
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class FillReport:
 class PhotoInfoCache:
     """The facts of a store's photos, cached in INDEX_DIR/photo_info.sqlite. Thread-safe.
 
-    store: an index.store.Store (or anything with index_dir, rows(ids), all_ids() and files()).
+    store: an index.store.Store (or anything with index_dir, rows(ids), all_ids() and reading()).
     root: the folder names are relative to; default: the deepest folder holding every indexed photo.
     """
 
@@ -238,12 +238,7 @@ class PhotoInfoCache:
     def root(self) -> str:
         """The folder names are given relative to (the common folder of every indexed photo by default)."""
         if self._root is None:
-            paths = list(self.store.files())
-            try:
-                common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
-            except ValueError:  # relative and absolute paths mixed: no common folder
-                common = ""
-            self._root = common
+            self._root = folders.root(self.store)  # a few index seeks at any size
         return self._root
 
     def folder_of(self, path: str) -> str:

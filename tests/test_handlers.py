@@ -531,6 +531,22 @@ def test_preview_refuses_what_a_browser_never_sends(page):
             handlers.open_photo(page, bad)
 
 
+def test_folder_choices_follow_a_new_version_of_the_index(page, tmp_path):
+    import numpy as np
+
+    from index.store import Store
+
+    assert handlers.folders(page) == ["circle", "square", "triangle"]
+    some = page.store.rows([page.by_class["circle"][0]])[0]
+    with Store.open(page.index_dir, writable=True) as writer:  # `index` run beside the page
+        writer.add([{"path": str(Path(some["path"]).parent.parent / "new" / "deeper" / "x.png")}],
+                   np.ones((1, page.store.dim), np.float32))
+        writer.save()
+    page.refresh()
+    assert handlers.folders(page) == ["circle", "new", "new/deeper", "square", "triangle"]
+    few = handlers.folders(page, limit=2)  # the first two found
+    assert len(few) == 2 and set(few) < {"circle", "new", "new/deeper", "square", "triangle"}
+
 def test_search_filters(page, tmp_path):
     squares, circles = page.by_class["square"], page.by_class["circle"]
     page.infos.fill()

@@ -417,7 +417,7 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
         elif op == "train":
             probe.train(store)
         elif op == "table":
-            labels.table(store)
+            sum(1 for _ in labels.table(store))
 
     counts = {"requests": 0, "errors": 0, "examples": []}
     ops = ["search"] * 6 + ["browse"] * 4 + ["duplicates", "map", "label", "predict", "table"]

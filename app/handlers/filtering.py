@@ -19,7 +19,9 @@ def allowed_by(page: Page, flt: Filter | None) -> filters.Allowed | None:
     if ".." in flt.folder.replace("\\", "/").split("/"):
         raise ValueError("a folder filter names a sub-folder of the indexed folder, without '..'")
     labelled = page.labels.labelled() if flt.label else None
-    predicted = page.labels.all_predictions() if flt.prediction else None
+    # the photos predicted as the filter's label only (not a dict of every photo's prediction)
+    predicted = dict.fromkeys(page.labels.predicted_ids(flt.prediction).tolist(), flt.prediction) \
+        if flt.prediction else None
     return filters.allowed(page.store, flt, page.infos, labelled, predicted)
 
 
@@ -42,18 +44,9 @@ def filter_note(page: Page, flt: Filter) -> str:
 
 
 def folders(page: Page, limit: int = 2000) -> list[str]:
-    """The sub-folders of the indexed folder that hold photos (and their parents), for the folder filter."""
-    root = page.infos.root
-    out: set[str] = set()
-    for path in page.store.files():
-        parent = os.path.dirname(path)
-        if root and parent.startswith(root.rstrip("/") + "/"):
-            rel = os.path.relpath(parent, root)
-            parts = rel.split("/")
-            out.update("/".join(parts[:j]) for j in range(1, len(parts) + 1))
-        if len(out) >= limit:
-            break
-    return sorted(os.fsencode(f).decode("utf-8", "backslashreplace") for f in out)[:limit]
+    """The sub-folders of the indexed folder that hold photos (and their parents), for the folder filter: found
+    once per version of the index (Page.folders), a batched scan of the paths (~1.4 s per million photos)."""
+    return [os.fsencode(f).decode("utf-8", "backslashreplace") for f in page.folders(limit)]
 
 
 def facts_status(page: Page) -> str:

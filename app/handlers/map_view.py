@@ -38,8 +38,8 @@ def draw_map(page: Page, colour_by: str, method: str, progress: Progress = no_pr
     method = "umap" if str(method).lower() == "umap" and search.umap_available() else "pca"
     progress(0.05, f"laying out the photos ({method.upper()})")
     labelled = page.labels.labelled()
-    predicted = page.labels.all_predictions() if colour_by == "prediction" else None
     pm = photomap.build_map(page.store, method, include=sorted(labelled))
+    predicted = page.labels.predicted_labels(pm.ids) if colour_by == "prediction" else None  # the map's photos
     progress(0.5, "making the thumbnail sheets")
     atlas = photomap.build_atlas(page.store, pm.sample)
     progress(0.9, "sending the map")
@@ -55,7 +55,7 @@ def map_colours(page: Page, layout: photomap.PhotoMap | None, colour_by: str) ->
     if layout is None:
         return None
     labelled = page.labels.labelled()
-    predicted = page.labels.all_predictions() if colour_by == "prediction" else None
+    predicted = page.labels.predicted_labels(layout.ids) if colour_by == "prediction" else None
     return photomap.colours_json(layout, labelled, predicted)
 
 
