@@ -12,8 +12,8 @@ are indexed like any other (stored as bytes) and reported in a printable form.
 
 Unreadable files are reported by path and reason in INDEX_DIR/bad_files.jsonl (with their size and mtime,
 so an unchanged bad file is not decoded again on the next run) and skipped; a file that turns bad leaves
-the index. Progress is saved (atomically) every `save_every` embedded photos, so an interrupted run resumes
-where it stopped; Ctrl-C saves what is done before exiting.
+the index. Progress is saved (atomically) every `save_every` embedded photos, or less often once saves grow
+long (SAVE_RATIO), so an interrupted run resumes where it stopped; Ctrl-C saves what is done before exiting.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ if TYPE_CHECKING:
     from index.ray_engine import RayConfig, RayEngine
 
 SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewrites the vector file: ~1 s per 250k)
+# ...and at least this many times a save's own duration of embedding between two saves: a save rewrites the
+# in-memory index (4 GB at the default memory limit) or writes the on-disk index's delta and, now and then, a
+# new base; at millions of photos saving every 5,000 would spend more time saving than embedding. Saves then
+# take at most 1/(1+SAVE_RATIO) of the run, and a kill loses at most SAVE_RATIO save-durations of work.
+SAVE_RATIO = 9
+LONG_SAVE_S = 1.0  # saves shorter than this are not long: they follow save_every alone
 
 
 def build_index(
@@ -193,6 +199,7 @@ class _Update:
         is done, then raises."""
         todo = self.changed + self.new
         since_save, t_embed = 0, time.perf_counter()
+        last_save, save_took = t_embed, 0.0
         batches = (engine.embed(todo, self.stats, batch_size, also=_hash_and_thumb) if engine is not None else
                    embedder.embed_paths(todo, batch_size=batch_size, workers=self.workers, also=_hash_and_thumb,
                                         desc="embedding"))
@@ -200,9 +207,12 @@ class _Update:
             for batch in batches:
                 self._store_batch(batch, todo)
                 since_save += len(batch.indices)
-                if since_save >= save_every:
+                long_save = save_took if save_took >= LONG_SAVE_S else 0.0
+                if since_save >= save_every and time.perf_counter() - last_save >= SAVE_RATIO * long_save:
+                    t = time.perf_counter()
                     self._save(engine)
-                    since_save = 0
+                    last_save = time.perf_counter()
+                    since_save, save_took = 0, last_save - t
         except KeyboardInterrupt:
             self._save(engine)
             self.log(f"interrupted: {self.summary['added'] + self.summary['updated']} photos embedded so far "

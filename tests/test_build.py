@@ -87,6 +87,31 @@ def test_build_then_update_incrementally(encoder, fresh_shapes, tmp_path):
         assert not st.thumbs.path(ids_by_path[str(folder / "square" / "square_002.jpg")]).exists()
 
 
+def test_long_saves_are_made_less_often(encoder, fresh_shapes, tmp_path, monkeypatch):
+    """A save that takes long (a big in-memory index, a new base on disk) is followed by at least SAVE_RATIO
+    times its duration of embedding before the next: saves every 2 photos would otherwise dominate the run."""
+    import time
+
+    from index import build
+
+    saves = []
+    real = Store.save
+
+    def slow(self):
+        saves.append(time.perf_counter())
+        time.sleep(0.2)
+        return real(self)
+
+    monkeypatch.setattr(Store, "save", slow)
+    monkeypatch.setattr(build, "LONG_SAVE_S", 0.1)
+    s = build_index(fresh_shapes, encoder[1], tmp_path / "idx", batch_size=2, save_every=2, log=quiet)
+    photos = s["count"]
+    assert photos >= 8 and 1 <= len(saves) < photos // 2  # the last save, and few along the way
+    gaps = np.diff(saves[:-1])  # between periodic saves (the last one follows the loop at once)
+    assert (gaps >= build.SAVE_RATIO * 0.2).all()
+    with Store.open(tmp_path / "idx") as st:
+        assert st.count == photos  # nothing is lost by saving less often
+
 def test_periodic_saves_and_other_encoder_refused(encoder, fresh_shapes, tmp_path):
     s = build_index(fresh_shapes, encoder[1], tmp_path / "idx", batch_size=2, save_every=4, log=quiet)
     assert s["generation"] >= 3  # saved along the way, so an interrupted run would resume
