@@ -4,6 +4,8 @@
                             index's order (a few index seeks), since every path between them shares their prefix
   ids_under(store, folder)  the ids of the photos in a folder and the folders inside it: one range of the path
                             index (text paths, then the BLOB paths of names that are not UTF-8)
+  rows_under(store, folder) the same photos' (path, id, size, mtime_ns), read in batches along that range: what
+                            an update compares the folder with (index/build.py)
   folders(store, root)      the folders below `root` that hold photos, and their parents: the paths read in
                             batches of ids (the store's lock is held per batch, so searches go on meanwhile)
 
@@ -16,6 +18,7 @@ paths are one range of each kind: from "folder/" up to "folder0" ("0" follows "/
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,23 +45,44 @@ def root(store: Store) -> str:
         return ""
 
 
-def ids_under(store: Store, folder: str) -> np.ndarray:
-    """Ids (ascending) of the photos whose path is `folder` itself or lies below it (`folder` absolute)."""
+def _ranges(folder: str) -> list[tuple[str | bytes, str | bytes, str | bytes]]:
+    """(from, up to, the folder itself) of the paths under `folder`: text paths, then BLOB paths."""
     folder = folder.rstrip("/") or "/"
     inside = folder if folder == "/" else folder + "/"
+    b = os.fsencode(inside)
+    ranges: list[tuple[str | bytes, str | bytes, str | bytes]] = [(b, b[:-1] + b"0", os.fsencode(folder))]
+    try:
+        folder.encode("utf-8")
+        ranges.insert(0, (inside, inside[:-1] + "0", folder))
+    except UnicodeEncodeError:  # a folder name that is not UTF-8: its photos are all BLOB paths
+        pass
+    return ranges
+
+
+def ids_under(store: Store, folder: str) -> np.ndarray:
+    """Ids (ascending) of the photos whose path is `folder` itself or lies below it (`folder` absolute)."""
     out: list[int] = []
     with store.reading() as conn:
-        b = os.fsencode(inside)
-        ranges: list[tuple[str | bytes, str | bytes, str | bytes]] = [(b, b[:-1] + b"0", os.fsencode(folder))]
-        try:
-            folder.encode("utf-8")
-            ranges.insert(0, (inside, inside[:-1] + "0", folder))
-        except UnicodeEncodeError:  # a folder name that is not UTF-8: its photos are all BLOB paths
-            pass
-        for lo, hi, exact in ranges:
+        for lo, hi, exact in _ranges(folder):
             out += [r[0] for r in conn.execute("SELECT id FROM images WHERE (path >= ? AND path < ?) OR path = ?",
                                                (lo, hi, exact))]
     return np.unique(np.asarray(out, np.int64))
+
+
+def rows_under(store: Store, folder: str, batch: int = BATCH) -> Iterator[tuple[str, int, int | None, int | None]]:
+    """(path, id, size, mtime_ns) of every photo below `folder` (absolute), in the path index's order, read
+    `batch` rows at a time (each batch one range read under the store's lock)."""
+    for lo, hi, _ in _ranges(folder):
+        after, strict = lo, False
+        while True:
+            with store.reading() as conn:
+                rows = conn.execute(f"SELECT path, id, size, mtime_ns FROM images WHERE path {'>' if strict else '>='} ? "
+                                    "AND path < ? ORDER BY path LIMIT ?", (after, hi, batch)).fetchall()
+            for path, i, size, mtime in rows:
+                yield path_from_db(path), i, size, mtime
+            if len(rows) < batch:
+                break
+            after, strict = rows[-1][0], True
 
 
 def folders(store: Store, top: str, limit: int = 2000) -> list[str]:

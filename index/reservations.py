@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from index.database import db_path, execute_in, path_from_db
+from index.database import execute_in, path_from_db
 
 if TYPE_CHECKING:
     from index.store import Store
@@ -42,12 +42,17 @@ def paths(store: Store) -> list[str]:
 
 
 def release(store: Store, keep_paths: Iterable[str | Path] = (), under: str | Path | None = None) -> None:
-    """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder);
-    with `under`, only for paths inside that folder (other folders keep theirs until they are indexed)."""
-    keep = {db_path(Path(p).absolute()) for p in keep_paths}
+    """Forget ids reserved by `reset` for paths other than `keep_paths` (files gone from the folder; a set or
+    dict of absolute paths, else any paths); with `under`, only for paths inside that folder (other folders
+    keep theirs until they are indexed)."""
     prefix = None if under is None else os.fsencode(str(Path(under).absolute()).rstrip("/") + "/")
     with store.reading() as conn:
-        gone = [p for (p,) in conn.execute("SELECT path FROM reserved") if p not in keep
+        if conn.execute("SELECT 1 FROM reserved LIMIT 1").fetchone() is None:
+            return  # nothing reserved (no reset): no set of the folder's paths is made
+        # a set or dict of absolute paths is used as it is: at millions of photos a copy would cost GBs
+        keep = keep_paths if isinstance(keep_paths, (set, frozenset, dict)) else \
+            {str(Path(p).absolute()) for p in keep_paths}
+        gone = [p for (p,) in conn.execute("SELECT path FROM reserved") if path_from_db(p) not in keep
                 and (prefix is None or os.fsencode(path_from_db(p)).startswith(prefix))]
     if gone:
         with store.changing() as conn:
