@@ -136,7 +136,7 @@ class Page:
 
         try:
             preview.remove_stale(self.store)
-            photomap.remove_stale_atlases(self.index_dir, keep=self.store.all_ids().tolist())
+            photomap.remove_stale_atlases(self.index_dir, keep=self.store.all_ids())
         except OSError as e:
             log.warning("removing stale previews and map sheets failed: %s", e)
 

@@ -345,14 +345,20 @@ def remove_stale_atlases(index_dir: str | Path, gone: Iterable[int] = (), keep: 
     """Remove the finished atlases that show a photo gone from the index (one of `gone`, or not in `keep`),
     or that do not say which photos they show (made before atlas.json listed them); returns how many. A
     folder still being made (no atlas.json yet) is left to its maker."""
-    gone, keep = {int(i) for i in gone}, None if keep is None else {int(i) for i in keep}
+    gone = {int(i) for i in gone}
+    kept = None if keep is None else np.asarray(keep if isinstance(keep, np.ndarray) else list(keep), np.int64)
     removed = 0
     for folder in (Path(index_dir) / ATLAS_DIR).glob("*/atlas.json"):
         try:
             ids = json.loads(folder.read_text()).get("ids")
         except (OSError, ValueError, AttributeError):
             ids = None
-        if not isinstance(ids, list) or not gone.isdisjoint(ids) or (keep is not None and not keep.issuperset(ids)):
+        try:
+            shown = np.asarray(ids, np.int64) if isinstance(ids, list) else None
+        except (TypeError, ValueError, OverflowError):  # not a list of ids: an atlas this code did not write
+            shown = None
+        if shown is None or shown.ndim != 1 or not gone.isdisjoint(shown.tolist()) or \
+                (kept is not None and not np.isin(shown, kept).all()):
             shutil.rmtree(folder.parent, ignore_errors=True)
             removed += 1
     return removed

@@ -249,7 +249,7 @@ def remove_stale(store: Store, thumbnails: bool = False) -> int:
     The originals are never touched: only files under INDEX_DIR/previews and INDEX_DIR/thumbs."""
     import numpy as np
 
-    keep = set(np.asarray(store.all_ids(), np.int64).tolist())
+    keep = np.asarray(store.all_ids(), np.int64)  # ascending: searched, never made into a set (10M ints: 0.5 GB)
     roots = [Path(store.index_dir) / PREVIEW_DIR]
     if thumbnails:
         roots.append(Path(store.thumbs.path(0)).parent.parent)
@@ -258,8 +258,10 @@ def remove_stale(store: Store, thumbnails: bool = False) -> int:
         for sub in root.iterdir() if root.is_dir() else ():
             if not sub.is_dir():
                 continue
-            for f in sub.glob("*.jpg"):
-                if f.stem.isdigit() and int(f.stem) not in keep:
+            files = [f for f in sub.glob("*.jpg") if f.stem.isdigit()]
+            ids = np.fromiter((int(f.stem) for f in files), np.int64, len(files))
+            for f, known in zip(files, np.isin(ids, keep).tolist()):
+                if not known:
                     f.unlink(missing_ok=True)
                     removed.append(f)
     _cache(store.index_dir).forget(removed)

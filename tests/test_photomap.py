@@ -318,3 +318,22 @@ def test_lasso_selects_what_select_in_polygon_selects():
             _heard(page, got)
             want = select_in_polygon(pm, poly)
             assert len(want) > 0 and sorted(got["sel"]) == sorted(want.tolist()), k
+
+
+def test_stale_atlases_are_removed_and_odd_ones_too(tmp_path):
+    """An atlas showing a photo that left the index goes; so does one whose atlas.json is not a list of ids
+    (written by something else); one showing only photos still there stays. `keep` may be the index's ids array."""
+
+    def atlas(name: str, ids: object) -> Path:
+        d = tmp_path / photomap.ATLAS_DIR / name
+        d.mkdir(parents=True)
+        (d / "atlas.json").write_text(json.dumps({"ids": ids}))
+        return d
+
+    fine, stale = atlas("fine", [1, 2, 3]), atlas("stale", [1, 99])
+    odd = [atlas("text", ["x"]), atlas("nested", [[1, 2]]), atlas("huge", [2**70]), atlas("none", None)]
+    making = tmp_path / photomap.ATLAS_DIR / "making"
+    making.mkdir()  # no atlas.json yet: its maker's
+    assert photomap.remove_stale_atlases(tmp_path, keep=np.arange(10, dtype=np.int64)) == 5
+    assert fine.is_dir() and making.is_dir() and not stale.exists() and not any(d.exists() for d in odd)
+    assert photomap.remove_stale_atlases(tmp_path, gone=[2]) == 1 and not fine.exists()
