@@ -98,7 +98,8 @@ def test_labelling_and_the_probe(page):
     assert [c for _, c in shown.gallery.items][0].startswith("[round] ")
 
     report, counts = handlers.train(page)
-    assert report.startswith("Probe v1 trained on boxy: 3, round: 3") and "| boxy | 3 | 0 |" in counts
+    assert report.startswith("Probe v1 (logistic regression on the embeddings) trained on boxy: 3, round: 3")
+    assert "| boxy | 3 | 0 |" in counts
     captions = [c for _, c in handlers.selection(page, [squares[5]]).gallery.items]
     assert captions[0].startswith("boxy? ") or captions[0].startswith("round? ")  # a prediction, in question
     nxt = handlers.label_next(page, K)
