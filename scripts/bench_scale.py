@@ -15,6 +15,17 @@ re-ranking tuned against exact search). Each stage runs in its own process so it
 
     nice -n 5 .venv/bin/python scripts/bench_scale.py --n 1000000 --dir .cache/scale-1m
 
+With --page (after the stages above, on the same --dir): the page over that base. A store is made around it
+once (index/store.py's tables with one row per vector, the base as its generation 1; thumbnails are left out,
+so the map's sheets are grey), then, in a process of its own:
+
+  page    app.page.Page opened (seconds, RSS), a click-to-search (app.handlers.results.search_id: search and
+          gallery) p50 / p95, the default map prepared as from launch and its first draw, the folder
+          filter's choices, Train on 50 labels (5 kinds x 10: the probe fitted and every photo predicted into
+          SQLite), label-next; the process's peak RSS; then `byol-search serve` started until it answers
+
+    .venv/bin/python scripts/bench_scale.py --n 10000000 --dir .cache/scale-10m --page
+
 With --engines FOLDER (real photos), the Ray engine of `index` (index/ray_engine.py) against the local engine,
 side by side in one run, each building a fresh index of the same photos with the same encoder:
 
@@ -46,7 +57,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from index import ondisk  # noqa: E402
 from index.ivf import recall_at_k  # noqa: E402
@@ -231,6 +243,87 @@ def run_stage(*argv: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def page_store(n: int, out: Path) -> Path:
+    """`out` made into a store around its base (once): one images row per vector id, the base as generation 1,
+    built with the bench encoder of scripts/bench_app.py (the page loads it and checks its hash)."""
+    from bench_app import bench_encoder
+
+    from byol.preprocess import Preprocess
+    from index import database
+    from index.store import Store
+
+    encoder, sha = bench_encoder(ROOT / ".cache" / "bench_app_encoder")
+    if (out / "meta.sqlite").is_file():
+        return out
+    t = time.perf_counter()
+    Store.create(out, D, sha, encoder, Preprocess().to_dict()).close()
+    base = ondisk.OnDiskIndex(out / "ondisk.1", np.zeros(0, np.int64), np.zeros((0, D), np.float32), np.zeros(0, np.int64))
+    base.write(out / ondisk.generation_file(1))
+    conn = database.connect(out / "meta.sqlite", durable=True)
+    now = time.time()
+    rows = ((i, f"/photos/{i // 100_000:03d}/{i // 10_000 % 10}/{i:08d}.jpg", 2_000_000 + i % 9973,
+             1_700_000_000_000_000_000 + i, f"{i:064x}", 4000, 3000, now) for i in range(n))
+    with database.transaction(conn):
+        conn.executemany("INSERT INTO images(id, path, size, mtime_ns, sha256, width, height, added_at) "
+                         "VALUES (?,?,?,?,?,?,?,?)", rows)
+        meta = {"generation": "1", "vectors_file": ondisk.generation_file(1), "index_type": "ondisk",
+                "nprobe": str(base.nprobe), "trained_on": str(base.info["trained_on"])}
+        conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
+    conn.close()
+    Store.open(out, writable=True).close()  # the manifest brought up to generation 1
+    print(f"store made around the base in {time.perf_counter() - t:.0f} s", flush=True)
+    return out
+
+
+def stage_page(n: int, out: Path) -> dict:
+    from bench_app import start_server
+
+    from app.handlers import filtering, labelling, map_view, results
+    from app.page import Page
+
+    res: dict = {}
+    t = time.perf_counter()
+    page = Page(out)
+    res["page_open_s"] = round(time.perf_counter() - t, 2)
+    res["page_open_rss_mb"] = round(peak_rss_mb())
+    rng = np.random.default_rng(0)
+    ids = page.store.all_ids()
+    times = []
+    for i in rng.choice(ids, 60, replace=False).tolist():
+        t = time.perf_counter()
+        results.search_id(page, int(i), 48)
+        times.append((time.perf_counter() - t) * 1e3)
+    res["click_search_p50_ms"] = round(float(np.percentile(times[10:], 50)), 1)
+    res["click_search_p95_ms"] = round(float(np.percentile(times[10:], 95)), 1)
+    t = time.perf_counter()
+    page.start_map().join()
+    res["map_prepared_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    map_view.draw_map(page, "label", "PCA")
+    res["map_first_draw_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    res["folder_choices"] = len(filtering.folders(page))
+    res["folder_choices_s"] = round(time.perf_counter() - t, 1)
+    for k in range(5):
+        page.labels.assign(rng.choice(ids, 10, replace=False), f"kind_{k}")
+    t = time.perf_counter()
+    report = labelling.train(page)
+    res["train_s"] = round(time.perf_counter() - t, 1)
+    res["train_report"] = report[0][:300]
+    t = time.perf_counter()
+    labelling.label_next(page, 48)
+    res["label_next_s"] = round(time.perf_counter() - t, 2)
+    res["page_peak_rss_mb"] = round(peak_rss_mb())
+    page.close()
+    page.labels.close()
+    t = time.perf_counter()
+    proc, _ = start_server(out)
+    res["serve_start_s"] = round(time.perf_counter() - t, 1)
+    proc.terminate()
+    proc.wait(30)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000)")
@@ -240,12 +333,14 @@ def main() -> None:
     ap.add_argument("--engines", metavar="FOLDER", type=Path, help="compare the Ray engine with the local one on FOLDER")
     ap.add_argument("--model", metavar="ENCODER.onnx", type=Path, help="the encoder for --engines")
     ap.add_argument("--cluster-folder", metavar="FOLDER", type=Path, help="the simulated cluster's photos (--engines)")
-    ap.add_argument("--stage", choices=("build", "exact", "serve"), help=argparse.SUPPRESS)
+    ap.add_argument("--page", action="store_true", help="the page over the base built in --dir (after the stages)")
+    ap.add_argument("--stage", choices=("build", "exact", "serve", "page"), help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     if args.stage:
         stage = {"build": lambda: stage_build(args.n, args.dir), "exact": lambda: stage_exact(args.n, args.dir, args.queries),
-                 "serve": lambda: stage_serve(args.n, args.dir, args.queries, args.cold)}[args.stage]
+                 "serve": lambda: stage_serve(args.n, args.dir, args.queries, args.cold),
+                 "page": lambda: stage_page(args.n, args.dir)}[args.stage]
         print(json.dumps(stage()))
         return
     if args.engines:
@@ -262,6 +357,13 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
         return
     common = ["--n", str(args.n), "--dir", str(args.dir), "--queries", str(args.queries), "--cold", str(args.cold)]
+    if args.page:
+        page_store(args.n, args.dir)
+        res = {"n": args.n, **run_stage(*common, "--stage", "page")}
+        print("page", json.dumps(res), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        return
     print(f"{args.n:,} x {D} clustered unit vectors, faiss {faiss.__version__}, {os.cpu_count()} cores", flush=True)
     res = {"n": args.n}
     for stage in ("build", "exact", "serve"):
