@@ -45,7 +45,8 @@ SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewri
 # ...and at least this many times a save's own duration of embedding between two saves: a save rewrites the
 # in-memory index (4 GB at the default memory limit) or writes the on-disk index's delta and, now and then, a
 # new base; at millions of photos saving every 5,000 would spend more time saving than embedding. Saves then
-# take at most 1/(1+SAVE_RATIO) of the run, and a kill loses at most SAVE_RATIO save-durations of work.
+# take at most 1/(1+SAVE_RATIO) of the run, and a kill loses at most SAVE_RATIO save-durations of work; but a
+# store whose unsaved vectors passed its memory bound (Store.outgrown) saves at once.
 SAVE_RATIO = 9
 LONG_SAVE_S = 1.0  # saves shorter than this are not long: they follow save_every alone
 
@@ -224,7 +225,8 @@ class _Update:
                 self._store_batch(batch, todo)
                 since_save += len(batch.indices)
                 long_save = save_took if save_took >= LONG_SAVE_S else 0.0
-                if since_save >= save_every and time.perf_counter() - last_save >= SAVE_RATIO * long_save:
+                if since_save >= save_every and (time.perf_counter() - last_save >= SAVE_RATIO * long_save
+                                                 or self.store.outgrown):  # memory stays bounded
                     t = time.perf_counter()
                     self._save(engine)
                     last_save = time.perf_counter()

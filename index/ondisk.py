@@ -74,6 +74,7 @@ RERANKS = (4, 8, 16)  # candidates per result re-scored from the float16 vectors
 MAX_NPROBE_SHARE = 8  # a configuration must reach the recall with nprobe <= nlist / this, or the next is tried
 PLATEAU = 0.002  # recall@10 gained by the next nprobe below which a re-ranking depth is given up (not the last)
 TUNE_QUERIES = 500  # stored vectors queried when tuning (as index/ivf.py)
+PQ_MIN = 16 * 39  # vectors at least for PQ codes (16 centroids per sub-quantizer, 39 points each); else SQ8
 _READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found beside index.faiss, and mapped
 # (OnDiskInvertedLists maps it itself; adding IO_FLAG_MMAP crashes faiss 1.15 on these lists)
 
@@ -243,6 +244,15 @@ def reshape(index: Any, ids: np.ndarray, index_dir: Path, gen: int, kind: str, m
     return None
 
 
+def outgrown(index: Any, kind: str, memory_limit: int) -> bool:
+    """True when the vectors held in memory have passed what `reshape` allows (the in-memory index over
+    `memory_limit`, or the on-disk index's delta and removals over COMPACT_FRACTION of its base): a writer
+    that adds fast saves now rather than later, so that memory stays bounded between saves."""
+    if kind == "ondisk":
+        return bool(index.needs_compaction())
+    return ram_bytes(int(index.ntotal), int(index.d)) > memory_limit
+
+
 def _to_disk(index: Any, ids: np.ndarray, index_dir: Path, gen: int, target_recall: float, step: Step,
              retrain: bool) -> tuple[OnDiskIndex, dict[str, str]]:
     name = f"ondisk.{gen}"
@@ -285,7 +295,8 @@ def build(index_dir: Path, name: str, ids: np.ndarray, fetch: Fetch, target_reca
     tmp = _fresh_tmp(index_dir, name)
     vectors = _write_vectors(tmp, ids, fetch, chunk)
     info: dict[str, Any] = {}
-    for codec in ("pq", "sq8"):
+    # PQ's sub-quantizers need at least 16 x 39 training vectors (2^4 centroids each); below, SQ8 alone
+    for codec in ("pq", "sq8") if len(ids) >= PQ_MIN else ("sq8",):
         trained = _train(vectors, codec, sample)
         faiss.write_index(trained, str(tmp / TRAINED))
         shards = _add_shards(tmp, np.arange(len(ids)), chunk, runner, step)

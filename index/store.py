@@ -66,7 +66,7 @@ from index.database import db_path, path_from_db
 from index.dropped import Dropped
 from index.duplicates import similar_groups
 from index.ivf import TARGET_RECALL, gpu_copy, new_exact, omp_threads, reshape
-from index.ondisk import MEMORY_LIMIT, OnDiskIndex, generation_file
+from index.ondisk import MEMORY_LIMIT, OnDiskIndex, generation_file, outgrown
 from index.ondisk import clean as clean_ondisk
 from index.ondisk import reshape as reshape_ondisk
 from index.thumbs import Thumbnails
@@ -391,6 +391,13 @@ class Store:
     def memory_limit(self) -> int:
         """Bytes the in-memory index may take; above it the index lives on disk (index/ondisk.py)."""
         return int(self._meta.get("memory_limit", MEMORY_LIMIT))
+
+    @property
+    def outgrown(self) -> bool:
+        """The unsaved vectors held in memory have passed the memory limit (or, on disk, a tenth of the base):
+        the next save() moves or compacts them (index/ondisk.py outgrown); `index` saves then."""
+        with self._lock:
+            return outgrown(self._index, self.index_type, self.memory_limit)
 
     @property
     def manifest(self) -> dict[str, Any]:

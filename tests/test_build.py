@@ -112,6 +112,12 @@ def test_long_saves_are_made_less_often(encoder, fresh_shapes, tmp_path, monkeyp
     with Store.open(tmp_path / "idx") as st:
         assert st.count == photos  # nothing is lost by saving less often
 
+    # ...unless the unsaved vectors outgrow the memory limit: then every save_every photos, however slow
+    saves.clear()
+    t = build_index(fresh_shapes, encoder[1], tmp_path / "small", batch_size=2, save_every=2, log=quiet,
+                    memory_limit=1)
+    assert t["index_type"] == "ondisk" and len(saves) >= photos // 2
+
 def test_periodic_saves_and_other_encoder_refused(encoder, fresh_shapes, tmp_path):
     s = build_index(fresh_shapes, encoder[1], tmp_path / "idx", batch_size=2, save_every=4, log=quiet)
     assert s["generation"] >= 3  # saved along the way, so an interrupted run would resume

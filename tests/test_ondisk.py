@@ -65,6 +65,17 @@ def test_recall_against_exact_search_and_what_the_base_holds(base):
         index.reconstruct_batch(np.array([11]))  # never stored
 
 
+@pytest.mark.parametrize("n", [1, 2, 15, ondisk.PQ_MIN - 1])
+def test_a_base_of_a_few_vectors_is_built_with_sq8_codes(tmp_path, n):
+    """A tiny memory limit puts a handful of photos on disk: PQ cannot train on them, SQ8 can."""
+    x = np.random.default_rng(n).normal(size=(n, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(5, 5 + n, dtype=np.int64)
+    index = ondisk.build(tmp_path, "ondisk.1", ids, lambda part: x[part - 5], 0.96)
+    assert index.info["codec"] == "sq8" and index.ntotal == n
+    _, found = index.search(x[:1], min(n, 3))
+    assert found[0][0] == ids[0]
+
 def test_removed_ids_never_come_back_and_changes_survive_a_reopen_and_a_compaction(base, tmp_path):
     root, _, x, ids = base
     empty = (np.zeros(0, np.int64), np.zeros((0, DIM), np.float32), np.zeros(0, np.int64))
