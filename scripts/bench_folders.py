@@ -561,6 +561,23 @@ def report(files: list[Path], shots: list[int]) -> str:
     for shape, v in by_shape.items():
         lines.append(f"| {shape} | " + " | ".join(f"{v[e].mean():.1f} ± {v[e].std() / np.sqrt(len(v[e])):.1f}"
                                                     if e in v else "" for e in encs) + " |")
+    # the defaults study: each tagged run against the default run, paired over the same draws
+    tagged = [e for e in encs if e.startswith("base + 15 min") and e != "base + 15 min"]
+    at = [n for n in shots if n in (1, 5, 10)]
+    if tagged:
+        lines += ["", "| shape | " + " | ".join(f"{e} minus the default, at " + " / ".join(map(str, at))
+                                               for e in tagged) + " |", "|---" * (1 + len(tagged)) + "|"]
+        for shape in by_shape:
+            cells = []
+            for e in tagged:
+                a, b = results.get(f"{shape} / {e}"), results.get(f"{shape} / base + 15 min")
+                if a is None or b is None:
+                    cells.append("")
+                    continue
+                d = [100 * (np.array(a["logistic"][str(n)]["top1"]) - np.array(b["logistic"][str(n)]["top1"]))
+                     for n in at]
+                cells.append(" / ".join(f"{x.mean():+.1f} ± {x.std() / np.sqrt(len(x)):.1f}" for x in d))
+            lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
