@@ -15,7 +15,7 @@ from imagegen import make_hazards, make_shapes, shape_image
 from PIL import Image
 
 import byol.data as data
-from byol.data import BadFile, ImageCache, decode_many, scan_folder
+from byol.data import BadFile, ImageCache, decode_many, scan_folder, scan_paths
 from byol.images import BadImage, decode_square
 
 SIDE = 24
@@ -54,6 +54,18 @@ def test_scan_finds_images_by_extension_in_any_case_and_skips_hidden(tmp_path):
     assert [p.name for p in scan_folder(root, recursive=False)] == ["a.png", "b.JPG"]
     assert all(isinstance(p, Path) for p in scan_folder(root))
 
+
+def test_scan_paths_are_scan_folder_as_strings_in_the_same_order(tmp_path):
+    """`index` keeps strings (a third of a Path's memory); their order is Path order, by parts: "a/x" before
+    "a.b/y" although "." sorts before "/" in a plain string sort."""
+    root = tmp_path / "photos"
+    for rel in ["a/x.png", "a.b/y.png", "a b/z.png", "A/w.png", "a/b/c.png", "a-/d.png", "a.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    strings = scan_paths(root)
+    assert all(isinstance(p, str) for p in strings)
+    assert strings == [str(p) for p in scan_folder(root)] == [str(p) for p in sorted(scan_folder(root))]
+    assert strings.index(str(root / "a" / "x.png")) < strings.index(str(root / "a.b" / "y.png"))
 
 def test_scan_survives_symlink_loops_and_broken_links(tmp_path):
     root = tmp_path / "photos"
