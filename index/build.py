@@ -49,6 +49,8 @@ SAVE_EVERY = 5000  # embedded photos between intermediate saves (each save rewri
 # store whose unsaved vectors passed its memory bound (Store.outgrown) saves at once.
 SAVE_RATIO = 9
 LONG_SAVE_S = 1.0  # saves shorter than this are not long: they follow save_every alone
+SPACED_FROM = 250_000  # photos in the index below which saves follow save_every alone (a save of fewer is
+# long only when the disk is busy, and spacing it would only make a kill lose more)
 
 
 def build_index(
@@ -224,7 +226,7 @@ class _Update:
             for batch in batches:
                 self._store_batch(batch, todo)
                 since_save += len(batch.indices)
-                long_save = save_took if save_took >= LONG_SAVE_S else 0.0
+                long_save = save_took if save_took >= LONG_SAVE_S and self.store.count >= SPACED_FROM else 0.0
                 if since_save >= save_every and (time.perf_counter() - last_save >= SAVE_RATIO * long_save
                                                  or self.store.outgrown):  # memory stays bounded
                     t = time.perf_counter()

@@ -104,6 +104,7 @@ def test_long_saves_are_made_less_often(encoder, fresh_shapes, tmp_path, monkeyp
 
     monkeypatch.setattr(Store, "save", slow)
     monkeypatch.setattr(build, "LONG_SAVE_S", 0.1)
+    monkeypatch.setattr(build, "SPACED_FROM", 0)  # as a store of millions
     s = build_index(fresh_shapes, encoder[1], tmp_path / "idx", batch_size=2, save_every=2, log=quiet)
     photos = s["count"]
     assert photos >= 8 and 1 <= len(saves) < photos // 2  # the last save, and few along the way
