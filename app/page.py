@@ -177,7 +177,7 @@ class Page:
 
     def folders(self, limit: int = 2000) -> list[str]:
         """The folders below the photos' root that hold photos, and their parents (index/folders.py), kept per
-        version of the index: every page load asks for them, and at 10,000,000 photos they take a 14 s scan."""
+        version of the index: every page load asks for them, and at 10,000,000 photos they take a 6.6 s scan."""
         from index import folders
 
         key = (float(self.store.created_at), int(self.store.generation), int(limit))
