@@ -26,6 +26,9 @@ so the map's sheets are grey), then, in a process of its own:
 
     .venv/bin/python scripts/bench_scale.py --n 10000000 --dir .cache/scale-10m --page
 
+With --compact N (after the stages): a new base from that base plus N new vectors in its delta, as the store
+writes one each time its delta passes a tenth of the base: seconds, peak RSS, the tuning it ends with.
+
 With --engines FOLDER (real photos), the Ray engine of `index` (index/ray_engine.py) against the local engine,
 side by side in one run, each building a fresh index of the same photos with the same encoder:
 
@@ -324,6 +327,22 @@ def stage_page(n: int, out: Path) -> dict:
     return res
 
 
+def stage_compact(n: int, out: Path, extra: int) -> dict:
+    """A new base written from the base in `out` with `extra` new vectors in its delta: what the store does
+    each time its delta passes a tenth of the base (index/ondisk.py compact: the vectors file copied in id
+    order, the delta encoded, the old codes copied into the new lists, the tuning run again)."""
+    new_ids = np.arange(n, n + extra, dtype=np.int64)
+    old = ondisk.OnDiskIndex(out / "ondisk.1", new_ids, points(centres(n), extra, [3]), np.zeros(0, np.int64))
+    t = time.perf_counter()
+    index = ondisk.compact(old, out, "ondisk.compacted", np.arange(n + extra, dtype=np.int64))
+    seconds = time.perf_counter() - t
+    info = index.describe()
+    shutil.rmtree(out / "ondisk.compacted")  # the bench folder as it was
+    return {"compact_extra": extra, "compact_s": round(seconds, 1), "compact_peak_rss_mb": round(peak_rss_mb()),
+            "compact_nprobe": info["nprobe"], "compact_rerank": info["rerank"],
+            "compact_recall_at_10": info["recall_at_10"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000)")
@@ -334,13 +353,16 @@ def main() -> None:
     ap.add_argument("--model", metavar="ENCODER.onnx", type=Path, help="the encoder for --engines")
     ap.add_argument("--cluster-folder", metavar="FOLDER", type=Path, help="the simulated cluster's photos (--engines)")
     ap.add_argument("--page", action="store_true", help="the page over the base built in --dir (after the stages)")
-    ap.add_argument("--stage", choices=("build", "exact", "serve", "page"), help=argparse.SUPPRESS)
+    ap.add_argument("--compact", type=int, metavar="N", help="a new base from the one in --dir plus N new vectors "
+                    "(what the store does when its delta passes a tenth of the base)")
+    ap.add_argument("--stage", choices=("build", "exact", "serve", "page", "compact"), help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     if args.stage:
         stage = {"build": lambda: stage_build(args.n, args.dir), "exact": lambda: stage_exact(args.n, args.dir, args.queries),
                  "serve": lambda: stage_serve(args.n, args.dir, args.queries, args.cold),
-                 "page": lambda: stage_page(args.n, args.dir)}[args.stage]
+                 "page": lambda: stage_page(args.n, args.dir),
+                 "compact": lambda: stage_compact(args.n, args.dir, args.compact)}[args.stage]
         print(json.dumps(stage()))
         return
     if args.engines:
@@ -357,6 +379,10 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
         return
     common = ["--n", str(args.n), "--dir", str(args.dir), "--queries", str(args.queries), "--cold", str(args.cold)]
+    if args.compact:
+        res = {"n": args.n, **run_stage(*common, "--compact", str(args.compact), "--stage", "compact")}
+        print("compact", json.dumps(res), flush=True)
+        return
     if args.page:
         page_store(args.n, args.dir)
         res = {"n": args.n, **run_stage(*common, "--stage", "page")}
