@@ -5,7 +5,7 @@ whose k results all pass the filter.
 Folders come from the index's paths, relative to the indexed root (index.photoinfo.PhotoInfoCache.root);
 dates from the photo-facts cache as it is (`cached`: no file is read, so 100,000 photos filter in a fraction
 of a second; photos not read yet have no date and fail a date filter, counted in `undated`). Labels and
-predictions are passed in as {id: name} (app.labels.Labels.labelled() and all_predictions()), which keeps
+predictions are passed in as {id: name} (app.labels.Labels.labelled(), predicted_ids()), which keeps
 this module free of the label database.
 
 `search_filtered` answers with hits that all pass: when the filter leaves few photos (at most EXACT_MAX, or

@@ -345,12 +345,6 @@ class Labels:
                 total, count = total - t, count - c
         return float(total / count) if count else 0.0
 
-    def all_predictions(self) -> dict[int, str]:
-        """{id: predicted label} of every photo (one entry per photo: ~1.5 GB at 10,000,000 photos; the page
-        asks `predicted_labels` of the photos it shows, or `predicted_ids` of one label, instead)."""
-        self.sync()
-        return dict(self.query("SELECT image_id, label FROM predictions"))
-
     def predicted_labels(self, ids: Iterable[int]) -> dict[int, str]:
         """{id: predicted label} of those of `ids` that have a prediction."""
         return {i: p.label for i, p in self.predictions(ids).items()}

@@ -142,7 +142,7 @@ class _Update:
     def compare(self, paths: list[str]) -> None:
         """Sort `paths` (absolute) into unchanged, new and changed, and the index's rows under the folder whose
         file is gone. Holds the paths' (size, mtime_ns) and the rows' (id, size, mtime_ns): ~0.5 KB a photo,
-        read from the index in batches (a dict of every row, Store.files(), took twice that)."""
+        read from the index in batches (a dict of every row took twice that)."""
         from byol.data import BadFile
 
         self.known = {p: _Known(i, size, mtime) for p, i, size, mtime in folders.rows_under(self.store, str(self.folder))}

@@ -9,7 +9,7 @@
   folders(store, root)      the folders below `root` that hold photos, and their parents: the paths read in
                             batches of ids (the store's lock is held per batch, so searches go on meanwhile)
 
-At 10,000,000 photos a dict of every path (Store.files(), what an update compares a folder with) takes ~5 GB;
+At 10,000,000 photos a dict of every path (what an update compared a folder with before) takes ~5 GB;
 these take what their answer takes. Paths are stored as text, or as BLOBs of the name's bytes
 (index/database.py db_path); SQLite orders every text before every BLOB, and both by their bytes, so a folder's
 paths are one range of each kind: from "folder/" up to "folder0" ("0" follows "/").

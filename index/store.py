@@ -489,13 +489,6 @@ class Store:
                 return self._ids.copy()
             return np.array([r[0] for r in self._conn.execute("SELECT id FROM images ORDER BY id")], np.int64)
 
-    def files(self) -> dict[str, dict[str, Any]]:
-        """path -> {id, size, mtime_ns, sha256}: what an update compares the folder against."""
-        with self._lock:
-            q = "SELECT path, id, size, mtime_ns, sha256 FROM images"
-            return {path_from_db(p): {"id": i, "size": s, "mtime_ns": m, "sha256": h}
-                    for p, i, s, m, h in self._conn.execute(q)}
-
     def duplicates(self, threshold: float = 0.95, k: int = 16, batch: int = 4096) -> list[list[int]]:
         """Groups of images at cosine >= threshold that do not chain (index/duplicates.py similar_groups: each
         around a chosen image, at most MAX_GROUP, ids ascending, largest group first) from each image's k

@@ -1,5 +1,5 @@
 """index/folders.py: the photos' root folder, the ids under a folder and the folders holding photos, asked of the
-path index, against the same answers computed from every path (Store.files())."""
+path index, against the same answers computed from every row (Store.rows of every id)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ def _store(tmp_path: Path, paths: list[str]) -> Store:
     return store
 
 
+def _paths(store: Store) -> dict[str, int]:
+    return {r["path"]: r["id"] for r in store.rows(store.all_ids())}
+
+
 def _brute_under(store: Store, folder: str) -> list[int]:
-    return sorted(r["id"] for p, r in store.files().items() if p == folder or p.startswith(folder.rstrip("/") + "/"))
+    return sorted(i for p, i in _paths(store).items() if p == folder or p.startswith(folder.rstrip("/") + "/"))
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def store(tmp_path):
 def test_root_is_the_deepest_common_folder(store, tmp_path):
     s, top = store
     assert folders.root(s) == top
-    assert folders.root(s) == os.path.commonpath([os.path.dirname(p) for p in s.files()])
+    assert folders.root(s) == os.path.commonpath([os.path.dirname(p) for p in _paths(s)])
 
 
 def test_root_of_one_folder_and_of_none(tmp_path):

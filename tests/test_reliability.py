@@ -408,7 +408,7 @@ def page_beside_index(root: Path, clients: int = 20, seconds: float = 6.0) -> di
             search.duplicate_groups(store, 0.5)
         elif op == "map":
             m = search.compute_map(store, "pca", include=list(labels.labelled()))
-            search.colour_keys(m.ids, {**labels.all_predictions(), **labels.labelled()})
+            search.colour_keys(m.ids, {**labels.predicted_labels(m.ids), **labels.labelled()})
         elif op == "label":
             labels.assign([int(rng.choice(ids))], rng.choice(["even", "odd"]))
         elif op == "predict":

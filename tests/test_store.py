@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import repair, reservations
+from index import folders, repair, reservations
 from index.ivf import recall_at_k
 from index.store import EncoderMismatch, Store, StoreError, StoreInconsistent, StoreLocked
 
@@ -94,7 +94,7 @@ def test_add_update_remove_keep_ids_and_counts(tmp_path):
         with pytest.raises(KeyError):
             s.get_vectors(ids[:1])
         assert s.search_by_id(ids[10], 1)[1][0] != ids[10]
-        assert set(s.files()) == {r["path"] for r in s.rows(s.all_ids())}
+        assert {p for p, *_ in folders.rows_under(s, "/photos")} == {r["path"] for r in s.rows(s.all_ids())}
 
 
 def test_reset_gives_paths_their_old_ids(tmp_path):
@@ -245,7 +245,8 @@ def test_paths_that_are_not_utf8_round_trip(tmp_path):
     odd = str(tmp_path / os.fsdecode(b"caf\xe9.jpg"))
     ids = st.add([{"path": odd, "sha256": "a" * 64}, {"path": str(tmp_path / "cafe.jpg")}], clustered(2))
     st.save()
-    assert st.files()[odd]["id"] == ids[0] and st.rows([ids[0]])[0]["path"] == odd
+    assert [r[1] for r in folders.rows_under(st, str(tmp_path)) if r[0] == odd] == [ids[0]]
+    assert st.rows([ids[0]])[0]["path"] == odd
     st.update([ids[0]], [{"path": odd, "size": 5}])
     st.save()
     st.close()
